@@ -1,0 +1,198 @@
+//! Wire and HTTP types of the node API (the serde boundary) and the client the CLI uses.
+//!
+//! Every type here is part of a public contract: `noodle status --json`, the dashboard and scripts
+//! read these field names. Add fields; never rename or remove one. This crate must never depend on
+//! the node's internals.
+
+mod client;
+
+pub use client::{Client, ClientError, EventStream};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Name of the file in the data directory that holds the node's API address.
+pub const API_FILE: &str = "api.json";
+/// Name of the file in the data directory that holds the admin credential (mode 0600).
+pub const ADMIN_CREDENTIAL_FILE: &str = "admin.credential";
+/// Cookie the dashboard uses after a login with the admin credential.
+pub const SESSION_COOKIE: &str = "noodle_session";
+
+/// What a node writes to [`API_FILE`] once its API is listening.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApiInfo {
+    /// `http://127.0.0.1:7071`, no trailing slash.
+    pub url: String,
+    pub pid: u32,
+    pub node_id: String,
+}
+
+/// Liveness of a node as this node's membership view sees it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    Alive,
+    Suspect,
+    Dead,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Alive => "alive",
+            NodeState::Suspect => "suspect",
+            NodeState::Dead => "dead",
+        }
+    }
+}
+
+/// One GPU of a node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GpuInfo {
+    pub index: u32,
+    pub name: String,
+    pub mem_total_bytes: u64,
+    pub vendor: String,
+}
+
+/// The resources a node reports about itself; measured locally and gossiped.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Resources {
+    pub cpus: u32,
+    pub mem_total_bytes: u64,
+    pub mem_available_bytes: u64,
+    /// One-minute load average.
+    pub load_1m: f64,
+    pub disk_total_bytes: u64,
+    pub disk_free_bytes: u64,
+    pub gpus: Vec<GpuInfo>,
+}
+
+/// One node of `noodle status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeStatus {
+    pub id: String,
+    pub name: String,
+    /// The cluster (QUIC) address peers reach this node on.
+    pub addr: String,
+    pub state: NodeState,
+    /// True for the node that answered this status request.
+    pub is_self: bool,
+    pub cpus: u32,
+    pub mem_total_bytes: u64,
+    pub mem_available_bytes: u64,
+    pub load_1m: f64,
+    pub disk_total_bytes: u64,
+    pub disk_free_bytes: u64,
+    /// Number of GPUs; details in `gpu_list`.
+    pub gpus: u32,
+    pub gpu_list: Vec<GpuInfo>,
+    pub labels: BTreeMap<String, String>,
+    pub version: String,
+    /// Unix milliseconds at which this node's information was last produced by the node itself.
+    pub updated_at_ms: u64,
+}
+
+/// One directed link: measured by `from` towards `peer`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LinkStatus {
+    pub from: String,
+    pub peer: String,
+    pub rtt_us: u64,
+    /// Negotiated TLS key-exchange group, e.g. `X25519MLKEM768`.
+    pub kx_group: String,
+}
+
+/// Cluster totals over alive nodes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Totals {
+    pub nodes_alive: u32,
+    pub nodes_suspect: u32,
+    pub nodes_dead: u32,
+    pub cpus: u32,
+    pub mem_total_bytes: u64,
+    pub mem_available_bytes: u64,
+    pub gpus: u32,
+}
+
+/// `GET /v1/status` and `noodle status --json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatusReport {
+    pub cluster_id: String,
+    /// Node id of the node that answered.
+    #[serde(rename = "self")]
+    pub self_id: String,
+    pub totals: Totals,
+    pub nodes: Vec<NodeStatus>,
+    pub links: Vec<LinkStatus>,
+}
+
+/// `POST /v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenRequest {
+    pub ttl_secs: u64,
+    /// Leave seed addresses out: the joiner must find the cluster by mDNS.
+    pub no_addresses: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenResponse {
+    pub token: String,
+    pub expires_at_unix: u64,
+    pub seeds: Vec<String>,
+}
+
+/// Kind of a cluster event.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    NodeStarted,
+    NodeJoined,
+    NodeSuspected,
+    NodeDead,
+    NodeRejoined,
+    LinkUp,
+    LinkDown,
+    JoinAdmitted,
+    JoinRefused,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::NodeStarted => "node_started",
+            EventKind::NodeJoined => "node_joined",
+            EventKind::NodeSuspected => "node_suspected",
+            EventKind::NodeDead => "node_dead",
+            EventKind::NodeRejoined => "node_rejoined",
+            EventKind::LinkUp => "link_up",
+            EventKind::LinkDown => "link_down",
+            EventKind::JoinAdmitted => "join_admitted",
+            EventKind::JoinRefused => "join_refused",
+        }
+    }
+}
+
+/// One event of the local event bus.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    /// Per-node sequence number, starting at 1.
+    pub seq: u64,
+    pub at_ms: u64,
+    pub kind: EventKind,
+    /// The node the event is about.
+    pub node: String,
+    pub detail: String,
+}
+
+/// `GET /v1/events`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EventsResponse {
+    pub events: Vec<Event>,
+}
+
+/// Body of every non-2xx API answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApiError {
+    pub error: String,
+}

@@ -1,0 +1,177 @@
+//! Real QUIC links on loopback: mutual TLS, post-quantum key exchange, refusals.
+#![allow(clippy::unwrap_used)]
+
+use bytes::Bytes;
+use noodle_link::{
+    JoinPeer, Link, LinkConfig, LinkEvent, RemoteError, Service, ServiceFuture, TlsMaterial,
+};
+use noodle_security::{CLUSTER_SERVER_NAME, ClusterCa, NodeKey};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Default)]
+struct Echo {
+    datagrams: Mutex<Vec<Bytes>>,
+    events: Mutex<Vec<LinkEvent>>,
+}
+
+impl Service for Echo {
+    fn call(&self, _from: SocketAddr, method: &str, body: Bytes) -> ServiceFuture {
+        let method = method.to_string();
+        Box::pin(async move {
+            match method.as_str() {
+                "echo" => Ok(body.to_vec()),
+                _ => Err(RemoteError::new(RemoteError::NOT_FOUND, "no such method")),
+            }
+        })
+    }
+    fn join(&self, _peer: JoinPeer, body: Bytes) -> ServiceFuture {
+        Box::pin(async move {
+            let mut out = b"joined:".to_vec();
+            out.extend_from_slice(&body);
+            Ok(out)
+        })
+    }
+    fn datagram(&self, _from: SocketAddr, data: Bytes) {
+        self.datagrams.lock().unwrap().push(data);
+    }
+    fn event(&self, event: LinkEvent) {
+        self.events.lock().unwrap().push(event);
+    }
+}
+
+fn material(ca: &ClusterCa, node: &str) -> TlsMaterial {
+    let key = NodeKey::generate().unwrap();
+    TlsMaterial {
+        ca: ca.cert_der().clone(),
+        cert: ca.issue_node_cert(node, &key.public_key_raw()).unwrap(),
+        key: key.private_key_der(),
+    }
+}
+
+fn node(ca: &ClusterCa, name: &str) -> (Link, Arc<Echo>) {
+    let svc = Arc::new(Echo::default());
+    let link = Link::bind(
+        LinkConfig::new("127.0.0.1:0".parse().unwrap()),
+        &material(ca, name),
+        svc.clone(),
+    )
+    .unwrap();
+    (link, svc)
+}
+
+#[tokio::test]
+async fn request_response_datagrams_and_pq_key_exchange() {
+    let ca = ClusterCa::generate("it").unwrap();
+    let (a, _) = node(&ca, "a");
+    let (b, b_svc) = node(&ca, "b");
+    let answer = a.request(b.local_addr(), "echo", b"ping").await.unwrap();
+    assert_eq!(&answer[..], b"ping");
+    let links = a.links();
+    assert_eq!(links.len(), 1);
+    assert_eq!(links[0].addr, b.local_addr());
+    assert_eq!(links[0].kx_group, "X25519MLKEM768");
+
+    a.send_datagram(b.local_addr(), Bytes::from_static(b"gossip"));
+    for _ in 0..100 {
+        if !b_svc.datagrams.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(b_svc.datagrams.lock().unwrap()[0], Bytes::from_static(b"gossip"));
+    assert!(matches!(
+        b_svc.events.lock().unwrap()[0],
+        LinkEvent::Up { ref kx_group, .. } if kx_group == "X25519MLKEM768"
+    ));
+
+    let err = a.request(b.local_addr(), "nope", b"").await.unwrap_err();
+    assert!(err.to_string().contains("no such method"), "{err}");
+}
+
+#[tokio::test]
+async fn peers_of_another_cluster_are_refused() {
+    let ca = ClusterCa::generate("it").unwrap();
+    let foreign = ClusterCa::generate("it").unwrap();
+    let (a, _) = node(&ca, "a");
+    let (stranger, _) = node(&foreign, "x");
+    let err = stranger.request(a.local_addr(), "echo", b"hi").await.unwrap_err();
+    assert!(matches!(err, noodle_link::LinkError::Connect { .. }), "{err}");
+    assert!(a.links().is_empty());
+}
+
+#[tokio::test]
+async fn self_signed_client_is_refused() {
+    let ca = ClusterCa::generate("it").unwrap();
+    let (a, svc) = node(&ca, "a");
+    let key = NodeKey::generate().unwrap();
+    let cert = key.self_signed_cert(CLUSTER_SERVER_NAME).unwrap();
+    let client =
+        noodle_link::client_config_with_cert(ca.cert_der(), vec![cert], key.private_key_der())
+            .unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(client);
+    let result = async {
+        let conn = ep.connect(a.local_addr(), CLUSTER_SERVER_NAME)?.await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(b"x").await?;
+        send.finish()?;
+        recv.read_to_end(1024).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    assert!(result.is_err(), "a self-signed client must not get an answer");
+    assert!(svc.events.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn join_pins_the_ca_fingerprint() {
+    let ca = ClusterCa::generate("it").unwrap();
+    let (a, _) = node(&ca, "a");
+    let answer = noodle_link::join_call(
+        a.local_addr(),
+        ca.fingerprint(),
+        b"me",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(&answer[..], b"joined:me");
+    let wrong = noodle_link::join_call(a.local_addr(), [7; 32], b"me", Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(wrong.to_string().contains("not a member of the cluster"), "{wrong}");
+}
+
+#[tokio::test]
+async fn certificate_less_client_cannot_use_the_cluster_protocol() {
+    let ca = ClusterCa::generate("it").unwrap();
+    let (a, svc) = node(&ca, "a");
+    // A client with no certificate that trusts the CA and asks for the cluster ALPN.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert_der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::CryptoProvider {
+        kx_groups: vec![rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768],
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![noodle_link::ALPN_CLUSTER.to_vec()];
+    let client = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    ));
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(client);
+    let conn = ep
+        .connect(a.local_addr(), CLUSTER_SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    let reason = conn.closed().await;
+    assert!(reason.to_string().contains("client certificate required"), "{reason}");
+    assert!(svc.events.lock().unwrap().is_empty());
+}
