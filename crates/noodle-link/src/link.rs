@@ -352,6 +352,22 @@ impl Link {
         out
     }
 
+    /// Performs one complete handshake with `addr` on a fresh connection that is not kept, and
+    /// returns how long it took (for `noodle bench`).
+    pub async fn probe_handshake(&self, addr: SocketAddr) -> Result<Duration, LinkError> {
+        let started = Instant::now();
+        let conn = self
+            .inner
+            .endpoint
+            .connect_with(self.inner.client.clone(), addr, CLUSTER_SERVER_NAME)
+            .map_err(|e| LinkError::Connect { addr, detail: e.to_string() })?
+            .await
+            .map_err(|e| LinkError::Connect { addr, detail: e.to_string() })?;
+        let took = started.elapsed();
+        conn.close(0u32.into(), b"probe");
+        Ok(took)
+    }
+
     /// Closes the connection to `addr` if there is one (for example to a node declared dead).
     pub fn disconnect(&self, addr: SocketAddr) {
         let slot = self.inner.lock_conns().remove(&addr);

@@ -1,1 +1,364 @@
-fn main() {}
+//! `noodle`: the one binary. `noodle up` runs a node; every other command is a client of the
+//! local node's API, found through the data directory.
+//!
+//! This is the only crate that knows about argv, stdout and exit codes.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod bench;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use noodle_api::{Client, Event, NodeState, StatusReport, TokenRequest};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "noodle", version, about = "Many machines as one secure computer for AI work")]
+struct Cli {
+    /// Data directory of the node (default ~/.local/share/noodle).
+    #[arg(long, global = true, env = "NOODLE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node: form a new cluster, or join one with --join TOKEN.
+    Up(UpArgs),
+    /// Join tokens for other machines.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The cluster as one machine.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The node's event stream.
+    Events {
+        /// Keep printing new events as they happen.
+        #[arg(long)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the dashboard URL (with a one-click login).
+    Dashboard,
+    /// Microbenchmarks of this machine and the transport.
+    Bench {
+        /// Fewer iterations: finishes in well under 30 s.
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct UpArgs {
+    /// Cluster (QUIC) address to listen on.
+    #[arg(long, default_value = "0.0.0.0:7070")]
+    listen: SocketAddr,
+    /// HTTP API and dashboard address.
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    api: SocketAddr,
+    /// Join the cluster of this token instead of forming a new one.
+    #[arg(long, env = "NOODLE_JOIN")]
+    join: Option<String>,
+    /// Display name of this node (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// User label, `key=value`; repeatable.
+    #[arg(long = "label", value_name = "K=V")]
+    labels: Vec<String>,
+    /// Extra seed address of a member; repeatable (for networks without multicast).
+    #[arg(long = "peer", value_name = "ADDR")]
+    peers: Vec<SocketAddr>,
+    /// Do not use mDNS (no LAN advertisement or discovery).
+    #[arg(long)]
+    no_mdns: bool,
+    /// How long a token-only joiner looks for the cluster on the LAN.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    mdns_timeout: Duration,
+    /// Failure detector: how often one peer is probed.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    probe_period: Duration,
+    /// Failure detector: how long to wait for a direct probe answer.
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    probe_timeout: Duration,
+    /// Failure detector: how long a suspect has before it is declared dead.
+    #[arg(long, default_value = "1500ms", value_parser = humantime::parse_duration)]
+    suspect_timeout: Duration,
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Print a one-line join token.
+    Create {
+        /// How long the token stays valid.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Put no seed addresses in the token: joiners find the cluster by mDNS.
+        #[arg(long)]
+        no_addresses: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn default_data_dir() -> PathBuf {
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/noodle"),
+        None => PathBuf::from(".noodle"),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NOODLE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,noodle_node=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    std::process::exit(code);
+}
+
+async fn run(cli: Cli) -> Result<i32> {
+    let data_dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
+    match cli.command {
+        Command::Up(args) => up(data_dir, args).await,
+        Command::Token(TokenCommand::Create { ttl, no_addresses, json }) => {
+            let client = Client::from_data_dir(&data_dir)?;
+            let resp = client
+                .create_token(&TokenRequest {
+                    ttl_secs: ttl.as_secs().max(1),
+                    no_addresses,
+                })
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&resp)?);
+            } else {
+                println!("{}", resp.token);
+            }
+            Ok(0)
+        }
+        Command::Status { json } => {
+            let report = Client::from_data_dir(&data_dir)?.status().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", render_status(&report));
+            }
+            Ok(0)
+        }
+        Command::Events { follow, json } => {
+            let client = Client::from_data_dir(&data_dir)?;
+            let print = |e: &Event| -> Result<()> {
+                if json {
+                    println!("{}", serde_json::to_string(e)?);
+                } else {
+                    println!(
+                        "{}  {:<15} {:<40} {}",
+                        humantime::format_rfc3339_millis(
+                            std::time::UNIX_EPOCH + Duration::from_millis(e.at_ms)
+                        ),
+                        e.kind.as_str(),
+                        e.node,
+                        e.detail
+                    );
+                }
+                Ok(())
+            };
+            if follow {
+                // Subscribe first, then print history, so nothing falls in between.
+                let mut stream = client.follow_events().await?;
+                let history = client.events().await?;
+                let last_seq = history.last().map(|e| e.seq).unwrap_or(0);
+                for e in &history {
+                    print(e)?;
+                }
+                while let Some(e) = stream.next().await? {
+                    if e.seq > last_seq {
+                        print(&e)?;
+                    }
+                }
+                bail!("the node closed the event stream (did it stop?)");
+            }
+            for e in client.events().await? {
+                print(&e)?;
+            }
+            Ok(0)
+        }
+        Command::Dashboard => {
+            let client = Client::from_data_dir(&data_dir)?;
+            let cred = std::fs::read_to_string(data_dir.join(noodle_api::ADMIN_CREDENTIAL_FILE))
+                .context("reading the admin credential")?;
+            println!("{}/login?token={}", client.base_url(), cred.trim());
+            Ok(0)
+        }
+        Command::Bench { quick, json } => {
+            let rows = bench::run(quick, &data_dir).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "rows": rows }))?);
+            } else {
+                print!("{}", bench::render(&rows));
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn parse_labels(raw: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut labels = BTreeMap::new();
+    for l in raw {
+        let Some((k, v)) = l.split_once('=') else {
+            bail!("label `{l}` must look like key=value");
+        };
+        noodle_discovery::validate_label(k, v).map_err(anyhow::Error::msg)?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    if labels.len() > noodle_discovery::table::LABELS_MAX {
+        bail!("at most {} labels", noodle_discovery::table::LABELS_MAX);
+    }
+    Ok(labels)
+}
+
+async fn up(data_dir: PathBuf, args: UpArgs) -> Result<i32> {
+    let mut cfg = noodle_node::NodeConfig::new(data_dir);
+    cfg.listen = args.listen;
+    cfg.api = args.api;
+    cfg.join = args.join;
+    cfg.name = args.name;
+    cfg.labels = parse_labels(&args.labels)?;
+    cfg.peers = args.peers;
+    cfg.mdns = !args.no_mdns;
+    cfg.mdns_timeout = args.mdns_timeout;
+    cfg.membership.probe_period = args.probe_period;
+    cfg.membership.probe_rtt = args.probe_timeout;
+    cfg.membership.suspect_to_down_after = args.suspect_timeout;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .ok();
+    let node = noodle_node::start(cfg, metrics).await?;
+    println!("noodle node {} is up", node.node_id());
+    println!("  cluster    {}", node.cluster_id());
+    println!("  listening  {} (QUIC, mutual TLS, X25519MLKEM768)", node.cluster_addr());
+    println!("  api        {}", node.api_url());
+    println!("  dashboard  {}", node.dashboard_url());
+    println!("next: `noodle token create` prints a join token for another machine");
+    wait_for_signal().await;
+    eprintln!("shutting down");
+    node.shutdown().await;
+    Ok(0)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < UNITS.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[i]) }
+}
+
+fn render_status(r: &StatusReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let t = &r.totals;
+    let _ = writeln!(out, "cluster {}", r.cluster_id);
+    let _ = writeln!(
+        out,
+        "  {} nodes alive, {} suspect, {} dead · {} CPUs · {} memory ({} free) · {} GPUs",
+        t.nodes_alive,
+        t.nodes_suspect,
+        t.nodes_dead,
+        t.cpus,
+        human_bytes(t.mem_total_bytes),
+        human_bytes(t.mem_available_bytes),
+        t.gpus
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "  {:<2}{:<16} {:<44} {:<8} {:<22} {:>4} {:>10} {:>5} {:>10} {:>4}  LABELS",
+        "", "NAME", "ID", "STATE", "ADDRESS", "CPUS", "MEMORY", "LOAD", "DISK FREE", "GPUS"
+    );
+    for n in &r.nodes {
+        let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(
+            out,
+            "  {:<2}{:<16} {:<44} {:<8} {:<22} {:>4} {:>10} {:>5.2} {:>10} {:>4}  {}",
+            if n.is_self { "*" } else { "" },
+            n.name,
+            n.id,
+            n.state.as_str(),
+            n.addr,
+            n.cpus,
+            human_bytes(n.mem_total_bytes),
+            n.load_1m,
+            human_bytes(n.disk_free_bytes),
+            n.gpus,
+            labels.join(",")
+        );
+    }
+    let name_of = |id: &str| {
+        r.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| id.to_string())
+    };
+    if !r.links.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "  {:<34} {:>10}  KEY EXCHANGE", "LINK", "RTT");
+        for l in &r.links {
+            let _ = writeln!(
+                out,
+                "  {:<34} {:>10}  {}",
+                format!("{} -> {}", name_of(&l.from), name_of(&l.peer)),
+                format!("{} µs", l.rtt_us),
+                l.kx_group
+            );
+        }
+    }
+    let dead = r.nodes.iter().filter(|n| n.state == NodeState::Dead).count();
+    if dead > 0 {
+        let _ = writeln!(out, "\n  {dead} node(s) dead: they stopped answering probes");
+    }
+    out
+}

@@ -1,0 +1,458 @@
+//! The web dashboard page served at `/`: one server-rendered HTML page showing the cluster as one
+//! machine (totals, nodes, links, recent events), kept live by a little plain JavaScript that listens
+//! on `/v1/dashboard/stream` (SSE: `event: status` carries a `StatusReport`, `event: event` one
+//! `Event`).
+//!
+//! The page, its script and its stylesheet are compiled into the binary and the script and style are
+//! inlined, so the page needs no other route and works offline. This module only formats data it is
+//! handed: it must never do I/O, read the clock, or reach into node state. It must never turn off
+//! HTML escaping for node-provided data (names, labels, addresses, event details all come from the
+//! network), and the script must never put such data into the page with `innerHTML`.
+
+use askama::Template;
+use noodle_api::{Event, StatusReport};
+use std::collections::HashMap;
+
+/// The page's script, inlined into a `<script>` element. It is our own constant, never data.
+const DASHBOARD_JS: &str = include_str!("../templates/dashboard.js");
+/// The page's stylesheet, inlined into a `<style>` element. It is our own constant, never data.
+const DASHBOARD_CSS: &str = include_str!("../templates/dashboard.css");
+
+/// The page shows at most this many events; the script keeps the same bound.
+const EVENTS_SHOWN_MAX: usize = 50;
+
+/// Render the whole dashboard page for `report` and the node's recent `events` (any order; the page
+/// shows the newest [`EVENTS_SHOWN_MAX`] first).
+pub(crate) fn render_dashboard(
+    report: &StatusReport,
+    events: &[Event],
+) -> Result<String, askama::Error> {
+    DashboardPage::new(report, events).render()
+}
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+struct DashboardPage<'a> {
+    cluster_id: &'a str,
+    self_id: &'a str,
+    /// Name of the node that served the page, or its id when it is not in the node list.
+    self_name: &'a str,
+    totals: TotalsView,
+    nodes: Vec<NodeView<'a>>,
+    links: Vec<LinkView<'a>>,
+    events: Vec<EventView<'a>>,
+    css: &'static str,
+    js: &'static str,
+}
+
+struct TotalsView {
+    nodes_alive: u32,
+    nodes_suspect: u32,
+    nodes_dead: u32,
+    cpus: u32,
+    mem_total: String,
+    mem_available: String,
+    gpus: u32,
+}
+
+struct NodeView<'a> {
+    id: &'a str,
+    name: &'a str,
+    /// `alive`, `suspect` or `dead`; also the CSS class `state-<state>`.
+    state: &'static str,
+    is_self: bool,
+    addr: &'a str,
+    version: &'a str,
+    updated_at: String,
+    cpus: u32,
+    mem_total: String,
+    mem_available: String,
+    load: String,
+    disk_free: String,
+    disk_total: String,
+    gpus: u32,
+    /// One line per GPU, shown as the GPU cell's tooltip.
+    gpu_detail: String,
+    labels: Vec<(&'a str, &'a str)>,
+}
+
+struct LinkView<'a> {
+    from_id: &'a str,
+    from_name: &'a str,
+    peer_id: &'a str,
+    peer_name: &'a str,
+    rtt: String,
+    kx_group: &'a str,
+}
+
+struct EventView<'a> {
+    seq: u64,
+    at_ms: u64,
+    at: String,
+    kind: &'static str,
+    node_id: &'a str,
+    node_name: &'a str,
+    detail: &'a str,
+}
+
+impl<'a> DashboardPage<'a> {
+    fn new(report: &'a StatusReport, events: &'a [Event]) -> Self {
+        let names: HashMap<&str, &str> = report
+            .nodes
+            .iter()
+            .map(|n| (n.id.as_str(), n.name.as_str()))
+            .collect();
+        // Unknown ids (a node that left the view) are shown as themselves.
+        let name_of = |id: &'a str| -> &'a str { names.get(id).copied().unwrap_or(id) };
+
+        let t = &report.totals;
+        let totals = TotalsView {
+            nodes_alive: t.nodes_alive,
+            nodes_suspect: t.nodes_suspect,
+            nodes_dead: t.nodes_dead,
+            cpus: t.cpus,
+            mem_total: format_bytes(t.mem_total_bytes),
+            mem_available: format_bytes(t.mem_available_bytes),
+            gpus: t.gpus,
+        };
+
+        let nodes = report
+            .nodes
+            .iter()
+            .map(|n| NodeView {
+                id: &n.id,
+                name: &n.name,
+                state: n.state.as_str(),
+                is_self: n.is_self || n.id == report.self_id,
+                addr: &n.addr,
+                version: &n.version,
+                updated_at: format_utc_ms(n.updated_at_ms),
+                cpus: n.cpus,
+                mem_total: format_bytes(n.mem_total_bytes),
+                mem_available: format_bytes(n.mem_available_bytes),
+                load: format!("{:.2}", n.load_1m),
+                disk_free: format_bytes(n.disk_free_bytes),
+                disk_total: format_bytes(n.disk_total_bytes),
+                gpus: n.gpus,
+                gpu_detail: n
+                    .gpu_list
+                    .iter()
+                    .map(|g| {
+                        format!(
+                            "{}: {} ({})",
+                            g.index,
+                            g.name,
+                            format_bytes(g.mem_total_bytes)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                labels: n
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect(),
+            })
+            .collect();
+
+        let links = report
+            .links
+            .iter()
+            .map(|l| LinkView {
+                from_id: &l.from,
+                from_name: name_of(&l.from),
+                peer_id: &l.peer,
+                peer_name: name_of(&l.peer),
+                rtt: format_rtt_us(l.rtt_us),
+                kx_group: &l.kx_group,
+            })
+            .collect();
+
+        let mut newest: Vec<&Event> = events.iter().collect();
+        newest.sort_by_key(|e| std::cmp::Reverse((e.at_ms, e.seq)));
+        newest.truncate(EVENTS_SHOWN_MAX);
+        let events = newest
+            .into_iter()
+            .map(|e| EventView {
+                seq: e.seq,
+                at_ms: e.at_ms,
+                at: format_utc_ms(e.at_ms),
+                kind: e.kind.as_str(),
+                node_id: &e.node,
+                node_name: name_of(&e.node),
+                detail: &e.detail,
+            })
+            .collect();
+
+        DashboardPage {
+            cluster_id: &report.cluster_id,
+            self_id: &report.self_id,
+            self_name: name_of(&report.self_id),
+            totals,
+            nodes,
+            links,
+            events,
+            css: DASHBOARD_CSS,
+            js: DASHBOARD_JS,
+        }
+    }
+}
+
+/// Bytes in binary units with one decimal: `512 B`, `1.5 GiB`, `23.4 GiB`.
+///
+/// Rounds half up in integer arithmetic so that `formatBytes` in `dashboard.js` gives the same
+/// string for the same number.
+pub(crate) fn format_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut index = 0;
+    while index + 1 < UNITS.len() && bytes >= 1u64 << (10 * (index + 2)) {
+        index += 1;
+    }
+    let mut tenths = tenths_of(bytes, 1u64 << (10 * (index + 1)));
+    // 1023.96 KiB rounds to 1024.0 KiB: show it as 1.0 MiB instead.
+    if tenths >= 10 * 1024 && index + 1 < UNITS.len() {
+        index += 1;
+        tenths = tenths_of(bytes, 1u64 << (10 * (index + 1)));
+    }
+    format!("{}.{} {}", tenths / 10, tenths % 10, UNITS[index])
+}
+
+/// A round-trip time: `850 µs` below a millisecond, then `1.2 ms`, then `1.5 s`.
+pub(crate) fn format_rtt_us(rtt_us: u64) -> String {
+    if rtt_us < 1000 {
+        return format!("{rtt_us} µs");
+    }
+    let tenths_ms = tenths_of(rtt_us, 1000);
+    if tenths_ms < 10 * 1000 {
+        return format!("{}.{} ms", tenths_ms / 10, tenths_ms % 10);
+    }
+    let tenths_s = tenths_of(rtt_us, 1_000_000);
+    format!("{}.{} s", tenths_s / 10, tenths_s % 10)
+}
+
+/// `value / unit` in tenths, rounded half up; u128 so that no u64 input can overflow.
+fn tenths_of(value: u64, unit: u64) -> u64 {
+    let tenths = (u128::from(value) * 10 + u128::from(unit) / 2) / u128::from(unit);
+    u64::try_from(tenths).unwrap_or(u64::MAX)
+}
+
+/// Unix milliseconds as `2023-11-14 22:13:20 UTC`. UTC so that the server render does not depend on
+/// the machine's time zone; the script formats new events the same way.
+pub(crate) fn format_utc_ms(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day); Howard Hinnant's
+/// `civil_from_days`, restricted to dates on or after the epoch.
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use noodle_api::{EventKind, GpuInfo, LinkStatus, NodeState, NodeStatus, Totals};
+    use std::collections::BTreeMap;
+
+    const GIB: u64 = 1 << 30;
+
+    fn node(id: &str, name: &str, state: NodeState, is_self: bool) -> NodeStatus {
+        NodeStatus {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            addr: "192.168.1.10:7070".to_owned(),
+            state,
+            is_self,
+            cpus: 8,
+            mem_total_bytes: 32 * GIB,
+            mem_available_bytes: 20 * GIB,
+            load_1m: 0.5,
+            disk_total_bytes: 512 * GIB,
+            disk_free_bytes: 100 * GIB,
+            gpus: 0,
+            gpu_list: Vec::new(),
+            labels: BTreeMap::new(),
+            version: "0.1.0".to_owned(),
+            updated_at_ms: 1_700_000_000_000,
+        }
+    }
+
+    fn report() -> StatusReport {
+        let mut a = node("node-aaa", "alpha", NodeState::Alive, true);
+        a.gpus = 1;
+        a.gpu_list = vec![GpuInfo {
+            index: 0,
+            name: "NVIDIA H100".to_owned(),
+            mem_total_bytes: 80 * GIB,
+            vendor: "nvidia".to_owned(),
+        }];
+        let mut b = node("node-bbb", "beta", NodeState::Alive, false);
+        b.labels
+            .insert("role".to_owned(), "<script>alert(1)</script>".to_owned());
+        let c = node("node-ccc", "gamma", NodeState::Dead, false);
+        StatusReport {
+            cluster_id: "cluster-123".to_owned(),
+            self_id: "node-aaa".to_owned(),
+            totals: Totals {
+                nodes_alive: 2,
+                nodes_suspect: 0,
+                nodes_dead: 1,
+                cpus: 16,
+                mem_total_bytes: 64 * GIB,
+                mem_available_bytes: 40 * GIB,
+                gpus: 1,
+            },
+            nodes: vec![a, b, c],
+            links: vec![LinkStatus {
+                from: "node-aaa".to_owned(),
+                peer: "node-bbb".to_owned(),
+                rtt_us: 850,
+                kx_group: "X25519MLKEM768".to_owned(),
+            }],
+        }
+    }
+
+    fn event(seq: u64, kind: EventKind, detail: &str) -> Event {
+        Event {
+            seq,
+            at_ms: 1_700_000_000_000 + seq * 1000,
+            kind,
+            node: "node-ccc".to_owned(),
+            detail: detail.to_owned(),
+        }
+    }
+
+    #[test]
+    fn page_shows_every_node_escaped() {
+        let events = [
+            event(1, EventKind::NodeJoined, "joined"),
+            event(2, EventKind::NodeDead, "<b>gone</b>"),
+        ];
+        let html = render_dashboard(&report(), &events).unwrap();
+
+        for id in ["node-aaa", "node-bbb", "node-ccc"] {
+            assert!(
+                html.contains(&format!("<tr data-node-id=\"{id}\"")),
+                "no row for {id}"
+            );
+        }
+        assert!(html.contains("cluster-123"));
+        assert!(html.contains("<span class=\"state state-dead\">dead</span>"));
+        assert!(html.contains("<span class=\"state state-alive\">alive</span>"));
+        assert!(html.contains("32.0 GiB"));
+        assert!(html.contains("850 µs"));
+        assert!(html.contains("X25519MLKEM768"));
+        assert!(html.contains("NVIDIA H100 (80.0 GiB)"));
+        assert_eq!(html.matches("class=\"self-marker\"").count(), 1);
+
+        // Node-provided text is escaped, never markup.
+        assert!(!html.contains("<script>alert(1)"));
+        assert!(html.contains("&#60;script&#62;alert(1)&#60;/script&#62;"));
+        assert!(!html.contains("<b>gone</b>"));
+
+        // Newest event first.
+        let newest = html.find("data-seq=\"2\"").unwrap();
+        let oldest = html.find("data-seq=\"1\"").unwrap();
+        assert!(newest < oldest);
+    }
+
+    #[test]
+    fn page_keeps_only_the_newest_events() {
+        let events: Vec<Event> = (1..=80)
+            .map(|seq| event(seq, EventKind::LinkUp, "up"))
+            .collect();
+        let html = render_dashboard(&report(), &events).unwrap();
+        assert_eq!(html.matches("data-seq=").count(), EVENTS_SHOWN_MAX);
+        assert!(html.contains("data-seq=\"80\""));
+        assert!(!html.contains("data-seq=\"30\""));
+    }
+
+    #[test]
+    fn empty_report_renders() {
+        let empty = StatusReport {
+            cluster_id: "c".to_owned(),
+            self_id: "n".to_owned(),
+            totals: Totals::default(),
+            nodes: Vec::new(),
+            links: Vec::new(),
+        };
+        let html = render_dashboard(&empty, &[]).unwrap();
+        // The script holds the same texts; look for the server-rendered rows.
+        assert!(html.contains("<td colspan=\"10\">No nodes known yet.</td>"));
+        assert!(html.contains("<td colspan=\"5\">No links measured yet.</td>"));
+        assert!(html.contains("<td colspan=\"4\">No events yet.</td>"));
+        assert!(!html.contains("<tr data-node-id="));
+    }
+
+    #[test]
+    fn inlined_assets_cannot_close_their_element() {
+        // The script and style are inlined unescaped; they must not end their element early.
+        assert!(!DASHBOARD_JS.to_ascii_lowercase().contains("</script"));
+        assert!(!DASHBOARD_CSS.to_ascii_lowercase().contains("</style"));
+        assert!(DASHBOARD_JS.contains("/v1/dashboard/stream"));
+    }
+
+    #[test]
+    fn formats_bytes() {
+        let cases: [(u64, &str); 10] = [
+            (0, "0 B"),
+            (512, "512 B"),
+            (1023, "1023 B"),
+            (1024, "1.0 KiB"),
+            (1536, "1.5 KiB"),
+            (3 * GIB / 2, "1.5 GiB"),
+            (23 * GIB + 2 * GIB / 5, "23.4 GiB"),
+            (1024 * 1024 - 1, "1.0 MiB"),
+            (5 << 40, "5.0 TiB"),
+            (u64::MAX, "16.0 EiB"),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(format_bytes(bytes), want, "{bytes} bytes");
+        }
+    }
+
+    #[test]
+    fn formats_rtt() {
+        let cases: [(u64, &str); 7] = [
+            (0, "0 µs"),
+            (850, "850 µs"),
+            (999, "999 µs"),
+            (1000, "1.0 ms"),
+            (1234, "1.2 ms"),
+            (999_960, "1.0 s"),
+            (2_500_000, "2.5 s"),
+        ];
+        for (us, want) in cases {
+            assert_eq!(format_rtt_us(us), want, "{us} µs");
+        }
+    }
+
+    #[test]
+    fn formats_utc_time() {
+        assert_eq!(format_utc_ms(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_utc_ms(1_700_000_000_999), "2023-11-14 22:13:20 UTC");
+        assert_eq!(format_utc_ms(951_782_400_000), "2000-02-29 00:00:00 UTC");
+    }
+}

@@ -1,0 +1,25 @@
+//! One running Noodle node: wires transport, discovery, membership, resources, events and the
+//! API together, and owns the data directory.
+//!
+//! The protocol logic lives in the subsystem crates (sans-IO where it matters); this crate is the
+//! I/O shell around them: tokio tasks, timers, files. It must never hold a lock across an
+//! `.await`, and every queue it owns is bounded.
+
+mod api;
+mod dashboard;
+mod datadir;
+mod events;
+mod join;
+mod node;
+
+pub use datadir::{DataDir, DataDirError};
+pub use join::JoinError;
+pub use node::{NodeConfig, NodeError, RunningNode, start};
+
+/// Unix time in milliseconds (0 if the clock is before 1970).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,279 @@
+//! `noodle bench`: microbenchmarks of the transport, next to this machine's own limits.
+//!
+//! Absolute numbers drift on shared machines, so every hardware-bound row also says how it
+//! compares with the matching limit measured in the same run: throughput rows as a fraction of
+//! the limit (1.0 = as fast as the limit), latency rows as a multiple of it (1.0 = as fast).
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use noodle_link::{JoinPeer, Link, LinkConfig, LinkEvent, RemoteError, Service, ServiceFuture, TlsMaterial};
+use noodle_security::{ClusterCa, NodeKey};
+use serde::Serialize;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Row {
+    pub name: String,
+    pub unit: &'static str,
+    pub median: f64,
+    pub p99: f64,
+    /// Median divided by the median of this row's limit row, if it has one.
+    pub ratio_to_limit: Option<f64>,
+}
+
+fn row(name: &str, unit: &'static str, mut samples: Vec<f64>, limit: Option<&Row>) -> Row {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let pick = |q: f64| {
+        if samples.is_empty() {
+            return 0.0;
+        }
+        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples[i.min(samples.len() - 1)]
+    };
+    let median = pick(0.5);
+    // For throughput the bad tail is the low end: p99 is the 1st percentile of the rates.
+    let p99 = if unit.ends_with("/s") { pick(0.01) } else { pick(0.99) };
+    Row {
+        name: name.to_string(),
+        unit,
+        median,
+        p99,
+        ratio_to_limit: limit.filter(|l| l.median > 0.0).map(|l| median / l.median),
+    }
+}
+
+struct Sizes {
+    rtt_iters: usize,
+    bulk_runs: usize,
+    bulk_bytes: usize,
+    handshakes: usize,
+    memcpy_runs: usize,
+    tcp_runs: usize,
+    tcp_bytes: usize,
+    fsyncs: usize,
+}
+
+pub(crate) async fn run(quick: bool, data_dir: &Path) -> Result<Vec<Row>> {
+    let s = if quick {
+        Sizes { rtt_iters: 2000, bulk_runs: 8, bulk_bytes: 64 << 20, handshakes: 60, memcpy_runs: 10, tcp_runs: 8, tcp_bytes: 128 << 20, fsyncs: 50 }
+    } else {
+        Sizes { rtt_iters: 20_000, bulk_runs: 20, bulk_bytes: 256 << 20, handshakes: 300, memcpy_runs: 30, tcp_runs: 20, tcp_bytes: 512 << 20, fsyncs: 300 }
+    };
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
+    let scratch = tempfile::tempdir_in(data_dir).context("creating a scratch file in the data directory")?;
+
+    // Limits of this machine.
+    let (memcpy, tcp_bw, tcp_rtt, fsync) = {
+        let path = scratch.path().to_path_buf();
+        let (memcpy_runs, tcp_runs, tcp_bytes, rtt_iters, fsyncs) = (s.memcpy_runs, s.tcp_runs, s.tcp_bytes, s.rtt_iters, s.fsyncs);
+        tokio::task::spawn_blocking(move || -> Result<_> {
+            Ok((
+                row("memcpy", "GB/s", memcpy_gbps(memcpy_runs), None),
+                row("tcp_loopback_throughput", "MB/s", tcp_mbps(tcp_runs, tcp_bytes)?, None),
+                row("tcp_loopback_rtt", "us", tcp_rtt_us(rtt_iters)?, None),
+                row("datadir_fsync_latency", "us", fsync_us(&path, fsyncs)?, None),
+            ))
+        })
+        .await??
+    };
+
+    // The link between two nodes on loopback.
+    let ca = ClusterCa::generate("bench")?;
+    let a = bench_link(&ca, "bench-a")?;
+    let b = bench_link(&ca, "bench-b")?;
+    let to = b.local_addr();
+    a.request(to, "echo", b"warm-up").await?;
+    let payload = [7u8; 64];
+    let mut rtts = Vec::with_capacity(s.rtt_iters);
+    for _ in 0..s.rtt_iters {
+        let t = Instant::now();
+        a.request(to, "echo", &payload).await?;
+        rtts.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let mut bulk = Vec::with_capacity(s.bulk_runs);
+    let chunk = Bytes::from(vec![0x5au8; 1 << 20]);
+    for _ in 0..s.bulk_runs {
+        let t = Instant::now();
+        let (mut send, mut recv) = a.open_stream(to, "sink").await?;
+        let mut sent = 0;
+        while sent < s.bulk_bytes {
+            send.write_chunk(chunk.clone()).await?;
+            sent += chunk.len();
+        }
+        send.finish()?;
+        let answer = recv.read_to_end(64).await?;
+        let got = u64::from_be_bytes(answer.as_slice().try_into().context("bad sink answer")?);
+        anyhow::ensure!(got as usize == sent, "sink received {got} of {sent} bytes");
+        bulk.push(sent as f64 / 1e6 / t.elapsed().as_secs_f64());
+    }
+    let mut handshakes = Vec::with_capacity(s.handshakes);
+    for _ in 0..s.handshakes {
+        let took = a.probe_handshake(to).await?;
+        handshakes.push(1.0 / took.as_secs_f64());
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+
+    let rows = vec![
+        row("link_rtt", "us", rtts, Some(&tcp_rtt)),
+        row("link_bulk_throughput", "MB/s", bulk, Some(&tcp_bw)),
+        row("link_pq_handshakes", "handshakes/s", handshakes, None),
+        memcpy,
+        tcp_bw,
+        tcp_rtt,
+        fsync,
+    ];
+    Ok(rows)
+}
+
+pub(crate) fn render(rows: &[Row]) -> String {
+    use std::fmt::Write;
+    let mut out = format!("{:<26} {:>12} {:>12}  {:<13} {}\n", "METRIC", "MEDIAN", "P99", "UNIT", "VS LIMIT");
+    for r in rows {
+        let ratio = r.ratio_to_limit.map(|x| format!("{x:.2}x")).unwrap_or_else(|| "limit".into());
+        let ratio = if r.name.starts_with("link_pq") { "-".into() } else { ratio };
+        let _ = writeln!(out, "{:<26} {:>12.2} {:>12.2}  {:<13} {}", r.name, r.median, r.p99, r.unit, ratio);
+    }
+    out.push_str("throughput rows: fraction of the limit; latency rows: multiple of the limit\n");
+    out
+}
+
+struct BenchService;
+
+impl Service for BenchService {
+    fn call(&self, _from: SocketAddr, _method: &str, body: Bytes) -> ServiceFuture {
+        Box::pin(async move { Ok(body.to_vec()) })
+    }
+    fn join(&self, _peer: JoinPeer, _body: Bytes) -> ServiceFuture {
+        Box::pin(async { Err(RemoteError::new(RemoteError::FORBIDDEN, "bench")) })
+    }
+    fn datagram(&self, _from: SocketAddr, _data: Bytes) {}
+    fn event(&self, _event: LinkEvent) {}
+    fn is_stream(&self, method: &str) -> bool {
+        method == "sink"
+    }
+    fn stream(
+        &self,
+        _from: SocketAddr,
+        _method: &str,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) -> futures_util::future::BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let mut total: u64 = 0;
+            while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX, true).await {
+                total += chunk.bytes.len() as u64;
+            }
+            let _ = send.write_all(&total.to_be_bytes()).await;
+            let _ = send.finish();
+            let _ = send.stopped().await;
+        })
+    }
+}
+
+fn bench_link(ca: &ClusterCa, name: &str) -> Result<Link> {
+    let key = NodeKey::generate()?;
+    let tls = TlsMaterial {
+        ca: ca.cert_der().clone(),
+        cert: ca.issue_node_cert(name, &key.public_key_raw())?,
+        key: key.private_key_der(),
+    };
+    Ok(Link::bind(LinkConfig::new("127.0.0.1:0".parse()?), &tls, Arc::new(BenchService))?)
+}
+
+fn memcpy_gbps(runs: usize) -> Vec<f64> {
+    const BYTES: usize = 64 << 20;
+    let src = vec![1u8; BYTES];
+    let mut dst = vec![0u8; BYTES];
+    (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            dst.copy_from_slice(std::hint::black_box(&src));
+            std::hint::black_box(&dst);
+            BYTES as f64 / 1e9 / t.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
+fn tcp_mbps(runs: usize, bytes: usize) -> Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let reader = std::thread::spawn(move || -> std::io::Result<usize> {
+            let (mut s, _) = listener.accept()?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut total = 0;
+            loop {
+                let n = s.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            s.write_all(&[1])?;
+            Ok(total)
+        });
+        let buf = vec![0x5au8; 1 << 20];
+        let t = Instant::now();
+        let mut s = std::net::TcpStream::connect(addr)?;
+        let mut sent = 0;
+        while sent < bytes {
+            s.write_all(&buf)?;
+            sent += buf.len();
+        }
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut ack = [0u8; 1];
+        s.read_exact(&mut ack)?;
+        out.push(sent as f64 / 1e6 / t.elapsed().as_secs_f64());
+        let got = reader.join().map_err(|_| anyhow::anyhow!("tcp reader panicked"))??;
+        anyhow::ensure!(got == sent, "tcp reader got {got} of {sent}");
+    }
+    Ok(out)
+}
+
+fn tcp_rtt_us(iters: usize) -> Result<Vec<f64>> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut buf = [0u8; 64];
+        while s.read_exact(&mut buf).is_ok() {
+            s.write_all(&buf)?;
+        }
+        Ok(())
+    });
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let mut buf = [7u8; 64];
+    let mut out = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        s.write_all(&buf)?;
+        s.read_exact(&mut buf)?;
+        out.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(s);
+    let _ = echo.join();
+    Ok(out)
+}
+
+fn fsync_us(dir: &Path, iters: usize) -> Result<Vec<f64>> {
+    let mut f = std::fs::File::create(dir.join("fsync-probe"))?;
+    let block = [0u8; 4096];
+    let mut out = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        f.write_all(&block)?;
+        f.sync_data()?;
+        out.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let _ = Duration::ZERO;
+    Ok(out)
+}
