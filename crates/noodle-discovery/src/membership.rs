@@ -98,7 +98,8 @@ impl Membership {
                 "probe rtt must be non-zero and shorter than the probe period".into(),
             ));
         }
-        let nz = |n: usize| NonZeroUsize::new(n).ok_or_else(|| MembershipError::Config("zero".into()));
+        let nz =
+            |n: usize| NonZeroUsize::new(n).ok_or_else(|| MembershipError::Config("zero".into()));
         let mut config = Config::new_lan(std::num::NonZeroU32::MIN.saturating_add(15));
         config.probe_period = cfg.probe_period;
         config.probe_rtt = cfg.probe_rtt;
@@ -195,8 +196,8 @@ impl Membership {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use std::collections::{BTreeMap, BinaryHeap};
     use std::cmp::Reverse;
+    use std::collections::{BTreeMap, BinaryHeap};
 
     /// Drives `n` members in one thread with a virtual clock: datagrams arrive instantly unless
     /// their sender or receiver is crashed.
@@ -243,11 +244,12 @@ mod tests {
                 for effect in self.nodes[i].effects() {
                     match effect {
                         Effect::Send(addr, data) => {
-                            if let Some(j) = self.index_of(addr) {
-                                if !self.crashed[i] && !self.crashed[j] {
-                                    let _ = self.nodes[j].handle_datagram(&data);
-                                    queue.push(j);
-                                }
+                            if let Some(j) = self.index_of(addr)
+                                && !self.crashed[i]
+                                && !self.crashed[j]
+                            {
+                                let _ = self.nodes[j].handle_datagram(&data);
+                                queue.push(j);
                             }
                         }
                         Effect::Schedule(after, timer) => {
@@ -267,11 +269,11 @@ mod tests {
                 }
                 self.timers.pop();
                 self.now = at;
-                if let Some(timer) = self.pending.remove(&seq) {
-                    if !self.crashed[i] {
-                        self.nodes[i].handle_timer(timer);
-                        self.flush(i);
-                    }
+                if let Some(timer) = self.pending.remove(&seq)
+                    && !self.crashed[i]
+                {
+                    self.nodes[i].handle_timer(timer);
+                    self.flush(i);
                 }
             }
             self.now = until;

@@ -133,10 +133,10 @@ impl NodeTable {
                 continue;
             }
             if entry.id == self.me {
-                if let Some(me) = self.nodes.get_mut(&self.me) {
-                    if entry.version >= me.version {
-                        me.version = entry.version + 1;
-                    }
+                if let Some(me) = self.nodes.get_mut(&self.me)
+                    && entry.version >= me.version
+                {
+                    me.version = entry.version + 1;
                 }
                 continue;
             }

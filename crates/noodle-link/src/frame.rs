@@ -137,7 +137,8 @@ pub fn decode_response(bytes: &[u8]) -> Result<Result<&[u8], RemoteError>, Frame
         None => Err(FrameError::Truncated),
         Some(0) => Ok(Ok(&bytes[1..])),
         Some(1) => {
-            let e: RemoteError = postcard::from_bytes(&bytes[1..]).map_err(|_| FrameError::BadHeader)?;
+            let e: RemoteError =
+                postcard::from_bytes(&bytes[1..]).map_err(|_| FrameError::BadHeader)?;
             Ok(Err(e))
         }
         Some(&s) => Err(FrameError::BadStatus(s)),
@@ -178,11 +179,14 @@ mod tests {
             (vec![0, 5, 1, 2], FrameError::Truncated),
             (vec![0, 1, 0xff], FrameError::BadHeader),
             (encode_request("a b", 1, b""), FrameError::BadMethod),
-            ({
-                // Version byte is the first byte of the header.
-                bad_method[2] = 9;
-                bad_method
-            }, FrameError::Version(9)),
+            (
+                {
+                    // Version byte is the first byte of the header.
+                    bad_method[2] = 9;
+                    bad_method
+                },
+                FrameError::Version(9),
+            ),
         ];
         for (bytes, want) in cases {
             assert_eq!(decode_request(&bytes).map(|_| ()), Err(want), "{bytes:?}");

@@ -91,7 +91,10 @@ pub enum LinkError {
 
 impl LinkError {
     fn retryable(&self) -> bool {
-        matches!(self, LinkError::Connect { .. } | LinkError::Connection { .. })
+        matches!(
+            self,
+            LinkError::Connect { .. } | LinkError::Connection { .. }
+        )
     }
 }
 
@@ -270,8 +273,7 @@ impl Link {
         let mut attempt = 0;
         loop {
             let result =
-                tokio::time::timeout_at(deadline, self.inner.clone().attempt(addr, &request))
-                    .await;
+                tokio::time::timeout_at(deadline, self.inner.clone().attempt(addr, &request)).await;
             match result {
                 Err(_) => {
                     return Err(LinkError::Timeout {
@@ -360,9 +362,15 @@ impl Link {
             .inner
             .endpoint
             .connect_with(self.inner.client.clone(), addr, CLUSTER_SERVER_NAME)
-            .map_err(|e| LinkError::Connect { addr, detail: e.to_string() })?
+            .map_err(|e| LinkError::Connect {
+                addr,
+                detail: e.to_string(),
+            })?
             .await
-            .map_err(|e| LinkError::Connect { addr, detail: e.to_string() })?;
+            .map_err(|e| LinkError::Connect {
+                addr,
+                detail: e.to_string(),
+            })?;
         let took = started.elapsed();
         conn.close(0u32.into(), b"probe");
         Ok(took)
@@ -379,8 +387,8 @@ impl Link {
     /// Closes every connection and stops accepting; waits briefly for peers to be told.
     pub async fn shutdown(&self) {
         self.inner.endpoint.close(0u32.into(), b"shutdown");
-        let _ = tokio::time::timeout(Duration::from_millis(500), self.inner.endpoint.wait_idle())
-            .await;
+        let _ =
+            tokio::time::timeout(Duration::from_millis(500), self.inner.endpoint.wait_idle()).await;
     }
 }
 
@@ -509,12 +517,21 @@ impl Inner {
         }
     }
 
-    async fn serve_stream(self: Arc<Self>, from: SocketAddr, mut send: SendStream, mut recv: RecvStream) {
+    async fn serve_stream(
+        self: Arc<Self>,
+        from: SocketAddr,
+        mut send: SendStream,
+        mut recv: RecvStream,
+    ) {
         let header = async {
             let mut len = [0u8; 2];
-            recv.read_exact(&mut len).await.map_err(|_| FrameError::Truncated)?;
+            recv.read_exact(&mut len)
+                .await
+                .map_err(|_| FrameError::Truncated)?;
             let mut header = vec![0u8; frame::header_len(len)?];
-            recv.read_exact(&mut header).await.map_err(|_| FrameError::Truncated)?;
+            recv.read_exact(&mut header)
+                .await
+                .map_err(|_| FrameError::Truncated)?;
             frame::decode_header(&header)
         };
         let header = match tokio::time::timeout(self.cfg.request_timeout, header).await {
@@ -522,7 +539,10 @@ impl Inner {
             Ok(Err(e)) => {
                 metrics::counter!("noodle_link_bad_frames_total").increment(1);
                 tracing::debug!(%from, error = %e, "dropping malformed request");
-                let reply = frame::encode_response(&Err(RemoteError::new(RemoteError::BAD_REQUEST, e.to_string())));
+                let reply = frame::encode_response(&Err(RemoteError::new(
+                    RemoteError::BAD_REQUEST,
+                    e.to_string(),
+                )));
                 let _ = send.write_all(&reply).await;
                 let _ = send.finish();
                 return;
@@ -536,21 +556,35 @@ impl Inner {
             self.service.stream(from, &header.method, send, recv).await;
             return;
         }
-        let deadline = Duration::from_millis(u64::from(header.deadline_ms)).min(self.cfg.request_timeout * 2);
+        let deadline =
+            Duration::from_millis(u64::from(header.deadline_ms)).min(self.cfg.request_timeout * 2);
         let result = tokio::time::timeout(deadline, async {
             let body = recv
                 .read_to_end(self.cfg.body_bytes_max)
                 .await
-                .map_err(|e| RemoteError::new(RemoteError::BAD_REQUEST, format!("request body: {e}")))?;
-            self.service.call(from, &header.method, Bytes::from(body)).await
+                .map_err(|e| {
+                    RemoteError::new(RemoteError::BAD_REQUEST, format!("request body: {e}"))
+                })?;
+            self.service
+                .call(from, &header.method, Bytes::from(body))
+                .await
         })
         .await
-        .unwrap_or_else(|_| Err(RemoteError::new(RemoteError::UNAVAILABLE, "deadline exceeded")));
+        .unwrap_or_else(|_| {
+            Err(RemoteError::new(
+                RemoteError::UNAVAILABLE,
+                "deadline exceeded",
+            ))
+        });
         let _ = send.write_all(&frame::encode_response(&result)).await;
         let _ = send.finish();
     }
 
-    async fn attempt(self: Arc<Self>, addr: SocketAddr, request: &[u8]) -> Result<Bytes, LinkError> {
+    async fn attempt(
+        self: Arc<Self>,
+        addr: SocketAddr,
+        request: &[u8],
+    ) -> Result<Bytes, LinkError> {
         let conn = self.clone().connection(addr).await?;
         let failed = |e: &dyn std::fmt::Display| LinkError::Connection {
             addr,
@@ -612,16 +646,24 @@ async fn serve_join(inner: Arc<Inner>, conn: Connection) {
                     .join(JoinPeer { remote }, Bytes::copy_from_slice(body))
                     .await
             }
-            Ok(_) => Err(RemoteError::new(RemoteError::FORBIDDEN, "only `join` is allowed before joining")),
+            Ok(_) => Err(RemoteError::new(
+                RemoteError::FORBIDDEN,
+                "only `join` is allowed before joining",
+            )),
             Err(e) => Err(RemoteError::new(RemoteError::BAD_REQUEST, e.to_string())),
         };
-        send.write_all(&frame::encode_response(&result)).await.ok()?;
+        send.write_all(&frame::encode_response(&result))
+            .await
+            .ok()?;
         send.finish().ok()?;
         // Give the joiner time to read the answer; it closes the connection itself.
         let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
         Some(())
     };
-    if tokio::time::timeout(Duration::from_secs(10), serve).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), serve)
+        .await
+        .is_err()
+    {
         tracing::debug!(%remote, "join connection timed out");
     }
     conn.close(0u32.into(), b"done");
@@ -640,22 +682,37 @@ pub async fn join_call(
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let mut endpoint = Endpoint::client(bind).map_err(|source| LinkError::Bind { addr: bind, source })?;
+    let mut endpoint =
+        Endpoint::client(bind).map_err(|source| LinkError::Bind { addr: bind, source })?;
     let mut client = tls::quic_client(tls::join_client_config(ca_fingerprint)?)?;
     client.transport_config(Arc::new(transport_config(&LinkConfig::new(bind))));
     endpoint.set_default_client_config(client);
     let call = async {
         let conn = endpoint
             .connect(seed, CLUSTER_SERVER_NAME)
-            .map_err(|e| LinkError::Connect { addr: seed, detail: e.to_string() })?
+            .map_err(|e| LinkError::Connect {
+                addr: seed,
+                detail: e.to_string(),
+            })?
             .await
-            .map_err(|e| LinkError::Connect { addr: seed, detail: e.to_string() })?;
-        let failed = |e: &dyn std::fmt::Display| LinkError::Connection { addr: seed, detail: e.to_string() };
+            .map_err(|e| LinkError::Connect {
+                addr: seed,
+                detail: e.to_string(),
+            })?;
+        let failed = |e: &dyn std::fmt::Display| LinkError::Connection {
+            addr: seed,
+            detail: e.to_string(),
+        };
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(&e))?;
         let ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
-        send.write_all(&frame::encode_request("join", ms, body)).await.map_err(|e| failed(&e))?;
+        send.write_all(&frame::encode_request("join", ms, body))
+            .await
+            .map_err(|e| failed(&e))?;
         send.finish().map_err(|e| failed(&e))?;
-        let answer = recv.read_to_end(JOIN_BYTES_MAX).await.map_err(|e| failed(&e))?;
+        let answer = recv
+            .read_to_end(JOIN_BYTES_MAX)
+            .await
+            .map_err(|e| failed(&e))?;
         conn.close(0u32.into(), b"done");
         match frame::decode_response(&answer) {
             Ok(Ok(body)) => Ok(Bytes::copy_from_slice(body)),
@@ -665,7 +722,11 @@ pub async fn join_call(
     };
     let result = match tokio::time::timeout(timeout, call).await {
         Ok(r) => r,
-        Err(_) => Err(LinkError::Timeout { addr: seed, method: "join".into(), timeout }),
+        Err(_) => Err(LinkError::Timeout {
+            addr: seed,
+            method: "join".into(),
+            timeout,
+        }),
     };
     endpoint.close(0u32.into(), b"done");
     result

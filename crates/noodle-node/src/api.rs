@@ -45,7 +45,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(ApiError { error: message.to_string() })).into_response()
+    (
+        status,
+        Json(ApiError {
+            error: message.to_string(),
+        }),
+    )
+        .into_response()
 }
 
 /// Compares in constant time by hashing both sides.
@@ -54,7 +60,10 @@ fn credential_matches(shared: &Shared, presented: &str) -> bool {
 }
 
 fn presented_credential(headers: &HeaderMap) -> Option<String> {
-    if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         return value.strip_prefix("Bearer ").map(|s| s.trim().to_string());
     }
     headers
@@ -92,7 +101,10 @@ async fn login(State(shared): State<AppState>, Query(q): Query<LoginQuery>) -> R
         metrics::counter!("noodle_api_denied_total").increment(1);
         return error(StatusCode::UNAUTHORIZED, "wrong credential");
     }
-    let cookie = format!("{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", q.token);
+    let cookie = format!(
+        "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+        q.token
+    );
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
 }
 
@@ -137,7 +149,11 @@ fn event_stream(shared: &Shared) -> impl Stream<Item = Result<SseEvent, Infallib
     BroadcastStream::new(shared.events.subscribe()).filter_map(|e| async move {
         // A lagging subscriber skips what it missed.
         let e = e.ok()?;
-        SseEvent::default().event("event").json_data(&e).ok().map(Ok)
+        SseEvent::default()
+            .event("event")
+            .json_data(&e)
+            .ok()
+            .map(Ok)
     })
 }
 
@@ -147,19 +163,30 @@ async fn events_stream(State(shared): State<AppState>) -> impl IntoResponse {
 
 async fn dashboard_stream(State(shared): State<AppState>) -> impl IntoResponse {
     let for_status = shared.clone();
-    let statuses = IntervalStream::new(tokio::time::interval(Duration::from_secs(1))).filter_map(
-        move |_| {
+    let statuses =
+        IntervalStream::new(tokio::time::interval(Duration::from_secs(1))).filter_map(move |_| {
             let report = for_status.status();
-            async move { SseEvent::default().event("status").json_data(&report).ok().map(Ok) }
-        },
-    );
-    Sse::new(futures_util::stream::select(statuses, event_stream(&shared)))
-        .keep_alive(KeepAlive::default())
+            async move {
+                SseEvent::default()
+                    .event("status")
+                    .json_data(&report)
+                    .ok()
+                    .map(Ok)
+            }
+        });
+    Sse::new(futures_util::stream::select(
+        statuses,
+        event_stream(&shared),
+    ))
+    .keep_alive(KeepAlive::default())
 }
 
 async fn metrics(State(shared): State<AppState>) -> Response {
     match &shared.metrics {
         Some(handle) => handle.render().into_response(),
-        None => error(StatusCode::NOT_FOUND, "metrics are not enabled in this process"),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "metrics are not enabled in this process",
+        ),
     }
 }

@@ -44,19 +44,19 @@ pub enum DataDirError {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct NodeFile {
+pub(crate) struct NodeFile {
     pub node_id: String,
     pub name: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PeerRecord {
+pub(crate) struct PeerRecord {
     pub id: String,
     pub addr: SocketAddr,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ClusterFile {
+pub(crate) struct ClusterFile {
     pub cluster_id: String,
     pub peers: Vec<PeerRecord>,
 }
@@ -158,7 +158,12 @@ impl DataDir {
         })
     }
 
-    pub fn write_json<T: Serialize>(&self, name: &str, value: &T, secret: bool) -> Result<(), DataDirError> {
+    pub fn write_json<T: Serialize>(
+        &self,
+        name: &str,
+        value: &T,
+        secret: bool,
+    ) -> Result<(), DataDirError> {
         // Serialising our own plain structs to JSON cannot fail.
         let bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
         self.write_file(name, &bytes, secret)
@@ -197,7 +202,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = DataDir::open(dir.path()).unwrap();
         let err = DataDir::open(dir.path()).unwrap_err();
-        assert!(err.to_string().contains(&format!("pid {}", std::process::id())), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
         drop(first);
         DataDir::open(dir.path()).unwrap();
     }
@@ -213,10 +222,21 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        d.write_json("x.json", &NodeFile { node_id: "a".into(), name: "b".into() }, false).unwrap();
+        d.write_json(
+            "x.json",
+            &NodeFile {
+                node_id: "a".into(),
+                name: "b".into(),
+            },
+            false,
+        )
+        .unwrap();
         let back: NodeFile = d.read_json("x.json").unwrap();
         assert_eq!(back.node_id, "a");
         std::fs::write(dir.path().join("bad.json"), b"{").unwrap();
-        assert!(matches!(d.read_json::<NodeFile>("bad.json"), Err(DataDirError::Corrupt { .. })));
+        assert!(matches!(
+            d.read_json::<NodeFile>("bad.json"),
+            Err(DataDirError::Corrupt { .. })
+        ));
     }
 }

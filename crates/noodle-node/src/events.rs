@@ -8,7 +8,7 @@ use tokio::sync::broadcast;
 const HISTORY_MAX: usize = 1000;
 const SUBSCRIBER_BACKLOG_MAX: usize = 1024;
 
-pub struct EventBus {
+pub(crate) struct EventBus {
     history: Mutex<(u64, VecDeque<Event>)>,
     live: broadcast::Sender<Event>,
 }
@@ -23,7 +23,7 @@ impl Default for EventBus {
 }
 
 impl EventBus {
-    pub fn emit(&self, kind: EventKind, node: &str, detail: impl Into<String>) {
+    pub(crate) fn emit(&self, kind: EventKind, node: &str, detail: impl Into<String>) {
         let event = {
             let mut h = self.history.lock().unwrap_or_else(|e| e.into_inner());
             h.0 += 1;
@@ -45,12 +45,12 @@ impl EventBus {
         let _ = self.live.send(event);
     }
 
-    pub fn history(&self) -> Vec<Event> {
+    pub(crate) fn history(&self) -> Vec<Event> {
         let h = self.history.lock().unwrap_or_else(|e| e.into_inner());
         h.1.iter().cloned().collect()
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.live.subscribe()
     }
 }

@@ -52,11 +52,7 @@ pub enum JoinError {
 }
 
 /// Admission check on the member side: verifies the token and issues the joiner's certificate.
-pub(crate) fn admit(
-    ca: &ClusterCa,
-    req: &JoinRequest,
-    now_unix: u64,
-) -> Result<Vec<u8>, String> {
+pub(crate) fn admit(ca: &ClusterCa, req: &JoinRequest, now_unix: u64) -> Result<Vec<u8>, String> {
     let token = JoinToken::decode(&req.token).map_err(|e| e.to_string())?;
     token.verify(ca, now_unix).map_err(|e| e.to_string())?;
     if req.node_id.is_empty()

@@ -6,15 +6,16 @@ use crate::join::{self, JoinRequest, JoinResponse};
 use crate::now_ms;
 use bytes::Bytes;
 use noodle_api::{
-    EventKind, LinkStatus, NodeState, NodeStatus, StatusReport, TokenRequest, TokenResponse,
-    Totals,
+    EventKind, LinkStatus, NodeState, NodeStatus, StatusReport, TokenRequest, TokenResponse, Totals,
 };
 use noodle_discovery::mdns::Mdns;
 use noodle_discovery::{
     Effect, LinkSample, MemberId, Membership, MembershipConfig, NodeInfo, NodeTable, SyncMessage,
     Timer,
 };
-use noodle_link::{JoinPeer, Link, LinkConfig, LinkEvent, RemoteError, Service, ServiceFuture, TlsMaterial};
+use noodle_link::{
+    JoinPeer, Link, LinkConfig, LinkEvent, RemoteError, Service, ServiceFuture, TlsMaterial,
+};
 use noodle_security::{ClusterCa, JoinToken, NodeKey};
 use rand::seq::SliceRandom;
 use rustls_pki_types::CertificateDer;
@@ -206,15 +207,22 @@ pub async fn start(
                     theirs: token.cluster_id().to_string(),
                 });
             }
-            tracing::info!("already a member of cluster {}; ignoring --join", cluster.cluster_id);
+            tracing::info!(
+                "already a member of cluster {}; ignoring --join",
+                cluster.cluster_id
+            );
         }
         let ca_cert = CertificateDer::from(dir.read_file("ca.crt")?);
         let ca_key = dir.read_file("ca.key")?;
-        let ca = ClusterCa::load(&cluster.cluster_id, ca_cert, &String::from_utf8_lossy(&ca_key))
-            .map_err(|e| DataDirError::Corrupt {
-                path: dir.path().join("ca.key"),
-                detail: e.to_string(),
-            })?;
+        let ca = ClusterCa::load(
+            &cluster.cluster_id,
+            ca_cert,
+            &String::from_utf8_lossy(&ca_key),
+        )
+        .map_err(|e| DataDirError::Corrupt {
+            path: dir.path().join("ca.key"),
+            detail: e.to_string(),
+        })?;
         announce_to.clone_from(&cluster.peers);
         (cluster, ca)
     } else if let Some(text) = &cfg.join {
@@ -225,7 +233,10 @@ pub async fn start(
         let mut seeds: Vec<SocketAddr> = token.seeds().to_vec();
         seeds.extend(cfg.peers.iter().copied());
         if seeds.is_empty() && cfg.mdns {
-            tracing::info!(cluster = token.cluster_id(), "looking for the cluster on the LAN (mDNS)");
+            tracing::info!(
+                cluster = token.cluster_id(),
+                "looking for the cluster on the LAN (mDNS)"
+            );
             match Mdns::start() {
                 Ok(m) => {
                     seeds = m.browse(token.cluster_id(), cfg.mdns_timeout).await;
@@ -237,11 +248,14 @@ pub async fn start(
         if seeds.is_empty() {
             return Err(crate::JoinError::NoSeeds(token.cluster_id().to_string()).into());
         }
-        let admission =
-            join::join(&token, text, &seeds, &node_file.node_id, &name, &key).await?;
+        let admission = join::join(&token, text, &seeds, &node_file.node_id, &name, &key).await?;
         let r = admission.response;
         tracing::info!(via = %admission.via, cluster = %r.cluster_id, "admitted");
-        let ca = ClusterCa::load(&r.cluster_id, CertificateDer::from(r.ca_cert.clone()), &r.ca_key_pem)?;
+        let ca = ClusterCa::load(
+            &r.cluster_id,
+            CertificateDer::from(r.ca_cert.clone()),
+            &r.ca_key_pem,
+        )?;
         observed_ip = Some(r.observed_addr.ip());
         dir.write_file("ca.crt", &r.ca_cert, false)?;
         dir.write_file("ca.key", r.ca_key_pem.as_bytes(), true)?;
@@ -249,7 +263,10 @@ pub async fn start(
         let peers: Vec<PeerRecord> = r
             .members
             .iter()
-            .map(|(id, addr)| PeerRecord { id: id.clone(), addr: *addr })
+            .map(|(id, addr)| PeerRecord {
+                id: id.clone(),
+                addr: *addr,
+            })
             .collect();
         let cluster = ClusterFile {
             cluster_id: r.cluster_id.clone(),
@@ -354,10 +371,14 @@ pub async fn start(
     // API.
     let listener = tokio::net::TcpListener::bind(cfg.api)
         .await
-        .map_err(|source| NodeError::Api { addr: cfg.api, source })?;
-    let api_addr = listener
-        .local_addr()
-        .map_err(|source| NodeError::Api { addr: cfg.api, source })?;
+        .map_err(|source| NodeError::Api {
+            addr: cfg.api,
+            source,
+        })?;
+    let api_addr = listener.local_addr().map_err(|source| NodeError::Api {
+        addr: cfg.api,
+        source,
+    })?;
     let api_url = format!("http://{api_addr}");
     tokio::spawn(crate::api::serve(shared.clone(), listener));
     shared.data_dir.write_api_info(&noodle_api::ApiInfo {
@@ -398,7 +419,13 @@ impl RunningNode {
     /// Leaves the cluster politely and stops.
     pub async fn shutdown(self) {
         let (tx, rx) = oneshot::channel();
-        if self.shared.membership_tx.send(MembershipInput::Leave(tx)).await.is_ok() {
+        if self
+            .shared
+            .membership_tx
+            .send(MembershipInput::Leave(tx))
+            .await
+            .is_ok()
+        {
             let _ = tokio::time::timeout(Duration::from_millis(500), rx).await;
         }
         if let Some(m) = &self.mdns {
@@ -426,7 +453,12 @@ impl Shared {
             .values()
             .find(|(m, _)| m.addr == addr)
             .map(|(m, _)| m.node_id.clone())
-            .or_else(|| view.table.iter().find(|e| e.addr == addr).map(|e| e.id.clone()))
+            .or_else(|| {
+                view.table
+                    .iter()
+                    .find(|e| e.addr == addr)
+                    .map(|e| e.id.clone())
+            })
     }
 
     /// The cluster as this node sees it.
@@ -487,7 +519,12 @@ impl Shared {
                 });
             }
         }
-        nodes.sort_by(|a, b| b.is_self.cmp(&a.is_self).then(a.name.cmp(&b.name)).then(a.id.cmp(&b.id)));
+        nodes.sort_by(|a, b| {
+            b.is_self
+                .cmp(&a.is_self)
+                .then(a.name.cmp(&b.name))
+                .then(a.id.cmp(&b.id))
+        });
         let alive: HashSet<&str> = nodes
             .iter()
             .filter(|n| n.state == NodeState::Alive)
@@ -498,12 +535,15 @@ impl Shared {
             .iter()
             .filter(|e| alive.contains(e.id.as_str()))
             .flat_map(|e| {
-                e.links.iter().filter(|l| alive.contains(l.peer.as_str())).map(|l| LinkStatus {
-                    from: e.id.clone(),
-                    peer: l.peer.clone(),
-                    rtt_us: l.rtt_us,
-                    kx_group: l.kx_group.clone(),
-                })
+                e.links
+                    .iter()
+                    .filter(|l| alive.contains(l.peer.as_str()))
+                    .map(|l| LinkStatus {
+                        from: e.id.clone(),
+                        peer: l.peer.clone(),
+                        rtt_us: l.rtt_us,
+                        kx_group: l.kx_group.clone(),
+                    })
             })
             .collect();
         let mut totals = Totals::default();
@@ -555,12 +595,12 @@ impl Shared {
     }
 
     fn handle_join(&self, peer: &JoinPeer, body: &[u8]) -> Result<Vec<u8>, RemoteError> {
-        let req: JoinRequest = postcard::from_bytes(body).map_err(|_| {
-            RemoteError::new(RemoteError::BAD_REQUEST, "unreadable join request")
-        })?;
+        let req: JoinRequest = postcard::from_bytes(body)
+            .map_err(|_| RemoteError::new(RemoteError::BAD_REQUEST, "unreadable join request"))?;
         match join::admit(&self.ca, &req, now_unix()) {
             Ok(node_cert) => {
-                let mut members: Vec<(String, SocketAddr)> = vec![(self.node_id.clone(), self.advertise)];
+                let mut members: Vec<(String, SocketAddr)> =
+                    vec![(self.node_id.clone(), self.advertise)];
                 {
                     let view = self.lock_view();
                     members.extend(
@@ -608,7 +648,10 @@ impl Service for NodeService {
         let method = method.to_string();
         Box::pin(async move {
             let Some(shared) = shared else {
-                return Err(RemoteError::new(RemoteError::UNAVAILABLE, "node is starting"));
+                return Err(RemoteError::new(
+                    RemoteError::UNAVAILABLE,
+                    "node is starting",
+                ));
             };
             match method.as_str() {
                 "gossip.sync" => {
@@ -625,7 +668,10 @@ impl Service for NodeService {
                     Ok(postcard::to_stdvec(&SyncMessage { entries: answer }).unwrap_or_default())
                 }
                 "node.ping" => Ok(body.to_vec()),
-                _ => Err(RemoteError::new(RemoteError::NOT_FOUND, format!("unknown method `{method}`"))),
+                _ => Err(RemoteError::new(
+                    RemoteError::NOT_FOUND,
+                    format!("unknown method `{method}`"),
+                )),
             }
         })
     }
@@ -635,29 +681,41 @@ impl Service for NodeService {
         Box::pin(async move {
             match shared {
                 Some(shared) => shared.handle_join(&peer, &body),
-                None => Err(RemoteError::new(RemoteError::UNAVAILABLE, "node is starting")),
+                None => Err(RemoteError::new(
+                    RemoteError::UNAVAILABLE,
+                    "node is starting",
+                )),
             }
         })
     }
 
     fn datagram(&self, _from: SocketAddr, data: Bytes) {
-        if let Some(shared) = self.shared.get() {
-            if shared.membership_tx.try_send(MembershipInput::Datagram(data)).is_err() {
-                metrics::counter!("noodle_gossip_dropped_total").increment(1);
-            }
+        if let Some(shared) = self.shared.get()
+            && shared
+                .membership_tx
+                .try_send(MembershipInput::Datagram(data))
+                .is_err()
+        {
+            metrics::counter!("noodle_gossip_dropped_total").increment(1);
         }
     }
 
     fn event(&self, event: LinkEvent) {
-        let Some(shared) = self.shared.get() else { return };
+        let Some(shared) = self.shared.get() else {
+            return;
+        };
         match event {
             LinkEvent::Up { addr, kx_group } => {
                 let who = shared.node_id_at(addr).unwrap_or_else(|| addr.to_string());
-                shared.events.emit(EventKind::LinkUp, &who, format!("{addr} {kx_group}"));
+                shared
+                    .events
+                    .emit(EventKind::LinkUp, &who, format!("{addr} {kx_group}"));
             }
             LinkEvent::Down { addr, reason } => {
                 let who = shared.node_id_at(addr).unwrap_or_else(|| addr.to_string());
-                shared.events.emit(EventKind::LinkDown, &who, format!("{addr}: {reason}"));
+                shared
+                    .events
+                    .emit(EventKind::LinkDown, &who, format!("{addr}: {reason}"));
             }
         }
     }
@@ -728,7 +786,9 @@ fn observe(
 ) {
     let mut current: HashMap<String, (MemberId, NodeState)> = HashMap::new();
     for (m, state) in membership.members() {
-        let newer = current.get(&m.node_id).is_none_or(|(old, _)| m.bump > old.bump);
+        let newer = current
+            .get(&m.node_id)
+            .is_none_or(|(old, _)| m.bump > old.bump);
         if newer {
             current.insert(m.node_id.clone(), (m, state));
         }
@@ -744,15 +804,19 @@ fn observe(
             (Some((NodeState::Dead, _)), NodeState::Alive) => Some(EventKind::NodeRejoined),
             (Some((_, bump)), NodeState::Alive) if bump != m.bump => Some(EventKind::NodeRejoined),
             (Some((NodeState::Alive, _)), NodeState::Suspect) => Some(EventKind::NodeSuspected),
-            (Some((old, _)), NodeState::Dead) if old != NodeState::Dead => Some(EventKind::NodeDead),
+            (Some((old, _)), NodeState::Dead) if old != NodeState::Dead => {
+                Some(EventKind::NodeDead)
+            }
             _ => None,
         };
         if let Some(kind) = event {
-            shared.events.emit(kind, id, format!("{} incarnation {}", m.addr, m.bump));
-            if kind == EventKind::NodeDead {
-                if let Some(link) = shared.link() {
-                    link.disconnect(m.addr);
-                }
+            shared
+                .events
+                .emit(kind, id, format!("{} incarnation {}", m.addr, m.bump));
+            if kind == EventKind::NodeDead
+                && let Some(link) = shared.link()
+            {
+                link.disconnect(m.addr);
             }
         }
         if *state != NodeState::Dead {
@@ -839,14 +903,14 @@ async fn gossip_loop(
                 }
             });
         }
-        if alone && round % 2 == 0 {
+        if alone && round.is_multiple_of(2) {
             for p in &known_peers {
                 let _ = shared
                     .membership_tx
                     .try_send(MembershipInput::Announce(p.id.clone(), p.addr));
             }
         }
-        if round % 5 == 0 && !alive_peers.is_empty() {
+        if round.is_multiple_of(5) && !alive_peers.is_empty() {
             let mut peers: Vec<PeerRecord> = alive_peers
                 .into_iter()
                 .map(|(id, addr)| PeerRecord { id, addr })

@@ -234,7 +234,9 @@ mod tests {
     fn issued_cert_chains_to_ca_and_names_node() {
         let ca = ClusterCa::generate("c1").unwrap();
         let node = NodeKey::generate().unwrap();
-        let cert = ca.issue_node_cert("host-abc", &node.public_key_raw()).unwrap();
+        let cert = ca
+            .issue_node_cert("host-abc", &node.public_key_raw())
+            .unwrap();
         verify_chain(ca.cert_der(), &cert).unwrap();
         let ee = webpki::EndEntityCert::try_from(&cert).unwrap();
         let name = rustls_pki_types::ServerName::try_from("host-abc").unwrap();
@@ -260,7 +262,10 @@ mod tests {
         for host in ["My.Host_Name", "", "---", "a".repeat(80).as_str()] {
             let id = node_id_for_host(host);
             assert!(id.len() <= 63, "{id}");
-            assert!(rustls_pki_types::ServerName::try_from(id.as_str()).is_ok(), "{id}");
+            assert!(
+                rustls_pki_types::ServerName::try_from(id.as_str()).is_ok(),
+                "{id}"
+            );
         }
     }
 }

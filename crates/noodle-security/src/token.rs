@@ -221,8 +221,14 @@ mod tests {
         let good = JoinToken::mint(&ca(), 5, vec![]).encode();
         let cases: Vec<(String, TokenError)> = vec![
             ("hello".into(), TokenError::Prefix),
-            (format!("{TOKEN_PREFIX}!!!"), TokenError::Corrupt("not valid base64")),
-            (format!("{TOKEN_PREFIX}AA"), TokenError::Corrupt("too short")),
+            (
+                format!("{TOKEN_PREFIX}!!!"),
+                TokenError::Corrupt("not valid base64"),
+            ),
+            (
+                format!("{TOKEN_PREFIX}AA"),
+                TokenError::Corrupt("too short"),
+            ),
             (
                 format!("{}A", &good[..good.len() - 1]),
                 TokenError::Corrupt("checksum mismatch"),

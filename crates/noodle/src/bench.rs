@@ -6,7 +6,9 @@
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use noodle_link::{JoinPeer, Link, LinkConfig, LinkEvent, RemoteError, Service, ServiceFuture, TlsMaterial};
+use noodle_link::{
+    JoinPeer, Link, LinkConfig, LinkEvent, RemoteError, Service, ServiceFuture, TlsMaterial,
+};
 use noodle_security::{ClusterCa, NodeKey};
 use serde::Serialize;
 use std::io::{Read, Write};
@@ -36,7 +38,11 @@ fn row(name: &str, unit: &'static str, mut samples: Vec<f64>, limit: Option<&Row
     };
     let median = pick(0.5);
     // For throughput the bad tail is the low end: p99 is the 1st percentile of the rates.
-    let p99 = if unit.ends_with("/s") { pick(0.01) } else { pick(0.99) };
+    let p99 = if unit.ends_with("/s") {
+        pick(0.01)
+    } else {
+        pick(0.99)
+    };
     Row {
         name: name.to_string(),
         unit,
@@ -59,24 +65,59 @@ struct Sizes {
 
 pub(crate) async fn run(quick: bool, data_dir: &Path) -> Result<Vec<Row>> {
     let s = if quick {
-        Sizes { rtt_iters: 2000, bulk_runs: 8, bulk_bytes: 64 << 20, handshakes: 60, memcpy_runs: 10, tcp_runs: 8, tcp_bytes: 128 << 20, fsyncs: 50 }
+        Sizes {
+            rtt_iters: 2000,
+            bulk_runs: 8,
+            bulk_bytes: 64 << 20,
+            handshakes: 60,
+            memcpy_runs: 10,
+            tcp_runs: 8,
+            tcp_bytes: 128 << 20,
+            fsyncs: 50,
+        }
     } else {
-        Sizes { rtt_iters: 20_000, bulk_runs: 20, bulk_bytes: 256 << 20, handshakes: 300, memcpy_runs: 30, tcp_runs: 20, tcp_bytes: 512 << 20, fsyncs: 300 }
+        Sizes {
+            rtt_iters: 20_000,
+            bulk_runs: 20,
+            bulk_bytes: 256 << 20,
+            handshakes: 300,
+            memcpy_runs: 30,
+            tcp_runs: 20,
+            tcp_bytes: 512 << 20,
+            fsyncs: 300,
+        }
     };
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating data directory {}", data_dir.display()))?;
-    let scratch = tempfile::tempdir_in(data_dir).context("creating a scratch file in the data directory")?;
+    let scratch =
+        tempfile::tempdir_in(data_dir).context("creating a scratch file in the data directory")?;
 
     // Limits of this machine.
     let (memcpy, tcp_bw, tcp_rtt, fsync) = {
         let path = scratch.path().to_path_buf();
-        let (memcpy_runs, tcp_runs, tcp_bytes, rtt_iters, fsyncs) = (s.memcpy_runs, s.tcp_runs, s.tcp_bytes, s.rtt_iters, s.fsyncs);
+        let (memcpy_runs, tcp_runs, tcp_bytes, rtt_iters, fsyncs) = (
+            s.memcpy_runs,
+            s.tcp_runs,
+            s.tcp_bytes,
+            s.rtt_iters,
+            s.fsyncs,
+        );
         tokio::task::spawn_blocking(move || -> Result<_> {
             Ok((
                 row("memcpy", "GB/s", memcpy_gbps(memcpy_runs), None),
-                row("tcp_loopback_throughput", "MB/s", tcp_mbps(tcp_runs, tcp_bytes)?, None),
+                row(
+                    "tcp_loopback_throughput",
+                    "MB/s",
+                    tcp_mbps(tcp_runs, tcp_bytes)?,
+                    None,
+                ),
                 row("tcp_loopback_rtt", "us", tcp_rtt_us(rtt_iters)?, None),
-                row("datadir_fsync_latency", "us", fsync_us(&path, fsyncs)?, None),
+                row(
+                    "datadir_fsync_latency",
+                    "us",
+                    fsync_us(&path, fsyncs)?,
+                    None,
+                ),
             ))
         })
         .await??
@@ -133,11 +174,25 @@ pub(crate) async fn run(quick: bool, data_dir: &Path) -> Result<Vec<Row>> {
 
 pub(crate) fn render(rows: &[Row]) -> String {
     use std::fmt::Write;
-    let mut out = format!("{:<26} {:>12} {:>12}  {:<13} {}\n", "METRIC", "MEDIAN", "P99", "UNIT", "VS LIMIT");
+    let mut out = format!(
+        "{:<26} {:>12} {:>12}  {:<13} {}\n",
+        "METRIC", "MEDIAN", "P99", "UNIT", "VS LIMIT"
+    );
     for r in rows {
-        let ratio = r.ratio_to_limit.map(|x| format!("{x:.2}x")).unwrap_or_else(|| "limit".into());
-        let ratio = if r.name.starts_with("link_pq") { "-".into() } else { ratio };
-        let _ = writeln!(out, "{:<26} {:>12.2} {:>12.2}  {:<13} {}", r.name, r.median, r.p99, r.unit, ratio);
+        let ratio = r
+            .ratio_to_limit
+            .map(|x| format!("{x:.2}x"))
+            .unwrap_or_else(|| "limit".into());
+        let ratio = if r.name.starts_with("link_pq") {
+            "-".into()
+        } else {
+            ratio
+        };
+        let _ = writeln!(
+            out,
+            "{:<26} {:>12.2} {:>12.2}  {:<13} {}",
+            r.name, r.median, r.p99, r.unit, ratio
+        );
     }
     out.push_str("throughput rows: fraction of the limit; latency rows: multiple of the limit\n");
     out
@@ -183,7 +238,11 @@ fn bench_link(ca: &ClusterCa, name: &str) -> Result<Link> {
         cert: ca.issue_node_cert(name, &key.public_key_raw())?,
         key: key.private_key_der(),
     };
-    Ok(Link::bind(LinkConfig::new("127.0.0.1:0".parse()?), &tls, Arc::new(BenchService))?)
+    Ok(Link::bind(
+        LinkConfig::new("127.0.0.1:0".parse()?),
+        &tls,
+        Arc::new(BenchService),
+    )?)
 }
 
 fn memcpy_gbps(runs: usize) -> Vec<f64> {
@@ -231,7 +290,9 @@ fn tcp_mbps(runs: usize, bytes: usize) -> Result<Vec<f64>> {
         let mut ack = [0u8; 1];
         s.read_exact(&mut ack)?;
         out.push(sent as f64 / 1e6 / t.elapsed().as_secs_f64());
-        let got = reader.join().map_err(|_| anyhow::anyhow!("tcp reader panicked"))??;
+        let got = reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("tcp reader panicked"))??;
         anyhow::ensure!(got == sent, "tcp reader got {got} of {sent}");
     }
     Ok(out)

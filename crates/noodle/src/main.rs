@@ -15,7 +15,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(name = "noodle", version, about = "Many machines as one secure computer for AI work")]
+#[command(
+    name = "noodle",
+    version,
+    about = "Many machines as one secure computer for AI work"
+)]
 struct Cli {
     /// Data directory of the node (default ~/.local/share/noodle).
     #[arg(long, global = true, env = "NOODLE_DATA_DIR")]
@@ -27,7 +31,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a node: form a new cluster, or join one with --join TOKEN.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Join tokens for other machines.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -123,7 +127,10 @@ fn main() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -144,8 +151,12 @@ fn main() {
 async fn run(cli: Cli) -> Result<i32> {
     let data_dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
     match cli.command {
-        Command::Up(args) => up(data_dir, args).await,
-        Command::Token(TokenCommand::Create { ttl, no_addresses, json }) => {
+        Command::Up(args) => up(data_dir, *args).await,
+        Command::Token(TokenCommand::Create {
+            ttl,
+            no_addresses,
+            json,
+        }) => {
             let client = Client::from_data_dir(&data_dir)?;
             let resp = client
                 .create_token(&TokenRequest {
@@ -217,7 +228,10 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Bench { quick, json } => {
             let rows = bench::run(quick, &data_dir).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "rows": rows }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "rows": rows }))?
+                );
             } else {
                 print!("{}", bench::render(&rows));
             }
@@ -260,7 +274,10 @@ async fn up(data_dir: PathBuf, args: UpArgs) -> Result<i32> {
     let node = noodle_node::start(cfg, metrics).await?;
     println!("noodle node {} is up", node.node_id());
     println!("  cluster    {}", node.cluster_id());
-    println!("  listening  {} (QUIC, mutual TLS, X25519MLKEM768)", node.cluster_addr());
+    println!(
+        "  listening  {} (QUIC, mutual TLS, X25519MLKEM768)",
+        node.cluster_addr()
+    );
     println!("  api        {}", node.api_url());
     println!("  dashboard  {}", node.dashboard_url());
     println!("next: `noodle token create` prints a join token for another machine");
@@ -293,7 +310,11 @@ fn human_bytes(b: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[i]) }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
 }
 
 fn render_status(r: &StatusReport) -> String {
@@ -356,9 +377,16 @@ fn render_status(r: &StatusReport) -> String {
             );
         }
     }
-    let dead = r.nodes.iter().filter(|n| n.state == NodeState::Dead).count();
+    let dead = r
+        .nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Dead)
+        .count();
     if dead > 0 {
-        let _ = writeln!(out, "\n  {dead} node(s) dead: they stopped answering probes");
+        let _ = writeln!(
+            out,
+            "\n  {dead} node(s) dead: they stopped answering probes"
+        );
     }
     out
 }

@@ -80,7 +80,10 @@ async fn request_response_datagrams_and_pq_key_exchange() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(b_svc.datagrams.lock().unwrap()[0], Bytes::from_static(b"gossip"));
+    assert_eq!(
+        b_svc.datagrams.lock().unwrap()[0],
+        Bytes::from_static(b"gossip")
+    );
     assert!(matches!(
         b_svc.events.lock().unwrap()[0],
         LinkEvent::Up { ref kx_group, .. } if kx_group == "X25519MLKEM768"
@@ -96,8 +99,14 @@ async fn peers_of_another_cluster_are_refused() {
     let foreign = ClusterCa::generate("it").unwrap();
     let (a, _) = node(&ca, "a");
     let (stranger, _) = node(&foreign, "x");
-    let err = stranger.request(a.local_addr(), "echo", b"hi").await.unwrap_err();
-    assert!(matches!(err, noodle_link::LinkError::Connect { .. }), "{err}");
+    let err = stranger
+        .request(a.local_addr(), "echo", b"hi")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, noodle_link::LinkError::Connect { .. }),
+        "{err}"
+    );
     assert!(a.links().is_empty());
 }
 
@@ -121,7 +130,10 @@ async fn self_signed_client_is_refused() {
         anyhow::Ok(())
     }
     .await;
-    assert!(result.is_err(), "a self-signed client must not get an answer");
+    assert!(
+        result.is_err(),
+        "a self-signed client must not get an answer"
+    );
     assert!(svc.events.lock().unwrap().is_empty());
 }
 
@@ -141,7 +153,10 @@ async fn join_pins_the_ca_fingerprint() {
     let wrong = noodle_link::join_call(a.local_addr(), [7; 32], b"me", Duration::from_secs(5))
         .await
         .unwrap_err();
-    assert!(wrong.to_string().contains("not a member of the cluster"), "{wrong}");
+    assert!(
+        wrong.to_string().contains("not a member of the cluster"),
+        "{wrong}"
+    );
 }
 
 #[tokio::test]
@@ -172,6 +187,9 @@ async fn certificate_less_client_cannot_use_the_cluster_protocol() {
         .await
         .unwrap();
     let reason = conn.closed().await;
-    assert!(reason.to_string().contains("client certificate required"), "{reason}");
+    assert!(
+        reason.to_string().contains("client certificate required"),
+        "{reason}"
+    );
     assert!(svc.events.lock().unwrap().is_empty());
 }

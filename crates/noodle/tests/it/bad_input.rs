@@ -1,0 +1,255 @@
+//! Bad input gets one clear error and changes nothing: tokens, peers, data directories, packets.
+
+use crate::support::{Node, cli, eventually};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// Runs `noodle up` expecting it to fail; returns its stderr.
+fn up_fails(dir: &Path, args: &[&str]) -> String {
+    let mut full = vec![
+        "up",
+        "--listen",
+        "127.0.0.1:0",
+        "--api",
+        "127.0.0.1:0",
+        "--no-mdns",
+    ];
+    full.extend_from_slice(args);
+    let out = cli(dir, &full);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success(),
+        "noodle up should have failed; stderr:\n{stderr}"
+    );
+    let error_lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(error_lines.len(), 1, "expected one error line:\n{stderr}");
+    stderr
+}
+
+fn assert_not_admitted(founder: &Node, joiner_dir: &Path) {
+    assert!(
+        !joiner_dir.join("cluster.json").exists(),
+        "joiner stored cluster state"
+    );
+    assert!(
+        !joiner_dir.join("node.crt").exists(),
+        "joiner got a certificate"
+    );
+    let report = founder.status().unwrap();
+    assert_eq!(
+        report.nodes.len(),
+        1,
+        "founder admitted someone: {report:?}"
+    );
+}
+
+#[test]
+fn corrupt_tokens_are_refused_before_dialling() {
+    let founder = Node::founder("a");
+    founder.wait_ready(Duration::from_secs(10));
+    let token = founder.token(&[]);
+    let joiner = tempfile::tempdir().unwrap();
+    let err = up_fails(joiner.path(), &["--join", "hello"]);
+    assert!(err.contains("not a noodle join token"), "{err}");
+    // Flip one character in the middle of a real token.
+    let mut chars: Vec<char> = token.chars().collect();
+    let mid = chars.len() / 2;
+    chars[mid] = if chars[mid] == 'A' { 'B' } else { 'A' };
+    let corrupt: String = chars.into_iter().collect();
+    let err = up_fails(joiner.path(), &["--join", &corrupt]);
+    assert!(err.contains("join token is corrupt"), "{err}");
+    assert_not_admitted(&founder, joiner.path());
+}
+
+#[test]
+fn expired_token_is_refused() {
+    let founder = Node::founder("a");
+    founder.wait_ready(Duration::from_secs(10));
+    let token = founder.token(&["--ttl", "1s"]);
+    std::thread::sleep(Duration::from_millis(2100));
+    let joiner = tempfile::tempdir().unwrap();
+    let err = up_fails(joiner.path(), &["--join", &token]);
+    assert!(err.contains("expired"), "{err}");
+    assert_not_admitted(&founder, joiner.path());
+}
+
+#[test]
+fn foreign_cluster_token_is_refused_by_the_seed() {
+    let ours = Node::founder("ours");
+    let theirs = Node::founder("theirs");
+    let ours_addr = ours.wait_ready(Duration::from_secs(10)).nodes[0]
+        .addr
+        .clone();
+    theirs.wait_ready(Duration::from_secs(10));
+    // A token of the other cluster, pointed at our node.
+    let foreign = theirs.token(&["--no-addresses"]);
+    let joiner = tempfile::tempdir().unwrap();
+    let err = up_fails(joiner.path(), &["--join", &foreign, "--peer", &ours_addr]);
+    assert!(
+        err.contains("not a member of the cluster named in the join token"),
+        "{err}"
+    );
+    assert_not_admitted(&ours, joiner.path());
+    // A node that already belongs to one cluster refuses another cluster's token.
+    let err = up_fails(&ours.dir.clone(), &["--join", &foreign]);
+    assert!(
+        err.contains("already running") || err.contains("already belongs to cluster"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unreachable_seed_gives_a_clear_error() {
+    let founder = Node::founder("a");
+    founder.wait_ready(Duration::from_secs(10));
+    let token = founder.token(&["--no-addresses"]);
+    let joiner = tempfile::tempdir().unwrap();
+    // Nothing listens on UDP port 9 here.
+    let err = up_fails(joiner.path(), &["--join", &token, "--peer", "127.0.0.1:9"]);
+    assert!(err.contains("could not join cluster"), "{err}");
+    assert!(err.contains("127.0.0.1:9"), "{err}");
+    // No seed at all and no mDNS.
+    let err = up_fails(joiner.path(), &["--join", &token]);
+    assert!(err.contains("no seed address"), "{err}");
+    assert_not_admitted(&founder, joiner.path());
+}
+
+#[test]
+fn second_node_on_the_same_data_dir_is_refused() {
+    let node = Node::founder("a");
+    let before = node.wait_ready(Duration::from_secs(10));
+    let err = up_fails(&node.dir, &[]);
+    assert!(err.contains("already running on data directory"), "{err}");
+    // The running node is unaffected.
+    assert_eq!(node.status().unwrap().self_id, before.self_id);
+}
+
+#[test]
+fn self_signed_quic_client_is_refused_and_the_node_keeps_working() {
+    let node = Node::founder("a");
+    let report = node.wait_ready(Duration::from_secs(10));
+    let addr: std::net::SocketAddr = report.nodes[0].addr.parse().unwrap();
+    let ca = rustls_pki_types_ca(&node.dir);
+    let key = noodle_security::NodeKey::generate().unwrap();
+    let cert = key
+        .self_signed_cert(noodle_security::CLUSTER_SERVER_NAME)
+        .unwrap();
+    let client =
+        noodle_link::client_config_with_cert(&ca, vec![cert], key.private_key_der()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let result: anyhow::Result<Vec<u8>> = rt.block_on(async {
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap())?;
+        ep.set_default_client_config(client);
+        let conn = ep
+            .connect(addr, noodle_security::CLUSTER_SERVER_NAME)?
+            .await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(&noodle_link::frame::encode_request("node.ping", 1000, b"x"))
+            .await?;
+        send.finish()?;
+        Ok(recv.read_to_end(1024).await?)
+    });
+    assert!(
+        result.is_err(),
+        "self-signed client got an answer: {result:?}"
+    );
+    let after = node.status().unwrap();
+    assert_eq!(after.nodes.len(), 1);
+}
+
+fn rustls_pki_types_ca(dir: &Path) -> rustls::pki_types::CertificateDer<'static> {
+    rustls::pki_types::CertificateDer::from(std::fs::read(dir.join("ca.crt")).unwrap())
+}
+
+#[test]
+fn garbage_datagrams_are_dropped_and_the_cluster_survives() {
+    let nodes = crate::support::cluster(2);
+    let report = nodes[0].status().unwrap();
+    let addr = report
+        .nodes
+        .iter()
+        .find(|n| n.is_self)
+        .unwrap()
+        .addr
+        .clone();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..2000usize {
+        let len = 1 + (i * 37) % 1400;
+        let packet: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let _ = socket.send_to(&packet, &addr);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    crate::support::wait_all_alive(&nodes, Duration::from_secs(5));
+    eventually(Duration::from_secs(5), "status still answers", || {
+        nodes[0].status()
+    });
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Mounts a small tmpfs at `dir` with `opts`; unmounts on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, opts: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs {opts} failed");
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn read_only_or_full_data_dir_gives_one_clear_error() {
+    assert!(
+        is_root(),
+        "this test mounts small file systems and must run as root (CI does)"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let ro = tmp.path().join("ro");
+    let _ro = Tmpfs::mount(&ro, "ro,size=1m");
+    let err = up_fails(&ro.join("data"), &[]);
+    assert!(
+        err.contains("is not usable") && err.contains("Read-only"),
+        "{err}"
+    );
+
+    let full = tmp.path().join("full");
+    let _full = Tmpfs::mount(&full, "size=64k");
+    // Fill it to the last block.
+    let mut filler = std::fs::File::create(full.join("filler")).unwrap();
+    let block = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut filler, &block).is_ok() {}
+    drop(filler);
+    let err = up_fails(&full.join("data"), &[]);
+    assert!(
+        err.contains("No space left") || err.contains("disk full"),
+        "{err}"
+    );
+}

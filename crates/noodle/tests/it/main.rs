@@ -1,0 +1,6 @@
+//! End-to-end tests: real `noodle` processes, real QUIC on loopback, real files.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+mod bad_input;
+mod cluster;
+mod support;

@@ -1,0 +1,399 @@
+//! LAN discovery for real: three network namespaces on one bridge, one `noodle up` in each, and
+//! the joiners hold nothing but a token without seed addresses — they must find the cluster
+//! through mDNS multicast across the bridge.
+//!
+//! Needs root (network namespaces, veth, bridge) and `ip` from iproute2. Without them the test
+//! fails and says what is missing: a skipped test would look like a passing one.
+//!
+//! Topology, all of it inside namespaces this test creates (the root namespace, the host's
+//! interfaces and routes are never touched, so a crashed run cannot break the host's network):
+//!
+//! ```text
+//!   ns <tag>-n1 eth0 10.213.0.1/24 ─┐
+//!   ns <tag>-n2 eth0 10.213.0.2/24 ─┼─ p1,p2,p3 ─ br0   (in ns <tag>-br)
+//!   ns <tag>-n3 eth0 10.213.0.3/24 ─┘
+//! ```
+//!
+//! The bridge lives in a fourth namespace instead of the root one for the same reason; interface
+//! names can then be fixed (`eth0`, `br0`, `pN`) because each namespace has its own, and only
+//! the namespace names carry the pid, so parallel runs do not collide.
+
+use crate::support::noodle_bin;
+use noodle_api::{NodeState, StatusReport};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const NODES: usize = 3;
+/// Behaviour, not speed: generous, but bounded.
+const FORM_WITHIN: Duration = Duration::from_secs(30);
+const READY_WITHIN: Duration = Duration::from_secs(15);
+const PQ_GROUP: &str = "X25519MLKEM768";
+
+#[test]
+fn token_only_joiners_find_the_cluster_by_mdns_across_namespaces() {
+    require_root_and_ip();
+    let mut lab = Lab::new();
+    lab.build_network();
+
+    // Node 1 founds the cluster.
+    lab.spawn_node(0, None);
+    let founder = lab.wait_ready(0);
+    assert_eq!(
+        founder.nodes.len(),
+        1,
+        "fresh founder should know only itself\n{}",
+        lab.diagnostics()
+    );
+    lab.check_pid_is_noodle(0);
+
+    // The token carries no seed address: the joiners can only find the cluster through mDNS.
+    let token = lab.token_without_addresses();
+    let decoded = noodle_security::JoinToken::decode(&token).expect("token decodes");
+    assert!(
+        decoded.seeds().is_empty(),
+        "`token create --no-addresses` put seeds in the token: {:?}",
+        decoded.seeds()
+    );
+    assert_eq!(decoded.cluster_id(), founder.cluster_id);
+
+    // Nodes 2 and 3 join with `--join TOKEN` only (mDNS on, no --peer).
+    let joined_at = Instant::now();
+    for i in 1..NODES {
+        lab.spawn_node(i, Some(&token));
+    }
+    let ids = lab.wait_self_ids();
+    for i in 1..NODES {
+        lab.check_pid_is_noodle(i);
+    }
+
+    // One cluster: every node sees all three alive, at their namespace addresses.
+    let reports = lab.eventually(FORM_WITHIN, "all three nodes alive on every node", |lab| {
+        let reports: Vec<StatusReport> = (0..NODES).map(|i| lab.status(i)).collect::<Option<_>>()?;
+        reports
+            .iter()
+            .all(|r| {
+                ids.iter().all(|id| {
+                    r.nodes.iter().any(|n| &n.id == id && n.state == NodeState::Alive)
+                })
+            })
+            .then_some(reports)
+    });
+    let formed_in = joined_at.elapsed();
+    for (i, r) in reports.iter().enumerate() {
+        assert_eq!(r.self_id, ids[i], "node {} self id\n{}", i + 1, lab.diagnostics());
+        assert_eq!(
+            r.cluster_id,
+            founder.cluster_id,
+            "node {} is in another cluster\n{}",
+            i + 1,
+            lab.diagnostics()
+        );
+        for (j, id) in ids.iter().enumerate() {
+            let n = r.nodes.iter().find(|n| &n.id == id).expect("checked above");
+            assert_eq!(
+                n.addr,
+                format!("{}:7070", node_ip(j)),
+                "node {} reports node {} at an unexpected address\n{}",
+                i + 1,
+                j + 1,
+                lab.diagnostics()
+            );
+        }
+    }
+
+    // The founder has a post-quantum link to both joiners.
+    let links = lab.eventually(FORM_WITHIN, "founder reports links to both joiners", |lab| {
+        let r = lab.status(0)?;
+        ids[1..]
+            .iter()
+            .all(|peer| r.links.iter().any(|l| l.from == ids[0] && &l.peer == peer))
+            .then_some(r.links)
+    });
+    for l in &links {
+        assert_eq!(l.kx_group, PQ_GROUP, "link {l:?} is not post-quantum\n{}", lab.diagnostics());
+    }
+    eprintln!("netns: cluster of {NODES} formed through mDNS in {formed_in:?}");
+}
+
+/// Fails (never skips) when the test cannot build its network.
+fn require_root_and_ip() {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .expect("Uid line in /proc/self/status");
+    assert_eq!(
+        euid, "0",
+        "this test must run as root: it creates network namespaces, veth pairs and a bridge \
+         (effective uid is {euid}); run the tests as root, as CI does"
+    );
+    match Command::new("ip").arg("-V").output() {
+        Ok(out) => assert!(
+            out.status.success(),
+            "`ip -V` failed; this test needs a working `ip` from iproute2: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => panic!("this test needs `ip` from iproute2 on PATH (apt-get install iproute2): {e}"),
+    }
+}
+
+fn node_ip(i: usize) -> String {
+    format!("10.213.0.{}", i + 1)
+}
+
+/// One `noodle up` inside a namespace.
+struct LabNode {
+    netns: String,
+    dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// The namespaces, links and processes of one test; all removed on drop, pass or fail.
+struct Lab {
+    tag: String,
+    /// Namespaces that exist, in creation order.
+    namespaces: Vec<String>,
+    nodes: Vec<LabNode>,
+    tmp: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        Lab {
+            tag: format!("ndl{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)),
+            namespaces: Vec::new(),
+            nodes: Vec::new(),
+            tmp: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn bridge_ns(&self) -> String {
+        format!("{}-br", self.tag)
+    }
+
+    fn node_ns(&self, i: usize) -> String {
+        format!("{}-n{}", self.tag, i + 1)
+    }
+
+    fn add_netns(&mut self, name: &str) {
+        ip(&["netns", "add", name]);
+        self.namespaces.push(name.to_string());
+    }
+
+    fn build_network(&mut self) {
+        let br = self.bridge_ns();
+        self.add_netns(&br);
+        ip(&["-n", &br, "link", "set", "lo", "up"]);
+        // No snooping: the bridge floods multicast to every port, whatever IGMP says.
+        ip(&["-n", &br, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"]);
+        ip(&["-n", &br, "link", "set", "br0", "up"]);
+        for i in 0..NODES {
+            let ns = self.node_ns(i);
+            let port = format!("p{}", i + 1);
+            self.add_netns(&ns);
+            // Both ends are created directly in their namespaces: nothing appears in the root one.
+            ip(&[
+                "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &port,
+                "netns", &br,
+            ]);
+            ip(&["-n", &br, "link", "set", &port, "master", "br0"]);
+            ip(&["-n", &br, "link", "set", &port, "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            ip(&["-n", &ns, "addr", "add", &format!("{}/24", node_ip(i)), "dev", "eth0"]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            // Without a multicast route, joining the mDNS group fails with ENODEV.
+            ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"]);
+        }
+    }
+
+    fn spawn_node(&mut self, i: usize, join: Option<&str>) {
+        assert_eq!(self.nodes.len(), i, "nodes are started in order");
+        let netns = self.node_ns(i);
+        let dir = self.tmp.path().join(format!("n{}", i + 1));
+        let log = self.tmp.path().join(format!("n{}.log", i + 1));
+        let stderr = std::fs::File::create(&log).expect("create node log");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &netns, noodle_bin(), "--data-dir"])
+            .arg(&dir)
+            .args(["up", "--listen", "0.0.0.0:7070", "--api", "127.0.0.1:7071", "--name"])
+            .arg(format!("n{}", i + 1));
+        if let Some(token) = join {
+            cmd.args(["--join", token]);
+        }
+        let child = cmd
+            .env("NOODLE_LOG", "info,mdns_sd=debug")
+            .env_remove("NOODLE_JOIN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn `ip netns exec ... noodle up`");
+        self.nodes.push(LabNode {
+            netns,
+            dir,
+            log,
+            child: Some(child),
+        });
+    }
+
+    /// `ip netns exec` execs the command, so the child we hold is noodle itself and killing it
+    /// stops the node. The node writes its own pid to api.json: check they agree.
+    fn check_pid_is_noodle(&self, i: usize) {
+        let node = &self.nodes[i];
+        let child_pid = node.child.as_ref().expect("node running").id();
+        let raw = std::fs::read(node.dir.join("api.json")).expect("api.json of a ready node");
+        let info: serde_json::Value = serde_json::from_slice(&raw).expect("api.json is json");
+        assert_eq!(
+            info["pid"].as_u64(),
+            Some(u64::from(child_pid)),
+            "node {}: the spawned pid is not the noodle process (did `ip netns exec` fork?)",
+            i + 1
+        );
+    }
+
+    /// A client command run inside node `i`'s namespace, where its API listens on loopback.
+    fn cli(&self, i: usize, args: &[&str]) -> Output {
+        let node = &self.nodes[i];
+        Command::new("ip")
+            .args(["netns", "exec", &node.netns, noodle_bin(), "--data-dir"])
+            .arg(&node.dir)
+            .args(args)
+            .env_remove("NOODLE_DATA_DIR")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run `ip netns exec ... noodle`")
+    }
+
+    fn status(&self, i: usize) -> Option<StatusReport> {
+        let out = self.cli(i, &["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn wait_ready(&mut self, i: usize) -> StatusReport {
+        self.eventually(READY_WITHIN, &format!("node {} answers status", i + 1), |lab| {
+            lab.status(i)
+        })
+    }
+
+    /// Each node's own id, once it answers status (a joiner does after it was admitted).
+    fn wait_self_ids(&mut self) -> Vec<String> {
+        (0..NODES)
+            .map(|i| {
+                self.eventually(FORM_WITHIN, &format!("node {} admitted and answering", i + 1), |lab| {
+                    lab.status(i).map(|r| r.self_id)
+                })
+            })
+            .collect()
+    }
+
+    fn token_without_addresses(&self) -> String {
+        let out = self.cli(0, &["token", "create", "--no-addresses"]);
+        assert!(
+            out.status.success(),
+            "`noodle token create --no-addresses` failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.diagnostics()
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Polls `check` until it gives a value; fails with every node's log after `within`, or at
+    /// once when a node process has exited.
+    fn eventually<T>(
+        &mut self,
+        within: Duration,
+        what: &str,
+        mut check: impl FnMut(&Lab) -> Option<T>,
+    ) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = check(self) {
+                return v;
+            }
+            if let Some(exited) = self.exited_node() {
+                panic!("waiting for {what}: {exited}\n{}", self.diagnostics());
+            }
+            assert!(
+                start.elapsed() < within,
+                "timed out after {within:?} waiting for: {what}\n{}",
+                self.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn exited_node(&mut self) -> Option<String> {
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            if let Some(child) = node.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                node.child = None;
+                return Some(format!("node {} exited: {status}", i + 1));
+            }
+        }
+        None
+    }
+
+    /// Every node's log and last status, for failure messages.
+    fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let log = std::fs::read_to_string(&node.log).unwrap_or_else(|e| format!("<{e}>"));
+            let _ = writeln!(out, "===== node {} (netns {}) log =====\n{log}", i + 1, node.netns);
+            let status = self.cli(i, &["status", "--json"]);
+            let _ = writeln!(
+                out,
+                "===== node {} status =====\n{}{}",
+                i + 1,
+                String::from_utf8_lossy(&status.stdout),
+                String::from_utf8_lossy(&status.stderr)
+            );
+        }
+        out
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Processes first: a namespace with a process in it outlives `ip netns del`.
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        // Deleting a namespace destroys its interfaces, the veth peers and the bridge with them.
+        for ns in self.namespaces.iter().rev() {
+            let out = Command::new("ip").args(["netns", "del", ns]).output();
+            if !matches!(&out, Ok(o) if o.status.success()) {
+                eprintln!("netns: could not delete namespace {ns}: {out:?}");
+            }
+        }
+    }
+}
+
+/// Runs `ip ARGS`; fails with its stderr (for example missing privileges) when it does not work.
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `ip {}`: {e}", args.join(" ")));
+    assert!(
+        out.status.success(),
+        "`ip {}` failed ({}): {}\nthis test needs root with CAP_NET_ADMIN and CAP_SYS_ADMIN \
+         and a kernel with netns, veth and bridge support",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}

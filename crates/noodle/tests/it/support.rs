@@ -1,0 +1,224 @@
+//! Test harness: real `noodle` processes with their own data directories on loopback.
+
+use noodle_api::StatusReport;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub(crate) fn noodle_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_noodle")
+}
+
+/// One `noodle up` process. Killed (SIGKILL) on drop.
+pub(crate) struct Node {
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+    pub name: String,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Node {
+    /// Starts a node that forms a new cluster.
+    pub(crate) fn founder(name: &str) -> Node {
+        Node::start(name, &[])
+    }
+
+    /// Starts a node with extra `noodle up` arguments, in a fresh data directory.
+    pub(crate) fn start(name: &str, extra: &[&str]) -> Node {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut node = Node {
+            dir,
+            child: None,
+            name: name.to_string(),
+            _tmp: Some(tmp),
+        };
+        node.spawn(extra);
+        node
+    }
+
+    /// (Re)starts the process on this node's data directory.
+    pub(crate) fn spawn(&mut self, extra: &[&str]) {
+        let _ = std::fs::remove_file(self.dir.join("api.json"));
+        let log = std::fs::File::create(self.log_path_for_spawn()).expect("log file");
+        let child = Command::new(noodle_bin())
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--api",
+                "127.0.0.1:0",
+                "--no-mdns",
+                "--name",
+            ])
+            .arg(&self.name)
+            .args(extra)
+            .env("NOODLE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn noodle up");
+        self.child = Some(child);
+    }
+
+    fn log_path_for_spawn(&self) -> PathBuf {
+        std::fs::create_dir_all(&self.dir).expect("data dir");
+        self.dir.with_extension(format!(
+            "log.{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ))
+    }
+
+    /// Everything this node logged so far, for failure messages.
+    pub(crate) fn logs(&self) -> String {
+        let parent = self.dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut out = String::new();
+        if let Ok(entries) = std::fs::read_dir(parent) {
+            let mut paths: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+            paths.sort();
+            for p in paths {
+                if p.to_string_lossy().contains(".log.") {
+                    out.push_str(&std::fs::read_to_string(&p).unwrap_or_default());
+                }
+            }
+        }
+        out
+    }
+
+    pub(crate) fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs a client command against this node.
+    pub(crate) fn cli(&self, args: &[&str]) -> Output {
+        cli(&self.dir, args)
+    }
+
+    pub(crate) fn token(&self, extra: &[&str]) -> String {
+        let mut args = vec!["token", "create"];
+        args.extend_from_slice(extra);
+        let out = self.cli(&args);
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub(crate) fn status(&self) -> Option<StatusReport> {
+        let out = self.cli(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// Waits until the node answers `status`.
+    pub(crate) fn wait_ready(&self, within: Duration) -> StatusReport {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.status() {
+                return s;
+            }
+            assert!(
+                start.elapsed() < within,
+                "node {} not ready within {within:?}:\n{}",
+                self.name,
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub(crate) fn node_id(&self) -> String {
+        let raw = std::fs::read(self.dir.join("node.json")).expect("node.json");
+        let v: serde_json::Value = serde_json::from_slice(&raw).expect("node.json json");
+        v["node_id"].as_str().expect("node_id").to_string()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub(crate) fn cli(dir: &Path, args: &[&str]) -> Output {
+    Command::new(noodle_bin())
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run noodle")
+}
+
+/// Polls `check` until it returns `Some`, or fails with `what` after `within`.
+pub(crate) fn eventually<T>(
+    within: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A founder and `n - 1` nodes joined with its token; returns once every node sees every node
+/// alive.
+pub(crate) fn cluster(n: usize) -> Vec<Node> {
+    let first = Node::founder("node-0");
+    first.wait_ready(Duration::from_secs(10));
+    let token = first.token(&[]);
+    let mut nodes = vec![first];
+    for i in 1..n {
+        nodes.push(Node::start(&format!("node-{i}"), &["--join", &token]));
+    }
+    wait_all_alive(&nodes, Duration::from_secs(15));
+    nodes
+}
+
+/// Waits until every node reports every node of `nodes` alive; returns how long it took.
+pub(crate) fn wait_all_alive(nodes: &[Node], within: Duration) -> Duration {
+    let start = Instant::now();
+    let ids: Vec<String> = nodes
+        .iter()
+        .map(|n| {
+            eventually(within, "node.json", || {
+                n.dir.join("node.json").exists().then(|| n.node_id())
+            })
+        })
+        .collect();
+    eventually(within, "all nodes alive on every node", || {
+        nodes
+            .iter()
+            .all(|n| {
+                n.status().is_some_and(|s| {
+                    ids.iter().all(|id| {
+                        s.nodes
+                            .iter()
+                            .any(|x| &x.id == id && x.state == noodle_api::NodeState::Alive)
+                    })
+                })
+            })
+            .then_some(())
+    });
+    start.elapsed()
+}
