@@ -381,6 +381,10 @@ impl Link {
         let slot = self.inner.lock_conns().remove(&addr);
         if let Some(Slot::Ready { conn, .. }) = slot {
             conn.close(0u32.into(), b"disconnect");
+            self.inner.service.event(LinkEvent::Down {
+                addr,
+                reason: "closed: peer declared dead".into(),
+            });
         }
     }
 

@@ -2,9 +2,29 @@
 //! local node's API, found through the data directory.
 //!
 //! This is the only crate that knows about argv, stdout and exit codes.
-#![allow(clippy::print_stdout, clippy::print_stderr)]
+#![allow(clippy::print_stderr)]
 
 mod bench;
+
+/// `println!` that ends the process quietly when stdout is gone (`noodle status | head`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
+/// `print!` with the same behaviour as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if write!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -165,18 +185,18 @@ async fn run(cli: Cli) -> Result<i32> {
                 })
                 .await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&resp)?);
+                outln!("{}", serde_json::to_string_pretty(&resp)?);
             } else {
-                println!("{}", resp.token);
+                outln!("{}", resp.token);
             }
             Ok(0)
         }
         Command::Status { json } => {
             let report = Client::from_data_dir(&data_dir)?.status().await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", render_status(&report));
+                out!("{}", render_status(&report));
             }
             Ok(0)
         }
@@ -184,9 +204,9 @@ async fn run(cli: Cli) -> Result<i32> {
             let client = Client::from_data_dir(&data_dir)?;
             let print = |e: &Event| -> Result<()> {
                 if json {
-                    println!("{}", serde_json::to_string(e)?);
+                    outln!("{}", serde_json::to_string(e)?);
                 } else {
-                    println!(
+                    outln!(
                         "{}  {:<15} {:<40} {}",
                         humantime::format_rfc3339_millis(
                             std::time::UNIX_EPOCH + Duration::from_millis(e.at_ms)
@@ -222,18 +242,18 @@ async fn run(cli: Cli) -> Result<i32> {
             let client = Client::from_data_dir(&data_dir)?;
             let cred = std::fs::read_to_string(data_dir.join(noodle_api::ADMIN_CREDENTIAL_FILE))
                 .context("reading the admin credential")?;
-            println!("{}/login?token={}", client.base_url(), cred.trim());
+            outln!("{}/login?token={}", client.base_url(), cred.trim());
             Ok(0)
         }
         Command::Bench { quick, json } => {
             let rows = bench::run(quick, &data_dir).await?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({ "rows": rows }))?
                 );
             } else {
-                print!("{}", bench::render(&rows));
+                out!("{}", bench::render(&rows));
             }
             Ok(0)
         }
@@ -272,15 +292,15 @@ async fn up(data_dir: PathBuf, args: UpArgs) -> Result<i32> {
         .install_recorder()
         .ok();
     let node = noodle_node::start(cfg, metrics).await?;
-    println!("noodle node {} is up", node.node_id());
-    println!("  cluster    {}", node.cluster_id());
-    println!(
+    outln!("noodle node {} is up", node.node_id());
+    outln!("  cluster    {}", node.cluster_id());
+    outln!(
         "  listening  {} (QUIC, mutual TLS, X25519MLKEM768)",
         node.cluster_addr()
     );
-    println!("  api        {}", node.api_url());
-    println!("  dashboard  {}", node.dashboard_url());
-    println!("next: `noodle token create` prints a join token for another machine");
+    outln!("  api        {}", node.api_url());
+    outln!("  dashboard  {}", node.dashboard_url());
+    outln!("next: `noodle token create` prints a join token for another machine");
     wait_for_signal().await;
     eprintln!("shutting down");
     node.shutdown().await;

@@ -118,7 +118,13 @@ fn killed_node_is_dead_within_5s_and_restart_keeps_its_id() {
         "one entry per node id: {r:?}"
     );
     let events = String::from_utf8_lossy(&nodes[0].cli(&["events", "--json"]).stdout).to_string();
-    for kind in ["node_joined", "node_dead", "node_rejoined"] {
+    for kind in [
+        "node_joined",
+        "node_dead",
+        "node_rejoined",
+        "link_up",
+        "link_down",
+    ] {
         assert!(
             events.contains(kind),
             "{kind} missing from events:\n{events}"

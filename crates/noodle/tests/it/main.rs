@@ -3,4 +3,6 @@
 
 mod bad_input;
 mod cluster;
+mod dashboard;
+mod netns;
 mod support;

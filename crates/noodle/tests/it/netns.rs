@@ -71,19 +71,28 @@ fn token_only_joiners_find_the_cluster_by_mdns_across_namespaces() {
 
     // One cluster: every node sees all three alive, at their namespace addresses.
     let reports = lab.eventually(FORM_WITHIN, "all three nodes alive on every node", |lab| {
-        let reports: Vec<StatusReport> = (0..NODES).map(|i| lab.status(i)).collect::<Option<_>>()?;
+        let reports: Vec<StatusReport> =
+            (0..NODES).map(|i| lab.status(i)).collect::<Option<_>>()?;
         reports
             .iter()
             .all(|r| {
                 ids.iter().all(|id| {
-                    r.nodes.iter().any(|n| &n.id == id && n.state == NodeState::Alive)
+                    r.nodes
+                        .iter()
+                        .any(|n| &n.id == id && n.state == NodeState::Alive)
                 })
             })
             .then_some(reports)
     });
     let formed_in = joined_at.elapsed();
     for (i, r) in reports.iter().enumerate() {
-        assert_eq!(r.self_id, ids[i], "node {} self id\n{}", i + 1, lab.diagnostics());
+        assert_eq!(
+            r.self_id,
+            ids[i],
+            "node {} self id\n{}",
+            i + 1,
+            lab.diagnostics()
+        );
         assert_eq!(
             r.cluster_id,
             founder.cluster_id,
@@ -105,15 +114,24 @@ fn token_only_joiners_find_the_cluster_by_mdns_across_namespaces() {
     }
 
     // The founder has a post-quantum link to both joiners.
-    let links = lab.eventually(FORM_WITHIN, "founder reports links to both joiners", |lab| {
-        let r = lab.status(0)?;
-        ids[1..]
-            .iter()
-            .all(|peer| r.links.iter().any(|l| l.from == ids[0] && &l.peer == peer))
-            .then_some(r.links)
-    });
+    let links = lab.eventually(
+        FORM_WITHIN,
+        "founder reports links to both joiners",
+        |lab| {
+            let r = lab.status(0)?;
+            ids[1..]
+                .iter()
+                .all(|peer| r.links.iter().any(|l| l.from == ids[0] && &l.peer == peer))
+                .then_some(r.links)
+        },
+    );
     for l in &links {
-        assert_eq!(l.kx_group, PQ_GROUP, "link {l:?} is not post-quantum\n{}", lab.diagnostics());
+        assert_eq!(
+            l.kx_group,
+            PQ_GROUP,
+            "link {l:?} is not post-quantum\n{}",
+            lab.diagnostics()
+        );
     }
     eprintln!("netns: cluster of {NODES} formed through mDNS in {formed_in:?}");
 }
@@ -126,8 +144,8 @@ fn require_root_and_ip() {
         .find_map(|l| l.strip_prefix("Uid:"))
         .and_then(|l| l.split_whitespace().nth(1))
         .expect("Uid line in /proc/self/status");
-    assert_eq!(
-        euid, "0",
+    assert!(
+        euid == "0",
         "this test must run as root: it creates network namespaces, veth pairs and a bridge \
          (effective uid is {euid}); run the tests as root, as CI does"
     );
@@ -137,7 +155,9 @@ fn require_root_and_ip() {
             "`ip -V` failed; this test needs a working `ip` from iproute2: {}",
             String::from_utf8_lossy(&out.stderr)
         ),
-        Err(e) => panic!("this test needs `ip` from iproute2 on PATH (apt-get install iproute2): {e}"),
+        Err(e) => {
+            panic!("this test needs `ip` from iproute2 on PATH (apt-get install iproute2): {e}")
+        }
     }
 }
 
@@ -166,7 +186,11 @@ impl Lab {
     fn new() -> Lab {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         Lab {
-            tag: format!("ndl{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)),
+            tag: format!(
+                "ndl{}-{}",
+                std::process::id(),
+                SEQ.fetch_add(1, Ordering::Relaxed)
+            ),
             namespaces: Vec::new(),
             nodes: Vec::new(),
             tmp: tempfile::tempdir().expect("tempdir"),
@@ -191,7 +215,17 @@ impl Lab {
         self.add_netns(&br);
         ip(&["-n", &br, "link", "set", "lo", "up"]);
         // No snooping: the bridge floods multicast to every port, whatever IGMP says.
-        ip(&["-n", &br, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"]);
+        ip(&[
+            "-n",
+            &br,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
         ip(&["-n", &br, "link", "set", "br0", "up"]);
         for i in 0..NODES {
             let ns = self.node_ns(i);
@@ -205,9 +239,18 @@ impl Lab {
             ip(&["-n", &br, "link", "set", &port, "master", "br0"]);
             ip(&["-n", &br, "link", "set", &port, "up"]);
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
-            ip(&["-n", &ns, "addr", "add", &format!("{}/24", node_ip(i)), "dev", "eth0"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", node_ip(i)),
+                "dev",
+                "eth0",
+            ]);
             ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-            // Without a multicast route, joining the mDNS group fails with ENODEV.
+            // The mDNS group join can fail with ENODEV in a namespace without a route that
+            // covers 224.0.0.251 (DEPENDENCIES.md); a LAN host has one through its default route.
             ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"]);
         }
     }
@@ -221,7 +264,14 @@ impl Lab {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &netns, noodle_bin(), "--data-dir"])
             .arg(&dir)
-            .args(["up", "--listen", "0.0.0.0:7070", "--api", "127.0.0.1:7071", "--name"])
+            .args([
+                "up",
+                "--listen",
+                "0.0.0.0:7070",
+                "--api",
+                "127.0.0.1:7071",
+                "--name",
+            ])
             .arg(format!("n{}", i + 1));
         if let Some(token) = join {
             cmd.args(["--join", token]);
@@ -279,18 +329,22 @@ impl Lab {
     }
 
     fn wait_ready(&mut self, i: usize) -> StatusReport {
-        self.eventually(READY_WITHIN, &format!("node {} answers status", i + 1), |lab| {
-            lab.status(i)
-        })
+        self.eventually(
+            READY_WITHIN,
+            &format!("node {} answers status", i + 1),
+            |lab| lab.status(i),
+        )
     }
 
     /// Each node's own id, once it answers status (a joiner does after it was admitted).
     fn wait_self_ids(&mut self) -> Vec<String> {
         (0..NODES)
             .map(|i| {
-                self.eventually(FORM_WITHIN, &format!("node {} admitted and answering", i + 1), |lab| {
-                    lab.status(i).map(|r| r.self_id)
-                })
+                self.eventually(
+                    FORM_WITHIN,
+                    &format!("node {} admitted and answering", i + 1),
+                    |lab| lab.status(i).map(|r| r.self_id),
+                )
             })
             .collect()
     }
@@ -348,7 +402,12 @@ impl Lab {
         let mut out = String::new();
         for (i, node) in self.nodes.iter().enumerate() {
             let log = std::fs::read_to_string(&node.log).unwrap_or_else(|e| format!("<{e}>"));
-            let _ = writeln!(out, "===== node {} (netns {}) log =====\n{log}", i + 1, node.netns);
+            let _ = writeln!(
+                out,
+                "===== node {} (netns {}) log =====\n{log}",
+                i + 1,
+                node.netns
+            );
             let status = self.cli(i, &["status", "--json"]);
             let _ = writeln!(
                 out,
