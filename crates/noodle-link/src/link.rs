@@ -18,9 +18,13 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-/// Largest UDP payload we let path MTU discovery grow to; loopback and jumbo-frame LANs use it,
-/// ordinary Ethernet paths settle at about 1450 by themselves.
-const UDP_PAYLOAD_BYTES_MAX: u16 = 16_384;
+/// Largest UDP payload we let path MTU discovery grow to. Loopback and jumbo-frame LANs reach it;
+/// ordinary Ethernet paths settle near 1450 by themselves. It must stay below 65 507 / 10: quinn
+/// batches up to 10 packets into one GSO send and the kernel refuses batches over 64 KiB
+/// (EMSGSIZE), which looks like loss and makes black-hole detection drop the MTU to 1200.
+const UDP_PAYLOAD_BYTES_MAX: u16 = 6_500;
+/// Requested UDP socket buffer size, each direction.
+const SOCKET_BUFFER_BYTES: usize = 8 << 20;
 /// A join request carries a token and a public key: a few KiB at most.
 const JOIN_BYTES_MAX: usize = 64 * 1024;
 /// Datagrams waiting for a connection to be set up, over all peers.
@@ -177,12 +181,24 @@ fn transport_config(cfg: &LinkConfig) -> quinn::TransportConfig {
     t.initial_rtt(Duration::from_millis(20));
     t.max_concurrent_bidi_streams(cfg.streams_per_connection_max.into());
     t.max_concurrent_uni_streams(0u32.into());
-    t.stream_receive_window((16u32 << 20).into());
-    t.receive_window((64u32 << 20).into());
-    t.send_window(64 << 20);
+    // Flow-control windows no larger than the socket buffers we ask for: a sender can then not
+    // overrun the receiver's socket, which on a fast path (loopback, LAN) would be the only loss
+    // there is, and would make MTU black-hole detection shrink packets to 1200 bytes.
+    t.stream_receive_window((2u32 << 20).into());
+    t.receive_window((4u32 << 20).into());
+    t.send_window(8 << 20);
     t.datagram_receive_buffer_size(Some(1 << 20));
+    // Ask the peer to acknowledge every 8th ack-eliciting packet (or after its max ack delay)
+    // instead of every 2nd: request/response traffic then carries its ACKs on the answers, and
+    // bulk transfers spend fewer packets on ACK-only frames. Loss is still detected by packet
+    // threshold on the sender.
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.ack_eliciting_threshold(7u32.into());
+    t.ack_frequency_config(Some(ack));
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(UDP_PAYLOAD_BYTES_MAX);
+    // After a suspected black hole, probe again soon rather than after the default minute.
+    mtu.black_hole_cooldown(Duration::from_secs(5));
     t.mtu_discovery_config(Some(mtu));
     t
 }
@@ -220,6 +236,12 @@ impl Link {
             addr: cfg.listen,
             source,
         })?;
+        // Bulk bursts overflow the default UDP buffers (about 200 KiB) within a few large
+        // packets; the losses then also make path MTU discovery fall back to 1200 bytes. Ask for
+        // more; the kernel caps it at net.core.[rw]mem_max, which is fine.
+        let sock = socket2::SockRef::from(&socket);
+        let _ = sock.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+        let _ = sock.set_send_buffer_size(SOCKET_BUFFER_BYTES);
         let mut endpoint_cfg = quinn::EndpointConfig::default();
         endpoint_cfg
             .max_udp_payload_size(UDP_PAYLOAD_BYTES_MAX)

@@ -123,42 +123,12 @@ pub(crate) async fn run(quick: bool, data_dir: &Path) -> Result<Vec<Row>> {
         .await??
     };
 
-    // The link between two nodes on loopback.
-    let ca = ClusterCa::generate("bench")?;
-    let a = bench_link(&ca, "bench-a")?;
-    let b = bench_link(&ca, "bench-b")?;
-    let to = b.local_addr();
-    a.request(to, "echo", b"warm-up").await?;
-    let payload = [7u8; 64];
-    let mut rtts = Vec::with_capacity(s.rtt_iters);
-    for _ in 0..s.rtt_iters {
-        let t = Instant::now();
-        a.request(to, "echo", &payload).await?;
-        rtts.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    let mut bulk = Vec::with_capacity(s.bulk_runs);
-    let chunk = Bytes::from(vec![0x5au8; 1 << 20]);
-    for _ in 0..s.bulk_runs {
-        let t = Instant::now();
-        let (mut send, mut recv) = a.open_stream(to, "sink").await?;
-        let mut sent = 0;
-        while sent < s.bulk_bytes {
-            send.write_chunk(chunk.clone()).await?;
-            sent += chunk.len();
-        }
-        send.finish()?;
-        let answer = recv.read_to_end(64).await?;
-        let got = u64::from_be_bytes(answer.as_slice().try_into().context("bad sink answer")?);
-        anyhow::ensure!(got as usize == sent, "sink received {got} of {sent} bytes");
-        bulk.push(sent as f64 / 1e6 / t.elapsed().as_secs_f64());
-    }
-    let mut handshakes = Vec::with_capacity(s.handshakes);
-    for _ in 0..s.handshakes {
-        let took = a.probe_handshake(to).await?;
-        handshakes.push(1.0 / took.as_secs_f64());
-    }
-    a.shutdown().await;
-    b.shutdown().await;
+    // The link between two nodes on loopback, each node on its own thread and runtime as two
+    // processes would be, so that the measurement is not one scheduler juggling both ends.
+    let sizes = (s.rtt_iters, s.bulk_runs, s.bulk_bytes, s.handshakes);
+    let (rtts, bulk, handshakes) = std::thread::spawn(move || link_bench(sizes))
+        .join()
+        .map_err(|_| anyhow::anyhow!("link benchmark thread panicked"))??;
 
     let rows = vec![
         row("link_rtt", "us", rtts, Some(&tcp_rtt)),
@@ -196,6 +166,75 @@ pub(crate) fn render(rows: &[Row]) -> String {
     }
     out.push_str("throughput rows: fraction of the limit; latency rows: multiple of the limit\n");
     out
+}
+
+type LinkSamples = (Vec<f64>, Vec<f64>, Vec<f64>);
+
+/// Runs node B on a thread of its own and measures from node A on the calling thread.
+fn link_bench(
+    (rtt_iters, bulk_runs, bulk_bytes, handshake_count): (usize, usize, usize, usize),
+) -> Result<LinkSamples> {
+    let ca = Arc::new(ClusterCa::generate("bench")?);
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let ca_b = ca.clone();
+    let server = std::thread::spawn(move || -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let b = bench_link(&ca_b, "bench-b")?;
+            let _ = addr_tx.send(b.local_addr());
+            let _ = stop_rx.await;
+            b.shutdown().await;
+            Ok(())
+        })
+    });
+    let to: SocketAddr = addr_rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("benchmark peer failed to start"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async move {
+        let a = bench_link(&ca, "bench-a")?;
+        a.request(to, "echo", b"warm-up").await?;
+        let payload = [7u8; 64];
+        let mut rtts = Vec::with_capacity(rtt_iters);
+        for _ in 0..rtt_iters {
+            let t = Instant::now();
+            a.request(to, "echo", &payload).await?;
+            rtts.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        let mut bulk = Vec::with_capacity(bulk_runs);
+        let chunk = Bytes::from(vec![0x5au8; 1 << 20]);
+        for _ in 0..bulk_runs {
+            let t = Instant::now();
+            let (mut send, mut recv) = a.open_stream(to, "sink").await?;
+            let mut sent = 0;
+            while sent < bulk_bytes {
+                send.write_chunk(chunk.clone()).await?;
+                sent += chunk.len();
+            }
+            send.finish()?;
+            let answer = recv.read_to_end(64).await?;
+            let got = u64::from_be_bytes(answer.as_slice().try_into().context("bad sink answer")?);
+            anyhow::ensure!(got as usize == sent, "sink received {got} of {sent} bytes");
+            bulk.push(sent as f64 / 1e6 / t.elapsed().as_secs_f64());
+        }
+        let mut handshakes = Vec::with_capacity(handshake_count);
+        for _ in 0..handshake_count {
+            let took = a.probe_handshake(to).await?;
+            handshakes.push(1.0 / took.as_secs_f64());
+        }
+        a.shutdown().await;
+        anyhow::Ok((rtts, bulk, handshakes))
+    });
+    let _ = stop_tx.send(());
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("benchmark peer panicked"))??;
+    result
 }
 
 struct BenchService;
