@@ -105,14 +105,24 @@ impl LinkError {
 /// Transport-level events for the node's event bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
-    Up { addr: SocketAddr, kx_group: String },
-    Down { addr: SocketAddr, reason: String },
+    Up {
+        addr: SocketAddr,
+        /// The node id the peer's certificate names.
+        peer_id: Option<String>,
+        kx_group: String,
+    },
+    Down {
+        addr: SocketAddr,
+        reason: String,
+    },
 }
 
 /// One live connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkInfo {
     pub addr: SocketAddr,
+    /// The node id the peer's (verified) certificate names.
+    pub peer_id: Option<String>,
     pub rtt: Duration,
     pub kx_group: String,
 }
@@ -154,7 +164,11 @@ pub trait Service: Send + Sync + 'static {
 type Dial = Shared<BoxFuture<'static, Result<Connection, String>>>;
 
 enum Slot {
-    Ready { conn: Connection, kx_group: String },
+    Ready {
+        conn: Connection,
+        kx_group: String,
+        peer_id: Option<String>,
+    },
     Dialling(Dial),
 }
 
@@ -208,6 +222,15 @@ fn kx_group_of(conn: &Connection) -> String {
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .map(|d| format!("{:?}", d.negotiated_key_exchange_group))
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The node id in the peer's certificate; the handshake already verified it against the CA.
+fn peer_id_of(conn: &Connection) -> Option<String> {
+    let chain = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    noodle_security::node_id_of_cert(chain.first()?)
 }
 
 fn alpn_of(conn: &Connection) -> Option<Vec<u8>> {
@@ -364,8 +387,13 @@ impl Link {
         let mut out: Vec<LinkInfo> = conns
             .iter()
             .filter_map(|(addr, slot)| match slot {
-                Slot::Ready { conn, kx_group } if conn.close_reason().is_none() => Some(LinkInfo {
+                Slot::Ready {
+                    conn,
+                    kx_group,
+                    peer_id,
+                } if conn.close_reason().is_none() => Some(LinkInfo {
                     addr: *addr,
+                    peer_id: peer_id.clone(),
                     rtt: conn.rtt(),
                     kx_group: kx_group.clone(),
                 }),
@@ -491,6 +519,7 @@ impl Inner {
     fn adopt(self: Arc<Self>, conn: Connection) {
         let addr = conn.remote_address();
         let kx_group = kx_group_of(&conn);
+        let peer_id = peer_id_of(&conn);
         let was_up = {
             let mut conns = self.lock_conns();
             let was_up = matches!(conns.get(&addr), Some(Slot::Ready { conn, .. }) if conn.close_reason().is_none());
@@ -499,12 +528,17 @@ impl Inner {
                 Slot::Ready {
                     conn: conn.clone(),
                     kx_group: kx_group.clone(),
+                    peer_id: peer_id.clone(),
                 },
             );
             was_up
         };
         if !was_up {
-            self.service.event(crate::LinkEvent::Up { addr, kx_group });
+            self.service.event(crate::LinkEvent::Up {
+                addr,
+                peer_id,
+                kx_group,
+            });
         }
         tokio::spawn(self.drive(conn));
     }

@@ -705,8 +705,14 @@ impl Service for NodeService {
             return;
         };
         match event {
-            LinkEvent::Up { addr, kx_group } => {
-                let who = shared.node_id_at(addr).unwrap_or_else(|| addr.to_string());
+            LinkEvent::Up {
+                addr,
+                peer_id,
+                kx_group,
+            } => {
+                let who = peer_id
+                    .or_else(|| shared.node_id_at(addr))
+                    .unwrap_or_else(|| addr.to_string());
                 shared
                     .events
                     .emit(EventKind::LinkUp, &who, format!("{addr} {kx_group}"));
@@ -862,7 +868,10 @@ async fn gossip_loop(
                 .iter()
                 .filter_map(|l| {
                     Some(LinkSample {
-                        peer: by_addr.get(&l.addr)?.clone(),
+                        peer: l
+                            .peer_id
+                            .clone()
+                            .or_else(|| by_addr.get(&l.addr).cloned())?,
                         rtt_us: l.rtt.as_micros() as u64,
                         kx_group: l.kx_group.clone(),
                     })

@@ -40,6 +40,18 @@ pub fn node_id_for_host(host: &str) -> String {
     format!("{label}-{}", uuid::Uuid::new_v4().simple())
 }
 
+/// The node id a node certificate names (its DNS name other than [`CLUSTER_SERVER_NAME`]).
+/// Only meaningful for a certificate that already verified against the cluster CA.
+pub fn node_id_of_cert(cert_der: &[u8]) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        GeneralName::DNSName(dns) if *dns != CLUSTER_SERVER_NAME => Some(dns.to_string()),
+        _ => None,
+    })
+}
+
 /// A node's (or the CA's) private key.
 pub struct NodeKey {
     key: KeyPair,
@@ -238,6 +250,8 @@ mod tests {
             .issue_node_cert("host-abc", &node.public_key_raw())
             .unwrap();
         verify_chain(ca.cert_der(), &cert).unwrap();
+        assert_eq!(node_id_of_cert(&cert).as_deref(), Some("host-abc"));
+        assert_eq!(node_id_of_cert(b"not a certificate"), None);
         let ee = webpki::EndEntityCert::try_from(&cert).unwrap();
         let name = rustls_pki_types::ServerName::try_from("host-abc").unwrap();
         ee.verify_is_valid_for_subject_name(&name).unwrap();

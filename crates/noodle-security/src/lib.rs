@@ -10,7 +10,9 @@
 mod ca;
 mod token;
 
-pub use ca::{CLUSTER_SERVER_NAME, ClusterCa, NodeKey, fingerprint, node_id_for_host};
+pub use ca::{
+    CLUSTER_SERVER_NAME, ClusterCa, NodeKey, fingerprint, node_id_for_host, node_id_of_cert,
+};
 pub use token::{JoinToken, TOKEN_PREFIX, TokenError};
 
 /// Errors from certificate work.

@@ -72,6 +72,11 @@ async fn request_response_datagrams_and_pq_key_exchange() {
     assert_eq!(links.len(), 1);
     assert_eq!(links[0].addr, b.local_addr());
     assert_eq!(links[0].kx_group, "X25519MLKEM768");
+    assert_eq!(
+        links[0].peer_id.as_deref(),
+        Some("b"),
+        "identity from the certificate"
+    );
 
     a.send_datagram(b.local_addr(), Bytes::from_static(b"gossip"));
     for _ in 0..100 {
@@ -86,7 +91,8 @@ async fn request_response_datagrams_and_pq_key_exchange() {
     );
     assert!(matches!(
         b_svc.events.lock().unwrap()[0],
-        LinkEvent::Up { ref kx_group, .. } if kx_group == "X25519MLKEM768"
+        LinkEvent::Up { ref kx_group, ref peer_id, .. }
+            if kx_group == "X25519MLKEM768" && peer_id.as_deref() == Some("a")
     ));
 
     let err = a.request(b.local_addr(), "nope", b"").await.unwrap_err();

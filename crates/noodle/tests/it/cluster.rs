@@ -79,6 +79,20 @@ fn three_nodes_join_and_all_links_are_post_quantum() {
         assert_eq!(zone.labels.get("zone").map(String::as_str), Some("a"));
         assert_eq!(report.cluster_id, nodes[0].status().unwrap().cluster_id);
     }
+    // Link events name the peer by the node id in its certificate.
+    let out = nodes[0].cli(&["events", "--json"]);
+    let events: Vec<noodle_api::Event> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for peer in &ids[1..] {
+        assert!(
+            events
+                .iter()
+                .any(|e| e.kind == noodle_api::EventKind::LinkUp && &e.node == peer),
+            "no link_up naming {peer}: {events:?}"
+        );
+    }
     // Human output names every node.
     let text = String::from_utf8_lossy(&nodes[2].cli(&["status"]).stdout).to_string();
     for name in ["node-0", "node-1", "node-2", "X25519MLKEM768", "zone=a"] {
