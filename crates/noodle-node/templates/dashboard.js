@@ -272,7 +272,7 @@
     document.body.dataset.live = '1';
     byId('live-text').textContent = 'live';
     const lastUpdate = byId('last-update');
-    lastUpdate.textContent = now.toLocaleTimeString();
+    lastUpdate.textContent = formatUtc(now.getTime());
     lastUpdate.title = now.toISOString();
     hideBanner();
   }
