@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Row {
@@ -374,6 +374,5 @@ fn fsync_us(dir: &Path, iters: usize) -> Result<Vec<f64>> {
         f.sync_data()?;
         out.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    let _ = Duration::ZERO;
     Ok(out)
 }
