@@ -113,6 +113,7 @@ pub enum LinkEvent {
     },
     Down {
         addr: SocketAddr,
+        peer_id: Option<String>,
         reason: String,
     },
 }
@@ -195,12 +196,9 @@ fn transport_config(cfg: &LinkConfig) -> quinn::TransportConfig {
     t.initial_rtt(Duration::from_millis(20));
     t.max_concurrent_bidi_streams(cfg.streams_per_connection_max.into());
     t.max_concurrent_uni_streams(0u32.into());
-    // Flow-control windows no larger than the socket buffers we ask for: a sender can then not
-    // overrun the receiver's socket, which on a fast path (loopback, LAN) would be the only loss
-    // there is, and would make MTU black-hole detection shrink packets to 1200 bytes.
-    t.stream_receive_window((2u32 << 20).into());
-    t.receive_window((4u32 << 20).into());
-    t.send_window(8 << 20);
+    t.stream_receive_window((16u32 << 20).into());
+    t.receive_window((64u32 << 20).into());
+    t.send_window(64 << 20);
     t.datagram_receive_buffer_size(Some(1 << 20));
     // Ask the peer to acknowledge every 8th ack-eliciting packet (or after its max ack delay)
     // instead of every 2nd: request/response traffic then carries its ACKs on the answers, and
@@ -429,10 +427,11 @@ impl Link {
     /// Closes the connection to `addr` if there is one (for example to a node declared dead).
     pub fn disconnect(&self, addr: SocketAddr) {
         let slot = self.inner.lock_conns().remove(&addr);
-        if let Some(Slot::Ready { conn, .. }) = slot {
+        if let Some(Slot::Ready { conn, peer_id, .. }) = slot {
             conn.close(0u32.into(), b"disconnect");
             self.inner.service.event(LinkEvent::Down {
                 addr,
+                peer_id,
                 reason: "closed: peer declared dead".into(),
             });
         }
@@ -572,6 +571,7 @@ impl Inner {
             tracing::debug!(%addr, %reason, "link down");
             self.service.event(crate::LinkEvent::Down {
                 addr,
+                peer_id: peer_id_of(&conn),
                 reason: reason.to_string(),
             });
         }

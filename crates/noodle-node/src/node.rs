@@ -447,20 +447,6 @@ impl Shared {
         self.view.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn node_id_at(&self, addr: SocketAddr) -> Option<String> {
-        let view = self.lock_view();
-        view.members
-            .values()
-            .find(|(m, _)| m.addr == addr)
-            .map(|(m, _)| m.node_id.clone())
-            .or_else(|| {
-                view.table
-                    .iter()
-                    .find(|e| e.addr == addr)
-                    .map(|e| e.id.clone())
-            })
-    }
-
     /// The cluster as this node sees it.
     pub(crate) fn status(&self) -> StatusReport {
         let view = self.lock_view();
@@ -710,15 +696,17 @@ impl Service for NodeService {
                 peer_id,
                 kx_group,
             } => {
-                let who = peer_id
-                    .or_else(|| shared.node_id_at(addr))
-                    .unwrap_or_else(|| addr.to_string());
+                let who = peer_id.unwrap_or_else(|| addr.to_string());
                 shared
                     .events
                     .emit(EventKind::LinkUp, &who, format!("{addr} {kx_group}"));
             }
-            LinkEvent::Down { addr, reason } => {
-                let who = shared.node_id_at(addr).unwrap_or_else(|| addr.to_string());
+            LinkEvent::Down {
+                addr,
+                peer_id,
+                reason,
+            } => {
+                let who = peer_id.unwrap_or_else(|| addr.to_string());
                 shared
                     .events
                     .emit(EventKind::LinkDown, &who, format!("{addr}: {reason}"));
@@ -859,19 +847,11 @@ async fn gossip_loop(
         let links = link.links();
         let (targets, entries, alone, alive_peers) = {
             let mut view = shared.lock_view();
-            let by_addr: HashMap<SocketAddr, String> = view
-                .members
-                .values()
-                .map(|(m, _)| (m.addr, m.node_id.clone()))
-                .collect();
             let samples: Vec<LinkSample> = links
                 .iter()
                 .filter_map(|l| {
                     Some(LinkSample {
-                        peer: l
-                            .peer_id
-                            .clone()
-                            .or_else(|| by_addr.get(&l.addr).cloned())?,
+                        peer: l.peer_id.clone()?,
                         rtt_us: l.rtt.as_micros() as u64,
                         kx_group: l.kx_group.clone(),
                     })

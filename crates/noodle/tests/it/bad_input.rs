@@ -7,14 +7,7 @@ use std::time::Duration;
 
 /// Runs `noodle up` expecting it to fail; returns its stderr.
 fn up_fails(dir: &Path, args: &[&str]) -> String {
-    let mut full = vec![
-        "up",
-        "--listen",
-        "127.0.0.1:0",
-        "--api",
-        "127.0.0.1:0",
-        "--no-mdns",
-    ];
+    let mut full = crate::support::UP_ON_LOOPBACK.to_vec();
     full.extend_from_slice(args);
     let out = cli(dir, &full);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();

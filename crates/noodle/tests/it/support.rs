@@ -5,6 +5,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// `noodle up` on ephemeral loopback ports without mDNS: what every test node starts with.
+pub(crate) const UP_ON_LOOPBACK: &[&str] = &[
+    "up",
+    "--listen",
+    "127.0.0.1:0",
+    "--api",
+    "127.0.0.1:0",
+    "--no-mdns",
+];
+
 pub(crate) fn noodle_bin() -> &'static str {
     env!("CARGO_BIN_EXE_noodle")
 }
@@ -44,15 +54,8 @@ impl Node {
         let child = Command::new(noodle_bin())
             .arg("--data-dir")
             .arg(&self.dir)
-            .args([
-                "up",
-                "--listen",
-                "127.0.0.1:0",
-                "--api",
-                "127.0.0.1:0",
-                "--no-mdns",
-                "--name",
-            ])
+            .args(UP_ON_LOOPBACK)
+            .arg("--name")
             .arg(&self.name)
             .args(extra)
             .env("NOODLE_LOG", "info")
