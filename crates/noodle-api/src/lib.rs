@@ -5,6 +5,7 @@
 //! the node's internals.
 
 mod client;
+pub mod format;
 
 pub use client::{Client, ClientError, EventStream};
 

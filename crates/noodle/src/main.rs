@@ -28,6 +28,7 @@ macro_rules! out {
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use noodle_api::format::{format_bytes, format_rtt_us};
 use noodle_api::{Client, Event, NodeState, StatusReport, TokenRequest};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -322,21 +323,6 @@ async fn wait_for_signal() {
     }
 }
 
-fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
-}
-
 fn render_status(r: &StatusReport) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -349,8 +335,8 @@ fn render_status(r: &StatusReport) -> String {
         t.nodes_suspect,
         t.nodes_dead,
         t.cpus,
-        human_bytes(t.mem_total_bytes),
-        human_bytes(t.mem_available_bytes),
+        format_bytes(t.mem_total_bytes),
+        format_bytes(t.mem_available_bytes),
         t.gpus
     );
     let _ = writeln!(out);
@@ -370,9 +356,9 @@ fn render_status(r: &StatusReport) -> String {
             n.state.as_str(),
             n.addr,
             n.cpus,
-            human_bytes(n.mem_total_bytes),
+            format_bytes(n.mem_total_bytes),
             n.load_1m,
-            human_bytes(n.disk_free_bytes),
+            format_bytes(n.disk_free_bytes),
             n.gpus,
             labels.join(",")
         );
@@ -392,7 +378,7 @@ fn render_status(r: &StatusReport) -> String {
                 out,
                 "  {:<34} {:>10}  {}",
                 format!("{} -> {}", name_of(&l.from), name_of(&l.peer)),
-                format!("{} µs", l.rtt_us),
+                format_rtt_us(l.rtt_us),
                 l.kx_group
             );
         }
