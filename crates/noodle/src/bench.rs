@@ -25,6 +25,17 @@ pub(crate) struct Row {
     pub p99: f64,
     /// Median divided by the median of this row's limit row, if it has one.
     pub ratio_to_limit: Option<f64>,
+    /// A reference row: this machine's own limit, not a measurement of Noodle.
+    #[serde(skip)]
+    pub is_limit: bool,
+}
+
+/// A row that measures one of this machine's limits.
+fn limit_row(name: &str, unit: &'static str, samples: Vec<f64>) -> Row {
+    Row {
+        is_limit: true,
+        ..row(name, unit, samples, None)
+    }
 }
 
 fn row(name: &str, unit: &'static str, mut samples: Vec<f64>, limit: Option<&Row>) -> Row {
@@ -49,6 +60,7 @@ fn row(name: &str, unit: &'static str, mut samples: Vec<f64>, limit: Option<&Row
         median,
         p99,
         ratio_to_limit: limit.filter(|l| l.median > 0.0).map(|l| median / l.median),
+        is_limit: false,
     }
 }
 
@@ -104,20 +116,14 @@ pub(crate) async fn run(quick: bool, data_dir: &Path) -> Result<Vec<Row>> {
         );
         tokio::task::spawn_blocking(move || -> Result<_> {
             Ok((
-                row("memcpy", "GB/s", memcpy_gbps(memcpy_runs), None),
-                row(
+                limit_row("memcpy", "GB/s", memcpy_gbps(memcpy_runs)),
+                limit_row(
                     "tcp_loopback_throughput",
                     "MB/s",
                     tcp_mbps(tcp_runs, tcp_bytes)?,
-                    None,
                 ),
-                row("tcp_loopback_rtt", "us", tcp_rtt_us(rtt_iters)?, None),
-                row(
-                    "datadir_fsync_latency",
-                    "us",
-                    fsync_us(&path, fsyncs)?,
-                    None,
-                ),
+                limit_row("tcp_loopback_rtt", "us", tcp_rtt_us(rtt_iters)?),
+                limit_row("datadir_fsync_latency", "us", fsync_us(&path, fsyncs)?),
             ))
         })
         .await??
@@ -149,14 +155,10 @@ pub(crate) fn render(rows: &[Row]) -> String {
         "METRIC", "MEDIAN", "P99", "UNIT", "VS LIMIT"
     );
     for r in rows {
-        let ratio = r
-            .ratio_to_limit
-            .map(|x| format!("{x:.2}x"))
-            .unwrap_or_else(|| "limit".into());
-        let ratio = if r.name.starts_with("link_pq") {
-            "-".into()
-        } else {
-            ratio
+        let ratio = match (r.ratio_to_limit, r.is_limit) {
+            (Some(x), _) => format!("{x:.2}x"),
+            (None, true) => "limit".into(),
+            (None, false) => "-".into(),
         };
         let _ = writeln!(
             out,

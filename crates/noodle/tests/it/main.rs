@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod bad_input;
+mod bench;
 mod cluster;
 mod dashboard;
 mod netns;
