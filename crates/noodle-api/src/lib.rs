@@ -126,6 +126,41 @@ pub struct StatusReport {
     pub totals: Totals,
     pub nodes: Vec<NodeStatus>,
     pub links: Vec<LinkStatus>,
+    /// The control plane as this node sees it; absent while it starts.
+    pub control: Option<ControlInfo>,
+}
+
+/// The Raft control plane in `noodle status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ControlInfo {
+    /// Node id of the leader, if one is known.
+    pub leader: Option<String>,
+    pub voters: Vec<String>,
+    pub learners: Vec<String>,
+    pub term: u64,
+    /// Index of the last applied entry on the answering node.
+    pub commit_index: u64,
+    /// This node's role: `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: String,
+}
+
+/// One configuration key (`noodle config`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConfigEntry {
+    pub key: String,
+    pub value: String,
+}
+
+/// `GET /v1/config`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConfigList {
+    pub entries: Vec<ConfigEntry>,
+}
+
+/// `PUT /v1/config/{key}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConfigValue {
+    pub value: String,
 }
 
 /// `POST /v1/tokens`.
@@ -156,6 +191,9 @@ pub enum EventKind {
     LinkDown,
     JoinAdmitted,
     JoinRefused,
+    LeaderChanged,
+    VotersChanged,
+    TokenRevoked,
 }
 
 impl EventKind {
@@ -170,6 +208,9 @@ impl EventKind {
             EventKind::LinkDown => "link_down",
             EventKind::JoinAdmitted => "join_admitted",
             EventKind::JoinRefused => "join_refused",
+            EventKind::LeaderChanged => "leader_changed",
+            EventKind::VotersChanged => "voters_changed",
+            EventKind::TokenRevoked => "token_revoked",
         }
     }
 }

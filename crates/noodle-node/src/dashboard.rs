@@ -291,6 +291,7 @@ mod tests {
                 rtt_us: 850,
                 kx_group: "X25519MLKEM768".to_owned(),
             }],
+            control: None,
         }
     }
 
@@ -357,6 +358,7 @@ mod tests {
             totals: Totals::default(),
             nodes: Vec::new(),
             links: Vec::new(),
+            control: None,
         };
         let html = render_dashboard(&empty, &[]).unwrap();
         // The script holds the same texts; look for the server-rendered rows.

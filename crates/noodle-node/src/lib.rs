@@ -6,12 +6,14 @@
 //! `.await`, and every queue it owns is bounded.
 
 mod api;
+mod control;
 mod dashboard;
 mod datadir;
 mod events;
 mod join;
 mod node;
 
+pub use control::ControlPlaneError;
 pub use datadir::{DataDir, DataDirError};
 pub use join::JoinError;
 pub use node::{NodeConfig, NodeError, RunningNode, start};

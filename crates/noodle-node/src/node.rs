@@ -1,5 +1,6 @@
 //! Start-up, the background loops and shutdown of a node.
 
+use crate::control::ControlPlane;
 use crate::datadir::{ClusterFile, DataDir, DataDirError, NodeFile, PeerRecord};
 use crate::events::EventBus;
 use crate::join::{self, JoinRequest, JoinResponse};
@@ -16,6 +17,7 @@ use noodle_discovery::{
 use noodle_link::{
     JoinPeer, Link, LinkConfig, LinkEvent, RemoteError, Service, ServiceFuture, TlsMaterial,
 };
+use noodle_control::{Control, PeerHealth};
 use noodle_security::{ClusterCa, JoinToken, NodeKey};
 use rand::seq::SliceRandom;
 use rustls_pki_types::CertificateDer;
@@ -91,6 +93,8 @@ pub enum NodeError {
     },
     #[error("membership: {0}")]
     Membership(String),
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlPlaneError),
 }
 
 enum MembershipInput {
@@ -113,6 +117,7 @@ pub(crate) struct Shared {
     view: Mutex<View>,
     membership_tx: mpsc::Sender<MembershipInput>,
     data_dir: DataDir,
+    pub(crate) control: OnceLock<Arc<ControlPlane>>,
 }
 
 struct View {
@@ -196,6 +201,7 @@ pub async fn start(
     // Cluster: existing member, joiner, or founder.
     let mut observed_ip = None;
     let mut announce_to: Vec<PeerRecord> = Vec::new();
+    let mut founded = false;
     let (cluster, ca) = if dir.exists("cluster.json") {
         let cluster: ClusterFile = dir.read_json("cluster.json")?;
         if let Some(text) = &cfg.join {
@@ -287,6 +293,7 @@ pub async fn start(
             peers: Vec::new(),
         };
         dir.write_json("cluster.json", &cluster, false)?;
+        founded = true;
         (cluster, ca)
     };
     let node_cert = CertificateDer::from(dir.read_file("node.crt")?);
@@ -319,6 +326,7 @@ pub async fn start(
         }),
         membership_tx,
         data_dir: dir,
+        control: OnceLock::new(),
     };
 
     // Bind the cluster port.
@@ -337,9 +345,26 @@ pub async fn start(
         let advertise = shared.advertise;
         view.table.update_me(now_ms(), |me| me.addr = advertise);
     }
-    let _ = shared.link.set(link);
+    let _ = shared.link.set(link.clone());
     let shared = Arc::new(shared);
     let _ = service.shared.set(shared.clone());
+
+    // Control plane.
+    let me_member = noodle_control::Member {
+        node_id: shared.node_id.clone(),
+        addr: shared.advertise.to_string(),
+    };
+    let plane = Arc::new(
+        ControlPlane::start(&shared.data_dir, me_member, name.clone(), link, founded).await?,
+    );
+    let _ = shared.control.set(plane.clone());
+    let for_events = shared.clone();
+    tokio::spawn(crate::control::watch_events(
+        plane.clone(),
+        move |kind, node, detail| for_events.events.emit(kind, node, detail),
+        shared.node_id.clone(),
+    ));
+    tokio::spawn(upkeep_loop(shared.clone(), plane));
 
     // Membership.
     let me_id = MemberId {
@@ -552,6 +577,7 @@ impl Shared {
             totals,
             nodes,
             links,
+            control: self.control.get().map(|c| c.info()),
         }
     }
 
@@ -639,6 +665,21 @@ impl Service for NodeService {
                     "node is starting",
                 ));
             };
+            if Control::is_control_method(&method) {
+                let Some(plane) = shared.control.get() else {
+                    return Err(RemoteError::new(
+                        RemoteError::UNAVAILABLE,
+                        "control plane is starting",
+                    ));
+                };
+                return match plane.control.serve(&method, &body).await {
+                    Some(answer) => Ok(answer),
+                    None => Err(RemoteError::new(
+                        RemoteError::NOT_FOUND,
+                        format!("unknown method `{method}`"),
+                    )),
+                };
+            }
             match method.as_str() {
                 "gossip.sync" => {
                     let msg: SyncMessage = postcard::from_bytes(&body).map_err(|_| {
@@ -711,6 +752,30 @@ impl Service for NodeService {
                     .events
                     .emit(EventKind::LinkDown, &who, format!("{addr}: {reason}"));
             }
+        }
+    }
+}
+
+/// Control-plane upkeep once a second, fed with the membership layer's view of who is alive.
+async fn upkeep_loop(shared: Arc<Shared>, plane: Arc<ControlPlane>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let peers: Vec<PeerHealth> = shared
+            .lock_view()
+            .members
+            .values()
+            .map(|(m, state)| PeerHealth {
+                member: noodle_control::Member {
+                    node_id: m.node_id.clone(),
+                    addr: m.addr.to_string(),
+                },
+                alive: *state == NodeState::Alive,
+            })
+            .collect();
+        if let Err(e) = plane.upkeep(&peers).await {
+            tracing::debug!(error = %e, "control-plane upkeep");
         }
     }
 }

@@ -327,6 +327,13 @@ fn render_status(r: &StatusReport) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let t = &r.totals;
+    let name_of = |id: &str| {
+        r.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| id.to_string())
+    };
     let _ = writeln!(out, "cluster {}", r.cluster_id);
     let _ = writeln!(
         out,
@@ -339,6 +346,17 @@ fn render_status(r: &StatusReport) -> String {
         format_bytes(t.mem_available_bytes),
         t.gpus
     );
+    if let Some(c) = &r.control {
+        let leader = c.leader.as_deref().map(|l| name_of(l)).unwrap_or_else(|| "none (electing)".into());
+        let voters: Vec<String> = c.voters.iter().map(|v| name_of(v)).collect();
+        let _ = writeln!(
+            out,
+            "  control plane: leader {leader} · voters {} · commit index {} · term {}",
+            voters.join(", "),
+            c.commit_index,
+            c.term
+        );
+    }
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -363,13 +381,6 @@ fn render_status(r: &StatusReport) -> String {
             labels.join(",")
         );
     }
-    let name_of = |id: &str| {
-        r.nodes
-            .iter()
-            .find(|n| n.id == id)
-            .map(|n| n.name.clone())
-            .unwrap_or_else(|| id.to_string())
-    };
     if !r.links.is_empty() {
         let _ = writeln!(out);
         let _ = writeln!(out, "  {:<34} {:>10}  KEY EXCHANGE", "LINK", "RTT");

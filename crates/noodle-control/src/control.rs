@@ -1,0 +1,427 @@
+//! The control-plane handle a node holds: propose, read, status, and membership upkeep.
+
+use crate::network::{self, Network, PROPOSE, READ_INDEX, Transport, TransportError};
+use crate::state::StateView;
+use crate::store::{DbError, Store, db_err};
+use redb::ReadableDatabase;
+use crate::types::{Member, Proposal, RaftId, Response, TypeConfig, raft_id};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::{ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Tunables. Defaults suit a LAN.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    pub heartbeat: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// Build a snapshot (and then purge the log) after this many entries.
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind the snapshot, so slow followers need no snapshot.
+    pub keep_logs: u64,
+    /// How long a proposal or read may wait for a leader and its answer.
+    pub request_timeout: Duration,
+    /// A voter dead this long is replaced by a healthy learner.
+    pub replace_dead_after: Duration,
+    /// The leader signs an audit checkpoint every this many entries.
+    pub checkpoint_every: u64,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            heartbeat: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(500),
+            election_timeout_max: Duration::from_millis(1000),
+            snapshot_every: 5000,
+            keep_logs: 1000,
+            request_timeout: Duration::from_secs(5),
+            replace_dead_after: Duration::from_secs(60),
+            checkpoint_every: 64,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control-plane storage failed: {0}")]
+    Storage(#[from] DbError),
+    #[error(
+        "no control-plane leader answered within {0:?}: the cluster may be electing one, or a majority of voters may be down"
+    )]
+    NoLeader(Duration),
+    #[error("the control-plane leader did not answer in time; the write may or may not have happened: {0}")]
+    Indeterminate(String),
+    #[error("{0}")]
+    Rejected(String),
+    #[error("the control plane is shut down")]
+    Shutdown,
+    #[error("control plane: {0}")]
+    Raft(String),
+}
+
+/// Errors that cross the wire between control-plane members.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum WireError {
+    #[error("not the leader")]
+    NotLeader { leader: Option<Member> },
+    #[error("{0}")]
+    Rejected(String),
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What `noodle status` shows of the control plane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControlStatus {
+    pub leader: Option<String>,
+    pub voters: Vec<String>,
+    pub learners: Vec<String>,
+    pub term: u64,
+    /// Index of the last applied entry (it trails the commit index only by entries in flight).
+    pub commit_index: u64,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: String,
+}
+
+/// A member as the node's membership layer sees it.
+#[derive(Debug, Clone)]
+pub struct PeerHealth {
+    pub member: Member,
+    pub alive: bool,
+}
+
+/// A running control-plane member. Cheap to clone.
+#[derive(Clone)]
+pub struct Control {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    raft: Raft<TypeConfig>,
+    store: Store,
+    transport: Arc<dyn Transport>,
+    me: Member,
+    cfg: ControlConfig,
+    dead_since: Mutex<HashMap<RaftId, Instant>>,
+}
+
+fn forward_target(f: &ForwardToLeader<RaftId, Member>) -> Option<Member> {
+    f.leader_node.clone()
+}
+
+impl Control {
+    /// Starts this node's Raft member on `store`. It does nothing until it is initialized (the
+    /// founder) or added by a leader (everyone else).
+    pub async fn start(
+        me: Member,
+        cfg: ControlConfig,
+        store: Store,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Control, ControlError> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let config = Config {
+            cluster_name: "noodle".into(),
+            heartbeat_interval: ms(cfg.heartbeat),
+            election_timeout_min: ms(cfg.election_timeout_min),
+            election_timeout_max: ms(cfg.election_timeout_max),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
+            max_in_snapshot_log_to_keep: cfg.keep_logs,
+            // Snapshot chunks must fit one link request with room to spare.
+            snapshot_max_chunk_size: 1 << 20,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ControlError::Raft(e.to_string()))?;
+        let network = Network {
+            transport: transport.clone(),
+        };
+        let raft = Raft::new(
+            raft_id(&me.node_id),
+            Arc::new(config),
+            network,
+            store.clone(),
+            store.clone(),
+        )
+        .await
+        .map_err(|e| ControlError::Raft(e.to_string()))?;
+        Ok(Control {
+            inner: Arc::new(Inner {
+                raft,
+                store,
+                transport,
+                me,
+                cfg,
+                dead_since: Mutex::default(),
+            }),
+        })
+    }
+
+    /// Makes this node the single voter of a new control plane. Only the node that founds the
+    /// cluster calls this, once; calling it on an initialized member changes nothing.
+    pub async fn initialize(&self) -> Result<(), ControlError> {
+        let me = &self.inner.me;
+        let members = std::collections::BTreeMap::from([(raft_id(&me.node_id), me.clone())]);
+        match self.inner.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(_)) => Ok(()),
+            Err(e) => Err(ControlError::Raft(e.to_string())),
+        }
+    }
+
+    pub(crate) fn raft(&self) -> &Raft<TypeConfig> {
+        &self.inner.raft
+    }
+
+    pub fn me(&self) -> &Member {
+        &self.inner.me
+    }
+
+    /// Answers a control-plane request from a peer; `None` if `method` is not a control-plane
+    /// method.
+    pub async fn serve(&self, method: &str, body: &[u8]) -> Option<Vec<u8>> {
+        network::serve(self, method, body).await
+    }
+
+    /// True for the request methods [`Control::serve`] answers.
+    pub fn is_control_method(method: &str) -> bool {
+        method.starts_with("raft.") || method.starts_with("control.")
+    }
+
+    /// Proposes a write and waits until it is committed (durable on a majority) and applied.
+    /// From a follower the proposal is forwarded to the leader.
+    pub async fn propose(&self, proposal: Proposal) -> Result<Response, ControlError> {
+        proposal.command.validate().map_err(ControlError::Rejected)?;
+        let timeout = self.inner.cfg.request_timeout;
+        let deadline = Instant::now() + timeout;
+        let body = postcard::to_allocvec(&proposal).map_err(|e| ControlError::Raft(e.to_string()))?;
+        loop {
+            let leader = match self.propose_here(proposal.clone()).await {
+                Ok(r) => return Ok(r),
+                Err(WireError::NotLeader { leader }) => leader,
+                Err(WireError::Rejected(r)) => return Err(ControlError::Rejected(r)),
+                Err(WireError::Malformed(e) | WireError::Failed(e)) => {
+                    return Err(ControlError::Raft(e));
+                }
+            };
+            if let Some(leader) = leader {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.inner.transport.call(&leader, PROPOSE, body.clone(), left).await {
+                    Ok(answer) => {
+                        let answer: Result<Response, WireError> = postcard::from_bytes(&answer)
+                            .map_err(|e| ControlError::Indeterminate(e.to_string()))?;
+                        match answer {
+                            Ok(r) => return Ok(r),
+                            Err(WireError::NotLeader { .. }) => {}
+                            Err(WireError::Rejected(r)) => return Err(ControlError::Rejected(r)),
+                            Err(WireError::Malformed(e) | WireError::Failed(e)) => {
+                                return Err(ControlError::Raft(e));
+                            }
+                        }
+                    }
+                    // The request never reached the leader: safe to try again.
+                    Err(TransportError::Unreachable(_)) => {}
+                    Err(e @ TransportError::Failed(_)) => {
+                        return Err(ControlError::Indeterminate(e.to_string()));
+                    }
+                }
+            }
+            if Instant::now() + Duration::from_millis(50) >= deadline {
+                return Err(ControlError::NoLeader(timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Proposes on this node only: an error names the leader if this node is not it.
+    pub(crate) async fn propose_here(&self, proposal: Proposal) -> Result<Response, WireError> {
+        match self.inner.raft.client_write(proposal).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(WireError::NotLeader {
+                leader: forward_target(&f),
+            }),
+            Err(RaftError::APIError(e)) => Err(WireError::Rejected(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(WireError::Failed(e.to_string())),
+        }
+    }
+
+    /// The index a linearizable read must see, if this node is the leader.
+    pub(crate) async fn read_index_here(&self) -> Result<u64, WireError> {
+        match self.inner.raft.ensure_linearizable().await {
+            Ok(log_id) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(WireError::NotLeader {
+                leader: forward_target(&f),
+            }),
+            Err(e) => Err(WireError::Failed(e.to_string())),
+        }
+    }
+
+    /// A linearizable read: sees every write acknowledged before it started. A follower asks
+    /// the leader how far it must have applied, waits until it has, and reads locally.
+    pub async fn read<T>(&self, f: impl FnOnce(&StateView) -> Result<T, DbError>) -> Result<T, ControlError> {
+        let timeout = self.inner.cfg.request_timeout;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let leader = match self.read_index_here().await {
+                Ok(_) => return self.read_local(f),
+                Err(WireError::NotLeader { leader }) => leader,
+                Err(e) => return Err(ControlError::Raft(e.to_string())),
+            };
+            if let Some(leader) = leader {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if let Ok(answer) = self.inner.transport.call(&leader, READ_INDEX, Vec::new(), left).await {
+                    if let Ok(Ok(index)) = postcard::from_bytes::<Result<u64, WireError>>(&answer) {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        self.inner
+                            .raft
+                            .wait(Some(left))
+                            .applied_index_at_least(Some(index), "linearizable read")
+                            .await
+                            .map_err(|_| ControlError::NoLeader(timeout))?;
+                        return self.read_local(f);
+                    }
+                }
+            }
+            if Instant::now() + Duration::from_millis(50) >= deadline {
+                return Err(ControlError::NoLeader(timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Reads this node's applied state, which may trail the leader by a few entries.
+    pub fn read_local<T>(&self, f: impl FnOnce(&StateView) -> Result<T, DbError>) -> Result<T, ControlError> {
+        let txn = self.inner.store.db().begin_read().map_err(db_err)?;
+        Ok(f(&StateView::new(txn))?)
+    }
+
+    pub fn status(&self) -> ControlStatus {
+        let m = self.inner.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let name = |id: RaftId| {
+            membership
+                .get_node(&id)
+                .map(|n| n.node_id.clone())
+                .unwrap_or_else(|| format!("raft-{id:016x}"))
+        };
+        let mut voters: Vec<String> = membership.voter_ids().map(name).collect();
+        voters.sort();
+        let mut learners: Vec<String> = membership.learner_ids().map(name).collect();
+        learners.sort();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        ControlStatus {
+            leader: m.current_leader.map(name),
+            voters,
+            learners,
+            term: m.current_term,
+            commit_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            role: role.into(),
+        }
+    }
+
+    /// A receiver that changes whenever the Raft metrics do (leader, membership, applied index).
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<openraft::RaftMetrics<RaftId, Member>> {
+        self.inner.raft.metrics()
+    }
+
+    /// Leader only, called about once a second with the membership layer's view: adds new
+    /// nodes as learners, promotes caught-up learners until there are 3 voters (5 from 5
+    /// nodes on), and replaces a voter dead longer than `replace_dead_after`.
+    pub async fn maintain_membership(&self, peers: &[PeerHealth]) -> Result<(), ControlError> {
+        let raft = &self.inner.raft;
+        let m = raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader {
+            self.inner.dead_since.lock().map(|mut d| d.clear()).ok();
+            return Ok(());
+        }
+        let membership = m.membership_config.membership().clone();
+        let alive: HashMap<RaftId, &PeerHealth> = peers
+            .iter()
+            .map(|p| (raft_id(&p.member.node_id), p))
+            .collect();
+        let my_id = raft_id(&self.inner.me.node_id);
+        let is_alive = |id: RaftId| id == my_id || alive.get(&id).is_some_and(|p| p.alive);
+
+        for (id, p) in &alive {
+            if p.alive && membership.get_node(id).is_none() {
+                raft.add_learner(*id, p.member.clone(), false)
+                    .await
+                    .map_err(|e| ControlError::Raft(e.to_string()))?;
+            }
+        }
+
+        let now = Instant::now();
+        let voters: BTreeSet<RaftId> = membership.voter_ids().collect();
+        let long_dead: BTreeSet<RaftId> = {
+            let mut dead_since = self
+                .inner
+                .dead_since
+                .lock()
+                .map_err(|_| ControlError::Raft("membership bookkeeping lock poisoned".into()))?;
+            dead_since.retain(|id, _| voters.contains(id) && !is_alive(*id));
+            for id in voters.iter().filter(|id| !is_alive(**id)) {
+                dead_since.entry(*id).or_insert(now);
+            }
+            dead_since
+                .iter()
+                .filter(|(_, since)| now.duration_since(**since) >= self.inner.cfg.replace_dead_after)
+                .map(|(id, _)| *id)
+                .collect()
+        };
+
+        // Learners that are alive and have caught up with the log.
+        let last = m.last_log_index.unwrap_or(0);
+        let replication = m.replication.clone().unwrap_or_default();
+        let mut candidates: Vec<RaftId> = membership
+            .learner_ids()
+            .filter(|id| is_alive(*id))
+            .filter(|id| {
+                replication
+                    .get(id)
+                    .and_then(|l| l.as_ref())
+                    .is_some_and(|l| l.index + 100 >= last)
+            })
+            .collect();
+        candidates.sort();
+
+        let nodes = membership.nodes().count();
+        let want: usize = match nodes {
+            n if n >= 5 => 5,
+            n if n >= 3 => 3,
+            _ => 1,
+        };
+        let mut next: BTreeSet<RaftId> = voters.difference(&long_dead).copied().collect();
+        next.extend(candidates.into_iter().take(want.saturating_sub(next.len())));
+        // A dead voter leaves only when a replacement takes its place: never shrink.
+        for id in &long_dead {
+            if next.len() >= voters.len().min(want) {
+                break;
+            }
+            next.insert(*id);
+        }
+        if next != voters {
+            tracing::info!(?voters, ?next, "changing control-plane voters");
+            raft.change_membership(ChangeMembers::ReplaceAllVoters(next), true)
+                .await
+                .map_err(|e| ControlError::Raft(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Stops this member.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.raft.shutdown().await;
+    }
+}

@@ -1,0 +1,25 @@
+//! The control plane: cluster-wide state kept by Raft (openraft) on redb.
+//!
+//! Every voter keeps the Raft log and the replicated state in one redb database ([`Store`]).
+//! A write ([`Proposal`]) is acknowledged only after it is durable on a majority and applied;
+//! reads through [`Control::read`] are linearizable. The replicated state holds the
+//! user-visible configuration, compare-and-set registers, the capability root key, the token
+//! revocation list, cluster policies, and the hash-chained audit log with its signed
+//! checkpoints ([`state`] lists the layout).
+//!
+//! The crate does no I/O of its own besides the database: Raft messages go through a
+//! [`Transport`] the caller provides (NoodleLink in a node, turmoil in `noodle-sim`), and the
+//! caller reports membership health to [`Control::maintain_membership`].
+
+mod control;
+mod network;
+pub mod runtime;
+pub mod state;
+mod store;
+mod types;
+
+pub use control::{Control, ControlConfig, ControlError, ControlStatus, PeerHealth, WireError};
+pub use network::{Transport, TransportError, TransportFuture};
+pub use state::StateView;
+pub use store::{AppendDurability, DbError, Store};
+pub use types::{Command, Member, Proposal, RaftId, Response, TypeConfig, limits, raft_id, validate_config_key};

@@ -1,0 +1,412 @@
+//! The Raft log and the state machine, both in one redb database per node.
+//!
+//! - `log`: index -> entry, `raft_meta`: vote, committed and purged log ids. Appends commit with
+//!   [`Durability::Immediate`] (fsync) before openraft is told they are flushed, so a write is
+//!   acknowledged only once it is durable on a majority.
+//! - `state`: the replicated state (see [`crate::state`]), `sm_meta`: last applied log id and
+//!   membership. Applying commits without fsync: after a crash the state may be behind the
+//!   log, and openraft re-applies from the log. Purging the log commits with fsync, which also
+//!   makes every earlier apply durable, so nothing is purged that the state has not kept.
+//! - `snapshot`: the current snapshot, kept for followers that fell behind the purged log.
+//!
+//! One writer at a time is redb's rule; openraft batches appends, which gives group commit.
+
+use crate::state;
+use crate::types::{RaftId, TypeConfig};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership, Vote,
+};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+pub(crate) const STATE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("state");
+const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+
+type SResult<T> = Result<T, StorageError<RaftId>>;
+
+/// A redb failure, as text (redb has one error type per operation).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct DbError(pub String);
+
+pub(crate) fn db_err(e: impl std::fmt::Display) -> DbError {
+    DbError(e.to_string())
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, DbError> {
+    postcard::to_allocvec(v).map_err(db_err)
+}
+
+fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, DbError> {
+    postcard::from_bytes(b).map_err(db_err)
+}
+
+/// How durable log appends are. Only tests choose anything but `Fsync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendDurability {
+    /// Acknowledge an append only after it is on disk.
+    Fsync,
+    /// Test-only: acknowledge before the disk has it. The simulation must catch this.
+    UnsafeAckBeforeFsync,
+}
+
+/// One node's control-plane database.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    append: AppendDurability,
+    snapshot_seq: Arc<AtomicU64>,
+}
+
+impl Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("append", &self.append).finish()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<RaftId, crate::Member>,
+    data: Vec<u8>,
+}
+
+impl Store {
+    /// Opens (or creates) the database file. A file that redb cannot read is an error: the
+    /// caller decides whether to start over (see the node's recovery).
+    pub fn open(path: &Path) -> Result<Store, DbError> {
+        let db = Database::create(path).map_err(db_err)?;
+        Store::init(db)
+    }
+
+    /// Opens a database on any storage, e.g. the simulation's crash-prone disk.
+    pub fn with_backend(backend: impl redb::StorageBackend) -> Result<Store, DbError> {
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(db_err)?;
+        Store::init(db)
+    }
+
+    fn init(db: Database) -> Result<Store, DbError> {
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            txn.open_table(LOG).map_err(db_err)?;
+            txn.open_table(RAFT_META).map_err(db_err)?;
+            txn.open_table(STATE).map_err(db_err)?;
+            txn.open_table(SM_META).map_err(db_err)?;
+            txn.open_table(SNAPSHOT).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(Store {
+            db: Arc::new(db),
+            append: AppendDurability::Fsync,
+            snapshot_seq: Arc::default(),
+        })
+    }
+
+    /// Test-only switch: see [`AppendDurability::UnsafeAckBeforeFsync`].
+    pub fn set_append_durability(&mut self, d: AppendDurability) {
+        self.append = d;
+    }
+
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
+
+    fn meta<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<Option<T>, DbError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(table).map_err(db_err)?;
+        match t.get(key).map_err(db_err)? {
+            Some(v) => Ok(Some(decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_meta<T: Serialize>(&self, table: TableDefinition<&str, &[u8]>, key: &str, v: &T, durability: Durability) -> Result<(), DbError> {
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        txn.set_durability(durability).map_err(db_err)?;
+        {
+            let mut t = txn.open_table(table).map_err(db_err)?;
+            t.insert(key, encode(v)?.as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    fn last_log_id(&self) -> Result<Option<LogId<RaftId>>, DbError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(LOG).map_err(db_err)?;
+        match t.last().map_err(db_err)? {
+            Some((_, v)) => {
+                let e: Entry<TypeConfig> = decode(v.value())?;
+                Ok(Some(e.log_id))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn build(&self) -> Result<Snapshot<TypeConfig>, DbError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let meta_t = txn.open_table(SM_META).map_err(db_err)?;
+        let get = |k: &str| -> Result<Option<Vec<u8>>, DbError> {
+            Ok(meta_t.get(k).map_err(db_err)?.map(|v| v.value().to_vec()))
+        };
+        let applied: Option<LogId<RaftId>> = get("applied")?.map(|b| decode(&b)).transpose()?.flatten();
+        let membership: StoredMembership<RaftId, crate::Member> =
+            get("membership")?.map(|b| decode(&b)).transpose()?.unwrap_or_default();
+        let data = state::dump(&txn)?;
+        drop(meta_t);
+        drop(txn);
+        let seq = self.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let snapshot_id = match applied {
+            Some(l) => format!("{}-{}-{seq}", l.leader_id, l.index),
+            None => format!("none-{seq}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+        self.put_meta(SNAPSHOT, "current", &stored, Durability::None)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftLogReader<TypeConfig> for Store {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> SResult<Vec<Entry<TypeConfig>>> {
+        let read = || -> Result<Vec<Entry<TypeConfig>>, DbError> {
+            let txn = self.db.begin_read().map_err(db_err)?;
+            let t = txn.open_table(LOG).map_err(db_err)?;
+            let mut out = Vec::new();
+            for item in t.range(range).map_err(db_err)? {
+                let (_, v) = item.map_err(db_err)?;
+                out.push(decode(v.value())?);
+            }
+            Ok(out)
+        };
+        read().map_err(|e| StorageIOError::read_logs(&e).into())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for Store {
+    type LogReader = Store;
+
+    async fn get_log_state(&mut self) -> SResult<LogState<TypeConfig>> {
+        let purged: Option<LogId<RaftId>> = self
+            .meta(RAFT_META, "purged")
+            .map_err(|e| StorageIOError::read_logs(&e))?
+            .flatten();
+        let last = self
+            .last_log_id()
+            .map_err(|e| StorageIOError::read_logs(&e))?
+            .or(purged);
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<RaftId>) -> SResult<()> {
+        self.put_meta(RAFT_META, "vote", vote, Durability::Immediate)
+            .map_err(|e| StorageIOError::write_vote(&e).into())
+    }
+
+    async fn read_vote(&mut self) -> SResult<Option<Vote<RaftId>>> {
+        self.meta(RAFT_META, "vote")
+            .map_err(|e| StorageIOError::read_vote(&e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<RaftId>>) -> SResult<()> {
+        self.put_meta(RAFT_META, "committed", &committed, Durability::None)
+            .map_err(|e| StorageIOError::write(&e).into())
+    }
+
+    async fn read_committed(&mut self) -> SResult<Option<LogId<RaftId>>> {
+        Ok(self
+            .meta(RAFT_META, "committed")
+            .map_err(|e| StorageIOError::read(&e))?
+            .flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> SResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let durability = match self.append {
+            AppendDurability::Fsync => Durability::Immediate,
+            AppendDurability::UnsafeAckBeforeFsync => Durability::None,
+        };
+        let write = || -> Result<(), DbError> {
+            let mut txn = self.db.begin_write().map_err(db_err)?;
+            txn.set_durability(durability).map_err(db_err)?;
+            {
+                let mut t = txn.open_table(LOG).map_err(db_err)?;
+                for e in entries {
+                    t.insert(e.log_id.index, encode(&e)?.as_slice()).map_err(db_err)?;
+                }
+            }
+            txn.commit().map_err(db_err)
+        };
+        let result = write();
+        let io = result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| std::io::Error::other(e.to_string()));
+        callback.log_io_completed(io);
+        result.map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<RaftId>) -> SResult<()> {
+        let write = || -> Result<(), DbError> {
+            let txn = self.db.begin_write().map_err(db_err)?;
+            {
+                let mut t = txn.open_table(LOG).map_err(db_err)?;
+                t.retain_in(log_id.index.., |_, _| false).map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)
+        };
+        write().map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId<RaftId>) -> SResult<()> {
+        let write = || -> Result<(), DbError> {
+            let txn = self.db.begin_write().map_err(db_err)?;
+            {
+                let mut meta = txn.open_table(RAFT_META).map_err(db_err)?;
+                meta.insert("purged", encode(&Some(log_id))?.as_slice())
+                    .map_err(db_err)?;
+                let mut t = txn.open_table(LOG).map_err(db_err)?;
+                t.retain_in(..=log_id.index, |_, _| false).map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)
+        };
+        write().map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for Store {
+    async fn build_snapshot(&mut self) -> SResult<Snapshot<TypeConfig>> {
+        self.build()
+            .map_err(|e| StorageIOError::write_snapshot(None, &e).into())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for Store {
+    type SnapshotBuilder = Store;
+
+    async fn applied_state(
+        &mut self,
+    ) -> SResult<(Option<LogId<RaftId>>, StoredMembership<RaftId, crate::Member>)> {
+        let read = || -> Result<_, DbError> {
+            let applied = self.meta(SM_META, "applied")?.flatten();
+            let membership = self.meta(SM_META, "membership")?.unwrap_or_default();
+            Ok((applied, membership))
+        };
+        read().map_err(|e| StorageIOError::read_state_machine(&e).into())
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> SResult<Vec<crate::Response>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let write = || -> Result<Vec<crate::Response>, DbError> {
+            let mut txn = self.db.begin_write().map_err(db_err)?;
+            txn.set_durability(Durability::None).map_err(db_err)?;
+            let mut responses = Vec::new();
+            let mut last = None;
+            let mut membership = None;
+            {
+                let mut t = txn.open_table(STATE).map_err(db_err)?;
+                for e in entries {
+                    last = Some(e.log_id);
+                    match e.payload {
+                        EntryPayload::Blank => responses.push(crate::Response::Done),
+                        EntryPayload::Normal(p) => responses.push(state::apply(&mut t, p)?),
+                        EntryPayload::Membership(m) => {
+                            membership = Some(StoredMembership::new(Some(e.log_id), m));
+                            responses.push(crate::Response::Done);
+                        }
+                    }
+                }
+                let mut meta = txn.open_table(SM_META).map_err(db_err)?;
+                if let Some(last) = last {
+                    meta.insert("applied", encode(&Some(last))?.as_slice())
+                        .map_err(db_err)?;
+                }
+                if let Some(m) = membership {
+                    meta.insert("membership", encode(&m)?.as_slice())
+                        .map_err(db_err)?;
+                }
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(responses)
+        };
+        write().map_err(|e| StorageIOError::write_state_machine(&e).into())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> SResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<RaftId, crate::Member>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> SResult<()> {
+        let data = snapshot.into_inner();
+        let write = || -> Result<(), DbError> {
+            let txn = self.db.begin_write().map_err(db_err)?;
+            {
+                let mut t = txn.open_table(STATE).map_err(db_err)?;
+                state::restore(&mut t, &data)?;
+                let mut sm = txn.open_table(SM_META).map_err(db_err)?;
+                sm.insert("applied", encode(&meta.last_log_id)?.as_slice())
+                    .map_err(db_err)?;
+                sm.insert("membership", encode(&meta.last_membership)?.as_slice())
+                    .map_err(db_err)?;
+                let mut s = txn.open_table(SNAPSHOT).map_err(db_err)?;
+                let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+                s.insert("current", encode(&stored)?.as_slice()).map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)
+        };
+        write().map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e).into())
+    }
+
+    async fn get_current_snapshot(&mut self) -> SResult<Option<Snapshot<TypeConfig>>> {
+        let stored: Option<StoredSnapshot> = self
+            .meta(SNAPSHOT, "current")
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}

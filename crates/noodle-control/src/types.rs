@@ -1,0 +1,181 @@
+//! What goes through the Raft log, and the types openraft is instantiated with.
+//!
+//! Everything here is stored with postcard, which is not self-describing: add enum variants at
+//! the end only, never reorder or remove one.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::io::Cursor;
+
+openraft::declare_raft_types!(
+    /// The control plane's openraft configuration.
+    pub TypeConfig:
+        D = Proposal,
+        R = Response,
+        NodeId = RaftId,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = crate::runtime::Runtime,
+);
+
+/// openraft's numeric node id: derived from the node id string (see [`raft_id`]).
+pub type RaftId = u64;
+
+/// A control-plane member as the Raft membership records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The node id (`hostname-uuid`).
+    pub node_id: String,
+    /// Its cluster address (`ip:port`).
+    pub addr: String,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.node_id, self.addr)
+    }
+}
+
+/// The Raft id of a node: the first 8 bytes of the blake3 hash of its node id. Node ids carry a
+/// random UUID, so two members colliding is a 2^-64 event per pair.
+pub fn raft_id(node_id: &str) -> RaftId {
+    let hash = blake3::hash(node_id.as_bytes());
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&hash.as_bytes()[..8]);
+    u64::from_le_bytes(id)
+}
+
+/// One write to the replicated state, with the audit record that describes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub command: Command,
+    /// Appended to the audit chain in the same step as the command, so the log and the state
+    /// never disagree. `None` for internal bookkeeping (checkpoints, node keys).
+    pub audit: Option<noodle_audit::Record>,
+}
+
+impl Proposal {
+    pub fn new(command: Command) -> Proposal {
+        Proposal {
+            command,
+            audit: None,
+        }
+    }
+
+    pub fn audited(command: Command, record: noodle_audit::Record) -> Proposal {
+        Proposal {
+            command,
+            audit: Some(record),
+        }
+    }
+}
+
+/// A state change. Append new variants at the end only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Records only the proposal's audit record (a denial, for example).
+    Nothing,
+    /// Sets a user-visible configuration key (`noodle config set`).
+    ConfigSet { key: String, value: String },
+    /// Removes a configuration key.
+    ConfigUnset { key: String },
+    /// Writes `new` into an internal register if it currently holds `expected`.
+    Cas {
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+    },
+    /// Stores the cluster's capability root key unless one is stored already.
+    SetRootKey { key: Vec<u8> },
+    /// Adds a token revocation id to the revocation list.
+    Revoke { id: String },
+    /// Adds or replaces a cluster-wide policy.
+    PolicySet { name: String, source: String },
+    /// Removes a policy.
+    PolicyRemove { name: String },
+    /// Records the key a node signs audit checkpoints with.
+    RegisterNode { node_id: String, audit_key: [u8; 32] },
+    /// A signed audit checkpoint.
+    Checkpoint(noodle_audit::Checkpoint),
+}
+
+/// The state machine's answer to one proposal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Done,
+    /// A compare-and-set found another value: nothing was written.
+    CasFailed { current: Option<Vec<u8>> },
+    /// The command was invalid for the current state: nothing was written.
+    Rejected(String),
+}
+
+/// Bounds on what a proposal may carry, checked before it is proposed and again when applied.
+pub mod limits {
+    pub const CONFIG_KEY_CHARS_MAX: usize = 128;
+    pub const CONFIG_VALUE_BYTES_MAX: usize = 4096;
+    pub const REGISTER_BYTES_MAX: usize = 64 << 10;
+    pub const POLICY_BYTES_MAX: usize = 16 << 10;
+    pub const POLICIES_MAX: usize = 64;
+}
+
+/// Checks a configuration key: 1..=128 of `[A-Za-z0-9._/-]`, not starting with `/` or `.`.
+pub fn validate_config_key(key: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-');
+    if key.is_empty() || key.len() > limits::CONFIG_KEY_CHARS_MAX {
+        return Err(format!(
+            "config key must be 1 to {} characters",
+            limits::CONFIG_KEY_CHARS_MAX
+        ));
+    }
+    if !key.chars().all(ok_char) || key.starts_with(['/', '.']) {
+        return Err(format!(
+            "config key {key:?} may hold only letters, digits, '.', '_', '-' and '/', and may not start with '/' or '.'"
+        ));
+    }
+    Ok(())
+}
+
+impl Command {
+    /// Checks the bounds of a command before it is proposed; the state machine checks again.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Command::ConfigSet { key, value } => {
+                validate_config_key(key)?;
+                if value.len() > limits::CONFIG_VALUE_BYTES_MAX {
+                    return Err(format!(
+                        "config value is {} bytes, the limit is {}",
+                        value.len(),
+                        limits::CONFIG_VALUE_BYTES_MAX
+                    ));
+                }
+                Ok(())
+            }
+            Command::ConfigUnset { key } => validate_config_key(key),
+            Command::Cas { key, expected, new } => {
+                let too_big = |v: &Option<Vec<u8>>| {
+                    v.as_ref()
+                        .is_some_and(|v| v.len() > limits::REGISTER_BYTES_MAX)
+                };
+                if key.is_empty() || key.len() > 256 || too_big(expected) || too_big(new) {
+                    return Err("register key or value out of bounds".into());
+                }
+                Ok(())
+            }
+            Command::PolicySet { name, source } => {
+                if source.len() > limits::POLICY_BYTES_MAX {
+                    return Err(format!(
+                        "policy {name:?} is {} bytes, the limit is {}",
+                        source.len(),
+                        limits::POLICY_BYTES_MAX
+                    ));
+                }
+                Ok(())
+            }
+            Command::Revoke { id } if id.is_empty() || id.len() > 256 => {
+                Err("revocation id must be 1 to 256 characters".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}

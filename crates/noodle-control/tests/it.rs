@@ -1,0 +1,180 @@
+//! Control planes of several members in one process, on real redb files, talking through an
+//! in-process transport that can cut members off.
+
+use noodle_control::{
+    Command, Control, ControlConfig, Member, PeerHealth, Proposal, Response, Store, Transport,
+    TransportError, TransportFuture,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Default)]
+struct Net {
+    members: Mutex<HashMap<String, Control>>,
+}
+
+struct Via(Arc<Net>);
+
+impl Transport for Via {
+    fn call(&self, to: &Member, method: &'static str, body: Vec<u8>, timeout: Duration) -> TransportFuture {
+        let target = self.0.members.lock().ok().and_then(|m| m.get(&to.addr).cloned());
+        Box::pin(async move {
+            let Some(c) = target else {
+                return Err(TransportError::Unreachable(format!("{} is down", to_string(method))));
+            };
+            match tokio::time::timeout(timeout, c.serve(method, &body)).await {
+                Ok(Some(answer)) => Ok(answer),
+                Ok(None) => Err(TransportError::Failed(format!("unknown method {method}"))),
+                Err(_) => Err(TransportError::Failed("timed out".into())),
+            }
+        })
+    }
+}
+
+fn to_string(s: &str) -> String {
+    s.to_string()
+}
+
+fn cfg() -> ControlConfig {
+    ControlConfig {
+        heartbeat: Duration::from_millis(50),
+        election_timeout_min: Duration::from_millis(200),
+        election_timeout_max: Duration::from_millis(400),
+        snapshot_every: 20,
+        keep_logs: 5,
+        replace_dead_after: Duration::from_millis(500),
+        ..ControlConfig::default()
+    }
+}
+
+struct Cluster {
+    net: Arc<Net>,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        Cluster {
+            net: Arc::default(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn member(i: usize) -> Member {
+        Member {
+            node_id: format!("node-{i}"),
+            addr: format!("127.0.0.1:{}", 7000 + i),
+        }
+    }
+
+    async fn start(&self, i: usize) -> Control {
+        let store = Store::open(&self.dir.path().join(format!("{i}.redb"))).expect("open store");
+        let c = Control::start(Self::member(i), cfg(), store, Arc::new(Via(self.net.clone())))
+            .await
+            .expect("start");
+        self.net.members.lock().expect("lock").insert(Self::member(i).addr, c.clone());
+        c
+    }
+
+    async fn kill(&self, i: usize) {
+        let c = self.net.members.lock().expect("lock").remove(&Self::member(i).addr);
+        if let Some(c) = c {
+            c.shutdown().await;
+        }
+    }
+
+    fn health(&self, n: usize) -> Vec<PeerHealth> {
+        let up = self.net.members.lock().expect("lock");
+        (0..n)
+            .map(|i| PeerHealth {
+                member: Self::member(i),
+                alive: up.contains_key(&Self::member(i).addr),
+            })
+            .collect()
+    }
+
+    /// Runs membership upkeep on whichever member leads until `done` holds.
+    async fn settle(&self, n: usize, done: impl Fn(&noodle_control::ControlStatus) -> bool) -> noodle_control::ControlStatus {
+        for _ in 0..200 {
+            let members: Vec<Control> = self.net.members.lock().expect("lock").values().cloned().collect();
+            for c in &members {
+                let _ = c.maintain_membership(&self.health(n)).await;
+            }
+            if let Some(s) = members.iter().map(|c| c.status()).find(|s| s.role == "leader")
+                && done(&s)
+            {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("cluster did not settle");
+    }
+}
+
+fn set(key: &str, value: &str) -> Proposal {
+    Proposal::new(Command::ConfigSet {
+        key: key.into(),
+        value: value.into(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_elect_replicate_and_read_linearizably_from_followers() {
+    let cl = Cluster::new();
+    let a = cl.start(0).await;
+    a.initialize().await.expect("initialize");
+    let b = cl.start(1).await;
+    let c = cl.start(2).await;
+    let s = cl.settle(3, |s| s.voters.len() == 3).await;
+    assert_eq!(s.leader.as_deref(), Some("node-0"));
+
+    // A write through a follower is forwarded to the leader.
+    assert_eq!(b.propose(set("retries", "3")).await.expect("propose"), Response::Done);
+    for node in [&a, &b, &c] {
+        let v = node.read(|v| v.config_get("retries")).await.expect("read");
+        assert_eq!(v.as_deref(), Some("3"));
+    }
+    // Enough writes to snapshot and purge; the log stays bounded and state survives.
+    for i in 0..60 {
+        c.propose(set(&format!("k{i}"), &i.to_string())).await.expect("propose");
+    }
+    let all = a.read(|v| v.config_list()).await.expect("list");
+    assert_eq!(all.len(), 61);
+    let bad = a.propose(set("/bad", "x")).await;
+    assert!(bad.is_err(), "an invalid key is refused before it is proposed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_make_five_voters_and_a_dead_voter_is_replaced() {
+    let cl = Cluster::new();
+    let a = cl.start(0).await;
+    a.initialize().await.expect("initialize");
+    for i in 1..5 {
+        cl.start(i).await;
+    }
+    let s = cl.settle(5, |s| s.voters.len() == 5).await;
+    assert_eq!(s.learners.len(), 0);
+    // A sixth node is a learner; kill a voter and it takes the place.
+    cl.start(5).await;
+    cl.settle(6, |s| s.learners.len() == 1).await;
+    cl.kill(1).await;
+    let s = cl
+        .settle(6, |s| s.voters.len() == 5 && !s.voters.contains(&"node-1".to_string()))
+        .await;
+    assert!(s.voters.contains(&"node-5".to_string()), "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_member_keeps_its_state_and_rejoins() {
+    let cl = Cluster::new();
+    let a = cl.start(0).await;
+    a.initialize().await.expect("initialize");
+    a.propose(set("x", "1")).await.expect("propose");
+    cl.kill(0).await;
+    drop(a);
+    let a = cl.start(0).await;
+    // A single voter elects itself again from its own log.
+    let v = a.read(|v| v.config_get("x")).await.expect("read after restart");
+    assert_eq!(v.as_deref(), Some("1"));
+}

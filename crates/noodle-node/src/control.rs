@@ -1,0 +1,367 @@
+//! The node's side of the control plane: its Raft member over NoodleLink, the upkeep loop, and
+//! the one authoriser every API call goes through.
+
+use crate::datadir::{DataDir, DataDirError};
+use crate::now_ms;
+use noodle_api::{ControlInfo, EventKind};
+use noodle_audit::{AuditKey, Checkpoint, Outcome, Record};
+use noodle_caps::{Authoriser, Context, Denied, Policy, PublicKey, Request, RootKey};
+use noodle_control::{
+    Command, Control, ControlConfig, ControlError, Member, PeerHealth, Proposal, Response, Store,
+    Transport, TransportError, TransportFuture,
+};
+use noodle_link::{Link, LinkError};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+const DB_FILE: &str = "control.redb";
+const AUDIT_KEY_FILE: &str = "audit.key";
+/// Denials recorded in the audit log per second at most; the rest are counted.
+const DENIALS_PER_SEC_MAX: u32 = 50;
+
+/// Raft messages over the member links (mutual TLS, cluster certificates only).
+struct LinkTransport {
+    link: Link,
+}
+
+impl Transport for LinkTransport {
+    fn call(&self, to: &Member, method: &'static str, body: Vec<u8>, timeout: Duration) -> TransportFuture {
+        let link = self.link.clone();
+        let addr = to.addr.parse::<SocketAddr>();
+        Box::pin(async move {
+            let addr = addr.map_err(|e| TransportError::Unreachable(format!("bad member address: {e}")))?;
+            match tokio::time::timeout(timeout, link.request(addr, method, &body)).await {
+                Ok(Ok(answer)) => Ok(answer.to_vec()),
+                Ok(Err(e @ LinkError::Connect { .. })) => Err(TransportError::Unreachable(e.to_string())),
+                Ok(Err(e)) => Err(TransportError::Failed(e.to_string())),
+                Err(_) => Err(TransportError::Failed(format!("{addr} did not answer {method} within {timeout:?}"))),
+            }
+        })
+    }
+}
+
+/// Who is calling the API.
+#[derive(Debug, Clone)]
+pub(crate) enum Caller {
+    /// The local admin credential: allowed everything.
+    Admin,
+    /// A capability token.
+    Token(String),
+}
+
+/// A caller the authoriser let through, named for the audit log.
+#[derive(Debug, Clone)]
+pub(crate) struct Actor {
+    pub(crate) name: String,
+    pub(crate) right: String,
+}
+
+#[derive(Default)]
+struct DenialBudget {
+    second: u64,
+    used: u32,
+    suppressed: u64,
+}
+
+struct Cached {
+    root: Vec<u8>,
+    authoriser: Arc<Authoriser>,
+}
+
+pub(crate) struct ControlPlane {
+    pub(crate) control: Control,
+    audit_key: AuditKey,
+    node_id: String,
+    node_name: String,
+    checkpoint_every: u64,
+    authoriser: Mutex<Option<Cached>>,
+    policies: Mutex<(Vec<(String, String)>, Arc<Vec<Policy>>)>,
+    denials: Mutex<DenialBudget>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error("control-plane database {path}: {detail}")]
+    Db { path: String, detail: String },
+    #[error(transparent)]
+    Control(#[from] ControlError),
+}
+
+impl ControlPlane {
+    /// Opens this node's control-plane database and starts its Raft member. The node that
+    /// founds the cluster passes `found` and becomes the single voter of a new control plane.
+    pub(crate) async fn start(
+        dir: &DataDir,
+        me: Member,
+        node_name: String,
+        link: Link,
+        found: bool,
+    ) -> Result<ControlPlane, ControlPlaneError> {
+        let path = dir.path().join(DB_FILE);
+        let store = Store::open(&path).map_err(|e| ControlPlaneError::Db {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        let audit_key = if dir.exists(AUDIT_KEY_FILE) {
+            let bytes = dir.read_file(AUDIT_KEY_FILE)?;
+            let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| DataDirError::Corrupt {
+                path: dir.path().join(AUDIT_KEY_FILE),
+                detail: format!("expected 32 bytes, found {}", bytes.len()),
+            })?;
+            AuditKey::from_bytes(secret)
+        } else {
+            let secret: [u8; 32] = rand::random();
+            dir.write_file(AUDIT_KEY_FILE, &secret, true)?;
+            AuditKey::from_bytes(secret)
+        };
+        let cfg = ControlConfig::default();
+        let checkpoint_every = cfg.checkpoint_every;
+        let control = Control::start(me.clone(), cfg, store, Arc::new(LinkTransport { link })).await?;
+        if found {
+            control.initialize().await?;
+        }
+        Ok(ControlPlane {
+            control,
+            audit_key,
+            node_id: me.node_id,
+            node_name,
+            checkpoint_every,
+            authoriser: Mutex::default(),
+            policies: Mutex::new((Vec::new(), Arc::default())),
+            denials: Mutex::default(),
+        })
+    }
+
+    pub(crate) fn info(&self) -> ControlInfo {
+        let s = self.control.status();
+        ControlInfo {
+            leader: s.leader,
+            voters: s.voters,
+            learners: s.learners,
+            term: s.term,
+            commit_index: s.commit_index,
+            role: s.role,
+        }
+    }
+
+    /// One round of upkeep, about once a second: membership (leader), the capability root key
+    /// (leader, once), this node's audit key, and audit checkpoints (leader).
+    pub(crate) async fn upkeep(&self, peers: &[PeerHealth]) -> Result<(), ControlError> {
+        self.control.maintain_membership(peers).await?;
+        let (root, my_key, chain, last_checkpoint) = self.control.read_local(|v| {
+            let last = v.checkpoints()?.last().map(|c| c.upto_seq).unwrap_or(0);
+            Ok((v.root_key()?, v.node_keys()?.get(&self.node_id).copied(), v.audit_chain()?, last))
+        })?;
+        let leading = self.control.status().role == "leader";
+        if leading && root.is_none() {
+            let key = RootKey::generate();
+            self.control
+                .propose(Proposal::new(Command::SetRootKey { key: key.to_bytes() }))
+                .await?;
+        }
+        let public = self.audit_key.public_key().to_bytes();
+        if my_key != Some(public) {
+            self.control
+                .propose(Proposal::new(Command::RegisterNode {
+                    node_id: self.node_id.clone(),
+                    audit_key: public,
+                }))
+                .await?;
+        }
+        let (head, hash) = chain.head();
+        if leading && head >= last_checkpoint + self.checkpoint_every {
+            let cp = Checkpoint::sign(head, hash, self.node_id.clone(), now_ms(), &self.audit_key);
+            self.control.propose(Proposal::new(Command::Checkpoint(cp))).await?;
+        }
+        Ok(())
+    }
+
+    fn authoriser(&self) -> Result<Arc<Authoriser>, Denied> {
+        let root = self
+            .control
+            .read_local(|v| v.root_key())
+            .map_err(|e| Denied::Evaluation(e.to_string()))?
+            .ok_or_else(|| Denied::Evaluation("the cluster has no capability root key yet".into()))?;
+        let mut cached = self.authoriser.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cached.as_ref()
+            && c.root == root
+        {
+            return Ok(c.authoriser.clone());
+        }
+        let key = RootKey::from_bytes(&root).map_err(|e| Denied::Evaluation(e.to_string()))?;
+        let authoriser = Arc::new(Authoriser::new(key.public()));
+        *cached = Some(Cached {
+            root,
+            authoriser: authoriser.clone(),
+        });
+        Ok(authoriser)
+    }
+
+    /// The cluster's capability root key (for minting tokens).
+    pub(crate) fn root_key(&self) -> Result<RootKey, String> {
+        let root = self
+            .control
+            .read_local(|v| v.root_key())
+            .map_err(|e| e.to_string())?
+            .ok_or("the cluster has no capability root key yet; try again in a second")?;
+        RootKey::from_bytes(&root).map_err(|e| e.to_string())
+    }
+
+    pub(crate) fn public_key(&self) -> Result<PublicKey, String> {
+        Ok(self.root_key()?.public())
+    }
+
+    /// Parsed cluster policies, re-parsed only when they change.
+    fn policies(&self, sources: Vec<(String, String)>) -> Arc<Vec<Policy>> {
+        let mut cached = self.policies.lock().unwrap_or_else(|e| e.into_inner());
+        if cached.0 != sources {
+            // Policies were checked when they were added; one that no longer parses (a newer
+            // node's syntax) is skipped here and logged rather than failing every call.
+            let parsed = sources
+                .iter()
+                .filter_map(|(name, src)| match Policy::parse(name, src) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        tracing::warn!(policy = %name, error = %e, "skipping a policy that does not parse");
+                        None
+                    }
+                })
+                .collect();
+            *cached = (sources, Arc::new(parsed));
+        }
+        cached.1.clone()
+    }
+
+    /// Checks `caller` against `request`: the admin credential is allowed everything; a token
+    /// must be signed by this cluster, unrevoked, unexpired, grant the right, and pass every
+    /// cluster policy.
+    pub(crate) fn authorise(&self, caller: &Caller, request: &Request) -> Result<Actor, Denied> {
+        let right = describe(request);
+        let token = match caller {
+            Caller::Admin => {
+                return Ok(Actor {
+                    name: format!("admin@{}", self.node_name),
+                    right,
+                });
+            }
+            Caller::Token(t) => t,
+        };
+        let authoriser = self.authoriser()?;
+        let grant = self
+            .control
+            .read_local(|v| {
+                let revoked = |id: &str| v.is_revoked(id).unwrap_or(true);
+                let policies = self.policies(v.policies()?);
+                let ctx = Context::new(SystemTime::now())
+                    .with_revoked(&revoked)
+                    .with_policies(&policies);
+                Ok(authoriser.authorise(token, request, &ctx))
+            })
+            .map_err(|e| Denied::Evaluation(e.to_string()))??;
+        let short = grant.id.get(..8).unwrap_or(&grant.id);
+        let name = match &grant.holder {
+            Some(h) => format!("token:{short} ({h})"),
+            None => format!("token:{short}"),
+        };
+        Ok(Actor { name, right })
+    }
+
+    /// Records a denial in the audit log (at most [`DENIALS_PER_SEC_MAX`] a second; the rest
+    /// are counted in the next one recorded). Does not wait for the write.
+    pub(crate) fn record_denial(self: &Arc<Self>, caller: &Caller, action: &str, target: &str, request: &Request, reason: &Denied) {
+        let suppressed = {
+            let mut b = self.denials.lock().unwrap_or_else(|e| e.into_inner());
+            let second = now_ms() / 1000;
+            if b.second != second {
+                b.second = second;
+                b.used = 0;
+            }
+            if b.used >= DENIALS_PER_SEC_MAX {
+                b.suppressed += 1;
+                metrics::counter!("noodle_audit_denials_suppressed_total").increment(1);
+                return;
+            }
+            b.used += 1;
+            std::mem::take(&mut b.suppressed)
+        };
+        let actor = match caller {
+            Caller::Admin => format!("admin@{}", self.node_name),
+            Caller::Token(t) => match noodle_caps::inspect(t) {
+                Ok(i) => match i.holder {
+                    Some(h) => format!("token:{} ({h})", i.id.get(..8).unwrap_or(&i.id)),
+                    None => format!("token:{}", i.id.get(..8).unwrap_or(&i.id)),
+                },
+                Err(_) => "unreadable token".into(),
+            },
+        };
+        let mut why = reason.to_string();
+        if suppressed > 0 {
+            why.push_str(&format!(" ({suppressed} earlier denials not recorded)"));
+        }
+        let record = Record::new(now_ms(), actor, action, target, describe(request), Outcome::denied(why));
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.control.propose(Proposal::audited(Command::Nothing, record)).await {
+                tracing::warn!(error = %e, "could not record a denial in the audit log");
+            }
+        });
+    }
+
+    /// Proposes an authorised write with its audit record.
+    pub(crate) async fn write(&self, actor: &Actor, action: &str, target: &str, command: Command) -> Result<Response, ControlError> {
+        let record = Record::new(now_ms(), actor.name.clone(), action, target, actor.right.clone(), Outcome::Allowed);
+        self.control.propose(Proposal::audited(command, record)).await
+    }
+}
+
+/// `config:write:retries`-style name of what a request needs.
+fn describe(r: &Request) -> String {
+    match &r.resource {
+        Some(res) => format!("{}:{}:{}", r.subsystem, r.action, res),
+        None => format!("{}:{}", r.subsystem, r.action),
+    }
+}
+
+/// Emits control-plane events (leader and voter changes, revocations) as this node sees them.
+pub(crate) async fn watch_events(
+    plane: Arc<ControlPlane>,
+    emit: impl Fn(EventKind, &str, String),
+    node_id: String,
+) {
+    let mut metrics = plane.control.watch();
+    let mut last = plane.control.status();
+    let revoked = || -> BTreeSet<String> {
+        plane.control.read_local(|v| v.revoked()).map(|r| r.into_iter().collect()).unwrap_or_default()
+    };
+    let mut revoked_seen = revoked();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_tick = Instant::now();
+    loop {
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {},
+        }
+        let now = plane.control.status();
+        if now.leader != last.leader
+            && let Some(leader) = &now.leader
+        {
+            emit(EventKind::LeaderChanged, leader, format!("term {}", now.term));
+        }
+        if now.voters != last.voters {
+            emit(EventKind::VotersChanged, &node_id, now.voters.join(", "));
+        }
+        last = now;
+        if last_tick.elapsed() >= Duration::from_millis(250) {
+            last_tick = Instant::now();
+            let now = revoked();
+            for id in now.difference(&revoked_seen) {
+                emit(EventKind::TokenRevoked, &node_id, id.clone());
+            }
+            revoked_seen = now;
+        }
+    }
+}
