@@ -4,8 +4,9 @@
 //! [`crate::ADMIN_CREDENTIAL_FILE`] holds the credential it presents.
 
 use crate::{
-    ADMIN_CREDENTIAL_FILE, API_FILE, ApiError, ApiInfo, Event, EventsResponse, StatusReport,
-    TokenRequest, TokenResponse,
+    ADMIN_CREDENTIAL_FILE, API_FILE, ApiError, ApiInfo, AuditPage, AuditVerifyReport, CapRequest,
+    CapResponse, ConfigEntry, ConfigList, ConfigValue, Event, EventsResponse, PolicyEntry,
+    PolicyList, RevokeRequest, StatusReport, TokenRequest, TokenResponse,
 };
 use futures_util::StreamExt;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,8 @@ pub enum ClientError {
     Unreachable { url: String, detail: String },
     #[error("the node refused the request: {0}")]
     Api(String),
+    #[error("{0}")]
+    NotFound(String),
     #[error("unexpected answer from the node: {0}")]
     Protocol(String),
 }
@@ -41,23 +44,7 @@ pub struct Client {
 impl Client {
     /// A client for the node whose data directory is `data_dir`.
     pub fn from_data_dir(data_dir: &Path) -> Result<Client, ClientError> {
-        let api_path = data_dir.join(API_FILE);
-        let raw = match std::fs::read(&api_path) {
-            Ok(raw) => raw,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ClientError::NotRunning(data_dir.to_path_buf()));
-            }
-            Err(source) => {
-                return Err(ClientError::Read {
-                    path: api_path,
-                    source,
-                });
-            }
-        };
-        let info: ApiInfo = serde_json::from_slice(&raw).map_err(|e| ClientError::Corrupt {
-            path: api_path.clone(),
-            detail: e.to_string(),
-        })?;
+        let info = read_api_info(data_dir)?;
         let cred_path = data_dir.join(ADMIN_CREDENTIAL_FILE);
         let credential = std::fs::read_to_string(&cred_path)
             .map_err(|source| ClientError::Read {
@@ -67,6 +54,18 @@ impl Client {
             .trim()
             .to_string();
         Ok(Client::new(&info.url, &credential))
+    }
+
+    /// A client for the node of `data_dir` that acts with a capability `token` if one is given,
+    /// else with the node's admin credential.
+    pub fn connect(data_dir: &Path, token: Option<&str>) -> Result<Client, ClientError> {
+        match token {
+            None => Client::from_data_dir(data_dir),
+            Some(token) => {
+                let info = read_api_info(data_dir)?;
+                Ok(Client::new(&info.url, token.trim()))
+            }
+        }
     }
 
     /// A client for the API at `base` (`http://127.0.0.1:7071`) with `credential`.
@@ -91,15 +90,94 @@ impl Client {
     }
 
     pub async fn create_token(&self, req: &TokenRequest) -> Result<TokenResponse, ClientError> {
-        let resp = self
-            .http
-            .post(format!("{}/v1/tokens", self.base))
-            .bearer_auth(&self.credential)
-            .timeout(Duration::from_secs(10))
-            .json(req)
-            .send()
+        self.send_json(reqwest::Method::POST, "/v1/tokens", Some(req))
             .await
-            .map_err(|e| self.unreachable(e))?;
+    }
+
+    pub async fn config_list(&self) -> Result<ConfigList, ClientError> {
+        self.get_json("/v1/config").await
+    }
+
+    /// `None` if the key is not set.
+    pub async fn config_get(&self, key: &str) -> Result<Option<ConfigEntry>, ClientError> {
+        match self.get_json(&format!("/v1/config/{key}")).await {
+            Ok(e) => Ok(Some(e)),
+            Err(ClientError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn config_set(&self, key: &str, value: &str) -> Result<ConfigEntry, ClientError> {
+        let body = ConfigValue {
+            value: value.to_string(),
+        };
+        self.send_json(
+            reqwest::Method::PUT,
+            &format!("/v1/config/{key}"),
+            Some(&body),
+        )
+        .await
+    }
+
+    pub async fn config_unset(&self, key: &str) -> Result<ConfigEntry, ClientError> {
+        self.send_json::<(), _>(reqwest::Method::DELETE, &format!("/v1/config/{key}"), None)
+            .await
+    }
+
+    pub async fn cap_create(&self, req: &CapRequest) -> Result<CapResponse, ClientError> {
+        self.send_json(reqwest::Method::POST, "/v1/caps", Some(req))
+            .await
+    }
+
+    pub async fn cap_revoke(&self, id: &str) -> Result<RevokeRequest, ClientError> {
+        let body = RevokeRequest { id: id.to_string() };
+        self.send_json(reqwest::Method::POST, "/v1/caps/revoke", Some(&body))
+            .await
+    }
+
+    pub async fn policies(&self) -> Result<PolicyList, ClientError> {
+        self.get_json("/v1/policies").await
+    }
+
+    pub async fn policy_add(&self, policy: &PolicyEntry) -> Result<PolicyEntry, ClientError> {
+        self.send_json(reqwest::Method::POST, "/v1/policies", Some(policy))
+            .await
+    }
+
+    pub async fn policy_remove(&self, name: &str) -> Result<PolicyEntry, ClientError> {
+        self.send_json::<(), _>(
+            reqwest::Method::DELETE,
+            &format!("/v1/policies/{name}"),
+            None,
+        )
+        .await
+    }
+
+    /// Audit entries from sequence number `from` on, at most `limit`.
+    pub async fn audit(&self, from: u64, limit: u32) -> Result<AuditPage, ClientError> {
+        self.get_json(&format!("/v1/audit?from={from}&limit={limit}"))
+            .await
+    }
+
+    pub async fn audit_verify(&self) -> Result<AuditVerifyReport, ClientError> {
+        self.get_json("/v1/audit/verify").await
+    }
+
+    async fn send_json<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(&self.credential)
+            .timeout(Duration::from_secs(15));
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         Self::decode(resp).await
     }
 
@@ -162,10 +240,32 @@ impl Client {
         let status = resp.status();
         let body = resp.bytes().await.unwrap_or_default();
         match serde_json::from_slice::<ApiError>(&body) {
+            Ok(e) if status == reqwest::StatusCode::NOT_FOUND => ClientError::NotFound(e.error),
             Ok(e) => ClientError::Api(e.error),
             Err(_) => ClientError::Api(format!("HTTP {status}")),
         }
     }
+}
+
+/// Where the node of `data_dir` serves its API.
+fn read_api_info(data_dir: &Path) -> Result<ApiInfo, ClientError> {
+    let api_path = data_dir.join(API_FILE);
+    let raw = match std::fs::read(&api_path) {
+        Ok(raw) => raw,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ClientError::NotRunning(data_dir.to_path_buf()));
+        }
+        Err(source) => {
+            return Err(ClientError::Read {
+                path: api_path,
+                source,
+            });
+        }
+    };
+    serde_json::from_slice(&raw).map_err(|e| ClientError::Corrupt {
+        path: api_path,
+        detail: e.to_string(),
+    })
 }
 
 type ByteStream =

@@ -238,3 +238,82 @@ pub struct EventsResponse {
 pub struct ApiError {
     pub error: String,
 }
+
+/// `POST /v1/caps`: mint a capability token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CapRequest {
+    /// `SUBSYSTEM:ACTION[:PREFIX]`, e.g. `config:read`, `fabric:read:/datasets/`.
+    pub allow: Vec<String>,
+    /// `NAME=VALUE`, e.g. `cpus=4`.
+    pub quotas: Vec<String>,
+    pub ttl_secs: u64,
+    /// Who the token is for (shown in the audit log).
+    pub holder: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CapResponse {
+    pub token: String,
+    /// Revocation id (`noodle cap revoke ID`).
+    pub id: String,
+    pub expires_at_unix: u64,
+}
+
+/// `POST /v1/caps/revoke`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RevokeRequest {
+    pub id: String,
+}
+
+/// One cluster policy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PolicyEntry {
+    pub name: String,
+    /// Datalog source.
+    pub source: String,
+}
+
+/// `GET /v1/policies`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PolicyList {
+    pub policies: Vec<PolicyEntry>,
+}
+
+/// One audit-log entry (`noodle audit --json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub at_ms: u64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub right: String,
+    /// `allowed`, `denied` or `failed`.
+    pub outcome: String,
+    pub reason: Option<String>,
+    /// blake3 chain hash, hex.
+    pub hash: String,
+}
+
+/// `GET /v1/audit?from=SEQ&limit=N`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    /// Sequence number of the newest entry.
+    pub head_seq: u64,
+}
+
+/// `GET /v1/audit/verify`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditVerifyReport {
+    pub ok: bool,
+    pub entries: u64,
+    pub checkpoints: u64,
+    pub head_seq: u64,
+    pub head_hash: String,
+    pub last_checkpoint_seq: Option<u64>,
+    /// What failed, naming the first entry or checkpoint that does not verify.
+    pub error: Option<String>,
+    /// Sequence number of the first entry that does not verify.
+    pub bad_seq: Option<u64>,
+}

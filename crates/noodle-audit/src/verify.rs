@@ -67,6 +67,8 @@ pub enum EntryProblem {
     /// `hash` is not the hash of `seq`, `prev` and `record`: the entry was altered.
     #[error("hash does not match its contents")]
     HashMismatch,
+    #[error("unreadable: {detail}")]
+    Unreadable { detail: String },
 }
 
 /// What is wrong with a checkpoint.
@@ -342,4 +344,45 @@ pub fn verify(
         verifier.push_checkpoint(checkpoint)?;
     }
     verifier.finish()
+}
+
+/// [`verify`] over entries as stored (`(seq, encoded bytes)`): an entry that does not decode
+/// is reported as [`EntryProblem::Unreadable`] under the sequence number it was stored at.
+pub fn verify_encoded(
+    entries: impl IntoIterator<Item = (u64, Vec<u8>)>,
+    checkpoints: &[Checkpoint],
+    key_of: impl Fn(&str) -> Option<AuditPublicKey>,
+) -> Result<VerifySummary, VerifyError> {
+    let mut unreadable = None;
+    let decoded = entries
+        .into_iter()
+        .map_while(|(seq, bytes)| match Entry::decode(&bytes) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                unreadable = Some(VerifyError::Entry {
+                    seq,
+                    problem: EntryProblem::Unreadable {
+                        detail: e.to_string(),
+                    },
+                });
+                None
+            }
+        });
+    let result = verify(decoded, checkpoints, key_of);
+    match unreadable {
+        // Everything before the unreadable entry verified (or failed first, which wins).
+        Some(e)
+            if result.is_ok()
+                || matches!(
+                    result,
+                    Err(VerifyError::Checkpoint {
+                        problem: CheckpointProblem::BeyondEnd { .. },
+                        ..
+                    })
+                ) =>
+        {
+            Err(e)
+        }
+        _ => result,
+    }
 }

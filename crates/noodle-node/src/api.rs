@@ -1,11 +1,16 @@
-//! The HTTP API (JSON), the dashboard and the metrics endpoint, all behind the admin credential.
+//! The HTTP API (JSON), the dashboard and the metrics endpoint.
 //!
-//! Clients send `Authorization: Bearer <credential>`; the browser gets the same credential as an
-//! HttpOnly cookie from `/login?token=...` (the URL `noodle up` prints). No route answers without
-//! one of them, `/metrics` included.
+//! Deny by default: a request presents either the node's admin credential (allowed everything,
+//! and only from this machine) or a capability token (`Authorization: Bearer <token>`); the
+//! browser gets the admin credential as an HttpOnly cookie from `/login?token=...` (the URL
+//! `noodle up` prints). Every handler names the right it needs as its first step and asks the
+//! one authoriser ([`crate::control::ControlPlane::authorise`]); denials go to the audit log.
+//! No route answers without a credential, `/metrics` included.
 
+use crate::control::{Actor, Caller};
 use crate::node::Shared;
-use axum::extract::{Query, Request, State};
+use axum::Extension;
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -14,7 +19,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::{Stream, StreamExt};
 use noodle_api::{ApiError, EventsResponse, SESSION_COOKIE, TokenRequest};
+use noodle_caps::Request as CapRequest;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_stream::wrappers::{BroadcastStream, IntervalStream};
@@ -22,7 +29,7 @@ use tokio_stream::wrappers::{BroadcastStream, IntervalStream};
 /// Longest join-token lifetime the API mints.
 const TOKEN_TTL_SECS_MAX: u64 = 30 * 24 * 3600;
 
-type AppState = Arc<Shared>;
+pub(crate) type AppState = Arc<Shared>;
 
 pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
     let protected = Router::new()
@@ -33,18 +40,38 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener
         .route("/v1/events/stream", get(events_stream))
         .route("/v1/dashboard/stream", get(dashboard_stream))
         .route("/metrics", get(metrics))
-        .route_layer(middleware::from_fn_with_state(shared.clone(), authorise));
+        .route("/v1/config", get(crate::api_control::config_list))
+        .route(
+            "/v1/config/{*key}",
+            get(crate::api_control::config_get)
+                .put(crate::api_control::config_set)
+                .delete(crate::api_control::config_unset),
+        )
+        .route("/v1/caps", post(crate::api_control::cap_create))
+        .route("/v1/caps/revoke", post(crate::api_control::cap_revoke))
+        .route(
+            "/v1/policies",
+            get(crate::api_control::policy_list).post(crate::api_control::policy_add),
+        )
+        .route(
+            "/v1/policies/{name}",
+            axum::routing::delete(crate::api_control::policy_remove),
+        )
+        .route("/v1/audit", get(crate::api_control::audit))
+        .route("/v1/audit/verify", get(crate::api_control::audit_verify))
+        .route_layer(middleware::from_fn_with_state(shared.clone(), identify));
     let app = Router::new()
         .route("/login", get(login))
         .merge(protected)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .with_state(shared);
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "API server stopped");
     }
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
+pub(crate) fn error(status: StatusCode, message: &str) -> Response {
     (
         status,
         Json(ApiError {
@@ -76,19 +103,69 @@ fn presented_credential(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
-async fn authorise(State(shared): State<AppState>, request: Request, next: Next) -> Response {
-    match presented_credential(request.headers()) {
-        Some(c) if credential_matches(&shared, &c) => next.run(request).await,
-        presented => {
+/// Tells who is calling: the admin credential (from this machine only) or a token. What the
+/// caller may do is decided per handler by [`check`].
+async fn identify(
+    State(shared): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let caller = match presented_credential(request.headers()) {
+        None => {
             metrics::counter!("noodle_api_denied_total").increment(1);
-            let why = if presented.is_some() {
-                "wrong credential"
-            } else {
-                "missing credential: send `Authorization: Bearer <admin credential>` or open the URL `noodle up` printed"
-            };
-            error(StatusCode::UNAUTHORIZED, why)
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "missing credential: send `Authorization: Bearer <capability token or admin credential>` or open the URL `noodle up` printed",
+            );
         }
-    }
+        Some(c) if credential_matches(&shared, &c) => {
+            if !peer.ip().is_loopback() {
+                metrics::counter!("noodle_api_denied_total").increment(1);
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "the admin credential is accepted only from this machine; remote callers need a capability token (`noodle cap create`)",
+                );
+            }
+            Caller::Admin
+        }
+        Some(token) => Caller::Token(token),
+    };
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+/// Checks that `caller` may make `request`; a denial is answered with 403 and recorded in the
+/// audit log under `action` and `target`.
+pub(crate) fn check(
+    shared: &Shared,
+    caller: &Caller,
+    request: CapRequest,
+    action: &str,
+    target: &str,
+) -> Result<Actor, Response> {
+    let Some(plane) = shared.control.get() else {
+        return match caller {
+            Caller::Admin => Ok(Actor {
+                name: "admin".into(),
+                right: String::new(),
+            }),
+            Caller::Token(_) => Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the control plane is starting; try again in a moment",
+            )),
+        };
+    };
+    plane.authorise(caller, &request).map_err(|denied| {
+        metrics::counter!("noodle_api_denied_total").increment(1);
+        plane.record_denial(caller, action, target, &request, &denied);
+        error(StatusCode::FORBIDDEN, &format!("denied: {denied}"))
+    })
+}
+
+/// The right every read-only cluster view (status, events, dashboard, metrics) needs.
+fn cluster_read() -> CapRequest {
+    CapRequest::new("cluster", "read")
 }
 
 #[derive(serde::Deserialize)]
@@ -108,7 +185,13 @@ async fn login(State(shared): State<AppState>, Query(q): Query<LoginQuery>) -> R
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
 }
 
-async fn dashboard(State(shared): State<AppState>) -> Response {
+async fn dashboard(
+    State(shared): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    if let Err(denied) = check(&shared, &caller, cluster_read(), "dashboard", "") {
+        return denied;
+    }
     let report = shared.status();
     let events = shared.events.history();
     match crate::dashboard::render_dashboard(&report, &events) {
@@ -120,11 +203,27 @@ async fn dashboard(State(shared): State<AppState>) -> Response {
     }
 }
 
-async fn status(State(shared): State<AppState>) -> Response {
+async fn status(State(shared): State<AppState>, Extension(caller): Extension<Caller>) -> Response {
+    if let Err(denied) = check(&shared, &caller, cluster_read(), "status", "") {
+        return denied;
+    }
     Json(shared.status()).into_response()
 }
 
-async fn create_token(State(shared): State<AppState>, body: axum::body::Bytes) -> Response {
+async fn create_token(
+    State(shared): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(denied) = check(
+        &shared,
+        &caller,
+        CapRequest::new("cluster", "admit"),
+        "token.create",
+        "",
+    ) {
+        return denied;
+    }
     let req: TokenRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad token request: {e}")),
@@ -138,7 +237,10 @@ async fn create_token(State(shared): State<AppState>, body: axum::body::Bytes) -
     Json(shared.create_token(&req)).into_response()
 }
 
-async fn events(State(shared): State<AppState>) -> Response {
+async fn events(State(shared): State<AppState>, Extension(caller): Extension<Caller>) -> Response {
+    if let Err(denied) = check(&shared, &caller, cluster_read(), "events", "") {
+        return denied;
+    }
     Json(EventsResponse {
         events: shared.events.history(),
     })
@@ -157,11 +259,25 @@ fn event_stream(shared: &Shared) -> impl Stream<Item = Result<SseEvent, Infallib
     })
 }
 
-async fn events_stream(State(shared): State<AppState>) -> impl IntoResponse {
-    Sse::new(event_stream(&shared)).keep_alive(KeepAlive::default())
+async fn events_stream(
+    State(shared): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    if let Err(denied) = check(&shared, &caller, cluster_read(), "events", "") {
+        return denied;
+    }
+    Sse::new(event_stream(&shared))
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
-async fn dashboard_stream(State(shared): State<AppState>) -> impl IntoResponse {
+async fn dashboard_stream(
+    State(shared): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    if let Err(denied) = check(&shared, &caller, cluster_read(), "dashboard", "") {
+        return denied;
+    }
     let for_status = shared.clone();
     let statuses =
         IntervalStream::new(tokio::time::interval(Duration::from_secs(1))).filter_map(move |_| {
@@ -179,9 +295,13 @@ async fn dashboard_stream(State(shared): State<AppState>) -> impl IntoResponse {
         event_stream(&shared),
     ))
     .keep_alive(KeepAlive::default())
+    .into_response()
 }
 
-async fn metrics(State(shared): State<AppState>) -> Response {
+async fn metrics(State(shared): State<AppState>, Extension(caller): Extension<Caller>) -> Response {
+    if let Err(denied) = check(&shared, &caller, cluster_read(), "metrics", "") {
+        return denied;
+    }
     match &shared.metrics {
         Some(handle) => handle.render().into_response(),
         None => error(

@@ -3,9 +3,9 @@
 
 use crate::datadir::{DataDir, DataDirError};
 use crate::now_ms;
-use noodle_api::{ControlInfo, EventKind};
+use noodle_api::{AuditVerifyReport, ControlInfo, EventKind};
 use noodle_audit::{AuditKey, Checkpoint, Outcome, Record};
-use noodle_caps::{Authoriser, Context, Denied, Policy, PublicKey, Request, RootKey};
+use noodle_caps::{Authoriser, Context, Denied, Policy, Request, RootKey};
 use noodle_control::{
     Command, Control, ControlConfig, ControlError, Member, PeerHealth, Proposal, Response, Store,
     Transport, TransportError, TransportFuture,
@@ -27,16 +27,27 @@ struct LinkTransport {
 }
 
 impl Transport for LinkTransport {
-    fn call(&self, to: &Member, method: &'static str, body: Vec<u8>, timeout: Duration) -> TransportFuture {
+    fn call(
+        &self,
+        to: &Member,
+        method: &'static str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> TransportFuture {
         let link = self.link.clone();
         let addr = to.addr.parse::<SocketAddr>();
         Box::pin(async move {
-            let addr = addr.map_err(|e| TransportError::Unreachable(format!("bad member address: {e}")))?;
+            let addr =
+                addr.map_err(|e| TransportError::Unreachable(format!("bad member address: {e}")))?;
             match tokio::time::timeout(timeout, link.request(addr, method, &body)).await {
                 Ok(Ok(answer)) => Ok(answer.to_vec()),
-                Ok(Err(e @ LinkError::Connect { .. })) => Err(TransportError::Unreachable(e.to_string())),
+                Ok(Err(e @ LinkError::Connect { .. })) => {
+                    Err(TransportError::Unreachable(e.to_string()))
+                }
                 Ok(Err(e)) => Err(TransportError::Failed(e.to_string())),
-                Err(_) => Err(TransportError::Failed(format!("{addr} did not answer {method} within {timeout:?}"))),
+                Err(_) => Err(TransportError::Failed(format!(
+                    "{addr} did not answer {method} within {timeout:?}"
+                ))),
             }
         })
     }
@@ -100,6 +111,7 @@ impl ControlPlane {
         node_name: String,
         link: Link,
         found: bool,
+        cfg: ControlConfig,
     ) -> Result<ControlPlane, ControlPlaneError> {
         let path = dir.path().join(DB_FILE);
         let store = Store::open(&path).map_err(|e| ControlPlaneError::Db {
@@ -108,19 +120,23 @@ impl ControlPlane {
         })?;
         let audit_key = if dir.exists(AUDIT_KEY_FILE) {
             let bytes = dir.read_file(AUDIT_KEY_FILE)?;
-            let secret: [u8; 32] = bytes.as_slice().try_into().map_err(|_| DataDirError::Corrupt {
-                path: dir.path().join(AUDIT_KEY_FILE),
-                detail: format!("expected 32 bytes, found {}", bytes.len()),
-            })?;
+            let secret: [u8; 32] =
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| DataDirError::Corrupt {
+                        path: dir.path().join(AUDIT_KEY_FILE),
+                        detail: format!("expected 32 bytes, found {}", bytes.len()),
+                    })?;
             AuditKey::from_bytes(secret)
         } else {
             let secret: [u8; 32] = rand::random();
             dir.write_file(AUDIT_KEY_FILE, &secret, true)?;
             AuditKey::from_bytes(secret)
         };
-        let cfg = ControlConfig::default();
         let checkpoint_every = cfg.checkpoint_every;
-        let control = Control::start(me.clone(), cfg, store, Arc::new(LinkTransport { link })).await?;
+        let control =
+            Control::start(me.clone(), cfg, store, Arc::new(LinkTransport { link })).await?;
         if found {
             control.initialize().await?;
         }
@@ -154,13 +170,20 @@ impl ControlPlane {
         self.control.maintain_membership(peers).await?;
         let (root, my_key, chain, last_checkpoint) = self.control.read_local(|v| {
             let last = v.checkpoints()?.last().map(|c| c.upto_seq).unwrap_or(0);
-            Ok((v.root_key()?, v.node_keys()?.get(&self.node_id).copied(), v.audit_chain()?, last))
+            Ok((
+                v.root_key()?,
+                v.node_keys()?.get(&self.node_id).copied(),
+                v.audit_chain()?,
+                last,
+            ))
         })?;
         let leading = self.control.status().role == "leader";
         if leading && root.is_none() {
             let key = RootKey::generate();
             self.control
-                .propose(Proposal::new(Command::SetRootKey { key: key.to_bytes() }))
+                .propose(Proposal::new(Command::SetRootKey {
+                    key: key.to_bytes(),
+                }))
                 .await?;
         }
         let public = self.audit_key.public_key().to_bytes();
@@ -175,7 +198,9 @@ impl ControlPlane {
         let (head, hash) = chain.head();
         if leading && head >= last_checkpoint + self.checkpoint_every {
             let cp = Checkpoint::sign(head, hash, self.node_id.clone(), now_ms(), &self.audit_key);
-            self.control.propose(Proposal::new(Command::Checkpoint(cp))).await?;
+            self.control
+                .propose(Proposal::new(Command::Checkpoint(cp)))
+                .await?;
         }
         Ok(())
     }
@@ -185,7 +210,9 @@ impl ControlPlane {
             .control
             .read_local(|v| v.root_key())
             .map_err(|e| Denied::Evaluation(e.to_string()))?
-            .ok_or_else(|| Denied::Evaluation("the cluster has no capability root key yet".into()))?;
+            .ok_or_else(|| {
+                Denied::Evaluation("the cluster has no capability root key yet".into())
+            })?;
         let mut cached = self.authoriser.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = cached.as_ref()
             && c.root == root
@@ -209,10 +236,6 @@ impl ControlPlane {
             .map_err(|e| e.to_string())?
             .ok_or("the cluster has no capability root key yet; try again in a second")?;
         RootKey::from_bytes(&root).map_err(|e| e.to_string())
-    }
-
-    pub(crate) fn public_key(&self) -> Result<PublicKey, String> {
-        Ok(self.root_key()?.public())
     }
 
     /// Parsed cluster policies, re-parsed only when they change.
@@ -272,7 +295,14 @@ impl ControlPlane {
 
     /// Records a denial in the audit log (at most [`DENIALS_PER_SEC_MAX`] a second; the rest
     /// are counted in the next one recorded). Does not wait for the write.
-    pub(crate) fn record_denial(self: &Arc<Self>, caller: &Caller, action: &str, target: &str, request: &Request, reason: &Denied) {
+    pub(crate) fn record_denial(
+        self: &Arc<Self>,
+        caller: &Caller,
+        action: &str,
+        target: &str,
+        request: &Request,
+        reason: &Denied,
+    ) {
         let suppressed = {
             let mut b = self.denials.lock().unwrap_or_else(|e| e.into_inner());
             let second = now_ms() / 1000;
@@ -302,19 +332,98 @@ impl ControlPlane {
         if suppressed > 0 {
             why.push_str(&format!(" ({suppressed} earlier denials not recorded)"));
         }
-        let record = Record::new(now_ms(), actor, action, target, describe(request), Outcome::denied(why));
+        let record = Record::new(
+            now_ms(),
+            actor,
+            action,
+            target,
+            describe(request),
+            Outcome::denied(why),
+        );
         let me = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = me.control.propose(Proposal::audited(Command::Nothing, record)).await {
+            if let Err(e) = me
+                .control
+                .propose(Proposal::audited(Command::Nothing, record))
+                .await
+            {
                 tracing::warn!(error = %e, "could not record a denial in the audit log");
             }
         });
     }
 
     /// Proposes an authorised write with its audit record.
-    pub(crate) async fn write(&self, actor: &Actor, action: &str, target: &str, command: Command) -> Result<Response, ControlError> {
-        let record = Record::new(now_ms(), actor.name.clone(), action, target, actor.right.clone(), Outcome::Allowed);
-        self.control.propose(Proposal::audited(command, record)).await
+    pub(crate) async fn write(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: &str,
+        command: Command,
+    ) -> Result<Response, ControlError> {
+        let record = Record::new(
+            now_ms(),
+            actor.name.clone(),
+            action,
+            target,
+            actor.right.clone(),
+            Outcome::Allowed,
+        );
+        self.control
+            .propose(Proposal::audited(command, record))
+            .await
+    }
+}
+
+impl ControlPlane {
+    /// Recomputes this node's audit chain and checks every checkpoint signature, naming the
+    /// first entry or checkpoint that does not verify.
+    pub(crate) fn verify_audit(&self) -> Result<AuditVerifyReport, ControlError> {
+        self.control.read_local(|v| {
+            let keys = v.node_keys()?;
+            let checkpoints = v.checkpoints()?;
+            let key_of = |signer: &str| {
+                keys.get(signer)
+                    .and_then(|k| noodle_audit::AuditPublicKey::from_bytes(*k).ok())
+            };
+            // Streams the log in pages so a long one is never held in memory whole.
+            let mut from = 1;
+            let pages = std::iter::from_fn(|| {
+                let page = v.audit_raw(from, 1024).ok()?;
+                from = page.last()?.0 + 1;
+                Some(page)
+            });
+            let result = noodle_audit::verify_encoded(pages.flatten(), &checkpoints, key_of);
+            Ok(match result {
+                Ok(s) => AuditVerifyReport {
+                    ok: true,
+                    entries: s.entries,
+                    checkpoints: s.checkpoints,
+                    head_seq: s.head_seq,
+                    head_hash: s.head_hash,
+                    last_checkpoint_seq: s.last_checkpoint_seq,
+                    error: None,
+                    bad_seq: None,
+                },
+                Err(e) => {
+                    let chain = v.audit_chain()?;
+                    let (head_seq, head_hash) = chain.head();
+                    let bad_seq = match &e {
+                        noodle_audit::VerifyError::Entry { seq, .. } => Some(*seq),
+                        _ => None,
+                    };
+                    AuditVerifyReport {
+                        ok: false,
+                        entries: head_seq,
+                        checkpoints: checkpoints.len() as u64,
+                        head_seq,
+                        head_hash: hex::encode(head_hash),
+                        last_checkpoint_seq: checkpoints.last().map(|c| c.upto_seq),
+                        error: Some(e.to_string()),
+                        bad_seq,
+                    }
+                }
+            })
+        })
     }
 }
 
@@ -335,7 +444,11 @@ pub(crate) async fn watch_events(
     let mut metrics = plane.control.watch();
     let mut last = plane.control.status();
     let revoked = || -> BTreeSet<String> {
-        plane.control.read_local(|v| v.revoked()).map(|r| r.into_iter().collect()).unwrap_or_default()
+        plane
+            .control
+            .read_local(|v| v.revoked())
+            .map(|r| r.into_iter().collect())
+            .unwrap_or_default()
     };
     let mut revoked_seen = revoked();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -349,7 +462,11 @@ pub(crate) async fn watch_events(
         if now.leader != last.leader
             && let Some(leader) = &now.leader
         {
-            emit(EventKind::LeaderChanged, leader, format!("term {}", now.term));
+            emit(
+                EventKind::LeaderChanged,
+                leader,
+                format!("term {}", now.term),
+            );
         }
         if now.voters != last.voters {
             emit(EventKind::VotersChanged, &node_id, now.voters.join(", "));

@@ -6,6 +6,7 @@
 //! `.await`, and every queue it owns is bounded.
 
 mod api;
+mod api_control;
 mod control;
 mod dashboard;
 mod datadir;

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use noodle_api::{
     EventKind, LinkStatus, NodeState, NodeStatus, StatusReport, TokenRequest, TokenResponse, Totals,
 };
+use noodle_control::{Control, PeerHealth};
 use noodle_discovery::mdns::Mdns;
 use noodle_discovery::{
     Effect, LinkSample, MemberId, Membership, MembershipConfig, NodeInfo, NodeTable, SyncMessage,
@@ -17,7 +18,6 @@ use noodle_discovery::{
 use noodle_link::{
     JoinPeer, Link, LinkConfig, LinkEvent, RemoteError, Service, ServiceFuture, TlsMaterial,
 };
-use noodle_control::{Control, PeerHealth};
 use noodle_security::{ClusterCa, JoinToken, NodeKey};
 use rand::seq::SliceRandom;
 use rustls_pki_types::CertificateDer;
@@ -49,6 +49,7 @@ pub struct NodeConfig {
     pub mdns: bool,
     pub mdns_timeout: Duration,
     pub membership: MembershipConfig,
+    pub control: noodle_control::ControlConfig,
 }
 
 impl NodeConfig {
@@ -64,6 +65,7 @@ impl NodeConfig {
             mdns: true,
             mdns_timeout: Duration::from_secs(10),
             membership: MembershipConfig::default(),
+            control: noodle_control::ControlConfig::default(),
         }
     }
 }
@@ -355,7 +357,15 @@ pub async fn start(
         addr: shared.advertise.to_string(),
     };
     let plane = Arc::new(
-        ControlPlane::start(&shared.data_dir, me_member, name.clone(), link, founded).await?,
+        ControlPlane::start(
+            &shared.data_dir,
+            me_member,
+            name.clone(),
+            link,
+            founded,
+            cfg.control.clone(),
+        )
+        .await?,
     );
     let _ = shared.control.set(plane.clone());
     let for_events = shared.clone();

@@ -26,6 +26,8 @@ macro_rules! out {
     }};
 }
 
+mod control_cli;
+
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use noodle_api::format::{format_bytes, format_rtt_us};
@@ -45,6 +47,9 @@ struct Cli {
     /// Data directory of the node (default ~/.local/share/noodle).
     #[arg(long, global = true, env = "NOODLE_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Act with this capability token instead of the node's admin credential.
+    #[arg(long, global = true, env = "NOODLE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -71,6 +76,17 @@ enum Command {
     },
     /// Print the dashboard URL (with a one-click login).
     Dashboard,
+    /// Cluster-wide configuration, kept by the control plane.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Capability tokens: create, narrow, explain, revoke.
+    #[command(subcommand)]
+    Cap(CapCommand),
+    /// Cluster-wide authorisation policies (Datalog).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// The tamper-evident audit log.
+    Audit(AuditArgs),
     /// Microbenchmarks of this machine and the transport.
     Bench {
         /// Fewer iterations: finishes in well under 30 s.
@@ -116,6 +132,12 @@ struct UpArgs {
     /// Failure detector: how long a suspect has before it is declared dead.
     #[arg(long, default_value = "1500ms", value_parser = humantime::parse_duration)]
     suspect_timeout: Duration,
+    /// Control plane: a voter dead this long is replaced by a healthy learner.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    voter_replace_after: Duration,
+    /// Control plane: the leader signs an audit checkpoint every this many entries.
+    #[arg(long, default_value_t = 64)]
+    audit_checkpoint_every: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -128,6 +150,112 @@ enum TokenCommand {
         /// Put no seed addresses in the token: joiners find the cluster by mDNS.
         #[arg(long)]
         no_addresses: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Set KEY to VALUE on every node.
+    Set {
+        key: String,
+        value: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the value of KEY (exit 1 if it is not set).
+    Get {
+        key: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every key.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove KEY.
+    Unset { key: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum CapCommand {
+    /// Mint a token with the given rights.
+    Create {
+        /// `SUBSYSTEM:ACTION[:PREFIX]`, e.g. `config:read`, `jobs:run`, `fabric:read:/datasets/`;
+        /// repeatable.
+        #[arg(long = "allow", value_name = "RIGHT", required = true)]
+        allow: Vec<String>,
+        /// `NAME=VALUE`, e.g. `cpus=4`; repeatable.
+        #[arg(long = "quota", value_name = "Q")]
+        quotas: Vec<String>,
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Who the token is for (shown in the audit log).
+        #[arg(long = "for", value_name = "NAME")]
+        holder: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Narrow a token offline: the result allows only what both allow.
+    Attenuate {
+        token: String,
+        #[arg(long = "allow", value_name = "RIGHT", required = true)]
+        allow: Vec<String>,
+        /// Expire sooner than the original.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Explain a token in plain words (offline).
+    Inspect {
+        token: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token (and every token narrowed from it) on every node.
+    Revoke {
+        /// The `id` that `noodle cap inspect` prints.
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Add (or replace) a policy from a Datalog file; it applies on every node.
+    Add {
+        file: PathBuf,
+        /// Policy name (default: the file name without extension).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List policies.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a policy.
+    Rm { name: String },
+}
+
+#[derive(Args, Debug)]
+struct AuditArgs {
+    #[command(subcommand)]
+    command: Option<AuditCommand>,
+    /// Keep printing new entries as they are appended.
+    #[arg(long)]
+    follow: bool,
+    /// Only entries newer than this: a duration (`10m`) or a time (`2026-11-23T10:00:00Z`).
+    #[arg(long)]
+    since: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Recompute the hash chain and checkpoint signatures; name the first entry that fails.
+    Verify {
         #[arg(long)]
         json: bool,
     },
@@ -171,15 +299,20 @@ fn main() {
 
 async fn run(cli: Cli) -> Result<i32> {
     let data_dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
+    let token = cli.token.clone();
+    let client = || Client::connect(&data_dir, token.as_deref());
     match cli.command {
+        Command::Config(c) => control_cli::config(client()?, c).await,
+        Command::Cap(c) => control_cli::cap(client, c).await,
+        Command::Policy(c) => control_cli::policy(client()?, c).await,
+        Command::Audit(a) => control_cli::audit(client()?, a).await,
         Command::Up(args) => up(data_dir, *args).await,
         Command::Token(TokenCommand::Create {
             ttl,
             no_addresses,
             json,
         }) => {
-            let client = Client::from_data_dir(&data_dir)?;
-            let resp = client
+            let resp = client()?
                 .create_token(&TokenRequest {
                     ttl_secs: ttl.as_secs().max(1),
                     no_addresses,
@@ -193,7 +326,7 @@ async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Status { json } => {
-            let report = Client::from_data_dir(&data_dir)?.status().await?;
+            let report = client()?.status().await?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -202,7 +335,7 @@ async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Events { follow, json } => {
-            let client = Client::from_data_dir(&data_dir)?;
+            let client = client()?;
             let print = |e: &Event| -> Result<()> {
                 if json {
                     outln!("{}", serde_json::to_string(e)?);
@@ -289,6 +422,11 @@ async fn up(data_dir: PathBuf, args: UpArgs) -> Result<i32> {
     cfg.membership.probe_period = args.probe_period;
     cfg.membership.probe_rtt = args.probe_timeout;
     cfg.membership.suspect_to_down_after = args.suspect_timeout;
+    cfg.control.replace_dead_after = args.voter_replace_after;
+    if args.audit_checkpoint_every == 0 {
+        bail!("--audit-checkpoint-every must be at least 1");
+    }
+    cfg.control.checkpoint_every = args.audit_checkpoint_every;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .ok();
@@ -347,7 +485,11 @@ fn render_status(r: &StatusReport) -> String {
         t.gpus
     );
     if let Some(c) = &r.control {
-        let leader = c.leader.as_deref().map(|l| name_of(l)).unwrap_or_else(|| "none (electing)".into());
+        let leader = c
+            .leader
+            .as_deref()
+            .map(|l| name_of(l))
+            .unwrap_or_else(|| "none (electing)".into());
         let voters: Vec<String> = c.voters.iter().map(|v| name_of(v)).collect();
         let _ = writeln!(
             out,
