@@ -3,15 +3,81 @@
 use crate::network::{self, Network, PROPOSE, READ_INDEX, Transport, TransportError};
 use crate::state::StateView;
 use crate::store::{DbError, Store, db_err};
-use redb::ReadableDatabase;
-use crate::types::{Member, Proposal, RaftId, Response, TypeConfig, raft_id};
+use crate::types::{Command, Member, Proposal, RaftId, Response, TypeConfig, raft_id};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
+use redb::ReadableDatabase;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
+
+/// Commits one proposal, or several as one [`Command::Batch`] entry.
+async fn submit(raft: &Raft<TypeConfig>, proposal: Proposal) -> Result<Response, WireError> {
+    match raft.client_write(proposal).await {
+        Ok(r) => Ok(r.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(WireError::NotLeader {
+                leader: forward_target(&f),
+            })
+        }
+        Err(RaftError::APIError(e)) => Err(WireError::Rejected(e.to_string())),
+        Err(RaftError::Fatal(e)) => Err(WireError::Failed(e.to_string())),
+    }
+}
+
+/// Group commit: openraft writes (and fsyncs) every client write as its own append, so
+/// proposals that arrive while earlier ones commit are gathered into one log entry.
+async fn batcher(raft: Raft<TypeConfig>, mut queue: mpsc::Receiver<(Proposal, Reply)>) {
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(first) = queue.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        // Gather what arrived while we waited for a slot.
+        let mut bytes = first.0.approx_bytes();
+        let mut batch = vec![first];
+        while batch.len() < BATCH_MAX && bytes < BATCH_BYTES_MAX {
+            match queue.try_recv() {
+                Ok(p) => {
+                    bytes += p.0.approx_bytes();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if batch.len() == 1 {
+                let (proposal, reply) = batch.remove(0);
+                let _ = reply.send(submit(&raft, proposal).await);
+                return;
+            }
+            let (proposals, replies): (Vec<Proposal>, Vec<Reply>) = batch.into_iter().unzip();
+            match submit(&raft, Proposal::new(Command::Batch(proposals))).await {
+                Ok(Response::Batch(answers)) if answers.len() == replies.len() => {
+                    for (reply, answer) in replies.into_iter().zip(answers) {
+                        let _ = reply.send(Ok(answer));
+                    }
+                }
+                Ok(other) => {
+                    let e = WireError::Failed(format!("unexpected answer to a batch: {other:?}"));
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+}
 
 /// Tunables. Defaults suit a LAN.
 #[derive(Debug, Clone)]
@@ -54,7 +120,9 @@ pub enum ControlError {
         "no control-plane leader answered within {0:?}: the cluster may be electing one, or a majority of voters may be down"
     )]
     NoLeader(Duration),
-    #[error("the control-plane leader did not answer in time; the write may or may not have happened: {0}")]
+    #[error(
+        "the control-plane leader did not answer in time; the write may or may not have happened: {0}"
+    )]
     Indeterminate(String),
     #[error("{0}")]
     Rejected(String),
@@ -103,7 +171,18 @@ pub struct Control {
     inner: Arc<Inner>,
 }
 
+/// Proposals waiting for the batcher, at most.
+const QUEUE_MAX: usize = 4096;
+/// Proposals in one batch, at most, and roughly how many bytes.
+const BATCH_MAX: usize = 1024;
+const BATCH_BYTES_MAX: usize = 1 << 20;
+/// Batches being committed at once.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+type Reply = oneshot::Sender<Result<Response, WireError>>;
+
 struct Inner {
+    batches: mpsc::Sender<(Proposal, Reply)>,
     raft: Raft<TypeConfig>,
     store: Store,
     transport: Arc<dyn Transport>,
@@ -151,8 +230,11 @@ impl Control {
         )
         .await
         .map_err(|e| ControlError::Raft(e.to_string()))?;
+        let (batches, queue) = mpsc::channel(QUEUE_MAX);
+        tokio::spawn(batcher(raft.clone(), queue));
         Ok(Control {
             inner: Arc::new(Inner {
+                batches,
                 raft,
                 store,
                 transport,
@@ -197,10 +279,14 @@ impl Control {
     /// Proposes a write and waits until it is committed (durable on a majority) and applied.
     /// From a follower the proposal is forwarded to the leader.
     pub async fn propose(&self, proposal: Proposal) -> Result<Response, ControlError> {
-        proposal.command.validate().map_err(ControlError::Rejected)?;
+        proposal
+            .command
+            .validate()
+            .map_err(ControlError::Rejected)?;
         let timeout = self.inner.cfg.request_timeout;
         let deadline = Instant::now() + timeout;
-        let body = postcard::to_allocvec(&proposal).map_err(|e| ControlError::Raft(e.to_string()))?;
+        let body =
+            postcard::to_allocvec(&proposal).map_err(|e| ControlError::Raft(e.to_string()))?;
         loop {
             let leader = match self.propose_here(proposal.clone()).await {
                 Ok(r) => return Ok(r),
@@ -212,7 +298,12 @@ impl Control {
             };
             if let Some(leader) = leader {
                 let left = deadline.saturating_duration_since(Instant::now());
-                match self.inner.transport.call(&leader, PROPOSE, body.clone(), left).await {
+                match self
+                    .inner
+                    .transport
+                    .call(&leader, PROPOSE, body.clone(), left)
+                    .await
+                {
                     Ok(answer) => {
                         let answer: Result<Response, WireError> = postcard::from_bytes(&answer)
                             .map_err(|e| ControlError::Indeterminate(e.to_string()))?;
@@ -240,31 +331,37 @@ impl Control {
     }
 
     /// Proposes on this node only: an error names the leader if this node is not it.
+    /// Concurrent proposals are committed together as one log entry (group commit).
     pub(crate) async fn propose_here(&self, proposal: Proposal) -> Result<Response, WireError> {
-        match self.inner.raft.client_write(proposal).await {
-            Ok(r) => Ok(r.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(WireError::NotLeader {
-                leader: forward_target(&f),
-            }),
-            Err(RaftError::APIError(e)) => Err(WireError::Rejected(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(WireError::Failed(e.to_string())),
-        }
+        let (reply, answer) = oneshot::channel();
+        let gone = || WireError::Failed("the control plane is shut down".into());
+        self.inner
+            .batches
+            .send((proposal, reply))
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     /// The index a linearizable read must see, if this node is the leader.
     pub(crate) async fn read_index_here(&self) -> Result<u64, WireError> {
         match self.inner.raft.ensure_linearizable().await {
             Ok(log_id) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(WireError::NotLeader {
-                leader: forward_target(&f),
-            }),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(WireError::NotLeader {
+                    leader: forward_target(&f),
+                })
+            }
             Err(e) => Err(WireError::Failed(e.to_string())),
         }
     }
 
     /// A linearizable read: sees every write acknowledged before it started. A follower asks
     /// the leader how far it must have applied, waits until it has, and reads locally.
-    pub async fn read<T>(&self, f: impl FnOnce(&StateView) -> Result<T, DbError>) -> Result<T, ControlError> {
+    pub async fn read<T>(
+        &self,
+        f: impl FnOnce(&StateView) -> Result<T, DbError>,
+    ) -> Result<T, ControlError> {
         let timeout = self.inner.cfg.request_timeout;
         let deadline = Instant::now() + timeout;
         loop {
@@ -275,7 +372,12 @@ impl Control {
             };
             if let Some(leader) = leader {
                 let left = deadline.saturating_duration_since(Instant::now());
-                if let Ok(answer) = self.inner.transport.call(&leader, READ_INDEX, Vec::new(), left).await {
+                if let Ok(answer) = self
+                    .inner
+                    .transport
+                    .call(&leader, READ_INDEX, Vec::new(), left)
+                    .await
+                {
                     if let Ok(Ok(index)) = postcard::from_bytes::<Result<u64, WireError>>(&answer) {
                         let left = deadline.saturating_duration_since(Instant::now());
                         self.inner
@@ -296,7 +398,10 @@ impl Control {
     }
 
     /// Reads this node's applied state, which may trail the leader by a few entries.
-    pub fn read_local<T>(&self, f: impl FnOnce(&StateView) -> Result<T, DbError>) -> Result<T, ControlError> {
+    pub fn read_local<T>(
+        &self,
+        f: impl FnOnce(&StateView) -> Result<T, DbError>,
+    ) -> Result<T, ControlError> {
         let txn = self.inner.store.db().begin_read().map_err(db_err)?;
         Ok(f(&StateView::new(txn))?)
     }
@@ -347,7 +452,8 @@ impl Control {
             return Ok(());
         }
         let membership = m.membership_config.membership().clone();
-        let alive: HashMap<RaftId, &PeerHealth> = peers
+        // Ordered: learners are added in this order, and a simulation seed must replay it.
+        let alive: BTreeMap<RaftId, &PeerHealth> = peers
             .iter()
             .map(|p| (raft_id(&p.member.node_id), p))
             .collect();
@@ -365,18 +471,19 @@ impl Control {
         let now = Instant::now();
         let voters: BTreeSet<RaftId> = membership.voter_ids().collect();
         let long_dead: BTreeSet<RaftId> = {
-            let mut dead_since = self
-                .inner
-                .dead_since
-                .lock()
-                .map_err(|_| ControlError::Raft("membership bookkeeping lock poisoned".into()))?;
+            let mut dead_since =
+                self.inner.dead_since.lock().map_err(|_| {
+                    ControlError::Raft("membership bookkeeping lock poisoned".into())
+                })?;
             dead_since.retain(|id, _| voters.contains(id) && !is_alive(*id));
             for id in voters.iter().filter(|id| !is_alive(**id)) {
                 dead_since.entry(*id).or_insert(now);
             }
             dead_since
                 .iter()
-                .filter(|(_, since)| now.duration_since(**since) >= self.inner.cfg.replace_dead_after)
+                .filter(|(_, since)| {
+                    now.duration_since(**since) >= self.inner.cfg.replace_dead_after
+                })
                 .map(|(id, _)| *id)
                 .collect()
         };
@@ -423,5 +530,11 @@ impl Control {
     /// Stops this member.
     pub async fn shutdown(&self) {
         let _ = self.inner.raft.shutdown().await;
+        // openraft's state-machine worker ends a moment after the core; wait until it has let
+        // go of the database so that the same file can be opened again right away.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.inner.store.holders() > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }

@@ -22,4 +22,6 @@ pub use control::{Control, ControlConfig, ControlError, ControlStatus, PeerHealt
 pub use network::{Transport, TransportError, TransportFuture};
 pub use state::StateView;
 pub use store::{AppendDurability, DbError, Store};
-pub use types::{Command, Member, Proposal, RaftId, Response, TypeConfig, limits, raft_id, validate_config_key};
+pub use types::{
+    Command, Member, Proposal, RaftId, Response, TypeConfig, limits, raft_id, validate_config_key,
+};

@@ -11,8 +11,8 @@ use openraft::error::{
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
-    InstallSnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -42,7 +42,13 @@ pub type TransportFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, Transport
 
 /// Sends one request to a member and returns its answer.
 pub trait Transport: Send + Sync + 'static {
-    fn call(&self, to: &Member, method: &'static str, body: Vec<u8>, timeout: Duration) -> TransportFuture;
+    fn call(
+        &self,
+        to: &Member,
+        method: &'static str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> TransportFuture;
 }
 
 pub(crate) struct Network {
@@ -70,13 +76,19 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 type RpcResult<T, E> = Result<T, RPCError<RaftId, Member, RaftError<RaftId, E>>>;
 
 impl Peer {
-    async fn rpc<Req, Resp, E>(&self, method: &'static str, req: &Req, option: &RPCOption) -> RpcResult<Resp, E>
+    async fn rpc<Req, Resp, E>(
+        &self,
+        method: &'static str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> RpcResult<Resp, E>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let body = postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let body =
+            postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let answer = self
             .transport
             .call(&self.member, method, body, option.hard_ttl())
@@ -87,7 +99,13 @@ impl Peer {
             })?;
         let result: Result<Resp, RaftError<RaftId, E>> =
             postcard::from_bytes(&answer).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        result.map_err(|e| RPCError::RemoteError(RemoteError::new_with_node(self.target, self.member.clone(), e)))
+        result.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.member.clone(),
+                e,
+            ))
+        })
     }
 }
 

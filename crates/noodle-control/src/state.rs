@@ -49,7 +49,10 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 type StateTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
 
-fn get(t: &impl ReadableTable<&'static [u8], &'static [u8]>, k: &[u8]) -> Result<Option<Vec<u8>>, DbError> {
+fn get(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    k: &[u8],
+) -> Result<Option<Vec<u8>>, DbError> {
     Ok(t.get(k).map_err(db_err)?.map(|v| v.value().to_vec()))
 }
 
@@ -63,6 +66,16 @@ fn chain(t: &impl ReadableTable<&'static [u8], &'static [u8]>) -> Result<Chain, 
 /// Applies one proposal. Errors are storage failures only; an invalid command is answered with
 /// [`Response::Rejected`] and changes nothing but the audit chain.
 pub(crate) fn apply(t: &mut StateTable<'_>, p: Proposal) -> Result<Response, DbError> {
+    if let Command::Batch(ps) = p.command {
+        if ps.iter().any(|p| matches!(p.command, Command::Batch(_))) {
+            return Ok(Response::Rejected("a batch may not contain a batch".into()));
+        }
+        return Ok(Response::Batch(
+            ps.into_iter()
+                .map(|p| apply(t, p))
+                .collect::<Result<_, _>>()?,
+        ));
+    }
     let response = match p.command.validate() {
         Err(reason) => Response::Rejected(reason),
         Ok(()) => apply_command(t, p.command)?,
@@ -79,12 +92,15 @@ pub(crate) fn apply(t: &mut StateTable<'_>, p: Proposal) -> Result<Response, DbE
                     reason: "the value had changed".into(),
                 }
             }
-            Response::Done => {}
+            Response::Done | Response::Batch(_) => {}
         }
         let mut c = chain(t)?;
         let entry = c.append(record);
-        t.insert(seq_key(AUDIT, entry.seq).as_slice(), entry.encode().as_slice())
-            .map_err(db_err)?;
+        t.insert(
+            seq_key(AUDIT, entry.seq).as_slice(),
+            entry.encode().as_slice(),
+        )
+        .map_err(db_err)?;
         let c = postcard::to_allocvec(&c).map_err(db_err)?;
         t.insert(CHAIN, c.as_slice()).map_err(db_err)?;
     }
@@ -97,11 +113,18 @@ fn apply_command(t: &mut StateTable<'_>, command: Command) -> Result<Response, D
     };
     match command {
         Command::Nothing => {}
-        Command::ConfigSet { key: k, value } => put(t, key(CONFIG, k.as_bytes()), value.as_bytes())?,
-        Command::ConfigUnset { key: k } => {
-            t.remove(key(CONFIG, k.as_bytes()).as_slice()).map_err(db_err)?;
+        Command::ConfigSet { key: k, value } => {
+            put(t, key(CONFIG, k.as_bytes()), value.as_bytes())?
         }
-        Command::Cas { key: k, expected, new } => {
+        Command::ConfigUnset { key: k } => {
+            t.remove(key(CONFIG, k.as_bytes()).as_slice())
+                .map_err(db_err)?;
+        }
+        Command::Cas {
+            key: k,
+            expected,
+            new,
+        } => {
             let k = key(REGISTER, k.as_bytes());
             let current = get(t, &k)?;
             if current != expected {
@@ -135,13 +158,20 @@ fn apply_command(t: &mut StateTable<'_>, command: Command) -> Result<Response, D
             put(t, k, source.as_bytes())?;
         }
         Command::PolicyRemove { name } => {
-            if t.remove(key(POLICY, name.as_bytes()).as_slice()).map_err(db_err)?.is_none() {
-                return Ok(Response::Rejected(format!("there is no policy named {name:?}")));
+            if t.remove(key(POLICY, name.as_bytes()).as_slice())
+                .map_err(db_err)?
+                .is_none()
+            {
+                return Ok(Response::Rejected(format!(
+                    "there is no policy named {name:?}"
+                )));
             }
         }
         Command::RegisterNode { node_id, audit_key } => {
             put(t, key(NODE, node_id.as_bytes()), &audit_key)?
         }
+        // Handled by `apply`.
+        Command::Batch(_) => {}
         Command::Checkpoint(cp) => {
             let head = chain(t)?;
             if cp.upto_seq == 0 || cp.upto_seq > head.head().0 {
@@ -192,7 +222,12 @@ impl StateView {
         get(&t, k)
     }
 
-    fn scan(&self, prefix: &[u8], from: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DbError> {
+    fn scan(
+        &self,
+        prefix: &[u8],
+        from: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DbError> {
         let t = self.txn.open_table(STATE).map_err(db_err)?;
         let start = key(prefix, from);
         let end = prefix_end(prefix);
@@ -292,7 +327,8 @@ impl StateView {
         self.scan(CHECKPOINT, b"", usize::MAX)?
             .into_iter()
             .map(|(seq, v)| {
-                Checkpoint::decode(&v).map_err(|e| DbError(format!("audit checkpoint {seq:?}: {e}")))
+                Checkpoint::decode(&v)
+                    .map_err(|e| DbError(format!("audit checkpoint {seq:?}: {e}")))
             })
             .collect()
     }

@@ -19,8 +19,8 @@ use openraft::{
     StorageError, StorageIOError, StoredMembership, Vote,
 };
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
@@ -43,6 +43,17 @@ pub struct DbError(pub String);
 
 pub(crate) fn db_err(e: impl std::fmt::Display) -> DbError {
     DbError(e.to_string())
+}
+
+/// Runs blocking disk work (a redb commit, an fsync). On a multi-threaded runtime the worker
+/// hands its other tasks to the rest of the pool first, so a slow disk does not stall
+/// proposals and network I/O; on a single-threaded one (the simulation) it runs in place,
+/// which keeps runs deterministic.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, DbError> {
@@ -72,7 +83,9 @@ pub struct Store {
 
 impl Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("append", &self.append).finish()
+        f.debug_struct("Store")
+            .field("append", &self.append)
+            .finish()
     }
 }
 
@@ -120,11 +133,20 @@ impl Store {
         self.append = d;
     }
 
+    /// How many handles to the database are alive (this one included).
+    pub(crate) fn holders(&self) -> usize {
+        Arc::strong_count(&self.db)
+    }
+
     pub(crate) fn db(&self) -> &Database {
         &self.db
     }
 
-    fn meta<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<Option<T>, DbError> {
+    fn meta<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, DbError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let t = txn.open_table(table).map_err(db_err)?;
         match t.get(key).map_err(db_err)? {
@@ -133,7 +155,13 @@ impl Store {
         }
     }
 
-    fn put_meta<T: Serialize>(&self, table: TableDefinition<&str, &[u8]>, key: &str, v: &T, durability: Durability) -> Result<(), DbError> {
+    fn put_meta<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        v: &T,
+        durability: Durability,
+    ) -> Result<(), DbError> {
         let mut txn = self.db.begin_write().map_err(db_err)?;
         txn.set_durability(durability).map_err(db_err)?;
         {
@@ -161,9 +189,12 @@ impl Store {
         let get = |k: &str| -> Result<Option<Vec<u8>>, DbError> {
             Ok(meta_t.get(k).map_err(db_err)?.map(|v| v.value().to_vec()))
         };
-        let applied: Option<LogId<RaftId>> = get("applied")?.map(|b| decode(&b)).transpose()?.flatten();
-        let membership: StoredMembership<RaftId, crate::Member> =
-            get("membership")?.map(|b| decode(&b)).transpose()?.unwrap_or_default();
+        let applied: Option<LogId<RaftId>> =
+            get("applied")?.map(|b| decode(&b)).transpose()?.flatten();
+        let membership: StoredMembership<RaftId, crate::Member> = get("membership")?
+            .map(|b| decode(&b))
+            .transpose()?
+            .unwrap_or_default();
         let data = state::dump(&txn)?;
         drop(meta_t);
         drop(txn);
@@ -177,7 +208,10 @@ impl Store {
             last_membership: membership,
             snapshot_id,
         };
-        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        };
         self.put_meta(SNAPSHOT, "current", &stored, Durability::None)?;
         Ok(Snapshot {
             meta,
@@ -228,7 +262,7 @@ impl RaftLogStorage<TypeConfig> for Store {
     }
 
     async fn save_vote(&mut self, vote: &Vote<RaftId>) -> SResult<()> {
-        self.put_meta(RAFT_META, "vote", vote, Durability::Immediate)
+        blocking(|| self.put_meta(RAFT_META, "vote", vote, Durability::Immediate))
             .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
@@ -238,7 +272,11 @@ impl RaftLogStorage<TypeConfig> for Store {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<RaftId>>) -> SResult<()> {
-        self.put_meta(RAFT_META, "committed", &committed, Durability::None)
+        // Durable, because openraft 0.9 restarts a leader as leader of the same term without
+        // an election, and bases its linearizable reads on max(this, the first entry of its
+        // term): a committed index that went back in a crash made it serve stale reads
+        // (found by noodle-sim). openraft saves it before it applies and answers a write.
+        self.put_meta(RAFT_META, "committed", &committed, Durability::Immediate)
             .map_err(|e| StorageIOError::write(&e).into())
     }
 
@@ -264,12 +302,13 @@ impl RaftLogStorage<TypeConfig> for Store {
             {
                 let mut t = txn.open_table(LOG).map_err(db_err)?;
                 for e in entries {
-                    t.insert(e.log_id.index, encode(&e)?.as_slice()).map_err(db_err)?;
+                    t.insert(e.log_id.index, encode(&e)?.as_slice())
+                        .map_err(db_err)?;
                 }
             }
             txn.commit().map_err(db_err)
         };
-        let result = write();
+        let result = blocking(write);
         let io = result
             .as_ref()
             .map(|_| ())
@@ -287,7 +326,7 @@ impl RaftLogStorage<TypeConfig> for Store {
             }
             txn.commit().map_err(db_err)
         };
-        write().map_err(|e| StorageIOError::write_logs(&e).into())
+        blocking(write).map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
     async fn purge(&mut self, log_id: LogId<RaftId>) -> SResult<()> {
@@ -302,7 +341,7 @@ impl RaftLogStorage<TypeConfig> for Store {
             }
             txn.commit().map_err(db_err)
         };
-        write().map_err(|e| StorageIOError::write_logs(&e).into())
+        blocking(write).map_err(|e| StorageIOError::write_logs(&e).into())
     }
 }
 
@@ -318,7 +357,10 @@ impl RaftStateMachine<TypeConfig> for Store {
 
     async fn applied_state(
         &mut self,
-    ) -> SResult<(Option<LogId<RaftId>>, StoredMembership<RaftId, crate::Member>)> {
+    ) -> SResult<(
+        Option<LogId<RaftId>>,
+        StoredMembership<RaftId, crate::Member>,
+    )> {
         let read = || -> Result<_, DbError> {
             let applied = self.meta(SM_META, "applied")?.flatten();
             let membership = self.meta(SM_META, "membership")?.unwrap_or_default();
@@ -364,7 +406,7 @@ impl RaftStateMachine<TypeConfig> for Store {
             txn.commit().map_err(db_err)?;
             Ok(responses)
         };
-        write().map_err(|e| StorageIOError::write_state_machine(&e).into())
+        blocking(write).map_err(|e| StorageIOError::write_state_machine(&e).into())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -392,12 +434,17 @@ impl RaftStateMachine<TypeConfig> for Store {
                 sm.insert("membership", encode(&meta.last_membership)?.as_slice())
                     .map_err(db_err)?;
                 let mut s = txn.open_table(SNAPSHOT).map_err(db_err)?;
-                let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
-                s.insert("current", encode(&stored)?.as_slice()).map_err(db_err)?;
+                let stored = StoredSnapshot {
+                    meta: meta.clone(),
+                    data: data.clone(),
+                };
+                s.insert("current", encode(&stored)?.as_slice())
+                    .map_err(db_err)?;
             }
             txn.commit().map_err(db_err)
         };
-        write().map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e).into())
+        blocking(write)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e).into())
     }
 
     async fn get_current_snapshot(&mut self) -> SResult<Option<Snapshot<TypeConfig>>> {

@@ -95,9 +95,14 @@ pub enum Command {
     /// Removes a policy.
     PolicyRemove { name: String },
     /// Records the key a node signs audit checkpoints with.
-    RegisterNode { node_id: String, audit_key: [u8; 32] },
+    RegisterNode {
+        node_id: String,
+        audit_key: [u8; 32],
+    },
     /// A signed audit checkpoint.
     Checkpoint(noodle_audit::Checkpoint),
+    /// Several proposals committed as one log entry (group commit); applied in order.
+    Batch(Vec<Proposal>),
 }
 
 /// The state machine's answer to one proposal.
@@ -105,9 +110,13 @@ pub enum Command {
 pub enum Response {
     Done,
     /// A compare-and-set found another value: nothing was written.
-    CasFailed { current: Option<Vec<u8>> },
+    CasFailed {
+        current: Option<Vec<u8>>,
+    },
     /// The command was invalid for the current state: nothing was written.
     Rejected(String),
+    /// One answer per proposal of a [`Command::Batch`].
+    Batch(Vec<Response>),
 }
 
 /// Bounds on what a proposal may carry, checked before it is proposed and again when applied.
@@ -134,6 +143,26 @@ pub fn validate_config_key(key: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+impl Proposal {
+    /// Roughly how many bytes the proposal takes in the log (for bounding batches).
+    pub(crate) fn approx_bytes(&self) -> usize {
+        let command = match &self.command {
+            Command::ConfigSet { key, value } => key.len() + value.len(),
+            Command::Cas { key, expected, new } => {
+                key.len() + expected.as_ref().map_or(0, Vec::len) + new.as_ref().map_or(0, Vec::len)
+            }
+            Command::PolicySet { name, source } => name.len() + source.len(),
+            Command::SetRootKey { key } => key.len(),
+            Command::Batch(ps) => ps.iter().map(Proposal::approx_bytes).sum(),
+            _ => 128,
+        };
+        let audit = self.audit.as_ref().map_or(0, |r| {
+            r.actor.len() + r.action.len() + r.target.len() + r.right.len() + 64
+        });
+        command + audit + 16
+    }
 }
 
 impl Command {
@@ -174,6 +203,12 @@ impl Command {
             }
             Command::Revoke { id } if id.is_empty() || id.len() > 256 => {
                 Err("revocation id must be 1 to 256 characters".into())
+            }
+            Command::Batch(ps) => {
+                if ps.iter().any(|p| matches!(p.command, Command::Batch(_))) {
+                    return Err("a batch may not contain a batch".into());
+                }
+                Ok(())
             }
             _ => Ok(()),
         }

@@ -17,11 +17,25 @@ struct Net {
 struct Via(Arc<Net>);
 
 impl Transport for Via {
-    fn call(&self, to: &Member, method: &'static str, body: Vec<u8>, timeout: Duration) -> TransportFuture {
-        let target = self.0.members.lock().ok().and_then(|m| m.get(&to.addr).cloned());
+    fn call(
+        &self,
+        to: &Member,
+        method: &'static str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> TransportFuture {
+        let target = self
+            .0
+            .members
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&to.addr).cloned());
         Box::pin(async move {
             let Some(c) = target else {
-                return Err(TransportError::Unreachable(format!("{} is down", to_string(method))));
+                return Err(TransportError::Unreachable(format!(
+                    "{} is down",
+                    to_string(method)
+                )));
             };
             match tokio::time::timeout(timeout, c.serve(method, &body)).await {
                 Ok(Some(answer)) => Ok(answer),
@@ -70,15 +84,29 @@ impl Cluster {
 
     async fn start(&self, i: usize) -> Control {
         let store = Store::open(&self.dir.path().join(format!("{i}.redb"))).expect("open store");
-        let c = Control::start(Self::member(i), cfg(), store, Arc::new(Via(self.net.clone())))
-            .await
-            .expect("start");
-        self.net.members.lock().expect("lock").insert(Self::member(i).addr, c.clone());
+        let c = Control::start(
+            Self::member(i),
+            cfg(),
+            store,
+            Arc::new(Via(self.net.clone())),
+        )
+        .await
+        .expect("start");
+        self.net
+            .members
+            .lock()
+            .expect("lock")
+            .insert(Self::member(i).addr, c.clone());
         c
     }
 
     async fn kill(&self, i: usize) {
-        let c = self.net.members.lock().expect("lock").remove(&Self::member(i).addr);
+        let c = self
+            .net
+            .members
+            .lock()
+            .expect("lock")
+            .remove(&Self::member(i).addr);
         if let Some(c) = c {
             c.shutdown().await;
         }
@@ -95,13 +123,27 @@ impl Cluster {
     }
 
     /// Runs membership upkeep on whichever member leads until `done` holds.
-    async fn settle(&self, n: usize, done: impl Fn(&noodle_control::ControlStatus) -> bool) -> noodle_control::ControlStatus {
+    async fn settle(
+        &self,
+        n: usize,
+        done: impl Fn(&noodle_control::ControlStatus) -> bool,
+    ) -> noodle_control::ControlStatus {
         for _ in 0..200 {
-            let members: Vec<Control> = self.net.members.lock().expect("lock").values().cloned().collect();
+            let members: Vec<Control> = self
+                .net
+                .members
+                .lock()
+                .expect("lock")
+                .values()
+                .cloned()
+                .collect();
             for c in &members {
                 let _ = c.maintain_membership(&self.health(n)).await;
             }
-            if let Some(s) = members.iter().map(|c| c.status()).find(|s| s.role == "leader")
+            if let Some(s) = members
+                .iter()
+                .map(|c| c.status())
+                .find(|s| s.role == "leader")
                 && done(&s)
             {
                 return s;
@@ -130,19 +172,27 @@ async fn three_members_elect_replicate_and_read_linearizably_from_followers() {
     assert_eq!(s.leader.as_deref(), Some("node-0"));
 
     // A write through a follower is forwarded to the leader.
-    assert_eq!(b.propose(set("retries", "3")).await.expect("propose"), Response::Done);
+    assert_eq!(
+        b.propose(set("retries", "3")).await.expect("propose"),
+        Response::Done
+    );
     for node in [&a, &b, &c] {
         let v = node.read(|v| v.config_get("retries")).await.expect("read");
         assert_eq!(v.as_deref(), Some("3"));
     }
     // Enough writes to snapshot and purge; the log stays bounded and state survives.
     for i in 0..60 {
-        c.propose(set(&format!("k{i}"), &i.to_string())).await.expect("propose");
+        c.propose(set(&format!("k{i}"), &i.to_string()))
+            .await
+            .expect("propose");
     }
     let all = a.read(|v| v.config_list()).await.expect("list");
     assert_eq!(all.len(), 61);
     let bad = a.propose(set("/bad", "x")).await;
-    assert!(bad.is_err(), "an invalid key is refused before it is proposed");
+    assert!(
+        bad.is_err(),
+        "an invalid key is refused before it is proposed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,7 +210,9 @@ async fn five_nodes_make_five_voters_and_a_dead_voter_is_replaced() {
     cl.settle(6, |s| s.learners.len() == 1).await;
     cl.kill(1).await;
     let s = cl
-        .settle(6, |s| s.voters.len() == 5 && !s.voters.contains(&"node-1".to_string()))
+        .settle(6, |s| {
+            s.voters.len() == 5 && !s.voters.contains(&"node-1".to_string())
+        })
         .await;
     assert!(s.voters.contains(&"node-5".to_string()), "{s:?}");
 }
@@ -175,6 +227,52 @@ async fn a_restarted_member_keeps_its_state_and_rejoins() {
     drop(a);
     let a = cl.start(0).await;
     // A single voter elects itself again from its own log.
-    let v = a.read(|v| v.config_get("x")).await.expect("read after restart");
+    let v = a
+        .read(|v| v.config_get("x"))
+        .await
+        .expect("read after restart");
     assert_eq!(v.as_deref(), Some("1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_proposals_are_group_committed_and_all_answered() {
+    let cl = Cluster::new();
+    let a = cl.start(0).await;
+    a.initialize().await.expect("initialize");
+    cl.start(1).await;
+    cl.start(2).await;
+    cl.settle(3, |s| s.voters.len() == 3).await;
+    let before = a.status().commit_index;
+    let writes: Vec<_> = (0..300)
+        .map(|i| {
+            let a = a.clone();
+            tokio::spawn(async move { a.propose(set(&format!("g{i}"), &i.to_string())).await })
+        })
+        .collect();
+    for w in writes {
+        assert_eq!(w.await.expect("join").expect("propose"), Response::Done);
+    }
+    // A compare-and-set inside a batch still sees the writes before it.
+    let cas = |expected: Option<&str>, new: &str| {
+        Proposal::new(Command::Cas {
+            key: "r".into(),
+            expected: expected.map(|e| e.as_bytes().to_vec()),
+            new: Some(new.as_bytes().to_vec()),
+        })
+    };
+    assert_eq!(
+        a.propose(cas(None, "1")).await.expect("cas"),
+        Response::Done
+    );
+    assert!(matches!(
+        a.propose(cas(None, "2")).await.expect("cas"),
+        Response::CasFailed { .. }
+    ));
+    let all = a.read(|v| v.config_list()).await.expect("list");
+    assert_eq!(all.len(), 300);
+    let used = a.status().commit_index - before;
+    assert!(
+        used < 300,
+        "300 concurrent writes took {used} log entries: no group commit"
+    );
 }

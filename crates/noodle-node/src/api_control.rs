@@ -58,6 +58,10 @@ async fn write<T: serde::Serialize>(
         Ok(Applied::Done) => Json(ok).into_response(),
         Ok(Applied::Rejected(why)) => error(StatusCode::BAD_REQUEST, &why),
         Ok(Applied::CasFailed { .. }) => error(StatusCode::CONFLICT, "the value changed meanwhile"),
+        Ok(Applied::Batch(_)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the control plane answered a single write with a batch",
+        ),
         Err(e) => control_error(e),
     }
 }

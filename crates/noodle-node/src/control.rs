@@ -22,8 +22,14 @@ const AUDIT_KEY_FILE: &str = "audit.key";
 const DENIALS_PER_SEC_MAX: u32 = 50;
 
 /// Raft messages over the member links (mutual TLS, cluster certificates only).
-struct LinkTransport {
+pub struct LinkTransport {
     link: Link,
+}
+
+impl LinkTransport {
+    pub fn new(link: Link) -> LinkTransport {
+        LinkTransport { link }
+    }
 }
 
 impl Transport for LinkTransport {
@@ -136,7 +142,7 @@ impl ControlPlane {
         };
         let checkpoint_every = cfg.checkpoint_every;
         let control =
-            Control::start(me.clone(), cfg, store, Arc::new(LinkTransport { link })).await?;
+            Control::start(me.clone(), cfg, store, Arc::new(LinkTransport::new(link))).await?;
         if found {
             control.initialize().await?;
         }

@@ -14,7 +14,7 @@ mod events;
 mod join;
 mod node;
 
-pub use control::ControlPlaneError;
+pub use control::{ControlPlaneError, LinkTransport};
 pub use datadir::{DataDir, DataDirError};
 pub use join::JoinError;
 pub use node::{NodeConfig, NodeError, RunningNode, start};

@@ -136,10 +136,50 @@ pub(crate) async fn run(quick: bool, data_dir: &Path) -> Result<Vec<Row>> {
         .join()
         .map_err(|_| anyhow::anyhow!("link benchmark thread panicked"))??;
 
+    // The control plane: three Raft members on loopback, their databases in the data directory.
+    let control_sizes = if quick {
+        crate::bench_control::Sizes {
+            commits: 300,
+            batch_runs: 3,
+            batch_commits: 5000,
+            auth_runs: 5,
+        }
+    } else {
+        crate::bench_control::Sizes {
+            commits: 2000,
+            batch_runs: 5,
+            batch_commits: 20_000,
+            auth_runs: 15,
+        }
+    };
+    let control_dir = scratch.path().to_path_buf();
+    let control =
+        std::thread::spawn(move || crate::bench_control::run(&control_dir, control_sizes))
+            .join()
+            .map_err(|_| anyhow::anyhow!("control-plane benchmark thread panicked"))??;
+
     let rows = vec![
         row("link_rtt", "us", rtts, Some(&tcp_rtt)),
         row("link_bulk_throughput", "MB/s", bulk, Some(&tcp_bw)),
         row("link_pq_handshakes", "handshakes/s", handshakes, None),
+        row(
+            "control_commit_latency",
+            "us",
+            control.commit_us,
+            Some(&fsync),
+        ),
+        row(
+            "control_batched_commits",
+            "commits/s",
+            control.batched_per_s,
+            None,
+        ),
+        row(
+            "cap_authorisations",
+            "authorisations/s",
+            control.authorisations_per_s,
+            None,
+        ),
         memcpy,
         tcp_bw,
         tcp_rtt,
@@ -273,6 +313,15 @@ impl Service for BenchService {
 }
 
 fn bench_link(ca: &ClusterCa, name: &str) -> Result<Link> {
+    bench_link_with(ca, name, Arc::new(BenchService))
+}
+
+/// A link on a loopback port with a certificate of `ca` for node `name`.
+pub(crate) fn bench_link_with(
+    ca: &ClusterCa,
+    name: &str,
+    service: Arc<dyn Service>,
+) -> Result<Link> {
     let key = NodeKey::generate()?;
     let tls = TlsMaterial {
         ca: ca.cert_der().clone(),
@@ -282,7 +331,7 @@ fn bench_link(ca: &ClusterCa, name: &str) -> Result<Link> {
     Ok(Link::bind(
         LinkConfig::new("127.0.0.1:0".parse()?),
         &tls,
-        Arc::new(BenchService),
+        service,
     )?)
 }
 

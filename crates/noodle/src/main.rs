@@ -5,6 +5,7 @@
 #![allow(clippy::print_stderr)]
 
 mod bench;
+mod bench_control;
 
 /// `println!` that ends the process quietly when stdout is gone (`noodle status | head`).
 macro_rules! outln {
@@ -270,8 +271,9 @@ fn default_data_dir() -> PathBuf {
 
 fn main() {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("NOODLE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,noodle_node=info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NOODLE_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,openraft=error,noodle_node=info")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
