@@ -343,16 +343,53 @@ impl Control {
         answer.await.map_err(|_| gone())?
     }
 
-    /// The index a linearizable read must see, if this node is the leader.
+    /// The index a linearizable read must see, if this node is the leader. Once this returns,
+    /// this node has applied it. (openraft's `ensure_linearizable`, with the wait below.)
     pub(crate) async fn read_index_here(&self) -> Result<u64, WireError> {
-        match self.inner.raft.ensure_linearizable().await {
-            Ok(log_id) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
+        let (read_log_id, _) = match self.inner.raft.get_read_log_id().await {
+            Ok(ids) => ids,
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(WireError::NotLeader {
+                return Err(WireError::NotLeader {
                     leader: forward_target(&f),
-                })
+                });
             }
-            Err(e) => Err(WireError::Failed(e.to_string())),
+            Err(e) => return Err(WireError::Failed(e.to_string())),
+        };
+        let index = read_log_id.map(|l| l.index).unwrap_or(0);
+        if !self
+            .applied_at_least(index, self.inner.cfg.request_timeout)
+            .await
+        {
+            return Err(WireError::Failed(format!(
+                "entry {index} was not applied within {:?}",
+                self.inner.cfg.request_timeout
+            )));
+        }
+        Ok(index)
+    }
+
+    /// Waits until this node has applied entry `index`, looking every millisecond. Neither
+    /// openraft's `Raft::wait` nor a wait on the metrics channel: tokio wakes the tasks waiting
+    /// on one `watch` channel, and picks between ready `select!` branches, in an order drawn
+    /// from its own generator, which no seed controls; concurrent reads then finished in a
+    /// different order in two runs of one noodle-sim seed.
+    async fn applied_at_least(&self, index: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let applied = self
+                .inner
+                .raft
+                .metrics()
+                .borrow()
+                .last_applied
+                .map(|l| l.index);
+            if applied >= Some(index) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
@@ -377,17 +414,13 @@ impl Control {
                     .transport
                     .call(&leader, READ_INDEX, Vec::new(), left)
                     .await
+                    && let Ok(Ok(index)) = postcard::from_bytes::<Result<u64, WireError>>(&answer)
                 {
-                    if let Ok(Ok(index)) = postcard::from_bytes::<Result<u64, WireError>>(&answer) {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        self.inner
-                            .raft
-                            .wait(Some(left))
-                            .applied_index_at_least(Some(index), "linearizable read")
-                            .await
-                            .map_err(|_| ControlError::NoLeader(timeout))?;
-                        return self.read_local(f);
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if !self.applied_at_least(index, left).await {
+                        return Err(ControlError::NoLeader(timeout));
                     }
+                    return self.read_local(f);
                 }
             }
             if Instant::now() + Duration::from_millis(50) >= deadline {
@@ -459,6 +492,29 @@ impl Control {
             .collect();
         let my_id = raft_id(&self.inner.me.node_id);
         let is_alive = |id: RaftId| id == my_id || alive.get(&id).is_some_and(|p| p.alive);
+
+        // A member that came back on another address (or this leader, restarted elsewhere):
+        // the identity is the same, only where to reach it changed.
+        let me = (my_id, &self.inner.me);
+        let moved: BTreeMap<RaftId, Member> = alive
+            .iter()
+            .filter(|(_, p)| p.alive)
+            .map(|(id, p)| (*id, &p.member))
+            .chain(std::iter::once(me))
+            .filter(|(id, m)| {
+                membership
+                    .get_node(id)
+                    .is_some_and(|known| known.addr != m.addr)
+            })
+            .map(|(id, m)| (id, m.clone()))
+            .collect();
+        if !moved.is_empty() {
+            tracing::info!(?moved, "updating control-plane member addresses");
+            raft.change_membership(ChangeMembers::SetNodes(moved), true)
+                .await
+                .map_err(|e| ControlError::Raft(e.to_string()))?;
+            return Ok(());
+        }
 
         for (id, p) in &alive {
             if p.alive && membership.get_node(id).is_none() {

@@ -47,6 +47,9 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     end
 }
 
+/// Key/value pairs of the state table.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 type StateTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
 
 fn get(
@@ -222,12 +225,7 @@ impl StateView {
         get(&t, k)
     }
 
-    fn scan(
-        &self,
-        prefix: &[u8],
-        from: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DbError> {
+    fn scan(&self, prefix: &[u8], from: &[u8], limit: usize) -> Result<Pairs, DbError> {
         let t = self.txn.open_table(STATE).map_err(db_err)?;
         let start = key(prefix, from);
         let end = prefix_end(prefix);

@@ -83,20 +83,19 @@ impl Cluster {
     }
 
     async fn start(&self, i: usize) -> Control {
+        self.start_as(Self::member(i), i).await
+    }
+
+    async fn start_as(&self, me: Member, i: usize) -> Control {
         let store = Store::open(&self.dir.path().join(format!("{i}.redb"))).expect("open store");
-        let c = Control::start(
-            Self::member(i),
-            cfg(),
-            store,
-            Arc::new(Via(self.net.clone())),
-        )
-        .await
-        .expect("start");
+        let c = Control::start(me.clone(), cfg(), store, Arc::new(Via(self.net.clone())))
+            .await
+            .expect("start");
         self.net
             .members
             .lock()
             .expect("lock")
-            .insert(Self::member(i).addr, c.clone());
+            .insert(me.addr, c.clone());
         c
     }
 
@@ -274,5 +273,47 @@ async fn concurrent_proposals_are_group_committed_and_all_answered() {
     assert!(
         used < 300,
         "300 concurrent writes took {used} log entries: no group commit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_back_on_another_address_catches_up() {
+    let cl = Cluster::new();
+    let a = cl.start(0).await;
+    a.initialize().await.expect("initialize");
+    cl.start(1).await;
+    let c = cl.start(2).await;
+    cl.settle(3, |s| s.voters.len() == 3).await;
+    cl.kill(2).await;
+    drop(c);
+    a.propose(set("while-away", "1"))
+        .await
+        .expect("propose with 2 of 3");
+    let moved = Member {
+        node_id: "node-2".into(),
+        addr: "127.0.0.1:7999".into(),
+    };
+    let c = cl.start_as(moved.clone(), 2).await;
+    let mut health = cl.health(3);
+    health[2] = PeerHealth {
+        member: moved,
+        alive: true,
+    };
+    for _ in 0..200 {
+        for m in [&a, &c] {
+            let _ = m.maintain_membership(&health).await;
+        }
+        if c.read_local(|v| v.config_get("while-away"))
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "the member on its new address never caught up: {:?}",
+        c.status()
     );
 }

@@ -71,6 +71,31 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener
     }
 }
 
+/// A request the API turns down: one status and one message, answered as [`ApiError`].
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+impl Refusal {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.status, &self.message)
+    }
+}
+
+/// What a handler answers: its response, or why not.
+pub(crate) type ApiResult = Result<Response, Refusal>;
+
 pub(crate) fn error(status: StatusCode, message: &str) -> Response {
     (
         status,
@@ -143,14 +168,14 @@ pub(crate) fn check(
     request: CapRequest,
     action: &str,
     target: &str,
-) -> Result<Actor, Response> {
+) -> Result<Actor, Refusal> {
     let Some(plane) = shared.control.get() else {
         return match caller {
             Caller::Admin => Ok(Actor {
                 name: "admin".into(),
                 right: String::new(),
             }),
-            Caller::Token(_) => Err(error(
+            Caller::Token(_) => Err(Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the control plane is starting; try again in a moment",
             )),
@@ -159,7 +184,7 @@ pub(crate) fn check(
     plane.authorise(caller, &request).map_err(|denied| {
         metrics::counter!("noodle_api_denied_total").increment(1);
         plane.record_denial(caller, action, target, &request, &denied);
-        error(StatusCode::FORBIDDEN, &format!("denied: {denied}"))
+        Refusal::new(StatusCode::FORBIDDEN, format!("denied: {denied}"))
     })
 }
 
@@ -188,63 +213,54 @@ async fn login(State(shared): State<AppState>, Query(q): Query<LoginQuery>) -> R
 async fn dashboard(
     State(shared): State<AppState>,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    if let Err(denied) = check(&shared, &caller, cluster_read(), "dashboard", "") {
-        return denied;
-    }
+) -> ApiResult {
+    check(&shared, &caller, cluster_read(), "dashboard", "")?;
     let report = shared.status();
     let events = shared.events.history();
-    match crate::dashboard::render_dashboard(&report, &events) {
-        Ok(page) => Html(page).into_response(),
-        Err(e) => {
-            tracing::error!(error = %e, "dashboard render failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "dashboard render failed")
-        }
-    }
+    let page = crate::dashboard::render_dashboard(&report, &events).map_err(|e| {
+        tracing::error!(error = %e, "dashboard render failed");
+        Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "dashboard render failed")
+    })?;
+    Ok(Html(page).into_response())
 }
 
-async fn status(State(shared): State<AppState>, Extension(caller): Extension<Caller>) -> Response {
-    if let Err(denied) = check(&shared, &caller, cluster_read(), "status", "") {
-        return denied;
-    }
-    Json(shared.status()).into_response()
+async fn status(State(shared): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult {
+    check(&shared, &caller, cluster_read(), "status", "")?;
+    Ok(Json(shared.status()).into_response())
 }
 
 async fn create_token(
     State(shared): State<AppState>,
     Extension(caller): Extension<Caller>,
     body: axum::body::Bytes,
-) -> Response {
-    if let Err(denied) = check(
-        &shared,
-        &caller,
-        CapRequest::new("cluster", "admit"),
-        "token.create",
-        "",
-    ) {
-        return denied;
-    }
-    let req: TokenRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("bad token request: {e}")),
-    };
+) -> ApiResult {
+    let admit = CapRequest::new("cluster", "admit");
+    check(&shared, &caller, admit, "token.create", "")?;
+    let req: TokenRequest = parse_body(&body, "token request")?;
     if req.ttl_secs == 0 || req.ttl_secs > TOKEN_TTL_SECS_MAX {
-        return error(
+        return Err(Refusal::new(
             StatusCode::BAD_REQUEST,
-            &format!("ttl must be between 1 s and {TOKEN_TTL_SECS_MAX} s"),
-        );
+            format!("ttl must be between 1 s and {TOKEN_TTL_SECS_MAX} s"),
+        ));
     }
-    Json(shared.create_token(&req)).into_response()
+    Ok(Json(shared.create_token(&req)).into_response())
 }
 
-async fn events(State(shared): State<AppState>, Extension(caller): Extension<Caller>) -> Response {
-    if let Err(denied) = check(&shared, &caller, cluster_read(), "events", "") {
-        return denied;
-    }
-    Json(EventsResponse {
+/// Parses a JSON request body; `what` names it in the error.
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    what: &str,
+) -> Result<T, Refusal> {
+    serde_json::from_slice(body)
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad {what}: {e}")))
+}
+
+async fn events(State(shared): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult {
+    check(&shared, &caller, cluster_read(), "events", "")?;
+    Ok(Json(EventsResponse {
         events: shared.events.history(),
     })
-    .into_response()
+    .into_response())
 }
 
 fn event_stream(shared: &Shared) -> impl Stream<Item = Result<SseEvent, Infallible>> + use<> {
@@ -262,22 +278,18 @@ fn event_stream(shared: &Shared) -> impl Stream<Item = Result<SseEvent, Infallib
 async fn events_stream(
     State(shared): State<AppState>,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    if let Err(denied) = check(&shared, &caller, cluster_read(), "events", "") {
-        return denied;
-    }
-    Sse::new(event_stream(&shared))
+) -> ApiResult {
+    check(&shared, &caller, cluster_read(), "events", "")?;
+    Ok(Sse::new(event_stream(&shared))
         .keep_alive(KeepAlive::default())
-        .into_response()
+        .into_response())
 }
 
 async fn dashboard_stream(
     State(shared): State<AppState>,
     Extension(caller): Extension<Caller>,
-) -> Response {
-    if let Err(denied) = check(&shared, &caller, cluster_read(), "dashboard", "") {
-        return denied;
-    }
+) -> ApiResult {
+    check(&shared, &caller, cluster_read(), "dashboard", "")?;
     let for_status = shared.clone();
     let statuses =
         IntervalStream::new(tokio::time::interval(Duration::from_secs(1))).filter_map(move |_| {
@@ -290,23 +302,24 @@ async fn dashboard_stream(
                     .map(Ok)
             }
         });
-    Sse::new(futures_util::stream::select(
+    Ok(Sse::new(futures_util::stream::select(
         statuses,
         event_stream(&shared),
     ))
     .keep_alive(KeepAlive::default())
-    .into_response()
+    .into_response())
 }
 
-async fn metrics(State(shared): State<AppState>, Extension(caller): Extension<Caller>) -> Response {
-    if let Err(denied) = check(&shared, &caller, cluster_read(), "metrics", "") {
-        return denied;
-    }
+async fn metrics(
+    State(shared): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult {
+    check(&shared, &caller, cluster_read(), "metrics", "")?;
     match &shared.metrics {
-        Some(handle) => handle.render().into_response(),
-        None => error(
+        Some(handle) => Ok(handle.render().into_response()),
+        None => Err(Refusal::new(
             StatusCode::NOT_FOUND,
             "metrics are not enabled in this process",
-        ),
+        )),
     }
 }

@@ -82,6 +82,9 @@ struct DenialBudget {
     suppressed: u64,
 }
 
+/// Policy sources as last read from the state, and what they parsed to.
+type ParsedPolicies = (Vec<(String, String)>, Arc<Vec<Policy>>);
+
 struct Cached {
     root: Vec<u8>,
     authoriser: Arc<Authoriser>,
@@ -94,7 +97,7 @@ pub(crate) struct ControlPlane {
     node_name: String,
     checkpoint_every: u64,
     authoriser: Mutex<Option<Cached>>,
-    policies: Mutex<(Vec<(String, String)>, Arc<Vec<Policy>>)>,
+    policies: Mutex<ParsedPolicies>,
     denials: Mutex<DenialBudget>,
 }
 

@@ -490,7 +490,7 @@ fn render_status(r: &StatusReport) -> String {
         let leader = c
             .leader
             .as_deref()
-            .map(|l| name_of(l))
+            .map(&name_of)
             .unwrap_or_else(|| "none (electing)".into());
         let voters: Vec<String> = c.voters.iter().map(|v| name_of(v)).collect();
         let _ = writeln!(

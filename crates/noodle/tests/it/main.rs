@@ -4,6 +4,7 @@
 mod bad_input;
 mod bench;
 mod cluster;
+mod control;
 mod dashboard;
 mod netns;
 mod support;

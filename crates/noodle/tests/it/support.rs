@@ -3,6 +3,7 @@
 use noodle_api::StatusReport;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// `noodle up` on ephemeral loopback ports without mDNS: what every test node starts with.
@@ -15,6 +16,17 @@ pub(crate) const UP_ON_LOOPBACK: &[&str] = &[
     "--no-mdns",
 ];
 
+/// A loopback address (`127.A.B.C`) that no other node of this or a concurrent test process
+/// uses: a node listening on it can be restarted on its old port without another node having
+/// taken that port meanwhile.
+pub(crate) fn private_loopback_ip() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    assert!(n < 150, "out of private loopback addresses");
+    let pid = std::process::id();
+    format!("127.{}.{}.{}", 100 + n, (pid >> 8) & 0xff, pid & 0xff)
+}
+
 pub(crate) fn noodle_bin() -> &'static str {
     env!("CARGO_BIN_EXE_noodle")
 }
@@ -24,6 +36,8 @@ pub(crate) struct Node {
     pub dir: PathBuf,
     pub child: Option<Child>,
     pub name: String,
+    /// The `--listen` address every (re)start uses.
+    pub listen: String,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -35,12 +49,18 @@ impl Node {
 
     /// Starts a node with extra `noodle up` arguments, in a fresh data directory.
     pub(crate) fn start(name: &str, extra: &[&str]) -> Node {
+        Node::start_listening(name, "127.0.0.1:0", extra)
+    }
+
+    /// [`Node::start`] with the cluster port on `listen` instead of `127.0.0.1:0`.
+    pub(crate) fn start_listening(name: &str, listen: &str, extra: &[&str]) -> Node {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("data");
         let mut node = Node {
             dir,
             child: None,
             name: name.to_string(),
+            listen: listen.to_string(),
             _tmp: Some(tmp),
         };
         node.spawn(extra);
@@ -51,10 +71,13 @@ impl Node {
     pub(crate) fn spawn(&mut self, extra: &[&str]) {
         let _ = std::fs::remove_file(self.dir.join("api.json"));
         let log = std::fs::File::create(self.log_path_for_spawn()).expect("log file");
+        let mut up = UP_ON_LOOPBACK.to_vec();
+        assert_eq!(up[1], "--listen");
+        up[2] = &self.listen;
         let child = Command::new(noodle_bin())
             .arg("--data-dir")
             .arg(&self.dir)
-            .args(UP_ON_LOOPBACK)
+            .args(&up)
             .arg("--name")
             .arg(&self.name)
             .args(extra)
@@ -91,6 +114,18 @@ impl Node {
             }
         }
         out
+    }
+
+    /// Makes every later (re)start listen on the cluster address this run got, so that the
+    /// addresses other members keep for this node stay right across restarts.
+    pub(crate) fn pin_listen_addr(&mut self) {
+        let report = self.wait_ready(Duration::from_secs(10));
+        let me = report
+            .nodes
+            .iter()
+            .find(|n| n.is_self)
+            .expect("status lists the answering node");
+        self.listen = me.addr.clone();
     }
 
     pub(crate) fn kill9(&mut self) {
@@ -187,12 +222,19 @@ pub(crate) fn eventually<T>(
 /// A founder and `n - 1` nodes joined with its token; returns once every node sees every node
 /// alive.
 pub(crate) fn cluster(n: usize) -> Vec<Node> {
-    let first = Node::founder("node-0");
+    cluster_with(n, &[])
+}
+
+/// [`cluster`] with extra `noodle up` arguments for every node.
+pub(crate) fn cluster_with(n: usize, extra: &[&str]) -> Vec<Node> {
+    let first = Node::start("node-0", extra);
     first.wait_ready(Duration::from_secs(10));
     let token = first.token(&[]);
     let mut nodes = vec![first];
     for i in 1..n {
-        nodes.push(Node::start(&format!("node-{i}"), &["--join", &token]));
+        let mut args = vec!["--join", token.as_str()];
+        args.extend_from_slice(extra);
+        nodes.push(Node::start(&format!("node-{i}"), &args));
     }
     wait_all_alive(&nodes, Duration::from_secs(15));
     nodes

@@ -1,0 +1,688 @@
+//! The control plane end to end: leader election and voter upkeep, leader crashes under
+//! writes, capability tokens and policies, and the tamper-evident audit log.
+
+use crate::support::{Node, cli, cluster_with, eventually, private_loopback_ip, wait_all_alive};
+use noodle_api::{AuditEntry, AuditVerifyReport, CapResponse, ConfigList, ControlInfo, PolicyList};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Output;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs a client command that must succeed; returns its stdout.
+fn ok(node: &Node, args: &[&str]) -> String {
+    let out = node.cli(args);
+    assert!(
+        out.status.success(),
+        "`noodle {}` on {} failed:\n{}",
+        args.join(" "),
+        node.name,
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// Checks that a client command failed with exactly one `error:` line; returns that line.
+fn refused(out: &Output, what: &str) -> String {
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "{what}: should have been refused; stdout:\n{}\nstderr:\n{stderr}",
+        text(&out.stdout)
+    );
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "{what}: expected exactly one error line:\n{stderr}"
+    );
+    errors[0].to_string()
+}
+
+fn control(node: &Node) -> Option<ControlInfo> {
+    node.status()?.control
+}
+
+/// Waits until every node names the same leader and the same voters, that leader calls itself
+/// the leader, every node has applied something, and `also` holds on every node's view.
+fn agreed(nodes: &[&Node], what: &str, also: impl Fn(&ControlInfo) -> bool) -> ControlInfo {
+    eventually(Duration::from_secs(30), what, || {
+        let views: Vec<ControlInfo> = nodes.iter().map(|n| control(n)).collect::<Option<_>>()?;
+        let first = &views[0];
+        let leader = first.leader.as_ref()?;
+        let same = views
+            .iter()
+            .all(|v| v.leader.as_ref() == Some(leader) && v.voters == first.voters);
+        let leader_says_so = nodes
+            .iter()
+            .zip(&views)
+            .any(|(n, v)| &n.node_id() == leader && v.role == "leader");
+        let applied = views.iter().all(|v| v.commit_index > 0);
+        (same && leader_says_so && applied && views.iter().all(&also)).then(|| first.clone())
+    })
+}
+
+/// `noodle cap create --json ARGS`, retried only while the new cluster's capability root key
+/// is still being created.
+fn cap_create(node: &Node, args: &[&str]) -> CapResponse {
+    let mut full = vec!["cap", "create", "--json"];
+    full.extend_from_slice(args);
+    eventually(Duration::from_secs(15), "the capability root key", || {
+        let out = node.cli(&full);
+        if out.status.success() {
+            return Some(serde_json::from_slice(&out.stdout).expect("cap create --json"));
+        }
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("no capability root key yet"),
+            "cap create failed: {err}"
+        );
+        None
+    })
+}
+
+/// `noodle --token TOKEN ARGS`.
+fn with_token(node: &Node, token: &str, args: &[&str]) -> Output {
+    let mut full = vec!["--token", token];
+    full.extend_from_slice(args);
+    node.cli(&full)
+}
+
+fn audit_log(node: &Node) -> Vec<AuditEntry> {
+    ok(node, &["audit", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit --json line"))
+        .collect()
+}
+
+/// `noodle audit verify --json`: its exit status and report.
+fn verify(node: &Node) -> (bool, AuditVerifyReport) {
+    let out = node.cli(&["audit", "verify", "--json"]);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "audit verify --json on {} answered no report ({e}):\n{}",
+            node.name,
+            text(&out.stderr)
+        )
+    });
+    (out.status.success(), report)
+}
+
+fn config_list(node: &Node) -> BTreeMap<String, String> {
+    let list: ConfigList =
+        serde_json::from_str(&ok(node, &["config", "ls", "--json"])).expect("config ls --json");
+    list.entries.into_iter().map(|e| (e.key, e.value)).collect()
+}
+
+/// A cluster of `n` nodes, each on its own loopback address with its cluster port pinned, so
+/// that a node restarts where the other members' Raft membership says it is.
+fn pinned_cluster(n: usize, extra: &[&str]) -> Vec<Node> {
+    let start = |name: String, args: &[&str]| {
+        let mut node = Node::start_listening(&name, &format!("{}:0", private_loopback_ip()), args);
+        node.pin_listen_addr();
+        node
+    };
+    let first = start("node-0".into(), extra);
+    let token = first.token(&[]);
+    let mut nodes = vec![first];
+    for i in 1..n {
+        let mut args = vec!["--join", token.as_str()];
+        args.extend_from_slice(extra);
+        nodes.push(start(format!("node-{i}"), &args));
+    }
+    wait_all_alive(&nodes, Duration::from_secs(15));
+    nodes
+}
+
+#[test]
+fn three_nodes_elect_a_leader_then_five_voters_and_a_dead_voter_is_replaced() {
+    const UP: &[&str] = &["--voter-replace-after", "2s"];
+    let mut nodes = cluster_with(3, UP);
+    let mut ids: Vec<String> = nodes.iter().map(Node::node_id).collect();
+    ids.sort();
+    let three = agreed(
+        &nodes.iter().collect::<Vec<_>>(),
+        "one leader and 3 voters on every node",
+        |c| c.voters.len() == 3,
+    );
+    assert_eq!(three.voters, ids, "{three:?}");
+    assert!(three.term > 0, "{three:?}");
+
+    // Two more nodes: five voters.
+    let token = nodes[0].token(&[]);
+    for i in 3..5 {
+        let mut args = vec!["--join", token.as_str()];
+        args.extend_from_slice(UP);
+        nodes.push(Node::start(&format!("node-{i}"), &args));
+    }
+    wait_all_alive(&nodes, Duration::from_secs(15));
+    let mut ids: Vec<String> = nodes.iter().map(Node::node_id).collect();
+    ids.sort();
+    let five = agreed(
+        &nodes.iter().collect::<Vec<_>>(),
+        "5 voters on every node",
+        |c| c.voters.len() == 5,
+    );
+    assert_eq!(five.voters, ids, "{five:?}");
+
+    // A sixth node stays a learner: five voters is the most.
+    let mut args = vec!["--join", token.as_str()];
+    args.extend_from_slice(UP);
+    nodes.push(Node::start("node-5", &args));
+    wait_all_alive(&nodes, Duration::from_secs(15));
+    let sixth = nodes[5].node_id();
+    let six = agreed(
+        &nodes.iter().collect::<Vec<_>>(),
+        "the sixth node a learner on every node",
+        |c| c.learners.contains(&sixth),
+    );
+    assert_eq!(six.voters, five.voters, "{six:?}");
+    assert_eq!(six.learners, vec![sixth.clone()], "{six:?}");
+    eventually(Duration::from_secs(10), "the sixth node's role", || {
+        (control(&nodes[5])?.role == "learner").then_some(())
+    });
+
+    // SIGKILL a voter that is not the leader: the learner takes its place once it has been
+    // dead for 2 s.
+    let leader = six.leader.clone().expect("a leader");
+    let victim = nodes
+        .iter()
+        .position(|n| n.node_id() != leader && n.node_id() != sixth)
+        .expect("a follower voter");
+    let victim_id = nodes[victim].node_id();
+    nodes[victim].kill9();
+    let killed_at = Instant::now();
+    let survivors: Vec<&Node> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != victim)
+        .map(|(_, n)| n)
+        .collect();
+    let replaced = agreed(&survivors, "the learner replacing the dead voter", |c| {
+        c.voters.contains(&sixth) && !c.voters.contains(&victim_id)
+    });
+    let took = killed_at.elapsed();
+    assert_eq!(replaced.voters.len(), 5, "{replaced:?}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "replaced after {took:?}, before --voter-replace-after 2s"
+    );
+    eprintln!("dead voter replaced {took:?} after SIGKILL");
+}
+
+#[test]
+fn chaos_kill_the_leader_repeatedly_loses_no_acknowledged_write() {
+    const ROUNDS: usize = 4;
+    /// Writes acknowledged under each leader before it is killed.
+    const WRITES_PER_ROUND: usize = 10;
+    let mut nodes = pinned_cluster(3, &[]);
+    let ids: Vec<String> = nodes.iter().map(Node::node_id).collect();
+    agreed(
+        &nodes.iter().collect::<Vec<_>>(),
+        "3 voters and a leader",
+        |c| c.voters.len() == 3,
+    );
+
+    // A client writes through a random live node until told to stop.
+    let dirs: Vec<PathBuf> = nodes.iter().map(|n| n.dir.clone()).collect();
+    let up = Arc::new(Mutex::new(vec![true; nodes.len()]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked_count = Arc::new(AtomicUsize::new(0));
+    let _stop_on_panic = StopOnDrop(stop.clone());
+    let writer = std::thread::spawn({
+        let (up, stop, acked_count) = (up.clone(), stop.clone(), acked_count.clone());
+        move || {
+            let mut rng = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.subsec_nanos() as u64)
+                .unwrap_or(0)
+                | 1;
+            let mut acked = Vec::new();
+            let mut attempted = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                // xorshift64
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let i = (rng % dirs.len() as u64) as usize;
+                if !up.lock().unwrap()[i] {
+                    continue;
+                }
+                attempted += 1;
+                let key = format!("chaos/k{attempted:04}");
+                let value = format!("v{attempted:04}");
+                if cli(&dirs[i], &["config", "set", &key, &value])
+                    .status
+                    .success()
+                {
+                    acked.push((key, value));
+                    acked_count.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            (acked, attempted)
+        }
+    });
+
+    let mut leaders = Vec::new();
+    for _ in 0..ROUNDS {
+        let before = acked_count.load(Ordering::SeqCst);
+        eventually(
+            Duration::from_secs(30),
+            "writes acknowledged under the current leader",
+            || (acked_count.load(Ordering::SeqCst) >= before + WRITES_PER_ROUND).then_some(()),
+        );
+        let current = agreed(&nodes.iter().collect::<Vec<_>>(), "one leader", |_| true);
+        let leader = current.leader.clone().expect("a leader");
+        let li = ids
+            .iter()
+            .position(|id| *id == leader)
+            .expect("leader is a node");
+        up.lock().unwrap()[li] = false;
+        nodes[li].kill9();
+        // The other two elect a new leader in a later term.
+        let others: Vec<&Node> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != li)
+            .map(|(_, n)| n)
+            .collect();
+        let next = eventually(Duration::from_secs(20), "a new leader", || {
+            let views: Vec<ControlInfo> =
+                others.iter().map(|n| control(n)).collect::<Option<_>>()?;
+            let l = views[0].leader.clone()?;
+            (l != leader
+                && views
+                    .iter()
+                    .all(|v| v.leader.as_ref() == Some(&l) && v.term > current.term))
+            .then_some(l)
+        });
+        leaders.push((leader, next));
+        // Restart the old leader on the same data directory and cluster address.
+        nodes[li].spawn(&[]);
+        nodes[li].wait_ready(Duration::from_secs(10));
+        up.lock().unwrap()[li] = true;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (acked, attempted) = writer.join().expect("writer thread");
+    eprintln!(
+        "{} of {attempted} writes acknowledged across {} leader changes: {leaders:?}",
+        acked.len(),
+        leaders.len()
+    );
+    assert!(!acked.is_empty(), "no write was acknowledged");
+    // Each round waited for a different leader in a later term.
+    assert_eq!(leaders.len(), ROUNDS, "{leaders:?}");
+
+    wait_all_alive(&nodes, Duration::from_secs(15));
+    agreed(
+        &nodes.iter().collect::<Vec<_>>(),
+        "every node up and agreeing on the leader",
+        |c| c.voters.len() == 3,
+    );
+    let lists: Vec<BTreeMap<String, String>> = nodes.iter().map(config_list).collect();
+    for (node, list) in nodes.iter().zip(&lists) {
+        for (key, value) in &acked {
+            assert_eq!(
+                list.get(key),
+                Some(value),
+                "acknowledged write {key}={value} missing on {}",
+                node.name
+            );
+        }
+        // An unacknowledged write may or may not have happened, but never with another value.
+        for (key, value) in list {
+            let n = key.strip_prefix("chaos/k").expect("only chaos keys");
+            assert_eq!(value, &format!("v{n}"), "{key} on {}", node.name);
+        }
+        assert_eq!(
+            list, &lists[0],
+            "{} disagrees with {}",
+            node.name, nodes[0].name
+        );
+        let (verified, report) = verify(node);
+        assert!(verified && report.ok, "{}: {report:?}", node.name);
+    }
+    // Every acknowledged write is in the audit log as allowed.
+    let log = audit_log(&nodes[0]);
+    for (key, _) in &acked {
+        assert!(
+            log.iter()
+                .any(|e| e.action == "config.set" && &e.target == key && e.outcome == "allowed"),
+            "no allowed config.set {key} in the audit log"
+        );
+    }
+}
+
+/// Stops the chaos writer when the test ends, also by a failed assertion.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// One bad token and the reason it must be refused with.
+struct BadToken {
+    what: &'static str,
+    token: String,
+    reason: &'static str,
+}
+
+#[test]
+fn bad_tokens_are_refused_with_one_clear_error_and_audited() {
+    let ours = Node::founder("ours");
+    let theirs = Node::founder("theirs");
+    ours.wait_ready(Duration::from_secs(10));
+    theirs.wait_ready(Duration::from_secs(10));
+    ok(&ours, &["config", "set", "retries", "3"]);
+    let offline = tempfile::tempdir().unwrap();
+
+    // A valid token does what it allows.
+    let reader = cap_create(&ours, &["--allow", "config:read", "--for", "reader"]);
+    let out = with_token(&ours, &reader.token, &["config", "get", "retries"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "3");
+    let inspected: serde_json::Value =
+        serde_json::from_str(&ok(&ours, &["cap", "inspect", &reader.token, "--json"])).unwrap();
+    assert_eq!(inspected["id"], reader.id.as_str(), "{inspected}");
+    let rw = ["--allow", "config:read", "--allow", "config:write"];
+    let writer = cap_create(&ours, &rw);
+    let out = with_token(&ours, &writer.token, &["config", "set", "other", "1"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // Narrowing happens offline: no node runs on this data directory.
+    let narrowed = cli(
+        offline.path(),
+        &["cap", "attenuate", &writer.token, "--allow", "config:read"],
+    );
+    assert!(narrowed.status.success(), "{}", text(&narrowed.stderr));
+    let narrowed = text(&narrowed.stdout).trim().to_string();
+    let out = with_token(&ours, &narrowed, &["config", "get", "retries"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let widen = cli(
+        offline.path(),
+        &["cap", "attenuate", &reader.token, "--allow", "policy:write"],
+    );
+    let err = refused(&widen, "attenuating to a right the token lacks");
+    assert!(err.contains("does not allow policy:write"), "{err}");
+
+    let forged = cap_create(&theirs, &rw);
+    let revoked = cap_create(&ours, &rw);
+    ok(&ours, &["cap", "revoke", &revoked.id]);
+    let expired = cap_create(&ours, &["--allow", "config:write", "--ttl", "1s"]);
+    eventually(Duration::from_secs(5), "the token's expiry to pass", || {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        (now > expired.expires_at_unix).then_some(())
+    });
+    let cases = [
+        BadToken {
+            what: "malformed",
+            token: "not-a-token".into(),
+            reason: "token is malformed: ",
+        },
+        BadToken {
+            what: "oversized",
+            token: "A".repeat(9000),
+            reason: "token is 9000 bytes, the limit is 8192",
+        },
+        BadToken {
+            what: "forged",
+            token: forged.token,
+            reason: "token is not signed by this cluster",
+        },
+        BadToken {
+            what: "expired",
+            token: expired.token,
+            reason: "token expired at ",
+        },
+        BadToken {
+            what: "revoked",
+            token: revoked.token,
+            reason: "token was revoked",
+        },
+        BadToken {
+            what: "insufficient",
+            token: reader.token.clone(),
+            reason: "token does not allow config:write on retries",
+        },
+        BadToken {
+            what: "attenuated",
+            token: narrowed,
+            reason: "token does not allow config:write on retries",
+        },
+    ];
+    for case in &cases {
+        let last_seq = audit_log(&ours).last().map_or(0, |e| e.seq);
+        let out = with_token(&ours, &case.token, &["config", "set", "retries", "99"]);
+        let err = refused(&out, case.what);
+        assert!(
+            err.starts_with("error: the node refused the request: denied: ")
+                && err.contains(case.reason),
+            "{}: {err}",
+            case.what
+        );
+        assert_eq!(
+            ok(&ours, &["config", "get", "retries"]).trim(),
+            "3",
+            "{}: the value changed",
+            case.what
+        );
+        let entry = eventually(
+            Duration::from_secs(10),
+            "the denial in the audit log",
+            || audit_log(&ours).into_iter().find(|e| e.seq > last_seq),
+        );
+        assert_eq!(
+            (
+                entry.outcome.as_str(),
+                entry.action.as_str(),
+                entry.target.as_str()
+            ),
+            ("denied", "config.set", "retries"),
+            "{}: {entry:?}",
+            case.what
+        );
+        let reason = entry.reason.clone().unwrap_or_default();
+        assert!(
+            reason.contains(case.reason),
+            "{}: audited reason {reason:?}",
+            case.what
+        );
+    }
+    // The only allowed write of the key is the admin's first one.
+    let allowed: Vec<AuditEntry> = audit_log(&ours)
+        .into_iter()
+        .filter(|e| e.action == "config.set" && e.target == "retries" && e.outcome == "allowed")
+        .collect();
+    assert_eq!(allowed.len(), 1, "{allowed:?}");
+    assert!(allowed[0].actor.starts_with("admin@"), "{allowed:?}");
+}
+
+#[test]
+fn policy_applies_on_every_node_and_bad_datalog_is_refused() {
+    let nodes = cluster_with(3, &[]);
+    ok(&nodes[0], &["config", "set", "greeting", "hello"]);
+    let reader = cap_create(&nodes[0], &["--allow", "config:read"]);
+    let read_on = |node: &Node| with_token(node, &reader.token, &["config", "get", "greeting"]);
+    // The token works everywhere once the root key has replicated.
+    for node in &nodes {
+        eventually(Duration::from_secs(10), "the token accepted", || {
+            let out = read_on(node);
+            (out.status.success() && text(&out.stdout).trim() == "hello").then_some(())
+        });
+    }
+
+    let files = tempfile::tempdir().unwrap();
+    let policy = files.path().join("policy.datalog");
+    std::fs::write(&policy, "deny if operation(\"config\", \"read\");\n").unwrap();
+    ok(
+        &nodes[0],
+        &[
+            "policy",
+            "add",
+            policy.to_str().unwrap(),
+            "--name",
+            "no-config-reads",
+        ],
+    );
+    for node in nodes.iter().rev() {
+        let err = eventually(Duration::from_secs(10), "the policy applied", || {
+            let out = read_on(node);
+            (!out.status.success()).then(|| refused(&out, "a read under the policy"))
+        });
+        assert!(
+            err.contains("denied: policy 'no-config-reads' denied config:read on greeting"),
+            "{}: {err}",
+            node.name
+        );
+        // The admin credential is not subject to policies.
+        assert_eq!(ok(node, &["config", "get", "greeting"]).trim(), "hello");
+    }
+    let denial = eventually(Duration::from_secs(10), "the policy denial audited", || {
+        audit_log(&nodes[0]).into_iter().find(|e| {
+            e.outcome == "denied"
+                && e.reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("policy 'no-config-reads' denied"))
+        })
+    });
+    assert_eq!(denial.action, "config.get", "{denial:?}");
+
+    // Datalog that does not parse is refused and changes nothing.
+    let listed = |node: &Node| -> PolicyList {
+        serde_json::from_str(&ok(node, &["policy", "ls", "--json"])).unwrap()
+    };
+    let before = listed(&nodes[1]);
+    assert_eq!(before.policies.len(), 1, "{before:?}");
+    assert_eq!(before.policies[0].name, "no-config-reads");
+    let bad = files.path().join("bad.datalog");
+    std::fs::write(&bad, "deny if operation(\"config\", ;\n").unwrap();
+    let out = nodes[1].cli(&["policy", "add", bad.to_str().unwrap(), "--name", "broken"]);
+    let err = refused(&out, "a policy that does not parse");
+    assert!(err.contains("does not parse"), "{err}");
+    for node in &nodes {
+        assert_eq!(listed(node), before, "{}", node.name);
+    }
+
+    // Removing the policy restores access on every node.
+    ok(&nodes[2], &["policy", "rm", "no-config-reads"]);
+    for node in &nodes {
+        eventually(Duration::from_secs(10), "access restored", || {
+            let out = read_on(node);
+            (out.status.success() && text(&out.stdout).trim() == "hello").then_some(())
+        });
+        assert!(listed(node).policies.is_empty(), "{}", node.name);
+    }
+}
+
+#[test]
+fn audit_verify_names_the_first_tampered_entry() {
+    let mut nodes = pinned_cluster(3, &[]);
+    agreed(
+        &nodes.iter().collect::<Vec<_>>(),
+        "3 voters and a leader",
+        |c| c.voters.len() == 3,
+    );
+    for i in 1..=6 {
+        ok(
+            &nodes[0],
+            &["config", "set", &format!("k{i}"), &format!("v{i}")],
+        );
+    }
+    // The victim is a follower (no election needed) that has applied every write.
+    let leader = control(&nodes[0]).and_then(|c| c.leader).expect("a leader");
+    let victim = nodes
+        .iter()
+        .position(|n| n.node_id() != leader)
+        .expect("a follower");
+    let head = eventually(Duration::from_secs(10), "the victim's log complete", || {
+        let (verified, report) = verify(&nodes[victim]);
+        (verified && report.ok && report.head_seq >= 6).then_some(report.head_seq)
+    });
+    let log = audit_log(&nodes[victim]);
+    assert_eq!(log[1].seq, 2);
+    assert_eq!(
+        (log[1].action.as_str(), log[1].target.as_str()),
+        ("config.set", "k2")
+    );
+
+    nodes[victim].kill9();
+    tamper_with_audit_entry(&nodes[victim].dir.join("control.redb"), 2);
+    nodes[victim].spawn(&[]);
+    nodes[victim].wait_ready(Duration::from_secs(10));
+
+    let out = nodes[victim].cli(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("does NOT verify") && said.contains("#2"),
+        "{said}"
+    );
+    let (verified, report) = verify(&nodes[victim]);
+    assert!(!verified && !report.ok, "{report:?}");
+    assert_eq!(report.bad_seq, Some(2), "{report:?}");
+    assert!(report.head_seq >= head, "{report:?}");
+    assert!(
+        report.error.as_deref().is_some_and(|e| e.contains("#2")),
+        "{report:?}"
+    );
+    for (i, node) in nodes.iter().enumerate().filter(|(i, _)| *i != victim) {
+        let (verified, report) = verify(node);
+        assert!(verified && report.ok, "node {i}: {report:?}");
+        assert!(report.head_seq >= head, "node {i}: {report:?}");
+    }
+}
+
+/// Flips one bit in the middle of audit entry `seq` in a stopped node's database (the state
+/// table layout is in `noodle_control::state`).
+fn tamper_with_audit_entry(db: &std::path::Path, seq: u64) {
+    use redb::ReadableTable as _;
+    const STATE: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("state");
+    let db = redb::Database::open(db).expect("open control.redb");
+    let txn = db.begin_write().unwrap();
+    {
+        let mut table = txn.open_table(STATE).unwrap();
+        let key = [b"a/".as_slice(), &seq.to_be_bytes()].concat();
+        let mut value = table
+            .get(key.as_slice())
+            .unwrap()
+            .map(|v| v.value().to_vec())
+            .unwrap_or_else(|| panic!("audit entry {seq} is not in the database"));
+        let middle = value.len() / 2;
+        value[middle] ^= 0x01;
+        table.insert(key.as_slice(), value.as_slice()).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+#[test]
+fn checkpoints_are_signed_and_verified() {
+    let nodes = cluster_with(2, &["--audit-checkpoint-every", "4"]);
+    for i in 0..10 {
+        ok(&nodes[0], &["config", "set", &format!("k{i}"), "v"]);
+    }
+    // The leader signs; both the leader and the other node check its signature.
+    for node in &nodes {
+        let report = eventually(Duration::from_secs(15), "a signed checkpoint", || {
+            let (verified, report) = verify(node);
+            assert!(verified && report.ok, "{}: {report:?}", node.name);
+            (report.checkpoints >= 1 && report.last_checkpoint_seq.is_some_and(|s| s >= 4))
+                .then_some(report)
+        });
+        assert!(report.entries >= 10, "{}: {report:?}", node.name);
+        let text = ok(node, &["audit", "verify"]);
+        assert!(
+            text.contains("audit log verifies") && text.contains("signed checkpoints up to #"),
+            "{text}"
+        );
+    }
+}
