@@ -11,6 +11,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             resources: Default::default(),
             labels: Default::default(),
             links: Vec::new(),
+            control_incarnation: 0,
         };
         let mut table = noodle_discovery::NodeTable::new(me);
         let _ = table.newer_than(&msg.entries);

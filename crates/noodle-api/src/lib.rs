@@ -194,6 +194,7 @@ pub enum EventKind {
     LeaderChanged,
     VotersChanged,
     TokenRevoked,
+    ControlRecovered,
 }
 
 impl EventKind {
@@ -211,6 +212,7 @@ impl EventKind {
             EventKind::LeaderChanged => "leader_changed",
             EventKind::VotersChanged => "voters_changed",
             EventKind::TokenRevoked => "token_revoked",
+            EventKind::ControlRecovered => "control_recovered",
         }
     }
 }

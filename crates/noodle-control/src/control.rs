@@ -2,11 +2,10 @@
 
 use crate::network::{self, Network, PROPOSE, READ_INDEX, Transport, TransportError};
 use crate::state::StateView;
-use crate::store::{DbError, Store, db_err};
+use crate::store::{DbError, Store};
 use crate::types::{Command, Member, Proposal, RaftId, Response, TypeConfig, raft_id};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
-use redb::ReadableDatabase;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -435,8 +434,7 @@ impl Control {
         &self,
         f: impl FnOnce(&StateView) -> Result<T, DbError>,
     ) -> Result<T, ControlError> {
-        let txn = self.inner.store.db().begin_read().map_err(db_err)?;
-        Ok(f(&StateView::new(txn))?)
+        Ok(f(&self.inner.store.view()?)?)
     }
 
     pub fn status(&self) -> ControlStatus {
@@ -524,6 +522,20 @@ impl Control {
             }
         }
 
+        // Identities a node has left behind: it came back as a newer incarnation.
+        let current: HashMap<&str, &str> = peers
+            .iter()
+            .filter(|p| p.alive)
+            .map(|p| &p.member)
+            .chain(std::iter::once(&self.inner.me))
+            .map(|m| (m.node(), m.node_id.as_str()))
+            .collect();
+        let stale: BTreeSet<RaftId> = membership
+            .nodes()
+            .filter(|(_, m)| current.get(m.node()).is_some_and(|now| *now != m.node_id))
+            .map(|(id, _)| *id)
+            .collect();
+
         let now = Instant::now();
         let voters: BTreeSet<RaftId> = membership.voter_ids().collect();
         let long_dead: BTreeSet<RaftId> = {
@@ -541,6 +553,7 @@ impl Control {
                     now.duration_since(**since) >= self.inner.cfg.replace_dead_after
                 })
                 .map(|(id, _)| *id)
+                .chain(stale.intersection(&voters).copied())
                 .collect()
         };
 
@@ -559,7 +572,10 @@ impl Control {
             .collect();
         candidates.sort();
 
-        let nodes = membership.nodes().count();
+        let nodes = membership
+            .nodes()
+            .filter(|(id, _)| !stale.contains(id))
+            .count();
         let want: usize = match nodes {
             n if n >= 5 => 5,
             n if n >= 3 => 3,
@@ -577,6 +593,14 @@ impl Control {
         if next != voters {
             tracing::info!(?voters, ?next, "changing control-plane voters");
             raft.change_membership(ChangeMembers::ReplaceAllVoters(next), true)
+                .await
+                .map_err(|e| ControlError::Raft(e.to_string()))?;
+            return Ok(());
+        }
+        let gone: BTreeSet<RaftId> = stale.difference(&voters).copied().collect();
+        if !gone.is_empty() {
+            tracing::info!(?gone, "removing identities nodes have left behind");
+            raft.change_membership(ChangeMembers::RemoveNodes(gone), true)
                 .await
                 .map_err(|e| ControlError::Raft(e.to_string()))?;
         }

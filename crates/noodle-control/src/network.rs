@@ -87,8 +87,11 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let body =
-            postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        // The request names the member it is for: an address can come to belong to another
+        // node, or to a new incarnation of the same one, and Raft must never take that answer
+        // for the old member's.
+        let body = postcard::to_allocvec(&(&self.member.node_id, req))
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let answer = self
             .transport
             .call(&self.member, method, body, option.hard_ttl())
@@ -97,8 +100,9 @@ impl Peer {
                 TransportError::Unreachable(_) => RPCError::Unreachable(Unreachable::new(&e)),
                 TransportError::Failed(_) => RPCError::Network(NetworkError::new(&e)),
             })?;
-        let result: Result<Resp, RaftError<RaftId, E>> =
+        let result: Result<Result<Resp, RaftError<RaftId, E>>, WireError> =
             postcard::from_bytes(&answer).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result = result.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
         result.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,
@@ -144,20 +148,33 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_allocvec(v).unwrap_or_default()
 }
 
+/// Decodes a Raft request and checks that it is addressed to `me`, not to another member that
+/// used to have this address.
+fn raft_request<T: DeserializeOwned>(me: &str, body: &[u8]) -> Result<T, WireError> {
+    let (target, req): (String, T) = decode(body)?;
+    if target != me {
+        return Err(WireError::Rejected(format!(
+            "this address now belongs to control-plane member {me}, not {target}"
+        )));
+    }
+    Ok(req)
+}
+
 /// Answers one control-plane request from a peer. `None` if `method` is not ours.
 pub(crate) async fn serve(control: &crate::Control, method: &str, body: &[u8]) -> Option<Vec<u8>> {
     let raft = control.raft();
+    let me = control.me().node_id.as_str();
     Some(match method {
-        APPEND => match decode::<AppendEntriesRequest<TypeConfig>>(body) {
-            Ok(req) => encode(&raft.append_entries(req).await),
+        APPEND => match raft_request::<AppendEntriesRequest<TypeConfig>>(me, body) {
+            Ok(req) => encode(&Ok::<_, WireError>(raft.append_entries(req).await)),
             Err(e) => encode(&Err::<(), _>(e)),
         },
-        VOTE => match decode::<VoteRequest<RaftId>>(body) {
-            Ok(req) => encode(&raft.vote(req).await),
+        VOTE => match raft_request::<VoteRequest<RaftId>>(me, body) {
+            Ok(req) => encode(&Ok::<_, WireError>(raft.vote(req).await)),
             Err(e) => encode(&Err::<(), _>(e)),
         },
-        SNAPSHOT => match decode::<InstallSnapshotRequest<TypeConfig>>(body) {
-            Ok(req) => encode(&raft.install_snapshot(req).await),
+        SNAPSHOT => match raft_request::<InstallSnapshotRequest<TypeConfig>>(me, body) {
+            Ok(req) => encode(&Ok::<_, WireError>(raft.install_snapshot(req).await)),
             Err(e) => encode(&Err::<(), _>(e)),
         },
         PROPOSE => {

@@ -133,13 +133,15 @@ impl Store {
         self.append = d;
     }
 
+    /// A consistent read-only view of the replicated state as this database has it.
+    pub fn view(&self) -> Result<crate::StateView, DbError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        Ok(crate::StateView::new(txn))
+    }
+
     /// How many handles to the database are alive (this one included).
     pub(crate) fn holders(&self) -> usize {
         Arc::strong_count(&self.db)
-    }
-
-    pub(crate) fn db(&self) -> &Database {
-        &self.db
     }
 
     fn meta<T: DeserializeOwned>(
@@ -276,7 +278,12 @@ impl RaftLogStorage<TypeConfig> for Store {
         // an election, and bases its linearizable reads on max(this, the first entry of its
         // term): a committed index that went back in a crash made it serve stale reads
         // (found by noodle-sim). openraft saves it before it applies and answers a write.
-        self.put_meta(RAFT_META, "committed", &committed, Durability::Immediate)
+        // The test-only unsafe mode skips this fsync too, or it would sync the appends.
+        let durability = match self.append {
+            AppendDurability::Fsync => Durability::Immediate,
+            AppendDurability::UnsafeAckBeforeFsync => Durability::None,
+        };
+        self.put_meta(RAFT_META, "committed", &committed, durability)
             .map_err(|e| StorageIOError::write(&e).into())
     }
 

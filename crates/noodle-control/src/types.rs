@@ -37,6 +37,29 @@ impl fmt::Display for Member {
     }
 }
 
+impl Member {
+    /// The member of node `node_id` at `addr`. A node whose control-plane state was lost or
+    /// damaged comes back as a new incarnation: a new Raft identity (`node_id#N`), so that it
+    /// never votes with a log it no longer has.
+    pub fn new(node_id: &str, incarnation: u64, addr: String) -> Member {
+        let node_id = match incarnation {
+            0 => node_id.to_string(),
+            n => format!("{node_id}#{n}"),
+        };
+        Member { node_id, addr }
+    }
+
+    /// The node id without the incarnation.
+    pub fn node(&self) -> &str {
+        base_node_id(&self.node_id)
+    }
+}
+
+/// `node-a#2` -> `node-a`.
+pub fn base_node_id(member: &str) -> &str {
+    member.split_once('#').map_or(member, |(node, _)| node)
+}
+
 /// The Raft id of a node: the first 8 bytes of the blake3 hash of its node id. Node ids carry a
 /// random UUID, so two members colliding is a 2^-64 event per pair.
 pub fn raft_id(node_id: &str) -> RaftId {

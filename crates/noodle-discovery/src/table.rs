@@ -37,6 +37,8 @@ pub struct NodeInfo {
     pub resources: Resources,
     pub labels: BTreeMap<String, String>,
     pub links: Vec<LinkSample>,
+    /// Incarnation of the node's control-plane identity (raised when its local state was lost).
+    pub control_incarnation: u64,
 }
 
 /// Request and answer of one push-pull round.
@@ -186,6 +188,7 @@ mod tests {
             resources: Resources::default(),
             labels: BTreeMap::new(),
             links: vec![],
+            control_incarnation: 0,
         }
     }
 

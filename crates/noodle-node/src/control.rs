@@ -7,8 +7,8 @@ use noodle_api::{AuditVerifyReport, ControlInfo, EventKind};
 use noodle_audit::{AuditKey, Checkpoint, Outcome, Record};
 use noodle_caps::{Authoriser, Context, Denied, Policy, Request, RootKey};
 use noodle_control::{
-    Command, Control, ControlConfig, ControlError, Member, PeerHealth, Proposal, Response, Store,
-    Transport, TransportError, TransportFuture,
+    Command, Control, ControlConfig, ControlError, DbError, Member, PeerHealth, Proposal, Response,
+    Store, Transport, TransportError, TransportFuture, base_node_id,
 };
 use noodle_link::{Link, LinkError};
 use std::collections::BTreeSet;
@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 const DB_FILE: &str = "control.redb";
+const CONTROL_FILE: &str = "control.json";
 const AUDIT_KEY_FILE: &str = "audit.key";
 /// Denials recorded in the audit log per second at most; the rest are counted.
 const DENIALS_PER_SEC_MAX: u32 = 50;
@@ -111,22 +112,90 @@ pub enum ControlPlaneError {
     Control(#[from] ControlError),
 }
 
+/// The control-plane database, checked before the member starts.
+pub(crate) struct LocalState {
+    store: Store,
+    pub(crate) incarnation: u64,
+    /// What was wrong with the database, if it had to be set aside.
+    pub(crate) recovered: Option<String>,
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct ControlFile {
+    incarnation: u64,
+}
+
+/// Opens the control-plane database and verifies its audit log. A database that cannot be
+/// opened or whose log does not verify is never served: it is moved aside, and the node starts
+/// empty as a new incarnation (a new Raft identity) that catches up from its peers.
+pub(crate) fn open_local_state(dir: &DataDir) -> Result<LocalState, ControlPlaneError> {
+    let mut file: ControlFile = if dir.exists(CONTROL_FILE) {
+        dir.read_json(CONTROL_FILE)?
+    } else {
+        ControlFile::default()
+    };
+    let path = dir.path().join(DB_FILE);
+    let db_error = |detail: String| ControlPlaneError::Db {
+        path: path.display().to_string(),
+        detail,
+    };
+    let problem = match Store::open(&path) {
+        Ok(store) => {
+            let checked = store
+                .view()
+                .and_then(|v| verify_view(&v))
+                .map_err(|e| e.to_string());
+            match checked {
+                Ok(r) if r.ok => {
+                    return Ok(LocalState {
+                        store,
+                        incarnation: file.incarnation,
+                        recovered: None,
+                    });
+                }
+                Ok(r) => format!(
+                    "its audit log does not verify: {}",
+                    r.error.unwrap_or_default()
+                ),
+                Err(e) => format!("it cannot be read: {e}"),
+            }
+        }
+        Err(e) => format!("it cannot be opened: {e}"),
+    };
+    let aside = dir.path().join(format!("{DB_FILE}.damaged-{}", now_ms()));
+    std::fs::rename(&path, &aside)
+        .map_err(|e| db_error(format!("cannot move the damaged database aside: {e}")))?;
+    file.incarnation += 1;
+    dir.write_json(CONTROL_FILE, &file, false)?;
+    let store = Store::open(&path).map_err(|e| db_error(e.to_string()))?;
+    let note = format!(
+        "the control-plane database was damaged ({problem}); it was moved to {} and this node catches up from its peers",
+        aside.display()
+    );
+    tracing::error!("{note}");
+    Ok(LocalState {
+        store,
+        incarnation: file.incarnation,
+        recovered: Some(note),
+    })
+}
+
 impl ControlPlane {
     /// Opens this node's control-plane database and starts its Raft member. The node that
     /// founds the cluster passes `found` and becomes the single voter of a new control plane.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn start(
         dir: &DataDir,
-        me: Member,
+        local: LocalState,
+        node_id: &str,
+        addr: String,
         node_name: String,
         link: Link,
         found: bool,
         cfg: ControlConfig,
     ) -> Result<ControlPlane, ControlPlaneError> {
-        let path = dir.path().join(DB_FILE);
-        let store = Store::open(&path).map_err(|e| ControlPlaneError::Db {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        })?;
+        let me = Member::new(node_id, local.incarnation, addr);
+        let store = local.store;
         let audit_key = if dir.exists(AUDIT_KEY_FILE) {
             let bytes = dir.read_file(AUDIT_KEY_FILE)?;
             let secret: [u8; 32] =
@@ -146,13 +215,15 @@ impl ControlPlane {
         let checkpoint_every = cfg.checkpoint_every;
         let control =
             Control::start(me.clone(), cfg, store, Arc::new(LinkTransport::new(link))).await?;
-        if found {
+        // Only the founder of a new cluster starts a control plane; a node that set a damaged
+        // database aside waits to be added by the leader like any new member.
+        if found && local.recovered.is_none() {
             control.initialize().await?;
         }
         Ok(ControlPlane {
             control,
             audit_key,
-            node_id: me.node_id,
+            node_id: node_id.to_string(),
             node_name,
             checkpoint_every,
             authoriser: Mutex::default(),
@@ -163,10 +234,16 @@ impl ControlPlane {
 
     pub(crate) fn info(&self) -> ControlInfo {
         let s = self.control.status();
+        let nodes = |members: Vec<String>| -> Vec<String> {
+            members
+                .iter()
+                .map(|m| base_node_id(m).to_string())
+                .collect()
+        };
         ControlInfo {
-            leader: s.leader,
-            voters: s.voters,
-            learners: s.learners,
+            leader: s.leader.as_deref().map(|l| base_node_id(l).to_string()),
+            voters: nodes(s.voters),
+            learners: nodes(s.learners),
             term: s.term,
             commit_index: s.commit_index,
             role: s.role,
@@ -387,53 +464,62 @@ impl ControlPlane {
     /// Recomputes this node's audit chain and checks every checkpoint signature, naming the
     /// first entry or checkpoint that does not verify.
     pub(crate) fn verify_audit(&self) -> Result<AuditVerifyReport, ControlError> {
-        self.control.read_local(|v| {
-            let keys = v.node_keys()?;
-            let checkpoints = v.checkpoints()?;
-            let key_of = |signer: &str| {
-                keys.get(signer)
-                    .and_then(|k| noodle_audit::AuditPublicKey::from_bytes(*k).ok())
-            };
-            // Streams the log in pages so a long one is never held in memory whole.
-            let mut from = 1;
-            let pages = std::iter::from_fn(|| {
-                let page = v.audit_raw(from, 1024).ok()?;
-                from = page.last()?.0 + 1;
-                Some(page)
-            });
-            let result = noodle_audit::verify_encoded(pages.flatten(), &checkpoints, key_of);
-            Ok(match result {
-                Ok(s) => AuditVerifyReport {
-                    ok: true,
-                    entries: s.entries,
-                    checkpoints: s.checkpoints,
-                    head_seq: s.head_seq,
-                    head_hash: s.head_hash,
-                    last_checkpoint_seq: s.last_checkpoint_seq,
-                    error: None,
-                    bad_seq: None,
-                },
-                Err(e) => {
-                    let chain = v.audit_chain()?;
-                    let (head_seq, head_hash) = chain.head();
-                    let bad_seq = match &e {
-                        noodle_audit::VerifyError::Entry { seq, .. } => Some(*seq),
-                        _ => None,
-                    };
-                    AuditVerifyReport {
-                        ok: false,
-                        entries: head_seq,
-                        checkpoints: checkpoints.len() as u64,
-                        head_seq,
-                        head_hash: hex::encode(head_hash),
-                        last_checkpoint_seq: checkpoints.last().map(|c| c.upto_seq),
-                        error: Some(e.to_string()),
-                        bad_seq,
-                    }
-                }
-            })
-        })
+        self.control.read_local(verify_view)
     }
+}
+
+/// Verifies the audit log of a control-plane database file of a stopped node (or a copy).
+pub fn verify_audit_file(path: &std::path::Path) -> Result<AuditVerifyReport, String> {
+    let store = Store::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let view = store.view().map_err(|e| e.to_string())?;
+    verify_view(&view).map_err(|e| e.to_string())
+}
+
+/// Recomputes the audit chain of `v` and checks every checkpoint signature.
+fn verify_view(v: &noodle_control::StateView) -> Result<AuditVerifyReport, DbError> {
+    let keys = v.node_keys()?;
+    let checkpoints = v.checkpoints()?;
+    let key_of = |signer: &str| {
+        keys.get(signer)
+            .and_then(|k| noodle_audit::AuditPublicKey::from_bytes(*k).ok())
+    };
+    // Streams the log in pages so a long one is never held in memory whole.
+    let mut from = 1;
+    let pages = std::iter::from_fn(|| {
+        let page = v.audit_raw(from, 1024).ok()?;
+        from = page.last()?.0 + 1;
+        Some(page)
+    });
+    let result = noodle_audit::verify_encoded(pages.flatten(), &checkpoints, key_of);
+    Ok(match result {
+        Ok(s) => AuditVerifyReport {
+            ok: true,
+            entries: s.entries,
+            checkpoints: s.checkpoints,
+            head_seq: s.head_seq,
+            head_hash: s.head_hash,
+            last_checkpoint_seq: s.last_checkpoint_seq,
+            error: None,
+            bad_seq: None,
+        },
+        Err(e) => {
+            let (head_seq, head_hash) = v.audit_chain()?.head();
+            let bad_seq = match &e {
+                noodle_audit::VerifyError::Entry { seq, .. } => Some(*seq),
+                _ => None,
+            };
+            AuditVerifyReport {
+                ok: false,
+                entries: head_seq,
+                checkpoints: checkpoints.len() as u64,
+                head_seq,
+                head_hash: hex::encode(head_hash),
+                last_checkpoint_seq: checkpoints.last().map(|c| c.upto_seq),
+                error: Some(e.to_string()),
+                bad_seq,
+            }
+        }
+    })
 }
 
 /// `config:write:retries`-style name of what a request needs.

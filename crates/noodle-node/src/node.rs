@@ -301,6 +301,7 @@ pub async fn start(
     let node_cert = CertificateDer::from(dir.read_file("node.crt")?);
     let credential = dir.admin_credential()?;
 
+    let local_control = crate::control::open_local_state(&dir)?;
     let (membership_tx, membership_rx) = mpsc::channel(MEMBERSHIP_QUEUE_MAX);
     let mut probe = noodle_mesh::ResourceProbe::new(dir.path());
     let me = NodeInfo {
@@ -312,6 +313,7 @@ pub async fn start(
         resources: probe.sample(),
         labels: cfg.labels.clone(),
         links: Vec::new(),
+        control_incarnation: local_control.incarnation,
     };
     let mut shared = Shared {
         node_id: node_file.node_id.clone(),
@@ -352,14 +354,13 @@ pub async fn start(
     let _ = service.shared.set(shared.clone());
 
     // Control plane.
-    let me_member = noodle_control::Member {
-        node_id: shared.node_id.clone(),
-        addr: shared.advertise.to_string(),
-    };
+    let recovered = local_control.recovered.clone();
     let plane = Arc::new(
         ControlPlane::start(
             &shared.data_dir,
-            me_member,
+            local_control,
+            &shared.node_id,
+            shared.advertise.to_string(),
             name.clone(),
             link,
             founded,
@@ -367,6 +368,11 @@ pub async fn start(
         )
         .await?,
     );
+    if let Some(note) = recovered {
+        shared
+            .events
+            .emit(EventKind::ControlRecovered, &shared.node_id, note);
+    }
     let _ = shared.control.set(plane.clone());
     let for_events = shared.clone();
     tokio::spawn(crate::control::watch_events(
@@ -772,18 +778,25 @@ async fn upkeep_loop(shared: Arc<Shared>, plane: Arc<ControlPlane>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let peers: Vec<PeerHealth> = shared
-            .lock_view()
-            .members
-            .values()
-            .map(|(m, state)| PeerHealth {
-                member: noodle_control::Member {
-                    node_id: m.node_id.clone(),
-                    addr: m.addr.to_string(),
-                },
-                alive: *state == NodeState::Alive,
-            })
-            .collect();
+        // A peer is known to the control plane once its gossiped entry (which carries its
+        // control-plane incarnation) has arrived.
+        let peers: Vec<PeerHealth> = {
+            let view = shared.lock_view();
+            view.members
+                .values()
+                .filter_map(|(m, state)| {
+                    let info = view.table.get(&m.node_id)?;
+                    Some(PeerHealth {
+                        member: noodle_control::Member::new(
+                            &m.node_id,
+                            info.control_incarnation,
+                            m.addr.to_string(),
+                        ),
+                        alive: *state == NodeState::Alive,
+                    })
+                })
+                .collect()
+        };
         if let Err(e) = plane.upkeep(&peers).await {
             tracing::debug!(error = %e, "control-plane upkeep");
         }

@@ -175,9 +175,15 @@ fn print_entry(e: &AuditEntry, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub(crate) async fn audit(client: Client, a: AuditArgs) -> Result<i32> {
-    if let Some(AuditCommand::Verify { json }) = a.command {
-        let r = client.audit_verify().await?;
+pub(crate) async fn audit(
+    client: impl FnOnce() -> Result<Client, ClientError>,
+    a: AuditArgs,
+) -> Result<i32> {
+    if let Some(AuditCommand::Verify { db, json }) = a.command {
+        let r = match db {
+            Some(path) => noodle_node::verify_audit_file(&path).map_err(anyhow::Error::msg)?,
+            None => client()?.audit_verify().await?,
+        };
         if json {
             outln!("{}", serde_json::to_string_pretty(&r)?);
         } else if r.ok {
@@ -201,6 +207,7 @@ pub(crate) async fn audit(client: Client, a: AuditArgs) -> Result<i32> {
         return Ok(if r.ok { 0 } else { 1 });
     }
     let since = a.since.as_deref().map(parse_since).transpose()?;
+    let client = client()?;
     const PAGE: u32 = 500;
     let mut from = 1;
     loop {

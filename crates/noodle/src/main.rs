@@ -257,6 +257,10 @@ struct AuditArgs {
 enum AuditCommand {
     /// Recompute the hash chain and checkpoint signatures; name the first entry that fails.
     Verify {
+        /// Verify this control-plane database file (of a stopped node, or a copy) instead of
+        /// asking the running node.
+        #[arg(long, value_name = "FILE")]
+        db: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -307,7 +311,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Config(c) => control_cli::config(client()?, c).await,
         Command::Cap(c) => control_cli::cap(client, c).await,
         Command::Policy(c) => control_cli::policy(client()?, c).await,
-        Command::Audit(a) => control_cli::audit(client()?, a).await,
+        Command::Audit(a) => control_cli::audit(client, a).await,
         Command::Up(args) => up(data_dir, *args).await,
         Command::Token(TokenCommand::Create {
             ttl,
