@@ -354,7 +354,15 @@ impl Control {
             }
             Err(e) => return Err(WireError::Failed(e.to_string())),
         };
-        let index = read_log_id.map(|l| l.index).unwrap_or(0);
+        // openraft 0.9 restarts a crashed leader as leader of the same term without an
+        // election and reads at max(committed, first entry of its term); the committed index
+        // is not synced, so after a crash it can be behind what was acknowledged (noodle-sim
+        // found stale reads). Everything acknowledged is in the leader's log: read after it.
+        let last_log = self.inner.raft.metrics().borrow().last_log_index;
+        let index = read_log_id
+            .map(|l| l.index)
+            .unwrap_or(0)
+            .max(last_log.unwrap_or(0));
         if !self
             .applied_at_least(index, self.inner.cfg.request_timeout)
             .await

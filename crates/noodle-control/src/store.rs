@@ -274,16 +274,9 @@ impl RaftLogStorage<TypeConfig> for Store {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<RaftId>>) -> SResult<()> {
-        // Durable, because openraft 0.9 restarts a leader as leader of the same term without
-        // an election, and bases its linearizable reads on max(this, the first entry of its
-        // term): a committed index that went back in a crash made it serve stale reads
-        // (found by noodle-sim). openraft saves it before it applies and answers a write.
-        // The test-only unsafe mode skips this fsync too, or it would sync the appends.
-        let durability = match self.append {
-            AppendDurability::Fsync => Durability::Immediate,
-            AppendDurability::UnsafeAckBeforeFsync => Durability::None,
-        };
-        self.put_meta(RAFT_META, "committed", &committed, durability)
+        // Not synced: it may go back in a crash. Linearizable reads therefore never rely on it
+        // alone (see `Control::read_index_here`).
+        self.put_meta(RAFT_META, "committed", &committed, Durability::None)
             .map_err(|e| StorageIOError::write(&e).into())
     }
 
