@@ -219,6 +219,13 @@ impl ControlPlane {
         // database aside waits to be added by the leader like any new member.
         if found && local.recovered.is_none() {
             control.initialize().await?;
+            // The cluster's capability root key exists from the first moment, so tokens can
+            // be minted as soon as `noodle up` returns (upkeep would add it a second later).
+            control
+                .propose(Proposal::new(Command::SetRootKey {
+                    key: RootKey::generate().to_bytes(),
+                }))
+                .await?;
         }
         Ok(ControlPlane {
             control,

@@ -21,7 +21,7 @@
 use crate::support::noodle_bin;
 use noodle_api::{NodeState, StatusReport};
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -137,6 +137,73 @@ fn token_only_joiners_find_the_cluster_by_mdns_across_namespaces() {
 }
 
 /// Fails (never skips) when the test cannot build its network.
+/// With `--api 0.0.0.0:PORT` the API is reachable from other machines, but only with a
+/// capability token: the admin credential works from the node's own machine only.
+#[test]
+fn a_remote_api_caller_needs_a_token_not_the_admin_credential() {
+    require_root_and_ip();
+    let mut lab = Lab::new();
+    lab.build_network();
+    lab.spawn_node_with_api(0, None, "0.0.0.0:7071");
+    lab.wait_ready(0);
+    let local = |args: &[&str]| {
+        let out = lab.cli(0, args);
+        assert!(
+            out.status.success(),
+            "`noodle {}` on the node failed: {}\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            lab.diagnostics()
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // On the node's own machine the admin credential works (over loopback).
+    local(&["config", "set", "greeting", "hello"]);
+    let token = local(&["cap", "create", "--allow", "config:read", "--for", "remote"]);
+
+    // A client on another machine: it knows where the API is and even holds the credential.
+    let remote = lab.tmp.path().join("remote");
+    std::fs::create_dir_all(&remote).expect("remote client dir");
+    let api = serde_json::json!({"url": format!("http://{}:7071", node_ip(0)), "pid": 0, "node_id": "n1"});
+    std::fs::write(remote.join("api.json"), api.to_string()).expect("api.json");
+    std::fs::copy(
+        lab.nodes[0].dir.join("admin.credential"),
+        remote.join("admin.credential"),
+    )
+    .expect("copy the credential");
+    let other_ns = lab.node_ns(1);
+    let out = lab.cli_in(&other_ns, &remote, &["config", "get", "greeting"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the admin credential worked remotely"
+    );
+    assert!(
+        err.contains("accepted only from this machine") && err.contains("capability token"),
+        "{err}"
+    );
+
+    let with_token = |args: &[&str]| {
+        let mut all = vec!["--token", token.as_str()];
+        all.extend_from_slice(args);
+        lab.cli_in(&other_ns, &remote, &all)
+    };
+    let out = with_token(&["config", "get", "greeting"]);
+    assert!(
+        out.status.success(),
+        "a remote token holder could not read: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello");
+    let out = with_token(&["config", "set", "greeting", "bye"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("does not allow config:write"),
+        "{err}"
+    );
+    assert_eq!(local(&["config", "get", "greeting"]), "hello");
+}
+
 fn require_root_and_ip() {
     let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
     let euid = status
@@ -256,6 +323,10 @@ impl Lab {
     }
 
     fn spawn_node(&mut self, i: usize, join: Option<&str>) {
+        self.spawn_node_with_api(i, join, "127.0.0.1:7071");
+    }
+
+    fn spawn_node_with_api(&mut self, i: usize, join: Option<&str>, api: &str) {
         assert_eq!(self.nodes.len(), i, "nodes are started in order");
         let netns = self.node_ns(i);
         let dir = self.tmp.path().join(format!("n{}", i + 1));
@@ -264,14 +335,7 @@ impl Lab {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &netns, noodle_bin(), "--data-dir"])
             .arg(&dir)
-            .args([
-                "up",
-                "--listen",
-                "0.0.0.0:7070",
-                "--api",
-                "127.0.0.1:7071",
-                "--name",
-            ])
+            .args(["up", "--listen", "0.0.0.0:7070", "--api", api, "--name"])
             .arg(format!("n{}", i + 1));
         if let Some(token) = join {
             cmd.args(["--join", token]);
@@ -310,9 +374,14 @@ impl Lab {
     /// A client command run inside node `i`'s namespace, where its API listens on loopback.
     fn cli(&self, i: usize, args: &[&str]) -> Output {
         let node = &self.nodes[i];
+        self.cli_in(&node.netns, &node.dir, args)
+    }
+
+    /// A client command run inside namespace `netns` against the node `data_dir` points at.
+    fn cli_in(&self, netns: &str, data_dir: &Path, args: &[&str]) -> Output {
         Command::new("ip")
-            .args(["netns", "exec", &node.netns, noodle_bin(), "--data-dir"])
-            .arg(&node.dir)
+            .args(["netns", "exec", netns, noodle_bin(), "--data-dir"])
+            .arg(data_dir)
             .args(args)
             .env_remove("NOODLE_DATA_DIR")
             .stdin(Stdio::null())
