@@ -298,14 +298,22 @@ impl ControlPlane {
         Ok(())
     }
 
-    fn authoriser(&self) -> Result<Arc<Authoriser>, Denied> {
-        let root = self
-            .control
+    /// The cluster's capability root key as stored in the replicated state.
+    fn root_bytes(&self) -> Result<Vec<u8>, String> {
+        self.control
             .read_local(|v| v.root_key())
-            .map_err(|e| Denied::Evaluation(e.to_string()))?
-            .ok_or_else(|| {
-                Denied::Evaluation("the cluster has no capability root key yet".into())
-            })?;
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "the cluster has no capability root key yet".to_string())
+    }
+
+    /// The cluster's capability root key (for minting tokens).
+    pub(crate) fn root_key(&self) -> Result<RootKey, String> {
+        RootKey::from_bytes(&self.root_bytes()?).map_err(|e| e.to_string())
+    }
+
+    /// The authoriser for the current root key (built once per key: it caches verified tokens).
+    fn authoriser(&self) -> Result<Arc<Authoriser>, Denied> {
+        let root = self.root_bytes().map_err(Denied::Evaluation)?;
         let mut cached = self.authoriser.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = cached.as_ref()
             && c.root == root
@@ -321,14 +329,8 @@ impl ControlPlane {
         Ok(authoriser)
     }
 
-    /// The cluster's capability root key (for minting tokens).
-    pub(crate) fn root_key(&self) -> Result<RootKey, String> {
-        let root = self
-            .control
-            .read_local(|v| v.root_key())
-            .map_err(|e| e.to_string())?
-            .ok_or("the cluster has no capability root key yet; try again in a second")?;
-        RootKey::from_bytes(&root).map_err(|e| e.to_string())
+    fn admin_actor(&self) -> String {
+        format!("admin@{}", self.node_name)
     }
 
     /// Parsed cluster policies, re-parsed only when they change.
@@ -360,7 +362,7 @@ impl ControlPlane {
         let token = match caller {
             Caller::Admin => {
                 return Ok(Actor {
-                    name: format!("admin@{}", self.node_name),
+                    name: self.admin_actor(),
                     right,
                 });
             }
@@ -378,12 +380,10 @@ impl ControlPlane {
                 Ok(authoriser.authorise(token, request, &ctx))
             })
             .map_err(|e| Denied::Evaluation(e.to_string()))??;
-        let short = grant.id.get(..8).unwrap_or(&grant.id);
-        let name = match &grant.holder {
-            Some(h) => format!("token:{short} ({h})"),
-            None => format!("token:{short}"),
-        };
-        Ok(Actor { name, right })
+        Ok(Actor {
+            name: token_actor(&grant.id, grant.holder.as_deref()),
+            right,
+        })
     }
 
     /// Records a denial in the audit log (at most [`DENIALS_PER_SEC_MAX`] a second; the rest
@@ -412,12 +412,9 @@ impl ControlPlane {
             std::mem::take(&mut b.suppressed)
         };
         let actor = match caller {
-            Caller::Admin => format!("admin@{}", self.node_name),
+            Caller::Admin => self.admin_actor(),
             Caller::Token(t) => match noodle_caps::inspect(t) {
-                Ok(i) => match i.holder {
-                    Some(h) => format!("token:{} ({h})", i.id.get(..8).unwrap_or(&i.id)),
-                    None => format!("token:{}", i.id.get(..8).unwrap_or(&i.id)),
-                },
+                Ok(i) => token_actor(&i.id, i.holder.as_deref()),
                 Err(_) => "unreadable token".into(),
             },
         };
@@ -465,9 +462,7 @@ impl ControlPlane {
             .propose(Proposal::audited(command, record))
             .await
     }
-}
 
-impl ControlPlane {
     /// Recomputes this node's audit chain and checks every checkpoint signature, naming the
     /// first entry or checkpoint that does not verify.
     pub(crate) fn verify_audit(&self) -> Result<AuditVerifyReport, ControlError> {
@@ -527,6 +522,15 @@ fn verify_view(v: &noodle_control::StateView) -> Result<AuditVerifyReport, DbErr
             }
         }
     })
+}
+
+/// `token:1d323c47 (alice)`: how the audit log names a token's holder.
+fn token_actor(id: &str, holder: Option<&str>) -> String {
+    let short = id.get(..8).unwrap_or(id);
+    match holder {
+        Some(h) => format!("token:{short} ({h})"),
+        None => format!("token:{short}"),
+    }
 }
 
 /// `config:write:retries`-style name of what a request needs.
