@@ -39,6 +39,8 @@ struct DashboardPage<'a> {
     /// Name of the node that served the page, or its id when it is not in the node list.
     self_name: &'a str,
     totals: TotalsView,
+    /// The control plane in one line.
+    control: String,
     nodes: Vec<NodeView<'a>>,
     links: Vec<LinkView<'a>>,
     events: Vec<EventView<'a>>,
@@ -185,11 +187,25 @@ impl<'a> DashboardPage<'a> {
             })
             .collect();
 
+        let control = match &report.control {
+            None => "starting".to_string(),
+            Some(c) => {
+                let voters: Vec<&str> = c.voters.iter().map(|v| name_of(v)).collect();
+                format!(
+                    "leader {} · voters {} · commit index {} · term {}",
+                    c.leader.as_deref().map_or("none (electing)", name_of),
+                    voters.join(", "),
+                    c.commit_index,
+                    c.term
+                )
+            }
+        };
         DashboardPage {
             cluster_id: &report.cluster_id,
             self_id: &report.self_id,
             self_name: name_of(&report.self_id),
             totals,
+            control,
             nodes,
             links,
             events,
@@ -291,7 +307,14 @@ mod tests {
                 rtt_us: 850,
                 kx_group: "X25519MLKEM768".to_owned(),
             }],
-            control: None,
+            control: Some(noodle_api::ControlInfo {
+                leader: Some("node-aaa".to_owned()),
+                voters: vec!["node-aaa".to_owned(), "node-bbb".to_owned()],
+                learners: Vec::new(),
+                term: 2,
+                commit_index: 42,
+                role: "leader".to_owned(),
+            }),
         }
     }
 
@@ -303,6 +326,15 @@ mod tests {
             node: "node-ccc".to_owned(),
             detail: detail.to_owned(),
         }
+    }
+
+    fn name_in_fixture(id: &str) -> String {
+        report()
+            .nodes
+            .into_iter()
+            .find(|n| n.id == id)
+            .map(|n| n.name)
+            .unwrap_or_default()
     }
 
     #[test]
@@ -327,6 +359,14 @@ mod tests {
         assert!(html.contains("X25519MLKEM768"));
         assert!(html.contains("NVIDIA H100 (80.0 GiB)"));
         assert_eq!(html.matches("class=\"self-marker\"").count(), 1);
+        let a = name_in_fixture("node-aaa");
+        let b = name_in_fixture("node-bbb");
+        assert!(
+            html.contains(&format!(
+                "leader {a} · voters {a}, {b} · commit index 42 · term 2"
+            )),
+            "control-plane line missing"
+        );
 
         // Node-provided text is escaped, never markup.
         assert!(!html.contains("<script>alert(1)"));

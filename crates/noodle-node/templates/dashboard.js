@@ -112,6 +112,17 @@
     byId('t-gpus').textContent = String(t.gpus);
   }
 
+  // Mirrors `control_summary` in dashboard.rs.
+  function renderControl(c) {
+    let text = 'starting';
+    if (c) {
+      const voters = (c.voters || []).map(nameOf).join(', ');
+      text = 'leader ' + (c.leader ? nameOf(c.leader) : 'none (electing)') +
+        ' · voters ' + voters + ' · commit index ' + c.commit_index + ' · term ' + c.term;
+    }
+    byId('c-summary').textContent = text;
+  }
+
   function nodeRow(n, selfId) {
     const isSelf = n.is_self || n.id === selfId;
     const state = stateName(n.state);
@@ -265,6 +276,7 @@
     selfName.title = report.self;
     document.body.dataset.selfId = report.self;
     renderTotals(report.totals || {});
+    renderControl(report.control);
     renderNodes(report);
     renderLinks(report.links);
 

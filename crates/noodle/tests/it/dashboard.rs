@@ -105,7 +105,8 @@ fn dashboard_in_chromium_lists_every_node_and_goes_live() {
     browser.close();
 }
 
-/// What the dashboard DOM still lacks: a `data-node-id` row per node and `data-live="1"` on body.
+/// What the dashboard DOM still lacks: a `data-node-id` row per node, `data-live="1"` on body
+/// and the control-plane line.
 fn what_is_missing(html: &str, ids: &[String]) -> Vec<String> {
     let mut missing: Vec<String> = ids
         .iter()
@@ -118,6 +119,16 @@ fn what_is_missing(html: &str, ids: &[String]) -> Vec<String> {
         .and_then(|start| html[start..].find('>').map(|end| &html[start..start + end]));
     if !body_tag.is_some_and(|tag| tag.contains("data-live=\"1\"")) {
         missing.push(format!("data-live=\"1\" on body (body tag: {body_tag:?})"));
+    }
+    // The control-plane line, kept live by the script: three voters and a leader.
+    let control = html
+        .find("id=\"c-summary\">")
+        .map(|start| &html[start..])
+        .and_then(|rest| rest.find("</span>").map(|end| &rest[..end]));
+    if !control.is_some_and(|c| c.contains("leader ") && c.matches(", ").count() == 2) {
+        missing.push(format!(
+            "a control-plane line with a leader and 3 voters ({control:?})"
+        ));
     }
     missing
 }
