@@ -187,6 +187,16 @@ async fn three_members_elect_replicate_and_read_linearizably_from_followers() {
     }
     let all = a.read(|v| v.config_list()).await.expect("list");
     assert_eq!(all.len(), 61);
+    for node in [&a, &b, &c] {
+        let m = node.watch().borrow().clone();
+        let purged = m.purged.map_or(0, |l| l.index);
+        let last = m.last_log_index.unwrap_or(0);
+        assert!(m.snapshot.is_some(), "no snapshot was built");
+        assert!(
+            last - purged <= 2 * 20 + 5,
+            "the log is not bounded: entries {purged}..{last}"
+        );
+    }
     let bad = a.propose(set("/bad", "x")).await;
     assert!(
         bad.is_err(),
