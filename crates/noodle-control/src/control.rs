@@ -480,9 +480,11 @@ impl Control {
         self.inner.raft.metrics()
     }
 
-    /// Leader only, called about once a second with the membership layer's view: adds new
-    /// nodes as learners, promotes caught-up learners until there are 3 voters (5 from 5
-    /// nodes on), and replaces a voter dead longer than `replace_dead_after`.
+    /// Leader only, called about once a second with the membership layer's view, in this
+    /// order: adopt a member's new address (and stop there); add new nodes as learners;
+    /// promote caught-up learners until there are 3 voters (5 from 5 nodes on), replacing a
+    /// voter dead longer than `replace_dead_after` or left behind by a newer incarnation of its
+    /// node; finally drop left-behind identities that are no longer voters.
     pub async fn maintain_membership(&self, peers: &[PeerHealth]) -> Result<(), ControlError> {
         let raft = &self.inner.raft;
         let m = raft.metrics().borrow().clone();
