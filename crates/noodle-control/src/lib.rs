@@ -12,6 +12,7 @@
 //! caller reports membership health to [`Control::maintain_membership`].
 
 mod control;
+pub mod jobs;
 mod network;
 pub mod runtime;
 pub mod state;

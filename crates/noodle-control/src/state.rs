@@ -9,11 +9,13 @@
 //! | `n/` | node id | ed25519 audit key (32 bytes) |
 //! | `a/` | sequence (8 bytes, big-endian) | encoded audit entry |
 //! | `k/` | sequence (8 bytes, big-endian) | encoded audit checkpoint |
-//! | `m/` | `root_key`, `chain` | capability root key, audit chain head |
+//! | `j/` | job id (8 bytes, big-endian) | job record |
+//! | `m/` | `root_key`, `chain`, `next_job` | capability root key, audit chain head, next job id |
 //!
 //! [`apply`] is a pure function of the table and the proposal: every node computes the same
 //! state and the same audit chain from the same log.
 
+use crate::jobs::{self, JobCommand, JobRecord, JobState};
 use crate::store::{DbError, STATE, db_err};
 use crate::types::{Command, Proposal, Response, limits};
 use noodle_audit::{Chain, Checkpoint, Entry as AuditEntry};
@@ -27,6 +29,8 @@ const POLICY: &[u8] = b"p/";
 const NODE: &[u8] = b"n/";
 const AUDIT: &[u8] = b"a/";
 const CHECKPOINT: &[u8] = b"k/";
+const JOB: &[u8] = b"j/";
+const NEXT_JOB: &[u8] = b"m/next_job";
 const ROOT_KEY: &[u8] = b"m/root_key";
 const CHAIN: &[u8] = b"m/chain";
 
@@ -95,7 +99,7 @@ pub(crate) fn apply(t: &mut StateTable<'_>, p: Proposal) -> Result<Response, DbE
                     reason: "the value had changed".into(),
                 }
             }
-            Response::Done | Response::Batch(_) => {}
+            Response::Done | Response::Batch(_) | Response::Created { .. } => {}
         }
         let mut c = chain(t)?;
         let entry = c.append(record);
@@ -175,6 +179,7 @@ fn apply_command(t: &mut StateTable<'_>, command: Command) -> Result<Response, D
         }
         // Handled by `apply`.
         Command::Batch(_) => {}
+        Command::Job(job) => return apply_job(t, job),
         Command::Checkpoint(cp) => {
             let head = chain(t)?;
             if cp.upto_seq == 0 || cp.upto_seq > head.head().0 {
@@ -186,6 +191,45 @@ fn apply_command(t: &mut StateTable<'_>, command: Command) -> Result<Response, D
             put(t, seq_key(CHECKPOINT, cp.upto_seq), &cp.encode())?;
         }
     }
+    Ok(Response::Done)
+}
+
+fn apply_job(t: &mut StateTable<'_>, command: JobCommand) -> Result<Response, DbError> {
+    let encode = |job: &JobRecord| postcard::to_allocvec(job).map_err(db_err);
+    let Some(id) = command.job_id() else {
+        let JobCommand::Submit { spec, at_ms } = command else {
+            return Ok(Response::Rejected("not a submission".into()));
+        };
+        let id = get(t, NEXT_JOB)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map_or(1, u64::from_be_bytes);
+        let job = JobRecord {
+            id,
+            retries_left: spec.retries,
+            spec,
+            state: JobState::Queued,
+            epoch: 0,
+            node: None,
+            exit_code: None,
+            submitted_at_ms: at_ms,
+            started_at_ms: None,
+            ended_at_ms: None,
+        };
+        t.insert(seq_key(JOB, id).as_slice(), encode(&job)?.as_slice())
+            .map_err(db_err)?;
+        t.insert(NEXT_JOB, (id + 1).to_be_bytes().as_slice())
+            .map_err(db_err)?;
+        return Ok(Response::Created { id });
+    };
+    let Some(bytes) = get(t, &seq_key(JOB, id))? else {
+        return Ok(Response::Rejected(format!("there is no job {id}")));
+    };
+    let mut job: JobRecord = postcard::from_bytes(&bytes).map_err(db_err)?;
+    if let Err(why) = jobs::transition(&mut job, &command) {
+        return Ok(Response::Rejected(why));
+    }
+    t.insert(seq_key(JOB, id).as_slice(), encode(&job)?.as_slice())
+        .map_err(db_err)?;
     Ok(Response::Done)
 }
 
@@ -318,6 +362,20 @@ impl StateView {
             .map(|(seq, v)| {
                 AuditEntry::decode(&v).map_err(|e| DbError(format!("audit entry {seq}: {e}")))
             })
+            .collect()
+    }
+
+    pub fn job(&self, id: u64) -> Result<Option<JobRecord>, DbError> {
+        self.get(&seq_key(JOB, id))?
+            .map(|b| postcard::from_bytes(&b).map_err(db_err))
+            .transpose()
+    }
+
+    /// Up to `limit` jobs with ids from `from` on, oldest first.
+    pub fn jobs(&self, from: u64, limit: usize) -> Result<Vec<JobRecord>, DbError> {
+        self.scan(JOB, &from.to_be_bytes(), limit)?
+            .into_iter()
+            .map(|(_, v)| postcard::from_bytes(&v).map_err(db_err))
             .collect()
     }
 

@@ -126,6 +126,8 @@ pub enum Command {
     Checkpoint(noodle_audit::Checkpoint),
     /// Several proposals committed as one log entry (group commit); applied in order.
     Batch(Vec<Proposal>),
+    /// A job transition (the durable queue of `noodle run`).
+    Job(crate::jobs::JobCommand),
 }
 
 /// The state machine's answer to one proposal.
@@ -140,6 +142,10 @@ pub enum Response {
     Rejected(String),
     /// One answer per proposal of a [`Command::Batch`].
     Batch(Vec<Response>),
+    /// A new record was created (a job's id).
+    Created {
+        id: u64,
+    },
 }
 
 /// Bounds on what a proposal may carry, checked before it is proposed and again when applied.

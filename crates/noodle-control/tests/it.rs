@@ -327,3 +327,94 @@ async fn a_member_back_on_another_address_catches_up() {
         c.status()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_durable_and_a_stale_executor_is_fenced_off() {
+    use noodle_control::jobs::{JobCommand, JobSpec, JobState};
+    let cl = Cluster::new();
+    let a = cl.start(0).await;
+    a.initialize().await.expect("initialize");
+    let job = |c: JobCommand| Proposal::new(Command::Job(c));
+    let spec = JobSpec {
+        command: vec!["hostname".into()],
+        cpus: 1,
+        mem_bytes: 0,
+        gpus: 0,
+        labels: Default::default(),
+        submitter: "admin@a".into(),
+        retries: 1,
+    };
+    let Response::Created { id } = a
+        .propose(job(JobCommand::Submit { spec, at_ms: 1 }))
+        .await
+        .expect("submit")
+    else {
+        panic!("a submission creates a job");
+    };
+    for (command, expect_done) in [
+        (
+            JobCommand::Place {
+                id,
+                node: "n1".into(),
+            },
+            true,
+        ),
+        (
+            JobCommand::Started {
+                id,
+                epoch: 1,
+                at_ms: 2,
+            },
+            true,
+        ),
+        (
+            JobCommand::Lost {
+                id,
+                epoch: 1,
+                at_ms: 3,
+            },
+            true,
+        ),
+        (
+            JobCommand::Place {
+                id,
+                node: "n2".into(),
+            },
+            true,
+        ),
+        // The first executor's late report: refused, nothing changes.
+        (
+            JobCommand::Ended {
+                id,
+                epoch: 1,
+                exit_code: 0,
+                at_ms: 4,
+            },
+            false,
+        ),
+        (
+            JobCommand::Ended {
+                id,
+                epoch: 2,
+                exit_code: 3,
+                at_ms: 5,
+            },
+            true,
+        ),
+    ] {
+        let answer = a.propose(job(command.clone())).await.expect("propose");
+        assert_eq!(
+            answer == Response::Done,
+            expect_done,
+            "{command:?}: {answer:?}"
+        );
+    }
+    // Durable: a restart reads the same record from disk.
+    cl.kill(0).await;
+    drop(a);
+    let a = cl.start(0).await;
+    let record = a.read(|v| v.job(id)).await.expect("read").expect("the job");
+    assert_eq!(record.state, JobState::Failed { exit_code: 3 });
+    assert_eq!((record.epoch, record.node.as_deref()), (2, Some("n2")));
+    assert_eq!(record.retries_left, 0);
+}

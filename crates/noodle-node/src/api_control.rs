@@ -66,9 +66,9 @@ async fn write<T: serde::Serialize>(
             StatusCode::CONFLICT,
             "the value changed meanwhile",
         )),
-        Applied::Batch(_) => Err(Refusal::new(
+        Applied::Batch(_) | Applied::Created { .. } => Err(Refusal::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "the control plane answered a single write with a batch",
+            "the control plane gave an answer this request cannot have",
         )),
     }
 }

@@ -336,7 +336,9 @@ fn proposal_answer(result: Result<Response, ControlError>) -> Answer {
         // Applied as a no-op: nothing changed.
         Ok(Response::Rejected(why)) => Answer::NotApplied(why),
         // Only a batch is answered with a batch: not knowing what happened is all we can say.
-        Ok(other @ Response::Batch(_)) => Answer::Unknown(format!("unexpected answer {other:?}")),
+        Ok(other @ (Response::Batch(_) | Response::Created { .. })) => {
+            Answer::Unknown(format!("unexpected answer {other:?}"))
+        }
         // Every attempt was refused before it reached a leader's log, or the command was
         // invalid before it was proposed.
         Err(e @ (ControlError::NoLeader(_) | ControlError::Rejected(_))) => {

@@ -1,0 +1,336 @@
+//! Job records in the replicated state: the durable queue behind `noodle run`.
+//!
+//! Every transition is a [`JobCommand`] applied by the state machine, so no job is lost when
+//! any node dies. A placement gets a fresh fencing epoch; an executor reports with the epoch
+//! it was given, and a report with any other epoch is refused: a stale executor (partitioned
+//! away, its job since declared lost and run elsewhere) can never overwrite the outcome.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// What a job asks for (the scheduler's input).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Program and arguments.
+    pub command: Vec<String>,
+    pub cpus: u32,
+    pub mem_bytes: u64,
+    pub gpus: u32,
+    /// Node labels the job needs (`k=v`, all must match).
+    pub labels: BTreeMap<String, String>,
+    /// Who submitted it (the audit actor).
+    pub submitter: String,
+    /// How many times a lost job is run again.
+    pub retries: u32,
+}
+
+/// Where a job is in its life. Append variants at the end only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobState {
+    Queued,
+    Placed { node: String, epoch: u64 },
+    Running { node: String, epoch: u64 },
+    Succeeded { exit_code: i32 },
+    Failed { exit_code: i32 },
+    Cancelled,
+    Lost,
+}
+
+impl JobState {
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded { .. }
+                | JobState::Failed { .. }
+                | JobState::Cancelled
+                | JobState::Lost
+        )
+    }
+
+    /// The placement this state holds, if any: (node, epoch).
+    fn placement(&self) -> Option<(&str, u64)> {
+        match self {
+            JobState::Placed { node, epoch } | JobState::Running { node, epoch } => {
+                Some((node, *epoch))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// One job as the control plane keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: u64,
+    pub spec: JobSpec,
+    pub state: JobState,
+    /// The last fencing epoch handed out (0: never placed).
+    pub epoch: u64,
+    /// Runs left after a loss.
+    pub retries_left: u32,
+    /// The node of the latest placement.
+    pub node: Option<String>,
+    pub exit_code: Option<i32>,
+    pub submitted_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub ended_at_ms: Option<u64>,
+}
+
+/// A job transition. Times are chosen by the proposer. Append variants at the end only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum JobCommand {
+    /// Queues a job; the answer is [`crate::Response::Created`] with its id.
+    Submit {
+        spec: JobSpec,
+        at_ms: u64,
+    },
+    /// The scheduler put a queued job on `node`; a new fencing epoch starts.
+    Place {
+        id: u64,
+        node: String,
+    },
+    /// The executor holding `epoch` started the process.
+    Started {
+        id: u64,
+        epoch: u64,
+        at_ms: u64,
+    },
+    /// The executor holding `epoch` saw the process end.
+    Ended {
+        id: u64,
+        epoch: u64,
+        exit_code: i32,
+        at_ms: u64,
+    },
+    /// The node holding `epoch` is gone: run the job again if it has retries, else it is lost.
+    Lost {
+        id: u64,
+        epoch: u64,
+        at_ms: u64,
+    },
+    Cancel {
+        id: u64,
+        at_ms: u64,
+    },
+}
+
+/// Why a transition was refused (answered as [`crate::Response::Rejected`]).
+pub(crate) fn transition(job: &mut JobRecord, command: &JobCommand) -> Result<(), String> {
+    let id = job.id;
+    let fenced = |job: &JobRecord, epoch: u64| -> Result<(), String> {
+        match job.state.placement() {
+            Some((_, current)) if current == epoch => Ok(()),
+            _ => Err(format!(
+                "job {id}: report from a stale executor (epoch {epoch}, the job is {:?} at epoch {})",
+                job.state, job.epoch
+            )),
+        }
+    };
+    match command {
+        JobCommand::Submit { .. } => return Err(format!("job {id} exists already")),
+        JobCommand::Place { node, .. } => {
+            if job.state != JobState::Queued {
+                return Err(format!("job {id} is not queued: {:?}", job.state));
+            }
+            job.epoch += 1;
+            job.node = Some(node.clone());
+            job.state = JobState::Placed {
+                node: node.clone(),
+                epoch: job.epoch,
+            };
+        }
+        JobCommand::Started { epoch, at_ms, .. } => {
+            fenced(job, *epoch)?;
+            let Some((node, _)) = job.state.placement() else {
+                return Err(format!("job {id} is not placed"));
+            };
+            job.state = JobState::Running {
+                node: node.to_string(),
+                epoch: *epoch,
+            };
+            job.started_at_ms = Some(*at_ms);
+        }
+        JobCommand::Ended {
+            epoch,
+            exit_code,
+            at_ms,
+            ..
+        } => {
+            fenced(job, *epoch)?;
+            job.exit_code = Some(*exit_code);
+            job.ended_at_ms = Some(*at_ms);
+            job.state = if *exit_code == 0 {
+                JobState::Succeeded { exit_code: 0 }
+            } else {
+                JobState::Failed {
+                    exit_code: *exit_code,
+                }
+            };
+        }
+        JobCommand::Lost { epoch, at_ms, .. } => {
+            fenced(job, *epoch)?;
+            if job.retries_left > 0 {
+                job.retries_left -= 1;
+                job.state = JobState::Queued;
+            } else {
+                job.state = JobState::Lost;
+                job.ended_at_ms = Some(*at_ms);
+            }
+        }
+        JobCommand::Cancel { at_ms, .. } => {
+            if job.state.is_terminal() {
+                return Err(format!("job {id} has already ended: {:?}", job.state));
+            }
+            job.state = JobState::Cancelled;
+            job.ended_at_ms = Some(*at_ms);
+        }
+    }
+    Ok(())
+}
+
+impl JobCommand {
+    /// The job a transition is about (`None` for a submission).
+    pub(crate) fn job_id(&self) -> Option<u64> {
+        match self {
+            JobCommand::Submit { .. } => None,
+            JobCommand::Place { id, .. }
+            | JobCommand::Started { id, .. }
+            | JobCommand::Ended { id, .. }
+            | JobCommand::Lost { id, .. }
+            | JobCommand::Cancel { id, .. } => Some(*id),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn record() -> JobRecord {
+        JobRecord {
+            id: 7,
+            spec: JobSpec {
+                command: vec!["true".into()],
+                cpus: 1,
+                mem_bytes: 0,
+                gpus: 0,
+                labels: BTreeMap::new(),
+                submitter: "admin@a".into(),
+                retries: 1,
+            },
+            state: JobState::Queued,
+            epoch: 0,
+            retries_left: 1,
+            node: None,
+            exit_code: None,
+            submitted_at_ms: 1,
+            started_at_ms: None,
+            ended_at_ms: None,
+        }
+    }
+
+    fn place(node: &str) -> JobCommand {
+        JobCommand::Place {
+            id: 7,
+            node: node.into(),
+        }
+    }
+
+    #[test]
+    fn a_lost_job_runs_again_and_the_stale_executor_is_fenced_off() {
+        let mut j = record();
+        transition(&mut j, &place("a")).unwrap();
+        transition(
+            &mut j,
+            &JobCommand::Started {
+                id: 7,
+                epoch: 1,
+                at_ms: 2,
+            },
+        )
+        .unwrap();
+        transition(
+            &mut j,
+            &JobCommand::Lost {
+                id: 7,
+                epoch: 1,
+                at_ms: 3,
+            },
+        )
+        .unwrap();
+        assert_eq!(j.state, JobState::Queued);
+        transition(&mut j, &place("b")).unwrap();
+        assert_eq!(j.epoch, 2);
+        // The first executor comes back late: its result is refused, nothing changes.
+        let before = j.clone();
+        let late = JobCommand::Ended {
+            id: 7,
+            epoch: 1,
+            exit_code: 0,
+            at_ms: 9,
+        };
+        assert!(
+            transition(&mut j, &late)
+                .unwrap_err()
+                .contains("stale executor")
+        );
+        assert_eq!(j, before);
+        transition(
+            &mut j,
+            &JobCommand::Ended {
+                id: 7,
+                epoch: 2,
+                exit_code: 3,
+                at_ms: 10,
+            },
+        )
+        .unwrap();
+        assert_eq!(j.state, JobState::Failed { exit_code: 3 });
+        assert_eq!(j.node.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn without_retries_a_lost_job_ends_lost() {
+        let mut j = record();
+        j.retries_left = 0;
+        transition(&mut j, &place("a")).unwrap();
+        transition(
+            &mut j,
+            &JobCommand::Lost {
+                id: 7,
+                epoch: 1,
+                at_ms: 3,
+            },
+        )
+        .unwrap();
+        assert_eq!(j.state, JobState::Lost);
+        assert!(transition(&mut j, &place("b")).is_err());
+        assert!(transition(&mut j, &JobCommand::Cancel { id: 7, at_ms: 4 }).is_err());
+    }
+
+    #[test]
+    fn only_a_queued_job_is_placed_and_reports_need_a_placement() {
+        let mut j = record();
+        let stale = JobCommand::Started {
+            id: 7,
+            epoch: 0,
+            at_ms: 1,
+        };
+        assert!(transition(&mut j, &stale).is_err());
+        transition(&mut j, &place("a")).unwrap();
+        assert!(transition(&mut j, &place("b")).is_err(), "placed twice");
+        transition(&mut j, &JobCommand::Cancel { id: 7, at_ms: 2 }).unwrap();
+        assert_eq!(j.state, JobState::Cancelled);
+        let after = JobCommand::Ended {
+            id: 7,
+            epoch: 1,
+            exit_code: 0,
+            at_ms: 3,
+        };
+        assert!(
+            transition(&mut j, &after).is_err(),
+            "a cancelled job stays cancelled"
+        );
+    }
+}
