@@ -12,36 +12,29 @@ pub(crate) fn unix_secs(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// `date`, `between`, `time`, `zone`: e.g. `2026-11-23T13:00:00Z` or `2026-11-23 13:00:00 UTC`;
+/// `None` when out of the calendar's range.
+fn format(unix: i64, between: char, zone: &str) -> Option<String> {
+    let t = time::OffsetDateTime::from_unix_timestamp(unix).ok()?;
+    Some(format!(
+        "{:04}-{:02}-{:02}{between}{:02}:{:02}:{:02}{zone}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    ))
+}
+
 /// `2026-11-23T13:00:00Z`, or `@<secs>` when out of the calendar's range.
 pub(crate) fn rfc3339(unix: i64) -> String {
-    match time::OffsetDateTime::from_unix_timestamp(unix) {
-        Ok(t) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        ),
-        Err(_) => format!("@{unix}"),
-    }
+    format(unix, 'T', "Z").unwrap_or_else(|| format!("@{unix}"))
 }
 
 /// `2026-11-23 13:00:00 UTC`, for people.
 pub(crate) fn human_date(unix: i64) -> String {
-    match time::OffsetDateTime::from_unix_timestamp(unix) {
-        Ok(t) => format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        ),
-        Err(_) => format!("@{unix} (unix seconds)"),
-    }
+    format(unix, ' ', " UTC").unwrap_or_else(|| format!("@{unix} (unix seconds)"))
 }
 
 /// `59m`, `2h 5m`, `3d 4h`, `30s`: two units at most.

@@ -379,6 +379,22 @@ impl StateView {
             .collect()
     }
 
+    /// The newest audit checkpoint, without reading the others.
+    pub fn last_checkpoint(&self) -> Result<Option<Checkpoint>, DbError> {
+        let t = self.txn.open_table(STATE).map_err(db_err)?;
+        let end = prefix_end(CHECKPOINT);
+        let last = t
+            .range(CHECKPOINT..end.as_slice())
+            .map_err(db_err)?
+            .next_back()
+            .transpose()
+            .map_err(db_err)?;
+        last.map(|(_, v)| {
+            Checkpoint::decode(v.value()).map_err(|e| DbError(format!("audit checkpoint: {e}")))
+        })
+        .transpose()
+    }
+
     pub fn checkpoints(&self) -> Result<Vec<Checkpoint>, DbError> {
         self.scan(CHECKPOINT, b"", usize::MAX)?
             .into_iter()

@@ -10,7 +10,7 @@ use noodle_control::{
     Command, Control, ControlConfig, ControlError, DbError, Member, PeerHealth, Proposal, Response,
     Store, Transport, TransportError, TransportFuture, base_node_id,
 };
-use noodle_link::{Link, LinkError};
+use noodle_link::{Link, LinkError, RemoteError};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -58,6 +58,24 @@ impl Transport for LinkTransport {
             }
         })
     }
+}
+
+/// Answers a control-plane request from a member (`raft.*`, `control.*`) for `control`, which
+/// is `None` while it starts.
+pub async fn serve_control(
+    control: Option<&Control>,
+    method: &str,
+    body: &[u8],
+) -> Result<Vec<u8>, RemoteError> {
+    let Some(control) = control else {
+        return Err(RemoteError::new(
+            RemoteError::UNAVAILABLE,
+            "control plane is starting",
+        ));
+    };
+    control.serve(method, body).await.ok_or_else(|| {
+        RemoteError::new(RemoteError::NOT_FOUND, format!("unknown method `{method}`"))
+    })
 }
 
 /// Who is calling the API.
@@ -262,7 +280,7 @@ impl ControlPlane {
     pub(crate) async fn upkeep(&self, peers: &[PeerHealth]) -> Result<(), ControlError> {
         self.control.maintain_membership(peers).await?;
         let (root, my_key, chain, last_checkpoint) = self.control.read_local(|v| {
-            let last = v.checkpoints()?.last().map(|c| c.upto_seq).unwrap_or(0);
+            let last = v.last_checkpoint()?.map_or(0, |c| c.upto_seq);
             Ok((
                 v.root_key()?,
                 v.node_keys()?.get(&self.node_id).copied(),

@@ -216,33 +216,12 @@ impl<'a> DashboardPage<'a> {
 }
 
 /// Unix milliseconds as `2023-11-14 22:13:20 UTC`. UTC so that the server render does not depend on
-/// the machine's time zone; the script formats new events the same way.
+/// the machine's time zone; the script formats new events the same way. The calendar arithmetic
+/// is the audit log's ([`noodle_audit::format_utc_ms`], `2023-11-14T22:13:20.999Z`).
 pub(crate) fn format_utc_ms(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day); Howard Hinnant's
-/// `civil_from_days`, restricted to dates on or after the epoch.
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
+    let rfc3339 = noodle_audit::format_utc_ms(unix_ms);
+    let seconds = rfc3339.split_once('.').map_or(rfc3339.as_str(), |(s, _)| s);
+    format!("{} UTC", seconds.replacen('T', " ", 1))
 }
 
 #[cfg(test)]

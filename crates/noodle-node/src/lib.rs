@@ -14,7 +14,7 @@ mod events;
 mod join;
 mod node;
 
-pub use control::{ControlPlaneError, LinkTransport, verify_audit_file};
+pub use control::{ControlPlaneError, LinkTransport, serve_control, verify_audit_file};
 pub use datadir::{DataDir, DataDirError};
 pub use join::JoinError;
 pub use node::{NodeConfig, NodeError, RunningNode, start};

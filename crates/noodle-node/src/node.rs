@@ -682,19 +682,8 @@ impl Service for NodeService {
                 ));
             };
             if Control::is_control_method(&method) {
-                let Some(plane) = shared.control.get() else {
-                    return Err(RemoteError::new(
-                        RemoteError::UNAVAILABLE,
-                        "control plane is starting",
-                    ));
-                };
-                return match plane.control.serve(&method, &body).await {
-                    Some(answer) => Ok(answer),
-                    None => Err(RemoteError::new(
-                        RemoteError::NOT_FOUND,
-                        format!("unknown method `{method}`"),
-                    )),
-                };
+                let control = shared.control.get().map(|p| &p.control);
+                return crate::control::serve_control(control, &method, &body).await;
             }
             match method.as_str() {
                 "gossip.sync" => {

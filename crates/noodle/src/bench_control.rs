@@ -41,14 +41,7 @@ impl Service for RaftService {
     fn call(&self, _from: SocketAddr, method: &str, body: Bytes) -> ServiceFuture {
         let control = self.control.get().cloned();
         let method = method.to_string();
-        Box::pin(async move {
-            let Some(c) = control else {
-                return Err(RemoteError::new(RemoteError::UNAVAILABLE, "starting"));
-            };
-            c.serve(&method, &body)
-                .await
-                .ok_or_else(|| RemoteError::new(RemoteError::NOT_FOUND, "unknown method"))
-        })
+        Box::pin(async move { noodle_node::serve_control(control.as_ref(), &method, &body).await })
     }
     fn join(&self, _peer: JoinPeer, _body: Bytes) -> ServiceFuture {
         Box::pin(async { Err(RemoteError::new(RemoteError::FORBIDDEN, "bench")) })
