@@ -5,8 +5,9 @@
 
 use crate::{
     ADMIN_CREDENTIAL_FILE, API_FILE, ApiError, ApiInfo, AuditPage, AuditVerifyReport, CapRequest,
-    CapResponse, ConfigEntry, ConfigList, ConfigValue, Event, EventsResponse, PolicyEntry,
-    PolicyList, RevokeRequest, StatusReport, TokenRequest, TokenResponse,
+    CapResponse, ChunkIds, ConfigEntry, ConfigList, ConfigValue, Event, EventsResponse, JobInfo,
+    JobList, JobSubmit, PolicyEntry, PolicyList, RevokeRequest, StatusReport, TokenRequest,
+    TokenResponse, output_frame,
 };
 use futures_util::StreamExt;
 use std::path::{Path, PathBuf};
@@ -163,6 +164,91 @@ impl Client {
         self.get_json("/v1/audit/verify").await
     }
 
+    /// Queues a job (`noodle run`).
+    pub async fn submit_job(&self, job: &JobSubmit) -> Result<JobInfo, ClientError> {
+        self.send_json(reqwest::Method::POST, "/v1/jobs", Some(job))
+            .await
+    }
+
+    /// Queued and running jobs and the most recent ended ones; `all` lists every job.
+    pub async fn jobs(&self, all: bool) -> Result<JobList, ClientError> {
+        self.get_json(&format!("/v1/jobs?all={all}")).await
+    }
+
+    pub async fn job(&self, id: u64) -> Result<JobInfo, ClientError> {
+        self.get_json(&format!("/v1/jobs/{id}")).await
+    }
+
+    pub async fn cancel_job(&self, id: u64) -> Result<JobInfo, ClientError> {
+        self.send_json::<(), _>(reqwest::Method::POST, &format!("/v1/jobs/{id}/cancel"), None)
+            .await
+    }
+
+    /// Waits until job `id` has ended (the node answers after at most `timeout`, ended or not).
+    pub async fn wait_job(&self, id: u64, timeout: Duration) -> Result<JobInfo, ClientError> {
+        let resp = self
+            .http
+            .get(format!(
+                "{}/v1/jobs/{id}/wait?timeout_ms={}",
+                self.base,
+                timeout.as_millis()
+            ))
+            .bearer_auth(&self.credential)
+            .timeout(timeout + Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Self::decode(resp).await
+    }
+
+    /// The output of job `id` as it is kept on its node; with `follow`, the stream stays open
+    /// and carries new output live until the job ends.
+    pub async fn job_output(&self, id: u64, follow: bool) -> Result<OutputStream, ClientError> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/jobs/{id}/output?follow={follow}", self.base))
+            .bearer_auth(&self.credential)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if !resp.status().is_success() {
+            return Err(Self::error_of(resp).await);
+        }
+        Ok(OutputStream {
+            inner: Box::pin(resp.bytes_stream()),
+            buf: Vec::new(),
+        })
+    }
+
+    /// Which of these chunks the node does not have yet.
+    pub async fn chunks_missing(&self, ids: Vec<String>) -> Result<Vec<String>, ClientError> {
+        let r: ChunkIds = self
+            .send_json(
+                reqwest::Method::POST,
+                "/v1/chunks/missing",
+                Some(&ChunkIds { ids }),
+            )
+            .await?;
+        Ok(r.ids)
+    }
+
+    /// Stores one chunk (or manifest) on the node; the node checks that `id` is its blake3.
+    pub async fn put_chunk(&self, id: &str, bytes: Vec<u8>) -> Result<(), ClientError> {
+        let resp = self
+            .http
+            .put(format!("{}/v1/chunks/{id}", self.base))
+            .bearer_auth(&self.credential)
+            .timeout(Duration::from_secs(60))
+            .body(bytes)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if !resp.status().is_success() {
+            return Err(Self::error_of(resp).await);
+        }
+        Ok(())
+    }
+
     async fn send_json<B: serde::Serialize, T: serde::de::DeserializeOwned>(
         &self,
         method: reqwest::Method,
@@ -299,6 +385,33 @@ impl EventStream {
                 Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
                 Some(Err(e)) => return Err(ClientError::Protocol(e.to_string())),
                 None => return Ok(None),
+            }
+        }
+    }
+}
+
+/// Frames of `GET /v1/jobs/{id}/output` as they arrive (see [`output_frame`]).
+pub struct OutputStream {
+    inner: ByteStream,
+    buf: Vec<u8>,
+}
+
+impl OutputStream {
+    /// The next frame: `(kind, payload)`; `Ok(None)` when the node ended the stream.
+    pub async fn next(&mut self) -> Result<Option<(u8, Vec<u8>)>, ClientError> {
+        loop {
+            match output_frame::decode(&self.buf).map_err(ClientError::Protocol)? {
+                Some((kind, payload, used)) => {
+                    let payload = payload.to_vec();
+                    self.buf.drain(..used);
+                    return Ok(Some((kind, payload)));
+                }
+                None => match self.inner.next().await {
+                    Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                    Some(Err(e)) => return Err(ClientError::Protocol(e.to_string())),
+                    None if self.buf.is_empty() => return Ok(None),
+                    None => return Err(ClientError::Protocol("output ended mid-frame".into())),
+                },
             }
         }
     }

@@ -7,7 +7,7 @@
 mod client;
 pub mod format;
 
-pub use client::{Client, ClientError, EventStream};
+pub use client::{Client, ClientError, EventStream, OutputStream};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -195,6 +195,10 @@ pub enum EventKind {
     VotersChanged,
     TokenRevoked,
     ControlRecovered,
+    JobSubmitted,
+    JobStarted,
+    JobEnded,
+    JobLost,
 }
 
 impl EventKind {
@@ -213,6 +217,10 @@ impl EventKind {
             EventKind::VotersChanged => "voters_changed",
             EventKind::TokenRevoked => "token_revoked",
             EventKind::ControlRecovered => "control_recovered",
+            EventKind::JobSubmitted => "job_submitted",
+            EventKind::JobStarted => "job_started",
+            EventKind::JobEnded => "job_ended",
+            EventKind::JobLost => "job_lost",
         }
     }
 }
@@ -318,4 +326,127 @@ pub struct AuditVerifyReport {
     pub error: Option<String>,
     /// Sequence number of the first entry that does not verify.
     pub bad_seq: Option<u64>,
+}
+
+/// A file shipped with a job (`noodle run --file`, or the program itself when it is a local
+/// path). The CLI first stores its chunks on the local node (`/v1/chunks`); the executing node
+/// fetches the chunks it lacks from the submitting node and caches them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobFile {
+    /// Where the file appears, relative to the job's working directory (`my_program`,
+    /// `data.csv`); no `..`, not absolute.
+    pub name: String,
+    /// Id (hex) of the file's chunk manifest.
+    pub manifest: String,
+    pub executable: bool,
+    pub bytes: u64,
+}
+
+/// `POST /v1/jobs`: what `noodle run` submits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobSubmit {
+    /// Program and arguments; a shipped program is named by its [`JobFile::name`] as `./NAME`.
+    pub command: Vec<String>,
+    /// CPU slots; 1 unless the job says otherwise.
+    pub cpus: u32,
+    pub mem_bytes: u64,
+    pub gpus: u32,
+    /// Node labels the job needs (all must match).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// How many times the job is run again if its node dies.
+    #[serde(default)]
+    pub retries: u32,
+    #[serde(default)]
+    pub files: Vec<JobFile>,
+}
+
+/// One job (`noodle jobs --json`, `GET /v1/jobs/{id}`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobInfo {
+    pub id: u64,
+    /// `queued`, `placed`, `running`, `succeeded`, `failed`, `cancelled` or `lost`.
+    pub state: String,
+    /// The node of the latest placement.
+    pub node: Option<String>,
+    pub exit_code: Option<i32>,
+    pub command: Vec<String>,
+    /// UTC, RFC 3339 with milliseconds.
+    pub submitted_at: String,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    pub submitted_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+    pub ended_at_ms: Option<u64>,
+    pub cpus: u32,
+    pub mem_bytes: u64,
+    pub gpus: u32,
+    pub labels: BTreeMap<String, String>,
+    pub submitter: String,
+    pub retries_left: u32,
+    /// Fencing epoch of the latest placement (0: never placed).
+    pub epoch: u64,
+    /// Why the job failed before or instead of running (`no such program on node X`).
+    pub error: Option<String>,
+}
+
+impl JobInfo {
+    /// True once the job can no longer change.
+    pub fn is_done(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "succeeded" | "failed" | "cancelled" | "lost"
+        )
+    }
+}
+
+/// `GET /v1/jobs[?all=true]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobList {
+    pub jobs: Vec<JobInfo>,
+}
+
+/// Kinds of frame in `GET /v1/jobs/{id}/output`: each frame is one kind byte, a big-endian
+/// `u32` length and that many bytes.
+pub mod output_frame {
+    /// Bytes the job wrote to standard output.
+    pub const STDOUT: u8 = 1;
+    /// Bytes the job wrote to standard error.
+    pub const STDERR: u8 = 2;
+    /// A line from noodle itself (UTF-8): output dropped past the bound, the job lost and run
+    /// again elsewhere, ...
+    pub const NOTICE: u8 = 3;
+    /// Bytes of a frame header.
+    pub const HEADER_BYTES: usize = 5;
+    /// Largest frame payload.
+    pub const PAYLOAD_MAX: usize = 1 << 20;
+
+    /// Appends one frame to `out`.
+    pub fn encode(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
+        out.push(kind);
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+
+    /// The first whole frame of `buf`: `(kind, payload, bytes used)`; `Ok(None)` if more bytes
+    /// are needed; `Err` for a length over [`PAYLOAD_MAX`].
+    pub fn decode(buf: &[u8]) -> Result<Option<(u8, &[u8], usize)>, String> {
+        if buf.len() < HEADER_BYTES {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        if len > PAYLOAD_MAX {
+            return Err(format!("output frame of {len} bytes (at most {PAYLOAD_MAX})"));
+        }
+        if buf.len() < HEADER_BYTES + len {
+            return Ok(None);
+        }
+        Ok(Some((buf[0], &buf[HEADER_BYTES..HEADER_BYTES + len], HEADER_BYTES + len)))
+    }
+}
+
+/// `POST /v1/chunks/missing`: which of these chunk ids (hex) the node lacks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkIds {
+    pub ids: Vec<String>,
 }

@@ -17,7 +17,7 @@ mod node;
 pub use control::{ControlPlaneError, LinkTransport, serve_control, verify_audit_file};
 pub use datadir::{DataDir, DataDirError};
 pub use join::JoinError;
-pub use node::{NodeConfig, NodeError, RunningNode, start};
+pub use node::{JobsConfig, NodeConfig, NodeError, RunningNode, start};
 
 /// Unix time in milliseconds (0 if the clock is before 1970).
 pub(crate) fn now_ms() -> u64 {

@@ -50,6 +50,33 @@ pub struct NodeConfig {
     pub mdns_timeout: Duration,
     pub membership: MembershipConfig,
     pub control: noodle_control::ControlConfig,
+    pub jobs: JobsConfig,
+}
+
+/// How a node runs jobs (`noodle run`).
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// CPU slots this node offers to jobs; `None`: one per CPU.
+    pub slots: Option<u32>,
+    /// How long a node may be unreachable before the jobs it holds are declared lost (and
+    /// run again elsewhere if they have retries left). An executor that cannot reach the
+    /// control plane for half this time stops its jobs, so a job never runs twice at once.
+    pub lease: Duration,
+    /// How long a cancelled job has after SIGTERM before it is killed.
+    pub kill_grace: Duration,
+    /// Output kept per job for `noodle logs` (beyond it, output is dropped and counted).
+    pub output_max_bytes: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> JobsConfig {
+        JobsConfig {
+            slots: None,
+            lease: Duration::from_secs(10),
+            kill_grace: Duration::from_secs(5),
+            output_max_bytes: 16 << 20,
+        }
+    }
 }
 
 impl NodeConfig {
@@ -66,6 +93,7 @@ impl NodeConfig {
             mdns_timeout: Duration::from_secs(10),
             membership: MembershipConfig::default(),
             control: noodle_control::ControlConfig::default(),
+            jobs: JobsConfig::default(),
         }
     }
 }
