@@ -180,8 +180,12 @@ impl Client {
     }
 
     pub async fn cancel_job(&self, id: u64) -> Result<JobInfo, ClientError> {
-        self.send_json::<(), _>(reqwest::Method::POST, &format!("/v1/jobs/{id}/cancel"), None)
-            .await
+        self.send_json::<(), _>(
+            reqwest::Method::POST,
+            &format!("/v1/jobs/{id}/cancel"),
+            None,
+        )
+        .await
     }
 
     /// Waits until job `id` has ended (the node answers after at most `timeout`, ended or not).

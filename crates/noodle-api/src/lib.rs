@@ -80,6 +80,9 @@ pub struct NodeStatus {
     /// True for the node that answered this status request.
     pub is_self: bool,
     pub cpus: u32,
+    /// CPU slots the node offers to jobs.
+    #[serde(default)]
+    pub slots: u32,
     pub mem_total_bytes: u64,
     pub mem_available_bytes: u64,
     pub load_1m: f64,
@@ -428,20 +431,29 @@ pub mod output_frame {
         out.extend_from_slice(payload);
     }
 
-    /// The first whole frame of `buf`: `(kind, payload, bytes used)`; `Ok(None)` if more bytes
-    /// are needed; `Err` for a length over [`PAYLOAD_MAX`].
-    pub fn decode(buf: &[u8]) -> Result<Option<(u8, &[u8], usize)>, String> {
+    /// One decoded frame: `(kind, payload, bytes used)`.
+    pub type Frame<'a> = (u8, &'a [u8], usize);
+
+    /// The first whole frame of `buf`; `Ok(None)` if more bytes are needed; `Err` for a length
+    /// over [`PAYLOAD_MAX`].
+    pub fn decode(buf: &[u8]) -> Result<Option<Frame<'_>>, String> {
         if buf.len() < HEADER_BYTES {
             return Ok(None);
         }
         let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
         if len > PAYLOAD_MAX {
-            return Err(format!("output frame of {len} bytes (at most {PAYLOAD_MAX})"));
+            return Err(format!(
+                "output frame of {len} bytes (at most {PAYLOAD_MAX})"
+            ));
         }
         if buf.len() < HEADER_BYTES + len {
             return Ok(None);
         }
-        Ok(Some((buf[0], &buf[HEADER_BYTES..HEADER_BYTES + len], HEADER_BYTES + len)))
+        Ok(Some((
+            buf[0],
+            &buf[HEADER_BYTES..HEADER_BYTES + len],
+            HEADER_BYTES + len,
+        )))
     }
 }
 

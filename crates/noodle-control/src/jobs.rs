@@ -22,6 +22,21 @@ pub struct JobSpec {
     pub submitter: String,
     /// How many times a lost job is run again.
     pub retries: u32,
+    /// The node it was submitted on: files are fetched from there, output streams back there.
+    pub origin: String,
+    /// Files shipped into the job's working directory.
+    pub files: Vec<JobFile>,
+}
+
+/// A file the executing node fetches from the origin's chunk store before it starts the job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFile {
+    /// Path relative to the job's working directory.
+    pub name: String,
+    /// Hex id of the file's chunk manifest.
+    pub manifest: String,
+    pub executable: bool,
+    pub bytes: u64,
 }
 
 /// Where a job is in its life. Append variants at the end only.
@@ -74,6 +89,8 @@ pub struct JobRecord {
     pub submitted_at_ms: u64,
     pub started_at_ms: Option<u64>,
     pub ended_at_ms: Option<u64>,
+    /// Why the job could not run (`no such program `foo` on node b`).
+    pub error: Option<String>,
 }
 
 /// A job transition. Times are chosen by the proposer. Append variants at the end only.
@@ -110,6 +127,15 @@ pub enum JobCommand {
     },
     Cancel {
         id: u64,
+        at_ms: u64,
+    },
+    /// The executor holding `epoch` could not start the job (no such program, a shipped file
+    /// could not be fetched): the job fails with `exit_code` and `error`, without a retry.
+    StartFailed {
+        id: u64,
+        epoch: u64,
+        exit_code: i32,
+        error: String,
         at_ms: u64,
     },
 }
@@ -177,6 +203,21 @@ pub(crate) fn transition(job: &mut JobRecord, command: &JobCommand) -> Result<()
                 job.ended_at_ms = Some(*at_ms);
             }
         }
+        JobCommand::StartFailed {
+            epoch,
+            exit_code,
+            error,
+            at_ms,
+            ..
+        } => {
+            fenced(job, *epoch)?;
+            job.exit_code = Some(*exit_code);
+            job.ended_at_ms = Some(*at_ms);
+            job.error = Some(error.clone());
+            job.state = JobState::Failed {
+                exit_code: *exit_code,
+            };
+        }
         JobCommand::Cancel { at_ms, .. } => {
             if job.state.is_terminal() {
                 return Err(format!("job {id} has already ended: {:?}", job.state));
@@ -188,7 +229,88 @@ pub(crate) fn transition(job: &mut JobRecord, command: &JobCommand) -> Result<()
     Ok(())
 }
 
+/// Bounds of a job submission.
+pub mod limits {
+    pub const ARGS_MAX: usize = 1024;
+    pub const COMMAND_BYTES_MAX: usize = 64 << 10;
+    pub const FILES_MAX: usize = 64;
+    pub const FILE_NAME_BYTES_MAX: usize = 1024;
+    pub const LABELS_MAX: usize = 32;
+    pub const NAME_BYTES_MAX: usize = 256;
+    pub const ERROR_BYTES_MAX: usize = 4096;
+}
+
+impl JobSpec {
+    /// Checks the bounds of a submission (the API and the state machine both check).
+    pub fn validate(&self) -> Result<(), String> {
+        use limits::*;
+        if self.command.is_empty() || self.command[0].is_empty() {
+            return Err("a job needs a program to run".into());
+        }
+        let bytes: usize = self.command.iter().map(|a| a.len() + 1).sum();
+        if self.command.len() > ARGS_MAX || bytes > COMMAND_BYTES_MAX {
+            return Err(format!(
+                "the command line is {} arguments, {bytes} bytes; the limit is {ARGS_MAX} arguments, {COMMAND_BYTES_MAX} bytes",
+                self.command.len()
+            ));
+        }
+        if self.command.iter().any(|a| a.contains('\0')) {
+            return Err("a command argument contains a NUL byte".into());
+        }
+        if self.cpus == 0 {
+            return Err("a job needs at least 1 CPU".into());
+        }
+        if self.labels.len() > LABELS_MAX {
+            return Err(format!("at most {LABELS_MAX} labels"));
+        }
+        if self.files.len() > FILES_MAX {
+            return Err(format!("at most {FILES_MAX} files per job"));
+        }
+        for f in &self.files {
+            validate_file_name(&f.name)?;
+            if f.manifest.len() != 64 || !f.manifest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("file {:?}: bad manifest id", f.name));
+            }
+        }
+        if self.submitter.len() > NAME_BYTES_MAX || self.origin.len() > NAME_BYTES_MAX {
+            return Err("submitter or origin name too long".into());
+        }
+        Ok(())
+    }
+}
+
+/// A shipped file's name: a relative path without `..`, empty or absolute parts.
+pub fn validate_file_name(name: &str) -> Result<(), String> {
+    let bad = name.is_empty()
+        || name.len() > limits::FILE_NAME_BYTES_MAX
+        || name.starts_with('/')
+        || name.contains('\0')
+        || name
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..");
+    if bad {
+        return Err(format!(
+            "file name {name:?} must be a relative path without `.`, `..` or empty parts"
+        ));
+    }
+    Ok(())
+}
+
 impl JobCommand {
+    /// Checks the bounds of a transition.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            JobCommand::Submit { spec, .. } => spec.validate(),
+            JobCommand::Place { node, .. } if node.len() > limits::NAME_BYTES_MAX => {
+                Err("node name too long".into())
+            }
+            JobCommand::StartFailed { error, .. } if error.len() > limits::ERROR_BYTES_MAX => {
+                Err("error text too long".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The job a transition is about (`None` for a submission).
     pub(crate) fn job_id(&self) -> Option<u64> {
         match self {
@@ -197,7 +319,8 @@ impl JobCommand {
             | JobCommand::Started { id, .. }
             | JobCommand::Ended { id, .. }
             | JobCommand::Lost { id, .. }
-            | JobCommand::Cancel { id, .. } => Some(*id),
+            | JobCommand::Cancel { id, .. }
+            | JobCommand::StartFailed { id, .. } => Some(*id),
         }
     }
 }
@@ -218,6 +341,8 @@ mod tests {
                 labels: BTreeMap::new(),
                 submitter: "admin@a".into(),
                 retries: 1,
+                origin: "a".into(),
+                files: Vec::new(),
             },
             state: JobState::Queued,
             epoch: 0,
@@ -227,6 +352,7 @@ mod tests {
             submitted_at_ms: 1,
             started_at_ms: None,
             ended_at_ms: None,
+            error: None,
         }
     }
 

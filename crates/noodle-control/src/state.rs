@@ -10,6 +10,7 @@
 //! | `a/` | sequence (8 bytes, big-endian) | encoded audit entry |
 //! | `k/` | sequence (8 bytes, big-endian) | encoded audit checkpoint |
 //! | `j/` | job id (8 bytes, big-endian) | job record |
+//! | `q/` | job id (8 bytes, big-endian) | empty: the job has not ended (queued, placed, running) |
 //! | `m/` | `root_key`, `chain`, `next_job` | capability root key, audit chain head, next job id |
 //!
 //! [`apply`] is a pure function of the table and the proposal: every node computes the same
@@ -30,6 +31,7 @@ const NODE: &[u8] = b"n/";
 const AUDIT: &[u8] = b"a/";
 const CHECKPOINT: &[u8] = b"k/";
 const JOB: &[u8] = b"j/";
+const ACTIVE_JOB: &[u8] = b"q/";
 const NEXT_JOB: &[u8] = b"m/next_job";
 const ROOT_KEY: &[u8] = b"m/root_key";
 const CHAIN: &[u8] = b"m/chain";
@@ -214,8 +216,11 @@ fn apply_job(t: &mut StateTable<'_>, command: JobCommand) -> Result<Response, Db
             submitted_at_ms: at_ms,
             started_at_ms: None,
             ended_at_ms: None,
+            error: None,
         };
         t.insert(seq_key(JOB, id).as_slice(), encode(&job)?.as_slice())
+            .map_err(db_err)?;
+        t.insert(seq_key(ACTIVE_JOB, id).as_slice(), [].as_slice())
             .map_err(db_err)?;
         t.insert(NEXT_JOB, (id + 1).to_be_bytes().as_slice())
             .map_err(db_err)?;
@@ -230,6 +235,10 @@ fn apply_job(t: &mut StateTable<'_>, command: JobCommand) -> Result<Response, Db
     }
     t.insert(seq_key(JOB, id).as_slice(), encode(&job)?.as_slice())
         .map_err(db_err)?;
+    if job.state.is_terminal() {
+        t.remove(seq_key(ACTIVE_JOB, id).as_slice())
+            .map_err(db_err)?;
+    }
     Ok(Response::Done)
 }
 
@@ -377,6 +386,35 @@ impl StateView {
             .into_iter()
             .map(|(_, v)| postcard::from_bytes(&v).map_err(db_err))
             .collect()
+    }
+
+    /// Jobs that have not ended (queued, placed or running), oldest first: read through an
+    /// index, so the cost does not grow with the jobs that ended long ago.
+    pub fn active_jobs(&self) -> Result<Vec<JobRecord>, DbError> {
+        let mut out = Vec::new();
+        for (id, _) in self.scan(ACTIVE_JOB, b"", usize::MAX)? {
+            let id = <[u8; 8]>::try_from(id.as_slice())
+                .map_err(|_| DbError("bad active-job key".into()))?;
+            if let Some(job) = self.job(u64::from_be_bytes(id))? {
+                out.push(job);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The `limit` newest jobs, newest first.
+    pub fn recent_jobs(&self, limit: usize) -> Result<Vec<JobRecord>, DbError> {
+        let t = self.txn.open_table(STATE).map_err(db_err)?;
+        let end = prefix_end(JOB);
+        let mut out = Vec::new();
+        for item in t.range(JOB..end.as_slice()).map_err(db_err)?.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (_, v) = item.map_err(db_err)?;
+            out.push(postcard::from_bytes(v.value()).map_err(db_err)?);
+        }
+        Ok(out)
     }
 
     /// The newest audit checkpoint, without reading the others.

@@ -239,6 +239,7 @@ impl Command {
                 }
                 Ok(())
             }
+            Command::Job(job) => job.validate(),
             _ => Ok(()),
         }
     }

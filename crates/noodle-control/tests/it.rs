@@ -343,6 +343,8 @@ async fn jobs_are_durable_and_a_stale_executor_is_fenced_off() {
         labels: Default::default(),
         submitter: "admin@a".into(),
         retries: 1,
+        origin: "n0".into(),
+        files: Vec::new(),
     };
     let Response::Created { id } = a
         .propose(job(JobCommand::Submit { spec, at_ms: 1 }))
@@ -351,6 +353,8 @@ async fn jobs_are_durable_and_a_stale_executor_is_fenced_off() {
     else {
         panic!("a submission creates a job");
     };
+    let active = a.read(|v| v.active_jobs()).await.expect("read");
+    assert_eq!(active.iter().map(|j| j.id).collect::<Vec<_>>(), vec![id]);
     for (command, expect_done) in [
         (
             JobCommand::Place {
@@ -415,6 +419,13 @@ async fn jobs_are_durable_and_a_stale_executor_is_fenced_off() {
     let a = cl.start(0).await;
     let record = a.read(|v| v.job(id)).await.expect("read").expect("the job");
     assert_eq!(record.state, JobState::Failed { exit_code: 3 });
+    let active = a.read(|v| v.active_jobs()).await.expect("read");
+    assert!(
+        active.is_empty(),
+        "an ended job left the active index: {active:?}"
+    );
+    let recent = a.read(|v| v.recent_jobs(10)).await.expect("read");
+    assert_eq!(recent.len(), 1);
     assert_eq!((record.epoch, record.node.as_deref()), (2, Some("n2")));
     assert_eq!(record.retries_left, 0);
 }

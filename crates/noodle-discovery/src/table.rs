@@ -39,6 +39,8 @@ pub struct NodeInfo {
     pub links: Vec<LinkSample>,
     /// Incarnation of the node's control-plane identity (raised when its local state was lost).
     pub control_incarnation: u64,
+    /// CPU slots the node offers to jobs (`noodle up --slots`).
+    pub job_slots: u32,
 }
 
 /// Request and answer of one push-pull round.
@@ -189,6 +191,7 @@ mod tests {
             labels: BTreeMap::new(),
             links: vec![],
             control_incarnation: 0,
+            job_slots: 1,
         }
     }
 

@@ -59,6 +59,23 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener
         )
         .route("/v1/audit", get(crate::api_control::audit))
         .route("/v1/audit/verify", get(crate::api_control::audit_verify))
+        .route(
+            "/v1/jobs",
+            get(crate::api_jobs::list).post(crate::api_jobs::submit),
+        )
+        .route("/v1/jobs/{id}", get(crate::api_jobs::get))
+        .route("/v1/jobs/{id}/cancel", post(crate::api_jobs::cancel))
+        .route("/v1/jobs/{id}/wait", get(crate::api_jobs::wait))
+        .route("/v1/jobs/{id}/output", get(crate::api_jobs::output))
+        .route("/v1/chunks/missing", post(crate::api_jobs::chunks_missing))
+        .route(
+            "/v1/chunks/{id}",
+            axum::routing::put(crate::api_jobs::put_chunk).layer(
+                axum::extract::DefaultBodyLimit::max(
+                    noodle_chunks::MAX_MANIFEST_BYTES.max(noodle_chunks::MAX_CHUNK_BYTES),
+                ),
+            ),
+        )
         .route_layer(middleware::from_fn_with_state(shared.clone(), identify));
     let app = Router::new()
         .route("/login", get(login))
@@ -174,6 +191,7 @@ pub(crate) fn check(
             Caller::Admin => Ok(Actor {
                 name: "admin".into(),
                 right: String::new(),
+                quotas: Vec::new(),
             }),
             Caller::Token(_) => Err(Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -217,7 +235,8 @@ async fn dashboard(
     check(&shared, &caller, cluster_read(), "dashboard", "")?;
     let report = shared.status();
     let events = shared.events.history();
-    let page = crate::dashboard::render_dashboard(&report, &events).map_err(|e| {
+    let jobs = crate::dashboard::jobs_panel_for(&shared, &caller);
+    let page = crate::dashboard::render_dashboard(&report, &events, &jobs).map_err(|e| {
         tracing::error!(error = %e, "dashboard render failed");
         Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "dashboard render failed")
     })?;
@@ -290,17 +309,21 @@ async fn dashboard_stream(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult {
     check(&shared, &caller, cluster_read(), "dashboard", "")?;
+    // Decided once, as the other rights of a stream are.
+    let show_jobs = crate::dashboard::may_read_jobs(&shared, &caller);
     let for_status = shared.clone();
+    // Every second: the jobs (when the caller may see them), then the status.
     let statuses =
-        IntervalStream::new(tokio::time::interval(Duration::from_secs(1))).filter_map(move |_| {
-            let report = for_status.status();
-            async move {
-                SseEvent::default()
-                    .event("status")
-                    .json_data(&report)
-                    .ok()
-                    .map(Ok)
-            }
+        IntervalStream::new(tokio::time::interval(Duration::from_secs(1))).flat_map(move |_| {
+            let jobs = show_jobs
+                .then(|| crate::dashboard::jobs_snapshot(&for_status))
+                .flatten()
+                .and_then(|jobs| SseEvent::default().event("jobs").json_data(&jobs).ok());
+            let status = SseEvent::default()
+                .event("status")
+                .json_data(for_status.status())
+                .ok();
+            futures_util::stream::iter(jobs.into_iter().chain(status).map(Ok::<_, Infallible>))
         });
     Ok(Sse::new(futures_util::stream::select(
         statuses,

@@ -92,6 +92,15 @@ pub(crate) enum Caller {
 pub(crate) struct Actor {
     pub(crate) name: String,
     pub(crate) right: String,
+    /// Limits from the token (none for the admin credential).
+    pub(crate) quotas: Vec<noodle_caps::Quota>,
+}
+
+impl Actor {
+    /// The token's limit named `name`, if it has one.
+    pub(crate) fn quota(&self, name: &str) -> Option<i64> {
+        self.quotas.iter().find(|q| q.name == name).map(|q| q.value)
+    }
 }
 
 #[derive(Default)]
@@ -382,6 +391,7 @@ impl ControlPlane {
                 return Ok(Actor {
                     name: self.admin_actor(),
                     right,
+                    quotas: Vec::new(),
                 });
             }
             Caller::Token(t) => t,
@@ -401,6 +411,7 @@ impl ControlPlane {
         Ok(Actor {
             name: token_actor(&grant.id, grant.holder.as_deref()),
             right,
+            quotas: grant.quotas,
         })
     }
 

@@ -7,17 +7,21 @@
 
 mod api;
 mod api_control;
+mod api_jobs;
 mod control;
 mod dashboard;
 mod datadir;
 mod events;
+mod jobs;
 mod join;
 mod node;
+mod process;
+mod ship;
 
 pub use control::{ControlPlaneError, LinkTransport, serve_control, verify_audit_file};
 pub use datadir::{DataDir, DataDirError};
 pub use join::JoinError;
-pub use node::{JobsConfig, NodeConfig, NodeError, RunningNode, start};
+pub use node::{JobsConfig, NODE_LABEL, NodeConfig, NodeError, RunningNode, start};
 
 /// Unix time in milliseconds (0 if the clock is before 1970).
 pub(crate) fn now_ms() -> u64 {

@@ -34,6 +34,8 @@ const MEMBERSHIP_QUEUE_MAX: usize = 4096;
 const GOSSIP_FANOUT: usize = 3;
 const GOSSIP_PERIOD: Duration = Duration::from_secs(1);
 const PEERS_SAVED_MAX: usize = 64;
+/// The label every node carries implicitly for the scheduler: its node id.
+pub const NODE_LABEL: &str = "noodle.node";
 
 /// How a node is started (`noodle up`).
 #[derive(Debug, Clone)]
@@ -125,6 +127,8 @@ pub enum NodeError {
     Membership(String),
     #[error(transparent)]
     Control(#[from] crate::control::ControlPlaneError),
+    #[error(transparent)]
+    Jobs(#[from] crate::jobs::JobsError),
 }
 
 enum MembershipInput {
@@ -148,6 +152,7 @@ pub(crate) struct Shared {
     membership_tx: mpsc::Sender<MembershipInput>,
     data_dir: DataDir,
     pub(crate) control: OnceLock<Arc<ControlPlane>>,
+    pub(crate) jobs: OnceLock<Arc<crate::jobs::JobRuntime>>,
 }
 
 struct View {
@@ -332,16 +337,19 @@ pub async fn start(
     let local_control = crate::control::open_local_state(&dir)?;
     let (membership_tx, membership_rx) = mpsc::channel(MEMBERSHIP_QUEUE_MAX);
     let mut probe = noodle_mesh::ResourceProbe::new(dir.path());
+    let resources = probe.sample();
+    let job_slots = cfg.jobs.slots.unwrap_or(resources.cpus.max(1));
     let me = NodeInfo {
         id: node_file.node_id.clone(),
         name: name.clone(),
         addr: cfg.listen,
         version: now_ms(),
         software: SOFTWARE.into(),
-        resources: probe.sample(),
+        resources,
         labels: cfg.labels.clone(),
         links: Vec::new(),
         control_incarnation: local_control.incarnation,
+        job_slots,
     };
     let mut shared = Shared {
         node_id: node_file.node_id.clone(),
@@ -359,6 +367,7 @@ pub async fn start(
         membership_tx,
         data_dir: dir,
         control: OnceLock::new(),
+        jobs: OnceLock::new(),
     };
 
     // Bind the cluster port.
@@ -408,7 +417,18 @@ pub async fn start(
         move |kind, node, detail| for_events.events.emit(kind, node, detail),
         shared.node_id.clone(),
     ));
-    tokio::spawn(upkeep_loop(shared.clone(), plane));
+    tokio::spawn(upkeep_loop(shared.clone(), plane.clone()));
+    let jobs = Arc::new(crate::jobs::JobRuntime::open(
+        shared.data_dir.path(),
+        cfg.jobs.clone(),
+    )?);
+    let _ = shared.jobs.set(jobs.clone());
+    tokio::spawn(crate::jobs::run(
+        shared.clone(),
+        plane.clone(),
+        jobs.clone(),
+    ));
+    tokio::spawn(crate::jobs::self_fence(plane, jobs));
 
     // Membership.
     let me_id = MemberId {
@@ -508,8 +528,56 @@ impl RunningNode {
 }
 
 impl Shared {
-    fn link(&self) -> Option<&Link> {
+    pub(crate) fn link(&self) -> Option<&Link> {
         self.link.get()
+    }
+
+    /// The cluster address of node `id`, as gossiped.
+    pub(crate) fn peer_addr(&self, id: &str) -> Option<SocketAddr> {
+        if id == self.node_id {
+            return Some(self.advertise);
+        }
+        self.lock_view().table.get(id).map(|e| e.addr)
+    }
+
+    /// Ids of the nodes this node sees alive, itself included.
+    pub(crate) fn alive_node_ids(&self) -> HashSet<String> {
+        let view = self.lock_view();
+        let mut alive: HashSet<String> = view
+            .members
+            .iter()
+            .filter(|(_, (_, s))| *s == NodeState::Alive)
+            .map(|(id, _)| id.clone())
+            .collect();
+        alive.insert(self.node_id.clone());
+        alive
+    }
+
+    /// A job scheduler that knows the alive nodes: their CPU slots, memory, GPUs, labels and
+    /// load, and the RTTs of their links.
+    pub(crate) fn scheduler(&self) -> noodle_sched::Scheduler {
+        let alive = self.alive_node_ids();
+        let view = self.lock_view();
+        let mut sched = noodle_sched::Scheduler::default();
+        for e in view.table.iter().filter(|e| alive.contains(&e.id)) {
+            // Every node also carries its id as a label, so `noodle run --on NODE` is a label.
+            let mut labels = e.labels.clone();
+            labels.insert(NODE_LABEL.into(), e.id.clone());
+            let spec = noodle_sched::NodeSpec {
+                id: e.id.clone(),
+                cpus: e.job_slots,
+                mem_bytes: e.resources.mem_total_bytes,
+                gpus: e.resources.gpus.len() as u32,
+                labels,
+            };
+            if sched.add_node(spec).is_ok() {
+                sched.set_load(&e.id, e.resources.load_1m);
+            }
+            for l in &e.links {
+                sched.set_rtt(&e.id, &l.peer, l.rtt_us);
+            }
+        }
+        sched
     }
 
     fn lock_view(&self) -> std::sync::MutexGuard<'_, View> {
@@ -539,6 +607,7 @@ impl Shared {
                 state: state_of(&e.id),
                 is_self: e.id == self.node_id,
                 cpus: e.resources.cpus,
+                slots: e.job_slots,
                 mem_total_bytes: e.resources.mem_total_bytes,
                 mem_available_bytes: e.resources.mem_available_bytes,
                 load_1m: e.resources.load_1m,
@@ -561,6 +630,7 @@ impl Shared {
                     state: *state,
                     is_self: false,
                     cpus: 0,
+                    slots: 0,
                     mem_total_bytes: 0,
                     mem_available_bytes: 0,
                     load_1m: 0.0,
@@ -714,6 +784,25 @@ impl Service for NodeService {
                 return crate::control::serve_control(control, &method, &body).await;
             }
             match method.as_str() {
+                "jobs.output" => match shared.jobs.get() {
+                    Some(jobs) => crate::jobs::serve_output(jobs, &body).await,
+                    None => Err(RemoteError::new(
+                        RemoteError::UNAVAILABLE,
+                        "node is starting",
+                    )),
+                },
+                "chunks.get" => match shared.jobs.get() {
+                    Some(jobs) => {
+                        let jobs = jobs.clone();
+                        tokio::task::spawn_blocking(move || jobs.shipping.serve_get(&body))
+                            .await
+                            .map_err(|e| RemoteError::new(RemoteError::INTERNAL, e.to_string()))?
+                    }
+                    None => Err(RemoteError::new(
+                        RemoteError::UNAVAILABLE,
+                        "node is starting",
+                    )),
+                },
                 "gossip.sync" => {
                     let msg: SyncMessage = postcard::from_bytes(&body).map_err(|_| {
                         metrics::counter!("noodle_gossip_bad_messages_total").increment(1);

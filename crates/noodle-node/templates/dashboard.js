@@ -1,10 +1,11 @@
 // Keeps the server-rendered dashboard live. Listens on /v1/dashboard/stream (SSE, same origin,
 // cookie-authenticated): `status` messages carry a StatusReport and re-render totals, nodes and
-// links; `event` messages carry one Event and are added to the events table.
+// links; `jobs` messages carry a JobsSnapshot (dashboard.rs) and re-render the jobs panel;
+// `event` messages carry one Event and are added to the events table.
 //
-// Every piece of data comes from the network: it is put into the page with textContent and
-// attributes only, never with innerHTML. The formatting helpers mirror those in dashboard.rs and
-// must give the same strings.
+// Every piece of data comes from the network (job commands from users): it is put into the page
+// with textContent and attributes only, never with innerHTML. The formatting helpers mirror those
+// in dashboard.rs and must give the same strings.
 (function () {
   'use strict';
 
@@ -13,9 +14,14 @@
   const EVENTS_SHOWN_MAX = 50;
   const STATES = ['alive', 'suspect', 'dead'];
   const BYTE_UNITS = ['KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB'];
+  const JOB_STATES = ['queued', 'placed', 'running', 'succeeded', 'failed', 'cancelled', 'lost'];
 
   // Node id -> name, from the latest status, to show names instead of ids in links and events.
   let names = new Map();
+  // Nodes of the latest status (their offered slots), and the latest jobs snapshot: the per-node
+  // slot usage needs both.
+  let lastNodes = null;
+  let lastJobs = null;
 
   function byId(id) {
     return document.getElementById(id);
@@ -209,6 +215,132 @@
     byId('links-body').replaceChildren(...(rows.length ? rows : [emptyRow(5, 'No links measured yet.')]));
   }
 
+  // As job_state_class in dashboard.rs.
+  function jobStateClass(state) {
+    return JOB_STATES.indexOf(state) >= 0 ? state : 'other';
+  }
+
+  // As usage_text in dashboard.rs: `1/8`, with `—` for what is not known.
+  function usageText(used, offered) {
+    const part = function (v) {
+      return v === undefined || v === null ? '—' : String(v);
+    };
+    return part(used) + '/' + part(offered);
+  }
+
+  // As format_command in dashboard.rs: plain words as they are, others in single quotes.
+  function formatCommand(words) {
+    return (Array.isArray(words) ? words : [])
+      .map(function (w) {
+        w = String(w);
+        if (/^[A-Za-z0-9_@%+=:,.\/-]+$/.test(w)) {
+          return w;
+        }
+        return "'" + w.split("'").join("'\\''") + "'";
+      })
+      .join(' ');
+  }
+
+  // As job_title in dashboard.rs.
+  function jobTitle(j) {
+    return 'submitted ' + formatUtc(j.submitted_at_ms) + ' by ' + j.submitter + ' · ' +
+      j.cpus + ' CPU slot(s)';
+  }
+
+  function timeOrDash(ms) {
+    return typeof ms === 'number' ? formatUtc(ms) : '—';
+  }
+
+  function jobRow(j) {
+    const tr = el('tr');
+    tr.dataset.jobId = String(j.id);
+    tr.dataset.state = String(j.state);
+    tr.dataset.node = j.node || '';
+    tr.title = jobTitle(j);
+
+    const state = el('td');
+    const chip = el('span', 'job-state job-state-' + jobStateClass(j.state), j.state);
+    if (j.error) {
+      chip.title = j.error;
+    }
+    state.append(chip);
+
+    const node = el('td', '', j.node ? nameOf(j.node) : '—');
+    if (j.node) {
+      node.title = j.node;
+    }
+
+    const command = el('td', 'command');
+    command.append(el('code', '', formatCommand(j.command)));
+
+    tr.append(
+      el('td', 'num', j.id),
+      state,
+      node,
+      el('td', 'num', typeof j.exit_code === 'number' ? j.exit_code : '—'),
+      command,
+      el('td', 'time', timeOrDash(j.started_at_ms)),
+      el('td', 'time', timeOrDash(j.ended_at_ms))
+    );
+    return tr;
+  }
+
+  function usageItem(id, name, state, used, offered) {
+    const item = el('div', 'state-' + state);
+    item.dataset.usageNode = id;
+    const dt = el('dt', '', name);
+    dt.title = id;
+    item.append(dt, el('dd', 'slots', usageText(used, offered)));
+    return item;
+  }
+
+  // Slots used / offered per node, from the latest status and jobs (as jobs_view in dashboard.rs).
+  function renderUsage() {
+    const list = byId('jobs-usage');
+    if (!list || lastNodes === null) {
+      return;
+    }
+    const used = lastJobs ? (lastJobs.slots_used || {}) : null;
+    const usedOf = function (id) {
+      return used === null ? null : (Number(used[id]) || 0);
+    };
+    const items = lastNodes.map(function (n) {
+      return usageItem(n.id, n.name, stateName(n.state), usedOf(n.id), n.slots);
+    });
+    if (used !== null) {
+      const known = new Set(lastNodes.map(function (n) { return n.id; }));
+      for (const id of Object.keys(used).sort()) {
+        if (!known.has(id)) {
+          items.push(usageItem(id, nameOf(id), 'unknown', usedOf(id), null));
+        }
+      }
+    }
+    if (items.length === 0) {
+      const empty = el('div', 'empty');
+      empty.append(el('dt', '', 'No nodes known yet.'));
+      items.push(empty);
+    }
+    list.replaceChildren(...items);
+  }
+
+  function renderJobs(snapshot) {
+    const panel = byId('jobs-panel');
+    if (!panel || panel.dataset.mode === 'denied') {
+      return;
+    }
+    panel.dataset.mode = 'shown';
+    byId('jobs-note').hidden = true;
+    byId('j-queued').textContent = String(snapshot.queued);
+    byId('j-running').textContent = String(snapshot.running);
+    const more = Number(snapshot.more) || 0;
+    const moreNote = byId('jobs-more');
+    moreNote.textContent = more + ' more jobs waiting or running are not listed.';
+    moreNote.hidden = more === 0;
+    const rows = snapshot.jobs.map(jobRow);
+    byId('jobs-body').replaceChildren(...(rows.length ? rows : [emptyRow(7, 'No jobs yet.')]));
+    renderUsage();
+  }
+
   function eventRow(e) {
     const tr = el('tr');
     tr.dataset.seq = String(e.seq);
@@ -279,6 +411,12 @@
     renderControl(report.control);
     renderNodes(report);
     renderLinks(report.links);
+    lastNodes = report.nodes;
+    // Until the first jobs message the server-rendered usage is the better one.
+    const jobsPanel = byId('jobs-panel');
+    if (lastJobs !== null || (jobsPanel && jobsPanel.dataset.mode === 'unavailable')) {
+      renderUsage();
+    }
 
     const now = new Date();
     document.body.dataset.live = '1';
@@ -287,6 +425,15 @@
     lastUpdate.textContent = formatUtc(now.getTime());
     lastUpdate.title = now.toISOString();
     hideBanner();
+  }
+
+  function onJobs(message) {
+    const snapshot = parse(message);
+    if (!snapshot || !Array.isArray(snapshot.jobs) || typeof snapshot.queued !== 'number') {
+      return;
+    }
+    lastJobs = snapshot;
+    renderJobs(snapshot);
   }
 
   function onEvent(message) {
@@ -307,6 +454,7 @@
   }
   const source = new EventSource(STREAM_URL);
   source.addEventListener('status', onStatus);
+  source.addEventListener('jobs', onJobs);
   source.addEventListener('event', onEvent);
   source.addEventListener('open', hideBanner);
   source.addEventListener('error', function () {

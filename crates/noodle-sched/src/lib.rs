@@ -510,15 +510,36 @@ impl<P: Policy> Scheduler<P> {
         })
     }
 
+    /// Records a job that already runs on `node` (placed earlier, by this scheduler or a
+    /// previous one: the caller rebuilds the scheduler from durable job records). Its resources
+    /// are reserved even if the node now advertises less, so nothing more is placed there
+    /// until it ends. Returns false, changing nothing, if the node is unknown or the job id is
+    /// queued or running already.
+    pub fn restore_running(&mut self, job: JobSpec, node: &str) -> bool {
+        if self.queued.contains_key(&job.id) || self.running.contains_key(&job.id) {
+            return false;
+        }
+        let Some(n) = self.nodes.get_mut(node) else {
+            return false;
+        };
+        n.used_cpus = n.used_cpus.saturating_add(job.cpus);
+        n.used_mem = n.used_mem.saturating_add(job.mem_bytes);
+        n.used_gpus = n.used_gpus.saturating_add(job.gpus);
+        n.running.insert(job.id);
+        self.running.insert(job.id, (job, node.to_string()));
+        true
+    }
+
     /// A running job ended; frees its resources. Returns false if it was not running.
     pub fn finished(&mut self, job_id: u64) -> bool {
         let Some((job, node_id)) = self.running.remove(&job_id) else {
             return false;
         };
         if let Some(node) = self.nodes.get_mut(&node_id) {
-            node.used_cpus -= job.cpus;
-            node.used_mem -= job.mem_bytes;
-            node.used_gpus -= job.gpus;
+            // Saturating: a restored job may have been reserved beyond a node's capacity.
+            node.used_cpus = node.used_cpus.saturating_sub(job.cpus);
+            node.used_mem = node.used_mem.saturating_sub(job.mem_bytes);
+            node.used_gpus = node.used_gpus.saturating_sub(job.gpus);
             node.running.remove(&job_id);
         }
         true

@@ -295,3 +295,19 @@ fn check_capacity<P: crate::Policy>(
     prop_assert_eq!(started.len(), admitted);
     Ok(())
 }
+
+#[test]
+fn restored_jobs_hold_their_resources() {
+    let mut s = Scheduler::default();
+    s.add_node(node("a", 2, 8, 0, &[])).unwrap();
+    assert!(s.restore_running(job(1, "u", 2, 1, 0), "a"));
+    assert!(
+        !s.restore_running(job(1, "u", 1, 1, 0), "a"),
+        "restored twice"
+    );
+    assert!(!s.restore_running(job(2, "u", 1, 1, 0), "nowhere"));
+    s.submit(job(3, "u", 1, 1, 0)).unwrap();
+    assert!(s.place().is_empty(), "the restored job fills node a");
+    assert!(s.finished(1));
+    assert_eq!(ids(&s.place()), vec![3]);
+}

@@ -158,6 +158,25 @@ pub(crate) async fn run(quick: bool, data_dir: &Path) -> Result<Vec<Row>> {
             .join()
             .map_err(|_| anyhow::anyhow!("control-plane benchmark thread panicked"))??;
 
+    // `noodle run`: two real nodes, jobs on the remote one.
+    let jobs_sizes = if quick {
+        crate::bench_jobs::Sizes {
+            latency_runs: 20,
+            throughput_runs: 2,
+            throughput_jobs: 200,
+        }
+    } else {
+        crate::bench_jobs::Sizes {
+            latency_runs: 100,
+            throughput_runs: 5,
+            throughput_jobs: 500,
+        }
+    };
+    let jobs_dir = scratch.path().to_path_buf();
+    let jobs = std::thread::spawn(move || crate::bench_jobs::run(&jobs_dir, jobs_sizes))
+        .join()
+        .map_err(|_| anyhow::anyhow!("jobs benchmark thread panicked"))??;
+
     let rows = vec![
         row("link_rtt", "us", rtts, Some(&tcp_rtt)),
         row("link_bulk_throughput", "MB/s", bulk, Some(&tcp_bw)),
@@ -180,6 +199,8 @@ pub(crate) async fn run(quick: bool, data_dir: &Path) -> Result<Vec<Row>> {
             control.authorisations_per_s,
             None,
         ),
+        row("run_true_latency", "ms", jobs.run_true_ms, None),
+        row("tiny_jobs_per_node", "jobs/s", jobs.jobs_per_s, None),
         memcpy,
         tcp_bw,
         tcp_rtt,

@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_control;
+mod bench_jobs;
 
 /// `println!` that ends the process quietly when stdout is gone (`noodle status | head`).
 macro_rules! outln {
@@ -28,6 +29,8 @@ macro_rules! out {
 }
 
 mod control_cli;
+mod jobs_cli;
+mod ship_cli;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -77,6 +80,11 @@ enum Command {
     },
     /// Print the dashboard URL (with a one-click login).
     Dashboard,
+    Run(jobs_cli::RunArgs),
+    Jobs(jobs_cli::JobsArgs),
+    Logs(jobs_cli::LogsArgs),
+    Wait(jobs_cli::WaitArgs),
+    Cancel(jobs_cli::CancelArgs),
     /// Cluster-wide configuration, kept by the control plane.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -139,6 +147,17 @@ struct UpArgs {
     /// Control plane: the leader signs an audit checkpoint every this many entries.
     #[arg(long, default_value_t = 64)]
     audit_checkpoint_every: u64,
+    /// Jobs: CPU slots this node offers to `noodle run` (default: one per CPU; 0: it runs no
+    /// jobs).
+    #[arg(long, value_name = "N")]
+    slots: Option<u32>,
+    /// Jobs: a node unreachable this long loses its jobs (they run again elsewhere if they have
+    /// retries left); a node that cannot reach the control plane for half of it stops its jobs.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    job_lease: Duration,
+    /// Jobs: how long a cancelled job has after SIGTERM before it is killed.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    kill_grace: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -308,6 +327,11 @@ async fn run(cli: Cli) -> Result<i32> {
     let token = cli.token.clone();
     let client = || Client::connect(&data_dir, token.as_deref());
     match cli.command {
+        Command::Run(a) => jobs_cli::run(client, a).await,
+        Command::Jobs(a) => jobs_cli::jobs(client()?, a, token.is_none()).await,
+        Command::Logs(a) => jobs_cli::logs(client()?, a).await,
+        Command::Wait(a) => jobs_cli::wait(client()?, a).await,
+        Command::Cancel(a) => jobs_cli::cancel(client()?, a).await,
         Command::Config(c) => control_cli::config(client()?, c).await,
         Command::Cap(c) => control_cli::cap(client, c).await,
         Command::Policy(c) => control_cli::policy(client()?, c).await,
@@ -433,6 +457,12 @@ async fn up(data_dir: PathBuf, args: UpArgs) -> Result<i32> {
         bail!("--audit-checkpoint-every must be at least 1");
     }
     cfg.control.checkpoint_every = args.audit_checkpoint_every;
+    if args.job_lease.is_zero() {
+        bail!("--job-lease must be longer than 0s");
+    }
+    cfg.jobs.slots = args.slots;
+    cfg.jobs.lease = args.job_lease;
+    cfg.jobs.kill_grace = args.kill_grace;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .ok();

@@ -26,6 +26,8 @@ fn quick_bench_prints_link_and_limit_rows() {
         ("control_commit_latency", "us", true),
         ("control_batched_commits", "commits/s", false),
         ("cap_authorisations", "authorisations/s", false),
+        ("run_true_latency", "ms", false),
+        ("tiny_jobs_per_node", "jobs/s", false),
         ("memcpy", "GB/s", false),
         ("tcp_loopback_throughput", "MB/s", false),
         ("tcp_loopback_rtt", "us", false),

@@ -1,7 +1,9 @@
 //! The dashboard in a real browser: a three-node cluster, the first node's page opened in headless
 //! Chromium through the one-click login URL that `noodle dashboard` prints. The page must list every
 //! node and go live (its script got a status message over `/v1/dashboard/stream` and set
-//! `data-live="1"` on `<body>`), without a script error.
+//! `data-live="1"` on `<body>`), without a script error. Then jobs submitted with `noodle run
+//! --detach` must show up in the jobs panel without a reload (a hostile command as text, a running
+//! job holding one of its node's slots), and a cancelled job as cancelled.
 //!
 //! Chromium is driven over the DevTools protocol on `--remote-debugging-pipe` (JSON messages ended
 //! by NUL on fds 3 and 4), not with `--dump-dom`: with `--virtual-time-budget`, the page's open
@@ -13,7 +15,7 @@
 //! Chromium is not optional: when it is missing the test fails and says how to install it. Every
 //! wait is bounded, and the browser's whole process group is killed when the test ends.
 
-use crate::support::{Node, cluster};
+use crate::support::{Node, cluster_with};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
@@ -23,9 +25,14 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 /// Everything the browser does, from start to close, must fit in this.
-const BROWSER_DEADLINE: Duration = Duration::from_secs(60);
+const BROWSER_DEADLINE: Duration = Duration::from_secs(150);
 /// The page must show every node and be live this long after navigation (status comes every 1 s).
 const LIVE_WITHIN: Duration = Duration::from_secs(30);
+/// A job change must show in the jobs panel this long after the CLI returned (jobs come every
+/// 1 s; a job starts within a scheduling round).
+const JOB_SHOWN_WITHIN: Duration = Duration::from_secs(30);
+/// CPU slots each node offers (`noodle up --slots`), so that the usage shown is known.
+const SLOTS: &str = "2";
 /// Between two looks at the DOM.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Messages from the browser waiting to be read; the reader blocks beyond this.
@@ -43,7 +50,7 @@ fn dashboard_in_chromium_lists_every_node_and_goes_live() {
     // Before starting anything: a missing browser is a setup problem with a one-line fix.
     let chromium = find_chromium();
 
-    let nodes = cluster(3);
+    let nodes = cluster_with(3, &["--slots", SLOTS]);
     let ids: Vec<String> = nodes.iter().map(Node::node_id).collect();
     let out = nodes[0].cli(&["dashboard"]);
     assert!(
@@ -85,6 +92,10 @@ fn dashboard_in_chromium_lists_every_node_and_goes_live() {
     );
     eprintln!("dashboard: every node shown and live {took:?} after navigation");
 
+    // A reload would clear this: it shows that what follows came over the stream.
+    browser.evaluate(&page, "window.noodleNotReloaded = true");
+    jobs_show_live(&mut browser, &page, &nodes[0]);
+
     let png = browser.screenshot(&page);
     assert!(
         png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 1024,
@@ -103,6 +114,158 @@ fn dashboard_in_chromium_lists_every_node_and_goes_live() {
         browser.script_errors
     );
     browser.close();
+}
+
+/// Submits jobs on `node` and watches the jobs panel follow them without a reload.
+fn jobs_show_live(browser: &mut Browser, page: &Page, node: &Node) {
+    // A command is the user's text: it must appear as text, never as markup (an `<img>` that
+    // ran its handler would also report a console error).
+    let hostile = "exit 3 # <img src=x onerror=console.error(document.domain)>";
+    let bad = detach(node, &["sh", "-c", hostile]);
+    let seen = wait_for_job(browser, page, bad, "the hostile job shown as failed", |j| {
+        j.state == "failed" && j.cell(3) == "3" && j.cell(4).contains(hostile)
+    });
+    assert_eq!(seen.images, 0, "a job command became markup: {seen:?}");
+
+    let id = detach(node, &["sleep", "30"]);
+    let seen = wait_for_job(
+        browser,
+        page,
+        id,
+        "the job shown running, holding 1 slot",
+        |j| j.state == "running" && !j.node.is_empty() && j.usage == format!("1/{SLOTS}"),
+    );
+    assert_eq!(seen.cell(0), id.to_string(), "{seen:?}");
+    assert_eq!(seen.cell(4), "sleep 30", "{seen:?}");
+    assert_eq!(seen.running, "1", "{seen:?}");
+    assert!(seen.cell(5).ends_with(" UTC"), "no start time: {seen:?}");
+    // The page shows the node that the API says runs the job.
+    let api = node.cli(&["jobs", "--json"]);
+    assert!(
+        api.status.success(),
+        "noodle jobs: {}",
+        String::from_utf8_lossy(&api.stderr)
+    );
+    let list: noodle_api::JobList = serde_json::from_slice(&api.stdout).expect("jobs --json");
+    let listed = list
+        .jobs
+        .iter()
+        .find(|j| j.id == id)
+        .expect("the job is listed");
+    assert_eq!(listed.node.as_deref(), Some(seen.node.as_str()), "{seen:?}");
+    eprintln!("dashboard: job {id} shown running on {}", seen.node);
+
+    let out = node.cli(&["cancel", &id.to_string()]);
+    assert!(
+        out.status.success(),
+        "noodle cancel: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let running_on = seen.node;
+    let seen = wait_for_job(
+        browser,
+        page,
+        id,
+        "the job shown cancelled, its slot free",
+        |j| j.state == "cancelled" && j.node == running_on && j.usage == format!("0/{SLOTS}"),
+    );
+    assert!(seen.cell(6).ends_with(" UTC"), "no end time: {seen:?}");
+}
+
+/// `noodle run --detach ARGS` on `node`: the job id.
+fn detach(node: &Node, args: &[&str]) -> u64 {
+    let mut all = vec!["run", "--detach", "--"];
+    all.extend_from_slice(args);
+    let out = node.cli(&all);
+    assert!(
+        out.status.success(),
+        "noodle run --detach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("noodle run --detach printed {text:?}, not a job id"))
+}
+
+/// One job's row in the jobs panel, as the live DOM shows it.
+#[derive(Debug, serde::Deserialize)]
+struct JobSeen {
+    /// `data-state` of the row; empty while there is no row.
+    state: String,
+    /// Text of each cell: id, state, node, exit code, command, started, ended.
+    cells: Vec<String>,
+    /// `data-node` of the row: the node id.
+    node: String,
+    /// The slots used / offered shown for that node.
+    usage: String,
+    /// The running count.
+    running: String,
+    /// `<img>` elements in the jobs and events panels (none is ours).
+    images: usize,
+    /// False if the page was loaded again.
+    not_reloaded: bool,
+}
+
+impl JobSeen {
+    fn cell(&self, index: usize) -> &str {
+        self.cells.get(index).map_or("", String::as_str)
+    }
+}
+
+/// Polls the jobs panel until job `id`'s row satisfies `done` (and the page was not reloaded).
+fn wait_for_job(
+    browser: &mut Browser,
+    page: &Page,
+    id: u64,
+    what: &str,
+    done: impl Fn(&JobSeen) -> bool,
+) -> JobSeen {
+    let expression = format!(
+        r#"(() => {{
+  const row = document.querySelector('#jobs-body tr[data-job-id="{id}"]');
+  const node = row ? row.dataset.node : '';
+  const usage = node
+    ? document.querySelector('#jobs-usage [data-usage-node="' + CSS.escape(node) + '"] .slots')
+    : null;
+  return {{
+    state: row ? row.dataset.state : '',
+    cells: row ? Array.from(row.cells, (c) => c.textContent) : [],
+    node: node,
+    usage: usage ? usage.textContent : '',
+    running: document.getElementById('j-running').textContent,
+    images: document.querySelectorAll('#jobs-panel img, #events-panel img').length,
+    not_reloaded: window.noodleNotReloaded === true,
+  }};
+}})()"#
+    );
+    let started = Instant::now();
+    let mut last = None;
+    while started.elapsed() < JOB_SHOWN_WITHIN {
+        let seen = browser
+            .evaluate(page, &expression)
+            .and_then(|v| serde_json::from_value::<JobSeen>(v).ok());
+        if let Some(seen) = seen {
+            assert!(seen.not_reloaded, "the page was reloaded: {seen:?}");
+            if done(&seen) {
+                eprintln!(
+                    "dashboard: {what} {:?} after the command",
+                    started.elapsed()
+                );
+                return seen;
+            }
+            last = Some(seen);
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    let panel = browser
+        .evaluate(page, "document.getElementById('jobs-panel').outerHTML")
+        .unwrap_or_default();
+    panic!(
+        "the jobs panel did not show {what} (job {id}) within {JOB_SHOWN_WITHIN:?}; last seen: \
+         {last:?}\nscript errors: {:?}\njobs panel:\n{panel}",
+        browser.script_errors,
+    );
 }
 
 /// What the dashboard DOM still lacks: a `data-node-id` row per node, `data-live="1"` on body
@@ -267,6 +430,22 @@ impl Browser {
             )
             .ok()?;
         result["result"]["value"].as_str().map(str::to_string)
+    }
+
+    /// The value of a script expression in the page, or `None` if it threw or the page is
+    /// still loading.
+    fn evaluate(&mut self, page: &Page, expression: &str) -> Option<Value> {
+        let result = self
+            .call(
+                Some(&page.session),
+                "Runtime.evaluate",
+                json!({ "expression": expression, "returnByValue": true }),
+            )
+            .ok()?;
+        if result.get("exceptionDetails").is_some() {
+            return None;
+        }
+        result.get("result")?.get("value").cloned()
     }
 
     /// A PNG of the page's viewport.

@@ -6,5 +6,6 @@ mod bench;
 mod cluster;
 mod control;
 mod dashboard;
+mod jobs;
 mod netns;
 mod support;

@@ -1,0 +1,491 @@
+//! API routes of `noodle run`: submit, list, show, wait for and cancel jobs, stream their
+//! output, and upload the chunks of shipped files. Each handler first names the right it needs.
+//!
+//! Rights: `jobs:run` to submit and cancel, `jobs:read` to see jobs and their output. Token
+//! quotas enforced at submission: `cpus` and `gpus` (per job) and `jobs` (jobs of this
+//! submitter not yet ended).
+
+use crate::api::{ApiResult, AppState, Refusal, check, parse_body};
+use crate::control::{Actor, Caller, ControlPlane};
+use crate::jobs::{JobRuntime, OutputChunk, OutputRequest, info};
+use axum::Extension;
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use noodle_api::{ChunkIds, JobList, JobSubmit, output_frame};
+use noodle_caps::Request;
+use noodle_control::jobs::{JobCommand, JobFile, JobRecord, JobSpec, JobState};
+use noodle_control::{Command, ControlError, Response as Applied};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Ended jobs `GET /v1/jobs` lists besides the ones that have not ended.
+const RECENT_JOBS: usize = 100;
+/// Most jobs `GET /v1/jobs?all=true` lists.
+const ALL_JOBS_MAX: usize = 100_000;
+/// Longest `GET /v1/jobs/{id}/wait` holds the request.
+const WAIT_MAX: Duration = Duration::from_secs(60);
+
+fn plane(shared: &AppState) -> Result<&Arc<ControlPlane>, Refusal> {
+    shared.control.get().ok_or_else(starting)
+}
+
+fn runtime(shared: &AppState) -> Result<&Arc<JobRuntime>, Refusal> {
+    shared.jobs.get().ok_or_else(starting)
+}
+
+fn starting() -> Refusal {
+    Refusal::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the node is starting; try again in a moment",
+    )
+}
+
+fn control_error(e: ControlError) -> Refusal {
+    let status = match &e {
+        ControlError::Rejected(_) => StatusCode::BAD_REQUEST,
+        ControlError::NoLeader(_) | ControlError::Indeterminate(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    Refusal::new(status, e.to_string())
+}
+
+fn bad_request(message: impl Into<String>) -> Refusal {
+    Refusal::new(StatusCode::BAD_REQUEST, message)
+}
+
+fn no_such_job(id: u64) -> Refusal {
+    Refusal::new(StatusCode::NOT_FOUND, format!("there is no job {id}"))
+}
+
+fn read_right() -> Request {
+    Request::new("jobs", "read")
+}
+
+fn run_right() -> Request {
+    Request::new("jobs", "run")
+}
+
+/// Checks the token's quotas for a new job.
+fn check_quotas(plane: &ControlPlane, actor: &Actor, spec: &JobSpec) -> Result<(), Refusal> {
+    let over = |name: &str, asked: i64| -> Result<(), Refusal> {
+        match actor.quota(name) {
+            Some(limit) if asked > limit => Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                format!("denied: the job asks for {asked} {name}; the token allows {limit}"),
+            )),
+            _ => Ok(()),
+        }
+    };
+    over("cpus", i64::from(spec.cpus))?;
+    over("gpus", i64::from(spec.gpus))?;
+    if let Some(limit) = actor.quota("jobs") {
+        let mine = plane
+            .control
+            .read_local(|v| v.active_jobs())
+            .map_err(control_error)?
+            .iter()
+            .filter(|j| j.spec.submitter == actor.name)
+            .count() as i64;
+        if mine >= limit {
+            return Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "denied: {mine} of your jobs have not ended; the token allows {limit} at once"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn submit(
+    State(shared): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> ApiResult {
+    let req: JobSubmit = parse_body(&body, "job")?;
+    let target = req.command.first().cloned().unwrap_or_default();
+    let actor = check(&shared, &caller, run_right(), "job.submit", &target)?;
+    let plane = plane(&shared)?;
+    let jobs = runtime(&shared)?;
+    let spec = JobSpec {
+        command: req.command,
+        cpus: req.cpus,
+        mem_bytes: req.mem_bytes,
+        gpus: req.gpus,
+        labels: req.labels,
+        submitter: actor.name.clone(),
+        retries: req.retries,
+        origin: shared.node_id.clone(),
+        files: req
+            .files
+            .into_iter()
+            .map(|f| JobFile {
+                name: f.name,
+                manifest: f.manifest,
+                executable: f.executable,
+                bytes: f.bytes,
+            })
+            .collect(),
+    };
+    spec.validate().map_err(bad_request)?;
+    check_quotas(plane, &actor, &spec)?;
+    let manifests: Vec<String> = spec.files.iter().map(|f| f.manifest.clone()).collect();
+    let missing = jobs
+        .shipping
+        .missing(&manifests)
+        .map_err(|e| bad_request(e.to_string()))?;
+    if let Some(m) = missing.first() {
+        return Err(bad_request(format!(
+            "file manifest {m} is not on this node: upload the file's chunks first"
+        )));
+    }
+    // A job no node could ever run is refused now rather than queued for ever.
+    let mut sched = shared.scheduler();
+    let probe = noodle_sched::JobSpec {
+        id: 0,
+        submitter: spec.submitter.clone(),
+        origin: spec.origin.clone(),
+        cpus: spec.cpus,
+        mem_bytes: spec.mem_bytes,
+        gpus: spec.gpus,
+        labels: spec.labels.clone(),
+        inputs: Vec::new(),
+    };
+    if let Err(why) = sched.submit(probe) {
+        return Err(bad_request(format!("no node can run this job: {why}")));
+    }
+    let at_ms = crate::now_ms();
+    let command = Command::Job(JobCommand::Submit {
+        spec: spec.clone(),
+        at_ms,
+    });
+    let applied = plane
+        .write(&actor, "job.submit", &target, command)
+        .await
+        .map_err(control_error)?;
+    let id = match applied {
+        Applied::Created { id } => id,
+        Applied::Rejected(why) => return Err(bad_request(why)),
+        other => {
+            return Err(Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the control plane answered {other:?} to a submission"),
+            ));
+        }
+    };
+    let record = JobRecord {
+        id,
+        retries_left: spec.retries,
+        spec,
+        state: JobState::Queued,
+        epoch: 0,
+        node: None,
+        exit_code: None,
+        submitted_at_ms: at_ms,
+        started_at_ms: None,
+        ended_at_ms: None,
+        error: None,
+    };
+    Ok((StatusCode::CREATED, Json(info(&record))).into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct ListQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+pub(crate) async fn list(
+    State(shared): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
+    check(&shared, &caller, read_right(), "job.list", "")?;
+    let plane = plane(&shared)?;
+    let mut jobs = plane
+        .control
+        .read(|v| {
+            if q.all {
+                return v.jobs(0, ALL_JOBS_MAX);
+            }
+            let mut jobs = v.active_jobs()?;
+            let active: std::collections::HashSet<u64> = jobs.iter().map(|j| j.id).collect();
+            jobs.extend(
+                v.recent_jobs(RECENT_JOBS)?
+                    .into_iter()
+                    .filter(|j| !active.contains(&j.id)),
+            );
+            Ok(jobs)
+        })
+        .await
+        .map_err(control_error)?;
+    jobs.sort_by_key(|j| j.id);
+    Ok(Json(JobList {
+        jobs: jobs.iter().map(info).collect(),
+    })
+    .into_response())
+}
+
+async fn read_job(plane: &ControlPlane, id: u64) -> Result<JobRecord, Refusal> {
+    plane
+        .control
+        .read(|v| v.job(id))
+        .await
+        .map_err(control_error)?
+        .ok_or_else(|| no_such_job(id))
+}
+
+pub(crate) async fn get(
+    State(shared): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<u64>,
+) -> ApiResult {
+    check(&shared, &caller, read_right(), "job.get", &id.to_string())?;
+    let job = read_job(plane(&shared)?, id).await?;
+    Ok(Json(info(&job)).into_response())
+}
+
+pub(crate) async fn cancel(
+    State(shared): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<u64>,
+) -> ApiResult {
+    let target = format!("job {id}");
+    let actor = check(&shared, &caller, run_right(), "job.cancel", &target)?;
+    let plane = plane(&shared)?;
+    let command = Command::Job(JobCommand::Cancel {
+        id,
+        at_ms: crate::now_ms(),
+    });
+    match plane
+        .write(&actor, "job.cancel", &target, command)
+        .await
+        .map_err(control_error)?
+    {
+        Applied::Done => {}
+        Applied::Rejected(why) if why.starts_with("there is no job") => {
+            return Err(no_such_job(id));
+        }
+        Applied::Rejected(why) => return Err(Refusal::new(StatusCode::CONFLICT, why)),
+        other => {
+            return Err(Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the control plane answered {other:?} to a cancellation"),
+            ));
+        }
+    }
+    let job = read_job(plane, id).await?;
+    Ok(Json(info(&job)).into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct WaitQuery {
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+pub(crate) async fn wait(
+    State(shared): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<u64>,
+    Query(q): Query<WaitQuery>,
+) -> ApiResult {
+    check(&shared, &caller, read_right(), "job.wait", &id.to_string())?;
+    let plane = plane(&shared)?;
+    let timeout = q
+        .timeout_ms
+        .map_or(WAIT_MAX, Duration::from_millis)
+        .min(WAIT_MAX);
+    let deadline = Instant::now() + timeout;
+    let mut metrics = plane.control.watch();
+    let mut job = read_job(plane, id).await?;
+    while !job.state.is_terminal() && Instant::now() < deadline {
+        let _ = tokio::time::timeout_at(deadline.into(), metrics.changed()).await;
+        if let Ok(Some(j)) = plane.control.read_local(|v| v.job(id)) {
+            job = j;
+        }
+    }
+    Ok(Json(info(&job)).into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct OutputQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// Streams a job's output as frames (`noodle_api::output_frame`), following it across
+/// attempts (a lost job run again elsewhere) until the job ends when `follow` is set.
+pub(crate) async fn output(
+    State(shared): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<u64>,
+    Query(q): Query<OutputQuery>,
+) -> ApiResult {
+    check(
+        &shared,
+        &caller,
+        read_right(),
+        "job.output",
+        &id.to_string(),
+    )?;
+    read_job(plane(&shared)?, id).await?;
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::convert::Infallible>>(16);
+    tokio::spawn(relay_output(shared.clone(), id, q.follow, tx));
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
+}
+
+type Frames = mpsc::Sender<Result<Bytes, std::convert::Infallible>>;
+
+async fn send_notice(tx: &Frames, text: &str) -> bool {
+    let mut out = Vec::new();
+    output_frame::encode(output_frame::NOTICE, text.as_bytes(), &mut out);
+    tx.send(Ok(Bytes::from(out))).await.is_ok()
+}
+
+/// Fetches one attempt's output from the node that has it.
+async fn fetch(shared: &AppState, node: &str, req: &OutputRequest) -> Result<OutputChunk, String> {
+    if node == shared.node_id {
+        let jobs = shared.jobs.get().ok_or("the node is starting")?;
+        return crate::jobs::read_output(jobs, req).await;
+    }
+    let addr = shared
+        .peer_addr(node)
+        .ok_or_else(|| format!("node {node} is not known here"))?;
+    let link = shared.link().ok_or("the node is starting")?;
+    let body = postcard::to_stdvec(req).map_err(|e| e.to_string())?;
+    let answer = link
+        .request(addr, "jobs.output", &body)
+        .await
+        .map_err(|e| e.to_string())?;
+    postcard::from_bytes(&answer).map_err(|_| format!("node {node} sent unreadable output"))
+}
+
+/// Waits for the control plane to apply something, or a short while.
+async fn settle<T>(metrics: &mut tokio::sync::watch::Receiver<T>) {
+    let _ = tokio::time::timeout(Duration::from_millis(250), metrics.changed()).await;
+}
+
+async fn relay_output(shared: AppState, id: u64, follow: bool, tx: Frames) {
+    let Some(plane) = shared.control.get().cloned() else {
+        return;
+    };
+    let mut metrics = plane.control.watch();
+    let mut attempt: Option<(String, u64)> = None;
+    let mut offset = 0u64;
+    loop {
+        if tx.is_closed() {
+            return;
+        }
+        let job = match plane.control.read_local(|v| v.job(id)) {
+            Ok(Some(job)) => job,
+            _ => {
+                settle(&mut metrics).await;
+                continue;
+            }
+        };
+        let current = match &job.state {
+            JobState::Placed { node, epoch } | JobState::Running { node, epoch } => {
+                Some((node.clone(), *epoch))
+            }
+            s if s.is_terminal() => job.node.clone().map(|n| (n, job.epoch)),
+            _ => None,
+        };
+        let Some((node, epoch)) = current else {
+            // Queued: not placed yet, or lost and waiting to run again.
+            if !follow || job.state.is_terminal() {
+                return;
+            }
+            settle(&mut metrics).await;
+            continue;
+        };
+        if attempt.as_ref() != Some(&(node.clone(), epoch)) {
+            if let Some((old, _)) = &attempt {
+                let text = format!("job {id} was lost on {old}; running it again on {node}");
+                if !send_notice(&tx, &text).await {
+                    return;
+                }
+            }
+            attempt = Some((node.clone(), epoch));
+            offset = 0;
+        }
+        let req = OutputRequest {
+            id,
+            epoch,
+            offset,
+            wait_ms: if follow && !job.state.is_terminal() {
+                1000
+            } else {
+                0
+            },
+        };
+        let chunk = match fetch(&shared, &node, &req).await {
+            Ok(c) => c,
+            Err(e) => {
+                if !follow || job.state.is_terminal() {
+                    let _ = send_notice(&tx, &format!("output of job {id} on {node}: {e}")).await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let got = !chunk.frames.is_empty();
+        if got {
+            offset = chunk.next;
+            if tx.send(Ok(Bytes::from(chunk.frames))).await.is_err() {
+                return;
+            }
+        }
+        let ended = job.state.is_terminal();
+        if chunk.unknown || chunk.closed {
+            // Nothing (more) for this attempt: done if the job has ended, else wait for it to
+            // start, end or move.
+            if ended || !follow {
+                return;
+            }
+            settle(&mut metrics).await;
+        } else if !got && !follow {
+            return;
+        }
+    }
+}
+
+/// `POST /v1/chunks/missing`.
+pub(crate) async fn chunks_missing(
+    State(shared): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> ApiResult {
+    check(&shared, &caller, run_right(), "chunks.missing", "")?;
+    let req: ChunkIds = parse_body(&body, "chunk list")?;
+    let ids = runtime(&shared)?
+        .shipping
+        .missing(&req.ids)
+        .map_err(|e| bad_request(e.to_string()))?;
+    Ok(Json(ChunkIds { ids }).into_response())
+}
+
+/// `PUT /v1/chunks/{id}`.
+pub(crate) async fn put_chunk(
+    State(shared): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    check(&shared, &caller, run_right(), "chunks.put", &id)?;
+    let jobs = runtime(&shared)?.clone();
+    tokio::task::spawn_blocking(move || jobs.shipping.put(&id, &body))
+        .await
+        .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| bad_request(e.to_string()))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

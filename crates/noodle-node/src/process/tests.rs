@@ -1,0 +1,451 @@
+//! Tests of job processes: real programs (`sh`, `env`, `python3`) in temporary directories.
+
+use super::output::{FINAL_NOTICE_MAX_BYTES, read_all};
+use super::*;
+use noodle_api::output_frame::NOTICE;
+use std::time::Instant;
+
+/// A temporary job: `dir/work` is the working directory, `dir/output` the log.
+struct Job {
+    dir: tempfile::TempDir,
+}
+
+impl Job {
+    fn new() -> Job {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(dir.path().join("work")).expect("workdir");
+        Job { dir }
+    }
+
+    fn workdir(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    fn spec(&self, command: &[&str]) -> ProcessSpec {
+        ProcessSpec {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            workdir: self.workdir(),
+            env: Vec::new(),
+            cpus: 1,
+            mem_bytes: 0,
+            cgroup_parent: None,
+        }
+    }
+
+    fn log(&self, max_bytes: u64) -> Arc<OutputLog> {
+        OutputLog::create(&self.dir.path().join("output"), max_bytes).expect("log")
+    }
+
+    /// Runs `spec` to the end: exit code and frames.
+    async fn run(&self, spec: &ProcessSpec) -> (i32, Vec<(u8, Vec<u8>)>) {
+        let log = self.log(1 << 20);
+        let mut job = JobProcess::spawn(spec, log.clone()).expect("spawn");
+        let code = tokio::time::timeout(Duration::from_secs(30), job.wait())
+            .await
+            .expect("job ends");
+        assert!(log.is_closed());
+        (code, read_all(&log, 1 << 20))
+    }
+}
+
+/// Everything the job wrote to `kind`, concatenated.
+fn stream(frames: &[(u8, Vec<u8>)], kind: u8) -> String {
+    let bytes: Vec<u8> = frames
+        .iter()
+        .filter(|(k, _)| *k == kind)
+        .flat_map(|(_, payload)| payload.clone())
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// `(state, process group)` of a process from `/proc/<pid>/stat`; `None` once it is gone.
+fn proc_stat(pid: i32) -> Option<(char, i32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: fields start after the last ')'.
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let _ppid = fields.next()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some((state, pgrp))
+}
+
+/// Processes of group `pgid` that are still alive (zombies are dead: they wait to be reaped).
+fn live_members(pgid: i32) -> Vec<i32> {
+    let mut live = Vec::new();
+    for entry in fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if let Some((state, pgrp)) = proc_stat(pid)
+            && pgrp == pgid
+            && state != 'Z'
+        {
+            live.push(pid);
+        }
+    }
+    live
+}
+
+/// Polls `done` every 20 ms for up to `limit`; whether it became true.
+async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    done()
+}
+
+#[tokio::test]
+async fn output_and_exit_code_are_captured() {
+    let job = Job::new();
+    let (code, frames) = job
+        .run(&job.spec(&["sh", "-c", "echo out; echo err >&2; exit 3"]))
+        .await;
+    assert_eq!(code, 3);
+    assert!(frames.contains(&(STDOUT, b"out\n".to_vec())), "{frames:?}");
+    assert!(frames.contains(&(STDERR, b"err\n".to_vec())), "{frames:?}");
+    assert!(
+        !frames.iter().any(|(kind, _)| *kind == NOTICE),
+        "{frames:?}"
+    );
+}
+
+#[tokio::test]
+async fn missing_programs_are_named() {
+    let job = Job::new();
+    for program in ["definitely-not-a-program-xyz", "./nope"] {
+        match JobProcess::spawn(&job.spec(&[program]), job.log(1024)) {
+            Err(error @ SpawnError::NotFound { .. }) => {
+                assert_eq!(error.to_string(), format!("no such program `{program}`"));
+            }
+            Err(other) => panic!("{program}: {other}"),
+            Ok(_) => panic!("{program} started"),
+        }
+    }
+    assert!(matches!(
+        JobProcess::spawn(&job.spec(&[]), job.log(1024)),
+        Err(SpawnError::EmptyCommand)
+    ));
+}
+
+#[tokio::test]
+async fn programs_relative_to_the_workdir_run_and_must_be_executable() {
+    use std::os::unix::fs::PermissionsExt;
+    let job = Job::new();
+    let script = job.workdir().join("my_program");
+    fs::write(&script, "#!/bin/sh\necho \"hi $1\"\n").expect("script");
+
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).expect("chmod");
+    match JobProcess::spawn(&job.spec(&["./my_program"]), job.log(1024)) {
+        Err(error @ SpawnError::NotExecutable { .. }) => {
+            assert!(error.to_string().contains("`./my_program`"), "{error}");
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a file without execute permission started"),
+    }
+
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (code, frames) = job.run(&job.spec(&["./my_program", "there"])).await;
+    assert_eq!(code, 0);
+    assert_eq!(stream(&frames, STDOUT), "hi there\n");
+}
+
+#[tokio::test]
+async fn flood_of_output_is_bounded() {
+    let job = Job::new();
+    let max_bytes = 1 << 20;
+    let total = 50_000_000u64;
+    let log = job.log(max_bytes);
+    let mut process = JobProcess::spawn(
+        &job.spec(&["sh", "-c", &format!("yes | head -c {total}")]),
+        log.clone(),
+    )
+    .expect("spawn");
+    let code = tokio::time::timeout(Duration::from_secs(60), process.wait())
+        .await
+        .expect("job ends");
+    assert_eq!(code, 0);
+
+    let file_len = fs::metadata(job.dir.path().join("output"))
+        .expect("stat")
+        .len();
+    assert!(
+        file_len <= max_bytes + FINAL_NOTICE_MAX_BYTES,
+        "log of {file_len} bytes"
+    );
+    let frames = read_all(&log, 1 << 20);
+    let kept = stream(&frames, STDOUT).len() as u64;
+    assert_eq!(kept + log.dropped(), total);
+    assert!(kept > max_bytes - 1024, "only {kept} bytes kept");
+    let notices = stream(&frames, NOTICE);
+    assert!(
+        notices.contains(&format!("output beyond {max_bytes} bytes is dropped")),
+        "{notices}"
+    );
+    assert!(
+        notices.contains(&format!("{} bytes of output dropped", log.dropped())),
+        "{notices}"
+    );
+}
+
+#[tokio::test]
+async fn terminate_kills_a_group_that_ignores_sigterm() {
+    let job = Job::new();
+    let log = job.log(1 << 20);
+    let mut process = JobProcess::spawn(
+        &job.spec(&["sh", "-c", "trap '' TERM; sleep 60 & sleep 60"]),
+        log,
+    )
+    .expect("spawn");
+    let pgid = process.pid() as i32;
+    // `sh` and both sleeps (or two, if the shell execs the last command).
+    assert!(
+        eventually(Duration::from_secs(5), || live_members(pgid).len() >= 2).await,
+        "group {pgid}: {:?}",
+        live_members(pgid)
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let members = live_members(pgid);
+
+    let start = Instant::now();
+    process.terminate(Duration::from_millis(300));
+    process.terminate(Duration::from_millis(300));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(live_members(pgid), members, "SIGTERM was ignored");
+    // Before `wait` (which kills leftovers itself): the delayed SIGKILL empties the group.
+    assert!(
+        eventually(Duration::from_secs(5), || live_members(pgid).is_empty()).await,
+        "group {pgid} still has {:?}",
+        live_members(pgid)
+    );
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    let code = tokio::time::timeout(Duration::from_secs(5), process.wait())
+        .await
+        .expect("job ends");
+    assert_eq!(code, 128 + 9);
+    // Signals after the end are no-ops.
+    process.terminate(Duration::ZERO);
+    process.kill();
+}
+
+#[tokio::test]
+async fn kill_reaches_background_processes() {
+    let job = Job::new();
+    let log = job.log(1 << 20);
+    let mut process = JobProcess::spawn(
+        &job.spec(&["sh", "-c", "sleep 60 & echo $! > bg.pid; sleep 60"]),
+        log,
+    )
+    .expect("spawn");
+    let pid_file = job.workdir().join("bg.pid");
+    let mut background = None;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            background = fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok());
+            background.is_some()
+        })
+        .await
+    );
+    let background = background.expect("pid");
+    assert_eq!(
+        proc_stat(background).map(|(_, pgrp)| pgrp),
+        Some(process.pid() as i32)
+    );
+
+    process.kill();
+    // Gone or a zombie (reparented; its reaper may be slow): either way not running.
+    let gone = || proc_stat(background).is_none_or(|(state, _)| state == 'Z');
+    assert!(
+        eventually(Duration::from_secs(5), gone).await,
+        "{:?}",
+        proc_stat(background)
+    );
+    let code = tokio::time::timeout(Duration::from_secs(5), process.wait())
+        .await
+        .expect("job ends");
+    assert_eq!(code, 128 + 9);
+}
+
+#[tokio::test]
+async fn leftovers_die_with_the_main_process() {
+    let job = Job::new();
+    // The background sleep holds stdout open; the job still ends when `sh` does.
+    let spec = job.spec(&["sh", "-c", "sleep 60 & echo $! > bg.pid; echo done"]);
+    let start = Instant::now();
+    let (code, frames) = job.run(&spec).await;
+    assert_eq!(code, 0);
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_eq!(stream(&frames, STDOUT), "done\n");
+    let background: i32 = fs::read_to_string(job.workdir().join("bg.pid"))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    let gone = || proc_stat(background).is_none_or(|(state, _)| state == 'Z');
+    assert!(eventually(Duration::from_secs(5), gone).await);
+}
+
+/// A command that tries to allocate 512 MiB: python3 where there is one, else awk.
+fn allocate_512_mib() -> Vec<&'static str> {
+    if Path::new("/usr/bin/python3").exists() {
+        vec![
+            "python3",
+            "-c",
+            "x = bytearray(512 * 1024 * 1024); print(len(x))",
+        ]
+    } else {
+        vec![
+            "awk",
+            "BEGIN { s = sprintf(\"%536870912s\", \"\"); print length(s) }",
+        ]
+    }
+}
+
+#[tokio::test]
+async fn memory_bound_without_cgroup_is_an_rlimit() {
+    let job = Job::new();
+    let command = allocate_512_mib();
+
+    // Without a bound it works, so a failure below is the bound's doing.
+    let (code, frames) = job.run(&job.spec(&command)).await;
+    assert_eq!(code, 0, "{frames:?}");
+    assert_eq!(stream(&frames, STDOUT), "536870912\n");
+
+    let mut spec = job.spec(&command);
+    spec.mem_bytes = 64 << 20;
+    let (code, frames) = job.run(&spec).await;
+    assert_ne!(code, 0, "{frames:?}");
+    assert_eq!(stream(&frames, STDOUT), "");
+    if command[0] == "python3" {
+        assert!(
+            stream(&frames, STDERR).contains("MemoryError"),
+            "{frames:?}"
+        );
+    }
+
+    // A cgroup parent that is not a cgroup v2 directory falls back to the rlimit.
+    spec.cgroup_parent = Some(job.dir.path().to_path_buf());
+    let (code, frames) = job.run(&spec).await;
+    assert_ne!(code, 0, "{frames:?}");
+    assert_eq!(stream(&frames, STDOUT), "");
+}
+
+#[tokio::test]
+async fn environment_is_clean() {
+    let job = Job::new();
+    let mut spec = job.spec(&["env"]);
+    spec.env = vec![
+        ("NOODLE_JOB_ID".into(), "j-1".into()),
+        ("NOODLE_NODE".into(), "n1".into()),
+    ];
+    let (code, frames) = job.run(&spec).await;
+    assert_eq!(code, 0);
+    let workdir = fs::canonicalize(job.workdir()).expect("canonical workdir");
+    let mut vars: Vec<String> = stream(&frames, STDOUT).lines().map(String::from).collect();
+    vars.sort();
+    let path = vars
+        .iter()
+        .find(|v| v.starts_with("PATH="))
+        .cloned()
+        .expect("PATH");
+    let mut expected = vec![
+        format!("HOME={}", workdir.display()),
+        "LANG=C.UTF-8".to_string(),
+        "LC_ALL=C.UTF-8".to_string(),
+        "NOODLE_JOB_ID=j-1".to_string(),
+        "NOODLE_NODE=n1".to_string(),
+        path,
+        format!("TMPDIR={}", workdir.join("tmp").display()),
+    ];
+    expected.sort();
+    assert_eq!(vars, expected);
+    assert!(workdir.join("tmp").is_dir());
+
+    let (code, frames) = job.run(&job.spec(&["sh", "-c", "pwd -P"])).await;
+    assert_eq!(code, 0);
+    assert_eq!(stream(&frames, STDOUT), format!("{}\n", workdir.display()));
+}
+
+#[tokio::test]
+async fn dropping_a_running_job_kills_it() {
+    let job = Job::new();
+    let log = job.log(1 << 20);
+    let process = JobProcess::spawn(&job.spec(&["sleep", "60"]), log.clone()).expect("spawn");
+    let pid = process.pid() as i32;
+    assert!(proc_stat(pid).is_some());
+    drop(process);
+    let gone = || proc_stat(pid).is_none_or(|(state, _)| state == 'Z');
+    assert!(eventually(Duration::from_secs(5), gone).await);
+    assert!(eventually(Duration::from_secs(5), || log.is_closed()).await);
+}
+
+#[test]
+fn jobs_die_with_the_thread_that_started_them() {
+    // Stands in for the node dying: the kernel sends the parent-death signal when the thread
+    // that forked the job exits. The job is leaked so that nothing of ours kills it.
+    let job = Job::new();
+    let spec = job.spec(&["sleep", "60"]);
+    let log = job.log(1024);
+    let pid = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let process = JobProcess::spawn(&spec, log).expect("spawn");
+            let pid = process.pid() as i32;
+            std::mem::forget(process);
+            pid
+        })
+    })
+    .join()
+    .expect("thread");
+    let start = Instant::now();
+    // Gone or a zombie: the leaked child is never reaped.
+    while proc_stat(pid).is_some_and(|(state, _)| state != 'Z') {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "job {pid} outlived its parent"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn exit_codes_read_like_a_shell() {
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
+    assert_eq!(exit_code(ExitStatus::from_raw(9)), 137);
+    assert_eq!(exit_code(ExitStatus::from_raw(15)), 143);
+}
+
+#[test]
+fn cgroup_v2_root_needs_cgroup_v2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    assert_eq!(cgroup_v2_root_in(dir.path()), None);
+    fs::write(dir.path().join("cgroup.controllers"), "cpuset io pids\n").expect("write");
+    assert_eq!(cgroup_v2_root_in(dir.path()), None);
+    fs::write(
+        dir.path().join("cgroup.controllers"),
+        "cpu io memory pids\n",
+    )
+    .expect("write");
+    let root = cgroup_v2_root_in(dir.path()).expect("root");
+    assert_eq!(root, dir.path().join("noodle-jobs"));
+    assert_eq!(
+        fs::read_to_string(root.join("cgroup.subtree_control")).expect("read"),
+        "+cpu +memory"
+    );
+    // A job cgroup is only made inside a cgroup v2 file system.
+    assert!(JobCgroup::create(&root, 1, 1 << 20).is_err());
+    assert_eq!(fs::read_dir(&root).expect("dir").count(), 1);
+}

@@ -1,0 +1,1170 @@
+//! File shipping for `noodle run --file`, node side: the chunk API behind `POST /v1/chunks/missing`
+//! and `PUT /v1/chunks/{id}`, the `chunks.get` request other members call, and
+//! [`Shipping::materialize`], which makes a job's files appear in its working directory.
+//!
+//! The storage model is `noodle-chunks`: files are manifests of blake3-named chunks, so what a
+//! node already has is never shipped again, and every byte that arrives is checked against its
+//! name before it is stored. This module only moves chunks and checks inputs; it must never write
+//! outside the job's working directory and never trust a length, count or name from the network
+//! without bounding it first.
+//!
+//! Every call that touches the disk is blocking except [`Shipping::materialize`], which moves its
+//! file work to `spawn_blocking`. [`Shipping`] is cheap to clone so that callers can do the same
+//! with [`Shipping::missing`], [`Shipping::put`] and [`Shipping::serve_get`].
+//!
+//! Manifests longer than [`MAX_CHUNK_BYTES`] (only files of well over 100 000 chunks have them)
+//! do not fit in a [`Store`]; they live beside it in `<data_dir>/chunks/large-manifests/`, under
+//! the same cap, and are accepted only if they decode as manifests.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt, stream};
+use noodle_api::JobFile;
+use noodle_chunks::{
+    ChunkError, ChunkId, MAX_CHUNK_BYTES, MAX_MANIFEST_BYTES, Manifest, ManifestError, Store,
+};
+use noodle_link::{Link, LinkError, RemoteError};
+use serde::{Serialize, Serializer};
+
+/// The request a member answers with the chunks it holds.
+pub(crate) const METHOD_GET: &str = "chunks.get";
+/// Ids in one [`Shipping::missing`] call.
+pub(crate) const MISSING_IDS_MAX: usize = 100_000;
+/// Ids in one `chunks.get` request.
+pub(crate) const GET_IDS_MAX: usize = 64;
+/// Chunk bytes in one `chunks.get` answer: well under the link's 16 MiB frame limit, with room
+/// for the encoding. A single chunk (4 MiB) or manifest (under 10 MiB) always fits alone.
+pub(crate) const GET_ANSWER_BYTES_MAX: usize = 12 << 20;
+/// `chunks.get` requests one materialisation keeps in flight: enough to fill a link while one
+/// answer is being verified and written, with at most 48 MiB of answers in memory.
+const FETCH_IN_FLIGHT: usize = 4;
+/// Tries of one `chunks.get` request whose connection failed or timed out.
+const FETCH_ATTEMPTS: u32 = 3;
+/// First pause between those tries; doubled each time.
+const FETCH_BACKOFF: Duration = Duration::from_millis(200);
+/// Fetch-and-assemble rounds: the second one re-fetches a chunk found corrupt on disk.
+const ASSEMBLE_ATTEMPTS: u32 = 2;
+/// Longest job file name, and longest component of it (Linux's `PATH_MAX`, `NAME_MAX`).
+const NAME_BYTES_MAX: usize = 4096;
+const NAME_COMPONENT_BYTES_MAX: usize = 255;
+/// Where the store lives under the data directory, and the large manifests inside it (a name the
+/// store ignores: it only scans its two-hex-digit fan-out directories).
+const STORE_DIR: &str = "chunks";
+const LARGE_MANIFESTS_DIR: &str = "large-manifests";
+const TMP_PREFIX: &str = ".tmp-";
+/// Makes temporary file names unique within the process (the pid separates processes).
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Why a shipping call failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ShipError {
+    /// The caller's input is invalid (bad id, name, size, or bytes that do not match their id).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The origin does not have a chunk the file needs.
+    #[error("origin is missing a chunk: {0}")]
+    Missing(String),
+    /// The origin could not be reached or answered nonsense.
+    #[error("cannot fetch chunks: {0}")]
+    Unreachable(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Chunk(#[from] ChunkError),
+}
+
+impl ShipError {
+    /// The HTTP status the API answers this error with.
+    #[allow(dead_code)] // wired by the node's job loop
+    pub(crate) fn http_status(&self) -> u16 {
+        match self {
+            ShipError::BadRequest(_) => 400,
+            ShipError::Missing(_) => 404,
+            ShipError::Unreachable(_) => 502,
+            ShipError::Chunk(ChunkError::StoreFull { .. }) => 507,
+            ShipError::Chunk(
+                ChunkError::HashMismatch { .. }
+                | ChunkError::ChunkTooLarge { .. }
+                | ChunkError::Manifest(_),
+            ) => 400,
+            ShipError::Io { .. } | ShipError::Chunk(_) => 500,
+        }
+    }
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ShipError + '_ {
+    move |source| ShipError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn chunk_io_at(path: &Path) -> impl FnOnce(io::Error) -> ChunkError + '_ {
+    move |source| ChunkError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Runs blocking file work off the async threads; `path` names the work in the error if the
+/// task dies.
+async fn blocking<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T, ShipError> + Send + 'static,
+) -> Result<T, ShipError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ShipError::Io {
+            path: path.to_owned(),
+            source: io::Error::other(format!("blocking task failed: {e}")),
+        })?
+}
+
+/// A chunk in a `chunks.get` answer: serialized as postcard bytes, which is byte for byte the
+/// encoding of a `Vec<u8>`, without serde's element-by-element loop.
+struct RawBytes<'a>(&'a [u8]);
+
+impl Serialize for RawBytes<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+/// The chunk store of this node plus the few manifests too large for it. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Shipping {
+    store: Arc<Store>,
+    large: Arc<LargeManifests>,
+}
+
+impl Shipping {
+    /// Opens the store at `<data_dir>/chunks`, holding at most `cap_bytes`. Blocking: it scans
+    /// the store once.
+    pub(crate) fn open(data_dir: &Path, cap_bytes: u64) -> Result<Shipping, ShipError> {
+        let dir = data_dir.join(STORE_DIR);
+        let store = Store::open(&dir, cap_bytes)?;
+        let large = LargeManifests::open(dir.join(LARGE_MANIFESTS_DIR))?;
+        Ok(Shipping {
+            store: Arc::new(store),
+            large: Arc::new(large),
+        })
+    }
+
+    /// API: which of `ids` (hex) this node lacks, each once, in first-seen order. At most
+    /// [`MISSING_IDS_MAX`] ids; a malformed one is refused by name. Blocking (a `stat` per id).
+    pub(crate) fn missing(&self, ids: &[String]) -> Result<Vec<String>, ShipError> {
+        if ids.len() > MISSING_IDS_MAX {
+            return Err(ShipError::BadRequest(format!(
+                "{} chunk ids asked for, more than {MISSING_IDS_MAX} per request",
+                ids.len()
+            )));
+        }
+        let parsed = ids
+            .iter()
+            .map(|s| s.parse::<ChunkId>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ShipError::BadRequest(e.to_string()))?;
+        Ok(self
+            .store
+            .missing(&parsed)
+            .into_iter()
+            .filter(|id| !self.large.has(id))
+            .map(|id| id.to_hex())
+            .collect())
+    }
+
+    /// API: stores one uploaded chunk or manifest. `bytes` must hash to `id_hex` and be at most
+    /// [`MAX_CHUNK_BYTES`], or at most [`MAX_MANIFEST_BYTES`] if they are a manifest. Blocking
+    /// (hashes, writes and fsyncs up to a few MiB).
+    pub(crate) fn put(&self, id_hex: &str, bytes: &[u8]) -> Result<(), ShipError> {
+        let id = id_hex
+            .parse::<ChunkId>()
+            .map_err(|e| ShipError::BadRequest(e.to_string()))?;
+        let max_bytes = MAX_CHUNK_BYTES.max(MAX_MANIFEST_BYTES);
+        if bytes.len() > max_bytes {
+            return Err(ShipError::BadRequest(format!(
+                "chunk {id} is {} bytes, more than {max_bytes}",
+                bytes.len()
+            )));
+        }
+        if ChunkId::of(bytes) != id {
+            return Err(ShipError::BadRequest(format!(
+                "chunk does not match its id {id}"
+            )));
+        }
+        self.put_verified(&id, bytes)?;
+        Ok(())
+    }
+
+    /// Stores bytes already known to hash to `id`. Returns whether they were written.
+    fn put_verified(&self, id: &ChunkId, bytes: &[u8]) -> Result<bool, ShipError> {
+        if bytes.len() <= MAX_CHUNK_BYTES {
+            return Ok(self.store.put(id, bytes)?);
+        }
+        // Only a manifest may be this long: refuse anything else rather than keep it.
+        Manifest::decode(bytes).map_err(|e| {
+            ShipError::BadRequest(format!(
+                "chunk {id} is {} bytes, more than {MAX_CHUNK_BYTES}, and not a manifest: {e}",
+                bytes.len()
+            ))
+        })?;
+        if self.large.has(id) {
+            return Ok(false);
+        }
+        let used = self.store.total_bytes().saturating_add(self.large.used());
+        let needed = bytes.len() as u64;
+        if used.saturating_add(needed) > self.store.cap_bytes() {
+            return Err(ChunkError::StoreFull {
+                needed_bytes: needed,
+                used_bytes: used,
+                cap_bytes: self.store.cap_bytes(),
+            }
+            .into());
+        }
+        self.large.put(id, bytes)?;
+        Ok(true)
+    }
+
+    fn has(&self, id: &ChunkId) -> bool {
+        self.store.has(id) || self.large.has(id)
+    }
+
+    /// Reads and verifies a stored chunk or manifest.
+    fn get(&self, id: &ChunkId) -> Result<Vec<u8>, ChunkError> {
+        match self.store.get(id) {
+            Err(ChunkError::NotFound(_)) => self.large.get(id),
+            other => other,
+        }
+    }
+
+    /// Removes a chunk found corrupt, wherever it is.
+    fn remove(&self, id: &ChunkId) -> Result<(), ChunkError> {
+        self.store.remove(id)?;
+        self.large.remove(id)
+    }
+
+    /// RPC `chunks.get`, for other members: `body` is a postcard `Vec<[u8; 32]>` of at most
+    /// [`GET_IDS_MAX`] ids; the answer is a postcard `Vec<Vec<u8>>` of their bytes, in the same
+    /// order, at most [`GET_ANSWER_BYTES_MAX`] in all. Blocking (reads up to 12 MiB).
+    pub(crate) fn serve_get(&self, body: &[u8]) -> Result<Vec<u8>, RemoteError> {
+        let bad = |m: String| RemoteError::new(RemoteError::BAD_REQUEST, m);
+        // A count (at most 5 bytes) and 32 bytes per id: refuse more before decoding anything.
+        if body.len() > 5 + GET_IDS_MAX * 32 {
+            return Err(bad(format!(
+                "chunks.get body of {} bytes asks for more than {GET_IDS_MAX} chunks",
+                body.len()
+            )));
+        }
+        let ids: Vec<ChunkId> = postcard::from_bytes(body)
+            .map_err(|e| bad(format!("unreadable chunks.get request: {e}")))?;
+        if ids.len() > GET_IDS_MAX {
+            return Err(bad(format!(
+                "chunks.get asks for {} chunks, more than {GET_IDS_MAX}",
+                ids.len()
+            )));
+        }
+        let mut chunks = Vec::with_capacity(ids.len());
+        let mut total_bytes = 0usize;
+        for id in &ids {
+            let data = match self.get(id) {
+                Ok(data) => data,
+                Err(ChunkError::NotFound(_)) => {
+                    return Err(RemoteError::new(
+                        RemoteError::NOT_FOUND,
+                        format!("chunk {id} is not here"),
+                    ));
+                }
+                Err(e @ ChunkError::Corrupt { .. }) => {
+                    // Handled here: the chunk is dropped so that a fresh copy can be shipped in.
+                    tracing::warn!(error = %e, "removing a corrupt chunk asked for by a member");
+                    if let Err(e) = self.remove(id) {
+                        tracing::warn!(error = %e, "could not remove a corrupt chunk");
+                    }
+                    return Err(RemoteError::new(
+                        RemoteError::NOT_FOUND,
+                        format!("chunk {id} is not here (the stored copy was corrupt)"),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, chunk = %id, "cannot read a chunk for a member");
+                    return Err(RemoteError::new(
+                        RemoteError::INTERNAL,
+                        format!("cannot read chunk {id}"),
+                    ));
+                }
+            };
+            total_bytes += data.len();
+            if total_bytes > GET_ANSWER_BYTES_MAX {
+                return Err(bad(format!(
+                    "chunks.get asks for more than {GET_ANSWER_BYTES_MAX} bytes; ask for fewer \
+                     chunks at a time"
+                )));
+            }
+            chunks.push(data);
+        }
+        let raw: Vec<RawBytes<'_>> = chunks.iter().map(|c| RawBytes(c)).collect();
+        postcard::to_allocvec(&raw).map_err(|e| {
+            RemoteError::new(RemoteError::INTERNAL, format!("cannot encode chunks: {e}"))
+        })
+    }
+
+    /// On the executing node: makes `file` appear at `workdir/<file.name>` (mode 0755 if
+    /// executable, else 0644), fetching from `origin` over `link` whatever this node lacks.
+    /// Every chunk is verified against its id before it is stored; the file is written
+    /// atomically, so a failed call leaves no partial file. Returns the bytes fetched over the
+    /// network: 0 when everything was already here.
+    pub(crate) async fn materialize(
+        &self,
+        link: &Link,
+        origin: SocketAddr,
+        file: &JobFile,
+        workdir: &Path,
+    ) -> Result<u64, ShipError> {
+        let started = Instant::now();
+        let rel = validate_name(&file.name)?;
+        let manifest_id = file.manifest.parse::<ChunkId>().map_err(|e| {
+            ShipError::BadRequest(format!("job file {:?}: bad manifest id: {e}", file.name))
+        })?;
+        let dest = workdir.join(rel);
+        let (manifest, mut fetched_bytes) = self.manifest(link, origin, manifest_id).await?;
+        if manifest.size() != file.bytes {
+            return Err(ShipError::BadRequest(format!(
+                "job file {:?} says {} bytes but its manifest {manifest_id} describes {}",
+                file.name,
+                file.bytes,
+                manifest.size()
+            )));
+        }
+        let manifest = Arc::new(manifest);
+        let mut attempt = 1;
+        loop {
+            fetched_bytes += self.fetch_missing(link, origin, &manifest).await?;
+            match self.assemble(&manifest, &dest, file.executable).await {
+                Ok(()) => break,
+                Err(ShipError::Chunk(ChunkError::Corrupt { id, .. }))
+                    if attempt < ASSEMBLE_ATTEMPTS =>
+                {
+                    tracing::warn!(chunk = %id, "stored chunk is corrupt; fetching it again");
+                    let ship = self.clone();
+                    blocking(&dest, move || Ok(ship.remove(&id)?)).await?;
+                }
+                // A chunk that went away between the fetch and the assembly: fetch again.
+                Err(ShipError::Chunk(ChunkError::Missing(ids))) if attempt < ASSEMBLE_ATTEMPTS => {
+                    tracing::warn!(
+                        chunks = ids.len(),
+                        "chunks went missing before assembly; fetching them again"
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+            attempt += 1;
+        }
+        metrics::counter!("noodle_ship_fetched_bytes_total").increment(fetched_bytes);
+        tracing::info!(
+            file = %file.name,
+            bytes = manifest.size(),
+            fetched_bytes,
+            %origin,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "job file materialized"
+        );
+        Ok(fetched_bytes)
+    }
+
+    /// The manifest `id`, from the store or else from `origin` (then kept). Returns it and the
+    /// bytes fetched for it.
+    async fn manifest(
+        &self,
+        link: &Link,
+        origin: SocketAddr,
+        id: ChunkId,
+    ) -> Result<(Manifest, u64), ShipError> {
+        let label = PathBuf::from(format!("manifest {id}"));
+        let ship = self.clone();
+        let local = blocking(&label, move || {
+            if !ship.has(&id) {
+                return Ok(None);
+            }
+            match ship.get(&id) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(ChunkError::NotFound(_)) => Ok(None),
+                Err(e @ ChunkError::Corrupt { .. }) => {
+                    tracing::warn!(error = %e, "stored manifest is corrupt; fetching it again");
+                    ship.remove(&id)?;
+                    Ok(None)
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await?;
+        let (bytes, fetched_bytes) = match local {
+            Some(bytes) => (bytes, 0),
+            None => {
+                let answer = request_chunks(link, origin, &[id]).await?;
+                let ship = self.clone();
+                let bytes = blocking(&label, move || {
+                    let mut entries = decode_answer(origin, &answer, 1)?;
+                    let bytes = entries.pop().unwrap_or_default().to_vec();
+                    let actual = ChunkId::of(&bytes);
+                    if actual != id {
+                        return Err(ChunkError::HashMismatch { id, actual }.into());
+                    }
+                    ship.put_verified(&id, &bytes)?;
+                    Ok(bytes)
+                })
+                .await?;
+                let len = bytes.len() as u64;
+                (bytes, len)
+            }
+        };
+        let manifest = Manifest::decode(&bytes).map_err(|e: ManifestError| {
+            ShipError::BadRequest(format!("{id} does not name a manifest: {e}"))
+        })?;
+        Ok((manifest, fetched_bytes))
+    }
+
+    /// Fetches the chunks of `manifest` this node lacks from `origin`, a few requests at a time.
+    /// Returns the bytes fetched.
+    async fn fetch_missing(
+        &self,
+        link: &Link,
+        origin: SocketAddr,
+        manifest: &Arc<Manifest>,
+    ) -> Result<u64, ShipError> {
+        let label = PathBuf::from(format!("manifest {}", manifest.id()));
+        let ship = self.clone();
+        let m = manifest.clone();
+        let batches = blocking(&label, move || {
+            let missing = ship.store.missing(&m.chunk_ids());
+            Ok(plan_batches(&m, &missing))
+        })
+        .await?;
+        if batches.is_empty() {
+            return Ok(0);
+        }
+        tracing::debug!(batches = batches.len(), %origin, "fetching chunks");
+        stream::iter(batches)
+            .map(|batch| self.fetch_batch(link, origin, batch))
+            .buffer_unordered(FETCH_IN_FLIGHT)
+            .try_fold(0u64, |total, n| async move { Ok(total + n) })
+            .await
+    }
+
+    /// Fetches, verifies and stores one batch. Returns its bytes.
+    async fn fetch_batch(
+        &self,
+        link: &Link,
+        origin: SocketAddr,
+        batch: Vec<(ChunkId, u32)>,
+    ) -> Result<u64, ShipError> {
+        let ids: Vec<ChunkId> = batch.iter().map(|&(id, _)| id).collect();
+        let answer = request_chunks(link, origin, &ids).await?;
+        let ship = self.clone();
+        let label = PathBuf::from(format!("chunks from {origin}"));
+        blocking(&label, move || {
+            let entries = decode_answer(origin, &answer, batch.len())?;
+            let mut total = 0u64;
+            for (&(id, len), data) in batch.iter().zip(entries) {
+                let actual = ChunkId::of(data);
+                if actual != id {
+                    // Logged here because the error itself cannot say where the chunk came from.
+                    tracing::warn!(chunk = %id, %origin, "origin sent a chunk that does not match its id; refused");
+                    return Err(ChunkError::HashMismatch { id, actual }.into());
+                }
+                if data.len() as u64 != u64::from(len) {
+                    return Err(ChunkError::LengthMismatch {
+                        id,
+                        actual_bytes: data.len() as u64,
+                        manifest_bytes: u64::from(len),
+                    }
+                    .into());
+                }
+                ship.put_verified(&id, data)?;
+                total += data.len() as u64;
+            }
+            Ok(total)
+        })
+        .await
+    }
+
+    /// Writes the file atomically and sets its mode.
+    async fn assemble(
+        &self,
+        manifest: &Arc<Manifest>,
+        dest: &Path,
+        executable: bool,
+    ) -> Result<(), ShipError> {
+        let ship = self.clone();
+        let manifest = manifest.clone();
+        let path = dest.to_owned();
+        blocking(dest, move || {
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).map_err(io_at(parent))?;
+            }
+            ship.store.assemble(&manifest, &path, |_, _| {})?;
+            let mode = if executable { 0o755 } else { 0o644 };
+            set_mode(&path, mode)
+        })
+        .await
+    }
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> Result<(), ShipError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_at(path))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_path: &Path, _mode: u32) -> Result<(), ShipError> {
+    Ok(())
+}
+
+/// Checks a job file name and returns it as a relative path: components separated by `/`, none
+/// empty, `.` or `..`, none longer than 255 bytes, no NUL, not absolute.
+pub(crate) fn validate_name(name: &str) -> Result<PathBuf, ShipError> {
+    let bad = |why: &str| {
+        let shown: String = name.chars().take(80).collect();
+        ShipError::BadRequest(format!("job file name {shown:?} {why}"))
+    };
+    if name.is_empty() {
+        return Err(bad("is empty"));
+    }
+    if name.len() > NAME_BYTES_MAX {
+        return Err(bad(&format!("is longer than {NAME_BYTES_MAX} bytes")));
+    }
+    if name.starts_with('/') {
+        return Err(bad(
+            "is absolute; give a path relative to the job's directory",
+        ));
+    }
+    if name.contains('\0') {
+        return Err(bad("contains a NUL byte"));
+    }
+    let mut path = PathBuf::new();
+    for component in name.split('/') {
+        match component {
+            "" => return Err(bad("has an empty component")),
+            "." | ".." => return Err(bad("may not contain `.` or `..`")),
+            c if c.len() > NAME_COMPONENT_BYTES_MAX => {
+                return Err(bad(&format!(
+                    "has a component longer than {NAME_COMPONENT_BYTES_MAX} bytes"
+                )));
+            }
+            c => path.push(c),
+        }
+    }
+    Ok(path)
+}
+
+/// Groups the chunks in `missing` (lengths from `manifest`) into `chunks.get` requests of at
+/// most [`GET_IDS_MAX`] ids and [`GET_ANSWER_BYTES_MAX`] bytes, in file order.
+fn plan_batches(manifest: &Manifest, missing: &[ChunkId]) -> Vec<Vec<(ChunkId, u32)>> {
+    let lens: HashMap<ChunkId, u32> = manifest.chunks().iter().copied().collect();
+    let mut batches = Vec::new();
+    let mut batch: Vec<(ChunkId, u32)> = Vec::new();
+    let mut batch_bytes = 0usize;
+    for id in missing {
+        // Every id comes from the manifest's own list; a manifest chunk is at most 4 MiB.
+        let Some(&len) = lens.get(id) else { continue };
+        let len_bytes = len as usize;
+        if !batch.is_empty()
+            && (batch.len() == GET_IDS_MAX || batch_bytes + len_bytes > GET_ANSWER_BYTES_MAX)
+        {
+            batches.push(std::mem::take(&mut batch));
+            batch_bytes = 0;
+        }
+        batch.push((*id, len));
+        batch_bytes += len_bytes;
+    }
+    if !batch.is_empty() {
+        batches.push(batch);
+    }
+    batches
+}
+
+/// Sends one `chunks.get` to `origin`, retrying a failed connection or a timeout a few times.
+async fn request_chunks(
+    link: &Link,
+    origin: SocketAddr,
+    ids: &[ChunkId],
+) -> Result<Bytes, ShipError> {
+    let body = postcard::to_allocvec(ids)
+        .map_err(|e| ShipError::Unreachable(format!("cannot encode a chunks.get request: {e}")))?;
+    let mut attempt = 1;
+    loop {
+        let err = match link.request(origin, METHOD_GET, &body).await {
+            Ok(answer) => return Ok(answer),
+            Err(LinkError::Remote { source, .. }) if source.code == RemoteError::NOT_FOUND => {
+                return Err(ShipError::Missing(format!("{origin}: {}", source.message)));
+            }
+            Err(e) => e,
+        };
+        let retryable = match &err {
+            LinkError::Timeout { .. }
+            | LinkError::Connect { .. }
+            | LinkError::Connection { .. } => true,
+            LinkError::Remote { source, .. } => source.code == RemoteError::UNAVAILABLE,
+            _ => false,
+        };
+        if !retryable || attempt >= FETCH_ATTEMPTS {
+            return Err(ShipError::Unreachable(err.to_string()));
+        }
+        tracing::debug!(error = %err, attempt, "chunks.get failed; trying again");
+        tokio::time::sleep(FETCH_BACKOFF * 2u32.pow(attempt - 1)).await;
+        attempt += 1;
+    }
+}
+
+/// Decodes a `chunks.get` answer that must hold exactly `count` chunks.
+fn decode_answer(origin: SocketAddr, answer: &[u8], count: usize) -> Result<Vec<&[u8]>, ShipError> {
+    // Borrowed slices decode the same bytes as `Vec<Vec<u8>>` without copying them.
+    let entries: Vec<&[u8]> = postcard::from_bytes(answer).map_err(|e| {
+        ShipError::Unreachable(format!(
+            "{origin} sent an unreadable chunks.get answer: {e}"
+        ))
+    })?;
+    if entries.len() != count {
+        return Err(ShipError::Unreachable(format!(
+            "{origin} answered chunks.get with {} chunks instead of {count}",
+            entries.len()
+        )));
+    }
+    Ok(entries)
+}
+
+/// Manifests longer than a chunk, one file each, verified on every read, counted against the
+/// store's cap by [`Shipping`].
+#[derive(Debug)]
+struct LargeManifests {
+    dir: PathBuf,
+    used_bytes: AtomicU64,
+}
+
+impl LargeManifests {
+    fn open(dir: PathBuf) -> Result<LargeManifests, ShipError> {
+        fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        let mut used = 0u64;
+        for entry in fs::read_dir(&dir).map_err(io_at(&dir))? {
+            let entry = entry.map_err(io_at(&dir))?;
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(TMP_PREFIX) {
+                fs::remove_file(&path).map_err(io_at(&path))?;
+            } else if name.parse::<ChunkId>().is_ok() {
+                used += entry.metadata().map_err(io_at(&path))?.len();
+            }
+        }
+        Ok(LargeManifests {
+            dir,
+            used_bytes: AtomicU64::new(used),
+        })
+    }
+
+    fn path(&self, id: &ChunkId) -> PathBuf {
+        self.dir.join(id.to_hex())
+    }
+
+    fn used(&self) -> u64 {
+        self.used_bytes.load(Ordering::SeqCst)
+    }
+
+    fn has(&self, id: &ChunkId) -> bool {
+        self.path(id).is_file()
+    }
+
+    fn get(&self, id: &ChunkId) -> Result<Vec<u8>, ChunkError> {
+        let path = self.path(id);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ChunkError::NotFound(*id)),
+            Err(source) => return Err(ChunkError::Io { path, source }),
+        };
+        let mut data = Vec::new();
+        file.take(MAX_MANIFEST_BYTES as u64 + 1)
+            .read_to_end(&mut data)
+            .map_err(chunk_io_at(&path))?;
+        if data.len() > MAX_MANIFEST_BYTES || ChunkId::of(&data) != *id {
+            return Err(ChunkError::Corrupt { id: *id, path });
+        }
+        Ok(data)
+    }
+
+    /// Writes bytes already verified to hash to `id`: temporary file, fsync, rename.
+    fn put(&self, id: &ChunkId, data: &[u8]) -> Result<(), ShipError> {
+        let path = self.path(id);
+        let tmp = self.dir.join(format!(
+            "{TMP_PREFIX}{}-{}-{}",
+            id.to_hex(),
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = (|| {
+            let mut file = File::create_new(&tmp)?;
+            file.write_all(data)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            File::open(&self.dir)?.sync_all()
+        })();
+        if let Err(source) = written {
+            // Best effort: the write error is the one to report.
+            let _ = fs::remove_file(&tmp);
+            return Err(ShipError::Io { path, source });
+        }
+        self.used_bytes
+            .fetch_add(data.len() as u64, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn remove(&self, id: &ChunkId) -> Result<(), ChunkError> {
+        let path = self.path(id);
+        let len = match fs::metadata(&path) {
+            Ok(meta) => meta.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(ChunkError::Io { path, source }),
+        };
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                let _ = self
+                    .used_bytes
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
+                        Some(u.saturating_sub(len))
+                    });
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(ChunkError::Io { path, source }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use noodle_link::{JoinPeer, LinkConfig, LinkEvent, Service, ServiceFuture, TlsMaterial};
+    use noodle_security::{ClusterCa, NodeKey};
+    use std::collections::HashSet;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    const CAP_BYTES: u64 = 1 << 30;
+
+    /// Pseudo-random bytes (blake3 in XOF mode): incompressible, so chunking cuts them like a
+    /// real binary.
+    fn random_bytes(seed: &[u8], len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        blake3::Hasher::new()
+            .update(seed)
+            .finalize_xof()
+            .fill(&mut out);
+        out
+    }
+
+    /// Answers `chunks.get` from a [`Shipping`]; when `forge` is set, flips a byte in every chunk
+    /// longer than 1 KiB (manifests of small files stay intact, so the chunk check is what trips).
+    struct Origin {
+        ship: Shipping,
+        forge: bool,
+    }
+
+    impl Service for Origin {
+        fn call(&self, _from: SocketAddr, method: &str, body: Bytes) -> ServiceFuture {
+            if method != METHOD_GET {
+                let m = format!("unknown method `{method}`");
+                return Box::pin(async move { Err(RemoteError::new(RemoteError::NOT_FOUND, m)) });
+            }
+            let ship = self.ship.clone();
+            let forge = self.forge;
+            Box::pin(async move {
+                let answer = tokio::task::spawn_blocking(move || ship.serve_get(&body))
+                    .await
+                    .map_err(|e| RemoteError::new(RemoteError::INTERNAL, e.to_string()))??;
+                if !forge {
+                    return Ok(answer);
+                }
+                let mut entries: Vec<Vec<u8>> = postcard::from_bytes(&answer)
+                    .map_err(|e| RemoteError::new(RemoteError::INTERNAL, e.to_string()))?;
+                for entry in entries.iter_mut().filter(|e| e.len() > 1024) {
+                    entry[0] ^= 0xff;
+                }
+                postcard::to_allocvec(&entries)
+                    .map_err(|e| RemoteError::new(RemoteError::INTERNAL, e.to_string()))
+            })
+        }
+        fn join(&self, _peer: JoinPeer, _body: Bytes) -> ServiceFuture {
+            Box::pin(async { Err(RemoteError::new(RemoteError::FORBIDDEN, "test")) })
+        }
+        fn datagram(&self, _from: SocketAddr, _data: Bytes) {}
+        fn event(&self, _event: LinkEvent) {}
+    }
+
+    fn link(
+        ca: &ClusterCa,
+        name: &str,
+        service: Arc<dyn Service>,
+    ) -> Result<Link, Box<dyn std::error::Error>> {
+        let key = NodeKey::generate()?;
+        let tls = TlsMaterial {
+            ca: ca.cert_der().clone(),
+            cert: ca.issue_node_cert(name, &key.public_key_raw())?,
+            key: key.private_key_der(),
+        };
+        let mut cfg = LinkConfig::new("127.0.0.1:0".parse()?);
+        // Unoptimised test builds on a busy machine are slow; the default 5 s is meant for release.
+        cfg.request_timeout = Duration::from_secs(30);
+        Ok(Link::bind(cfg, &tls, service)?)
+    }
+
+    /// Puts `data` into `ship` as a file (chunks and manifest) and returns its manifest.
+    fn put_file(
+        ship: &Shipping,
+        dir: &Path,
+        data: &[u8],
+    ) -> Result<Manifest, Box<dyn std::error::Error>> {
+        let src = dir.join("src.bin");
+        fs::write(&src, data)?;
+        let manifest = ship.store.put_file(&src, |_, _| {})?;
+        ship.put(&manifest.id().to_hex(), &manifest.encode())?;
+        Ok(manifest)
+    }
+
+    fn job_file(name: &str, manifest: &Manifest, executable: bool) -> JobFile {
+        JobFile {
+            name: name.to_owned(),
+            manifest: manifest.id().to_hex(),
+            executable,
+            bytes: manifest.size(),
+        }
+    }
+
+    #[cfg(unix)]
+    fn mode_of(path: &Path) -> Result<u32, io::Error> {
+        use std::os::unix::fs::PermissionsExt;
+        Ok(fs::metadata(path)?.permissions().mode() & 0o777)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ship_over_real_links() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let ca = ClusterCa::generate("ship-test")?;
+        let origin_ship = Shipping::open(&tmp.path().join("origin"), CAP_BYTES)?;
+        let data = random_bytes(b"ship", 5_000_000);
+        let manifest = put_file(&origin_ship, tmp.path(), &data)?;
+        assert!(
+            manifest.chunks().len() >= 3,
+            "want several chunks, got {}",
+            manifest.chunks().len()
+        );
+
+        let origin = link(
+            &ca,
+            "origin",
+            Arc::new(Origin {
+                ship: origin_ship.clone(),
+                forge: false,
+            }),
+        )?;
+        let forger = link(
+            &ca,
+            "forger",
+            Arc::new(Origin {
+                ship: origin_ship.clone(),
+                forge: true,
+            }),
+        )?;
+        let idle = Arc::new(Origin {
+            ship: Shipping::open(&tmp.path().join("idle"), CAP_BYTES)?,
+            forge: false,
+        });
+        let exec = link(&ca, "exec", idle)?;
+
+        // First run: everything is fetched, the file is exact and executable.
+        let ship = Shipping::open(&tmp.path().join("exec"), CAP_BYTES)?;
+        let workdir = tmp.path().join("job1");
+        let file = job_file("bin/prog", &manifest, true);
+        let fetched = ship
+            .materialize(&exec, origin.local_addr(), &file, &workdir)
+            .await?;
+        let manifest_len = manifest.encode().len() as u64;
+        assert_eq!(fetched, data.len() as u64 + manifest_len);
+        let dest = workdir.join("bin/prog");
+        assert!(fs::read(&dest)? == data, "materialized bytes differ");
+        #[cfg(unix)]
+        assert_eq!(mode_of(&dest)?, 0o755);
+
+        // Second run, even under another name: nothing crosses the network.
+        let workdir2 = tmp.path().join("job2");
+        let file2 = job_file("data.csv", &manifest, false);
+        assert_eq!(
+            ship.materialize(&exec, origin.local_addr(), &file2, &workdir2)
+                .await?,
+            0
+        );
+        assert!(fs::read(workdir2.join("data.csv"))? == data);
+        #[cfg(unix)]
+        assert_eq!(mode_of(&workdir2.join("data.csv"))?, 0o644);
+
+        // A forging origin: the first bad chunk is refused and no file appears.
+        let fresh = Shipping::open(&tmp.path().join("fresh"), CAP_BYTES)?;
+        let workdir3 = tmp.path().join("job3");
+        let err = fresh
+            .materialize(&exec, forger.local_addr(), &file, &workdir3)
+            .await
+            .err()
+            .ok_or("a forged chunk was accepted")?;
+        assert!(
+            matches!(err, ShipError::Chunk(ChunkError::HashMismatch { .. })),
+            "{err}"
+        );
+        assert!(!workdir3.join("bin/prog").exists());
+        let missing = fresh.missing(
+            &manifest
+                .chunk_ids()
+                .iter()
+                .map(ChunkId::to_hex)
+                .collect::<Vec<_>>(),
+        )?;
+        assert_eq!(
+            missing.len(),
+            manifest.chunks().len(),
+            "a forged chunk was stored"
+        );
+
+        // An origin that lost a chunk: Missing, naming it.
+        let lost = manifest.chunks()[1].0;
+        origin_ship.store.remove(&lost)?;
+        let err = fresh
+            .materialize(&exec, origin.local_addr(), &file, &workdir3)
+            .await
+            .err()
+            .ok_or("materialized without a chunk")?;
+        assert!(
+            matches!(&err, ShipError::Missing(m) if m.contains(&lost.to_hex())),
+            "{err}"
+        );
+
+        // A bad name is refused before anything is fetched.
+        let evil = job_file("../x", &manifest, false);
+        let err = fresh
+            .materialize(&exec, origin.local_addr(), &evil, &workdir3)
+            .await
+            .err()
+            .ok_or("`../x` was accepted")?;
+        assert!(matches!(err, ShipError::BadRequest(_)), "{err}");
+        assert!(!tmp.path().join("x").exists());
+
+        exec.shutdown().await;
+        origin.shutdown().await;
+        forger.shutdown().await;
+        Ok(())
+    }
+
+    /// The node's job loop spawns materialisation as a task: its future must be `Send`.
+    #[allow(dead_code)]
+    fn ship_materialize_is_send(ship: &Shipping, link: &Link, origin: SocketAddr, file: &JobFile) {
+        fn send<T: Send>(_: &T) {}
+        send(&ship.materialize(link, origin, file, Path::new("/nonexistent")));
+    }
+
+    #[test]
+    fn ship_names_are_checked() {
+        for good in [
+            "prog",
+            "data.csv",
+            "bin/prog",
+            "a/b/c.txt",
+            ".hidden",
+            "..dots",
+        ] {
+            assert!(validate_name(good).is_ok(), "{good:?} refused");
+        }
+        let long = "a".repeat(256);
+        let long_path = format!("a/{long}");
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a//b",
+            "a/",
+            "./a",
+            "a/.",
+            "a\0b",
+            &long,
+            &long_path,
+        ] {
+            assert!(
+                matches!(validate_name(bad), Err(ShipError::BadRequest(_))),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(validate_name(&"a".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn ship_api_missing_and_put() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let ship = Shipping::open(tmp.path(), CAP_BYTES)?;
+        let data = b"hello chunk".to_vec();
+        let id = ChunkId::of(&data).to_hex();
+        let other = ChunkId::of(b"other").to_hex();
+        assert_eq!(
+            ship.missing(&[id.clone(), other.clone(), id.clone()])?,
+            vec![id.clone(), other.clone()]
+        );
+        ship.put(&id, &data)?;
+        assert_eq!(
+            ship.missing(&[id.clone(), other.clone()])?,
+            vec![other.clone()]
+        );
+
+        let err = ship
+            .missing(&[id.clone(), "nothex".into()])
+            .err()
+            .ok_or("bad hex accepted")?;
+        assert!(
+            matches!(&err, ShipError::BadRequest(m) if m.contains("nothex")),
+            "{err}"
+        );
+        let too_many = vec![id.clone(); MISSING_IDS_MAX + 1];
+        assert!(matches!(
+            ship.missing(&too_many),
+            Err(ShipError::BadRequest(_))
+        ));
+
+        let err = ship
+            .put(&other, &data)
+            .err()
+            .ok_or("mismatched chunk accepted")?;
+        assert!(
+            matches!(&err, ShipError::BadRequest(m) if m.contains("does not match its id")),
+            "{err}"
+        );
+        assert!(matches!(
+            ship.put("zz", &data),
+            Err(ShipError::BadRequest(_))
+        ));
+        let huge = vec![0u8; MAX_MANIFEST_BYTES + 1];
+        let huge_id = ChunkId::of(&huge).to_hex();
+        assert!(matches!(
+            ship.put(&huge_id, &huge),
+            Err(ShipError::BadRequest(_))
+        ));
+        // Longer than a chunk but not a manifest: refused.
+        let big = vec![7u8; MAX_CHUNK_BYTES + 1];
+        let big_id = ChunkId::of(&big).to_hex();
+        assert!(matches!(
+            ship.put(&big_id, &big),
+            Err(ShipError::BadRequest(_))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn ship_large_manifest_is_kept_beside_the_store() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let ship = Shipping::open(tmp.path(), CAP_BYTES)?;
+        // A manifest longer than a chunk: 130 000 minimum-size chunks (never stored).
+        let n = 130_000u32;
+        let len = noodle_chunks::MIN_CHUNK_BYTES as u32;
+        let chunks = (0..n)
+            .map(|i| (ChunkId::of(&i.to_le_bytes()), len))
+            .collect();
+        let manifest = Manifest::new(u64::from(n) * u64::from(len), chunks)?;
+        let bytes = manifest.encode();
+        assert!(bytes.len() > MAX_CHUNK_BYTES);
+        let id = manifest.id();
+        assert_eq!(ship.missing(&[id.to_hex()])?, vec![id.to_hex()]);
+        ship.put(&id.to_hex(), &bytes)?;
+        assert!(ship.missing(&[id.to_hex()])?.is_empty());
+        let body = postcard::to_allocvec(&vec![id])?;
+        let answer: Vec<Vec<u8>> =
+            postcard::from_bytes(&ship.serve_get(&body).map_err(|e| e.message)?)?;
+        assert!(answer == vec![bytes.clone()]);
+        // Survives a restart, and counts against the cap.
+        drop(ship);
+        let ship = Shipping::open(tmp.path(), CAP_BYTES)?;
+        assert!(ship.missing(&[id.to_hex()])?.is_empty());
+        assert_eq!(ship.large.used(), bytes.len() as u64);
+        let small = Shipping::open(&tmp.path().join("small"), 1 << 20)?;
+        assert!(matches!(
+            small.put(&id.to_hex(), &bytes),
+            Err(ShipError::Chunk(ChunkError::StoreFull { .. }))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn ship_serve_get_bounds_and_encoding() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let ship = Shipping::open(tmp.path(), CAP_BYTES)?;
+        let a = random_bytes(b"a", 4 << 20);
+        let b = random_bytes(b"b", 300);
+        let (ia, ib) = (ChunkId::of(&a), ChunkId::of(&b));
+        ship.put(&ia.to_hex(), &a)?;
+        ship.put(&ib.to_hex(), &b)?;
+
+        // The answer is a plain postcard Vec<Vec<u8>>, in request order, repeats included.
+        let body = postcard::to_allocvec(&vec![ib.0, ia.0, ib.0])?;
+        let answer: Vec<Vec<u8>> =
+            postcard::from_bytes(&ship.serve_get(&body).map_err(|e| e.message)?)?;
+        assert!(answer == vec![b.clone(), a.clone(), b.clone()]);
+
+        // Missing: NOT_FOUND naming the first missing id.
+        let gone = ChunkId::of(b"gone");
+        let body = postcard::to_allocvec(&vec![ia, gone, ChunkId::of(b"also gone")])?;
+        let err = ship.serve_get(&body).err().ok_or("missing chunk served")?;
+        assert_eq!(err.code, RemoteError::NOT_FOUND);
+        assert!(err.message.contains(&gone.to_hex()), "{}", err.message);
+
+        // Too many ids, too many bytes, garbage.
+        let body = postcard::to_allocvec(&vec![ib; GET_IDS_MAX + 1])?;
+        assert_eq!(
+            ship.serve_get(&body).err().map(|e| e.code),
+            Some(RemoteError::BAD_REQUEST)
+        );
+        let body = postcard::to_allocvec(&vec![ia; 4])?;
+        assert_eq!(
+            ship.serve_get(&body).err().map(|e| e.code),
+            Some(RemoteError::BAD_REQUEST)
+        );
+        assert_eq!(
+            ship.serve_get(&[0xff; 7]).err().map(|e| e.code),
+            Some(RemoteError::BAD_REQUEST)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn ship_batches_respect_both_bounds() -> TestResult {
+        let big = MAX_CHUNK_BYTES as u32;
+        let mut chunks: Vec<(ChunkId, u32)> = (0..10u32)
+            .map(|i| (ChunkId::of(&i.to_le_bytes()), big))
+            .collect();
+        chunks.extend((10..210u32).map(|i| (ChunkId::of(&i.to_le_bytes()), 1000)));
+        let size = chunks.iter().map(|&(_, l)| u64::from(l)).sum();
+        let manifest = Manifest::new(size, chunks.clone())?;
+        let missing: Vec<ChunkId> = chunks.iter().map(|&(id, _)| id).collect();
+        let batches = plan_batches(&manifest, &missing);
+        let mut seen = HashSet::new();
+        for batch in &batches {
+            assert!(!batch.is_empty() && batch.len() <= GET_IDS_MAX);
+            let bytes: usize = batch.iter().map(|&(_, l)| l as usize).sum();
+            assert!(bytes <= GET_ANSWER_BYTES_MAX, "batch of {bytes} bytes");
+            seen.extend(batch.iter().map(|&(id, _)| id));
+        }
+        assert_eq!(seen.len(), missing.len());
+        // Three 4 MiB chunks per 12 MiB batch.
+        assert_eq!(batches[0].len(), 3);
+        Ok(())
+    }
+}

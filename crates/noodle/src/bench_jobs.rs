@@ -1,0 +1,188 @@
+//! `noodle bench` rows of `noodle run`: the end-to-end latency of `noodle run -- true` on a
+//! remote node, and tiny-job throughput per node.
+//!
+//! Two real `noodle up` processes (this binary) on loopback, their data directories in the
+//! bench's scratch directory: `bench-submit` offers no job slots, `bench-remote` carries the
+//! label `bench=remote`, so every job crosses the link. The latency row runs the real CLI
+//! (a fresh `noodle run` process each time: argv to exit code), as a user would.
+
+use anyhow::{Context, Result, bail};
+use futures_util::StreamExt;
+use noodle_api::{Client, JobSubmit};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub(crate) struct Sizes {
+    pub latency_runs: usize,
+    pub throughput_runs: usize,
+    pub throughput_jobs: usize,
+}
+
+pub(crate) struct Samples {
+    pub run_true_ms: Vec<f64>,
+    pub jobs_per_s: Vec<f64>,
+}
+
+/// Jobs in flight at once while submitting the throughput batch.
+const SUBMIT_CONCURRENCY: usize = 64;
+/// CPU slots the remote node offers: `true` needs almost no CPU, so the slots measure how fast
+/// the node turns jobs over, not how many cores it has.
+const REMOTE_SLOTS: &str = "32";
+
+struct UpProcess {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for UpProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn up(dir: &Path, name: &str, extra: &[&str]) -> Result<UpProcess> {
+    let exe = std::env::current_exe().context("cannot find the noodle binary")?;
+    let log = std::fs::File::create(dir.with_extension("log"))?;
+    let child = Command::new(exe)
+        .arg("--data-dir")
+        .arg(dir)
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--api",
+            "127.0.0.1:0",
+            "--no-mdns",
+            "--name",
+            name,
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("cannot start a bench node")?;
+    Ok(UpProcess {
+        child,
+        dir: dir.to_path_buf(),
+    })
+}
+
+async fn ready(dir: &Path, nodes: usize) -> Result<Client> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(client) = Client::from_data_dir(dir)
+            && let Ok(s) = client.status().await
+            && s.totals.nodes_alive as usize >= nodes
+        {
+            return Ok(client);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the bench nodes did not come up (logs next to {})",
+                dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn tiny_job() -> JobSubmit {
+    JobSubmit {
+        command: vec!["true".into()],
+        cpus: 1,
+        mem_bytes: 0,
+        gpus: 0,
+        labels: [("bench".to_string(), "remote".to_string())].into(),
+        retries: 0,
+        files: Vec::new(),
+    }
+}
+
+pub(crate) fn run(scratch: &Path, s: Sizes) -> Result<Samples> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(bench(scratch, s))
+}
+
+async fn bench(scratch: &Path, s: Sizes) -> Result<Samples> {
+    let submit_dir = scratch.join("bench-submit");
+    let remote_dir = scratch.join("bench-remote");
+    let submitter = up(&submit_dir, "bench-submit", &["--slots", "0"])?;
+    let client = ready(&submitter.dir, 1).await?;
+    let token = client
+        .create_token(&noodle_api::TokenRequest {
+            ttl_secs: 600,
+            no_addresses: false,
+        })
+        .await?
+        .token;
+    let remote = up(
+        &remote_dir,
+        "bench-remote",
+        &[
+            "--join",
+            &token,
+            "--label",
+            "bench=remote",
+            "--slots",
+            REMOTE_SLOTS,
+        ],
+    )?;
+    ready(&remote.dir, 2).await?;
+    ready(&submitter.dir, 2).await?;
+    // Warm-up: the remote node must be known to the scheduler and the links open.
+    let warm = client.submit_job(&tiny_job()).await?;
+    let done = client.wait_job(warm.id, Duration::from_secs(30)).await?;
+    if done.state != "succeeded" {
+        bail!("the warm-up job ended {}: {:?}", done.state, done.error);
+    }
+
+    let exe = std::env::current_exe()?;
+    let mut run_true_ms = Vec::with_capacity(s.latency_runs);
+    for _ in 0..s.latency_runs {
+        let t = Instant::now();
+        let status = tokio::process::Command::new(&exe)
+            .arg("--data-dir")
+            .arg(&submitter.dir)
+            .args(["run", "--label", "bench=remote", "--", "true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .await?;
+        run_true_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        if !status.success() {
+            bail!("`noodle run -- true` failed: {status}");
+        }
+    }
+
+    let mut jobs_per_s = Vec::with_capacity(s.throughput_runs);
+    for _ in 0..s.throughput_runs {
+        let t = Instant::now();
+        let mut submitted = futures_util::stream::iter(0..s.throughput_jobs)
+            .map(|_| {
+                let client = client.clone();
+                async move { client.submit_job(&tiny_job()).await }
+            })
+            .buffer_unordered(SUBMIT_CONCURRENCY);
+        let mut ids = Vec::with_capacity(s.throughput_jobs);
+        while let Some(job) = submitted.next().await {
+            ids.push(job?.id);
+        }
+        for id in ids {
+            let job = client.wait_job(id, Duration::from_secs(60)).await?;
+            if job.state != "succeeded" {
+                bail!("bench job {id} ended {}: {:?}", job.state, job.error);
+            }
+        }
+        jobs_per_s.push(s.throughput_jobs as f64 / t.elapsed().as_secs_f64());
+    }
+    drop(remote);
+    drop(submitter);
+    Ok(Samples {
+        run_true_ms,
+        jobs_per_s,
+    })
+}
