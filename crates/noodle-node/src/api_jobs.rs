@@ -158,7 +158,9 @@ pub(crate) async fn submit(
         labels: spec.labels.clone(),
         inputs: Vec::new(),
     };
-    if let Err(why) = sched.submit(probe) {
+    if let Err(why) = sched.submit(probe)
+        && shared.every_alive_node_described()
+    {
         return Err(bad_request(format!("no node can run this job: {why}")));
     }
     let at_ms = crate::now_ms();

@@ -553,6 +553,14 @@ impl Shared {
         alive
     }
 
+    /// True when every alive member's gossiped entry (slots, labels) has arrived: until then a
+    /// job that fits no known node may still fit one that just joined.
+    pub(crate) fn every_alive_node_described(&self) -> bool {
+        let alive = self.alive_node_ids();
+        let view = self.lock_view();
+        alive.iter().all(|id| view.table.get(id).is_some())
+    }
+
     /// A job scheduler that knows the alive nodes: their CPU slots, memory, GPUs, labels and
     /// load, and the RTTs of their links.
     pub(crate) fn scheduler(&self) -> noodle_sched::Scheduler {

@@ -133,6 +133,20 @@ async fn bench(scratch: &Path, s: Sizes) -> Result<Samples> {
     )?;
     ready(&remote.dir, 2).await?;
     ready(&submitter.dir, 2).await?;
+    // The remote node's slots must have reached the submitter (gossip) before jobs go there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client
+        .status()
+        .await?
+        .nodes
+        .iter()
+        .any(|n| n.name == "bench-remote" && n.slots > 0)
+    {
+        if Instant::now() > deadline {
+            bail!("the remote bench node's slots did not reach the submitting node");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Warm-up: the remote node must be known to the scheduler and the links open.
     let warm = client.submit_job(&tiny_job()).await?;
     let done = client.wait_job(warm.id, Duration::from_secs(30)).await?;
