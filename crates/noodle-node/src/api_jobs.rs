@@ -26,6 +26,8 @@ use tokio::sync::mpsc;
 const RECENT_JOBS: usize = 100;
 /// Most jobs `GET /v1/jobs?all=true` lists.
 const ALL_JOBS_MAX: usize = 100_000;
+/// How long a submission waits for the details of nodes that just joined.
+const NODE_DETAILS_WAIT: Duration = Duration::from_secs(3);
 /// Longest `GET /v1/jobs/{id}/wait` holds the request.
 const WAIT_MAX: Duration = Duration::from_secs(60);
 
@@ -71,19 +73,24 @@ fn run_right() -> Request {
     Request::new("jobs", "run")
 }
 
-/// Checks the token's quotas for a new job.
-fn check_quotas(plane: &ControlPlane, actor: &Actor, spec: &JobSpec) -> Result<(), Refusal> {
-    let over = |name: &str, asked: i64| -> Result<(), Refusal> {
-        match actor.quota(name) {
-            Some(limit) if asked > limit => Err(Refusal::new(
-                StatusCode::FORBIDDEN,
-                format!("denied: the job asks for {asked} {name}; the token allows {limit}"),
-            )),
-            _ => Ok(()),
+/// Checks the token's quotas for a new job; a job over them is refused and the denial audited.
+fn check_quotas(
+    plane: &Arc<ControlPlane>,
+    caller: &Caller,
+    actor: &Actor,
+    spec: &JobSpec,
+    target: &str,
+) -> Result<(), Refusal> {
+    let mut why = None;
+    for (name, asked) in [("cpus", spec.cpus), ("gpus", spec.gpus)] {
+        if let Some(limit) = actor.quota(name)
+            && i64::from(asked) > limit
+        {
+            why = Some(format!(
+                "the job asks for {asked} {name}; the token allows {limit}"
+            ));
         }
-    };
-    over("cpus", i64::from(spec.cpus))?;
-    over("gpus", i64::from(spec.gpus))?;
+    }
     if let Some(limit) = actor.quota("jobs") {
         let mine = plane
             .control
@@ -93,15 +100,21 @@ fn check_quotas(plane: &ControlPlane, actor: &Actor, spec: &JobSpec) -> Result<(
             .filter(|j| j.spec.submitter == actor.name)
             .count() as i64;
         if mine >= limit {
-            return Err(Refusal::new(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "denied: {mine} of your jobs have not ended; the token allows {limit} at once"
-                ),
+            why = Some(format!(
+                "{mine} of your jobs have not ended; the token allows {limit} at once"
             ));
         }
     }
-    Ok(())
+    match why {
+        None => Ok(()),
+        Some(why) => {
+            plane.record_denial(caller, "job.submit", target, &run_right(), &why);
+            Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                format!("denied: {why}"),
+            ))
+        }
+    }
 }
 
 pub(crate) async fn submit(
@@ -135,7 +148,7 @@ pub(crate) async fn submit(
             .collect(),
     };
     spec.validate().map_err(bad_request)?;
-    check_quotas(plane, &actor, &spec)?;
+    check_quotas(plane, &caller, &actor, &spec, &target)?;
     let manifests: Vec<String> = spec.files.iter().map(|f| f.manifest.clone()).collect();
     let missing = jobs
         .shipping
@@ -147,21 +160,18 @@ pub(crate) async fn submit(
         )));
     }
     // A job no node could ever run is refused now rather than queued for ever.
-    let mut sched = shared.scheduler();
-    let probe = noodle_sched::JobSpec {
-        id: 0,
-        submitter: spec.submitter.clone(),
-        origin: spec.origin.clone(),
-        cpus: spec.cpus,
-        mem_bytes: spec.mem_bytes,
-        gpus: spec.gpus,
-        labels: spec.labels.clone(),
-        inputs: Vec::new(),
-    };
-    if let Err(why) = sched.submit(probe)
-        && shared.every_alive_node_described()
-    {
-        return Err(bad_request(format!("no node can run this job: {why}")));
+    // A job no node could ever run is refused now rather than queued for ever. A node that
+    // just joined may not have told us its slots yet: give its details a moment to arrive.
+    let probe = crate::jobs::sched_spec(0, &spec);
+    let deadline = Instant::now() + NODE_DETAILS_WAIT;
+    while let Err(why) = shared.scheduler().submit(probe.clone()) {
+        if shared.every_alive_node_described() {
+            return Err(bad_request(format!("no node can run this job: {why}")));
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let at_ms = crate::now_ms();
     let command = Command::Job(JobCommand::Submit {

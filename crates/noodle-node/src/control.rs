@@ -423,7 +423,7 @@ impl ControlPlane {
         action: &str,
         target: &str,
         request: &Request,
-        reason: &Denied,
+        reason: &dyn std::fmt::Display,
     ) {
         let suppressed = {
             let mut b = self.denials.lock().unwrap_or_else(|e| e.into_inner());

@@ -638,16 +638,23 @@ async fn declare_lost(
     futures_util::future::join_all(reports).await;
 }
 
-fn sched_spec(job: &JobRecord) -> noodle_sched::JobSpec {
+/// A job as the scheduler sees it. Its input data, for scoring, is its shipped files, all on
+/// the submitting node.
+pub(crate) fn sched_spec(id: u64, spec: &noodle_control::jobs::JobSpec) -> noodle_sched::JobSpec {
+    let shipped: u64 = spec.files.iter().map(|f| f.bytes).sum();
     noodle_sched::JobSpec {
-        id: job.id,
-        submitter: job.spec.submitter.clone(),
-        origin: job.spec.origin.clone(),
-        cpus: job.spec.cpus,
-        mem_bytes: job.spec.mem_bytes,
-        gpus: job.spec.gpus,
-        labels: job.spec.labels.clone(),
-        inputs: Vec::new(),
+        id,
+        submitter: spec.submitter.clone(),
+        origin: spec.origin.clone(),
+        cpus: spec.cpus,
+        mem_bytes: spec.mem_bytes,
+        gpus: spec.gpus,
+        labels: spec.labels.clone(),
+        inputs: if shipped > 0 {
+            vec![(spec.origin.clone(), shipped)]
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -661,10 +668,10 @@ async fn schedule(shared: &Arc<Shared>, plane: &Arc<ControlPlane>, active: &[Job
         match &job.state {
             JobState::Queued => {
                 // A job that fits nowhere now waits (nodes may come back).
-                let _ = sched.submit(sched_spec(job));
+                let _ = sched.submit(sched_spec(job.id, &job.spec));
             }
             JobState::Placed { node, .. } | JobState::Running { node, .. } => {
-                sched.restore_running(sched_spec(job), node);
+                sched.restore_running(sched_spec(job.id, &job.spec), node);
             }
             _ => {}
         }

@@ -69,7 +69,7 @@ fn agreed(nodes: &[&Node], what: &str, also: impl Fn(&ControlInfo) -> bool) -> C
 
 /// `noodle cap create --json ARGS`, retried only while the new cluster's capability root key
 /// is still being created.
-fn cap_create(node: &Node, args: &[&str]) -> CapResponse {
+pub(crate) fn cap_create(node: &Node, args: &[&str]) -> CapResponse {
     let mut full = vec!["cap", "create", "--json"];
     full.extend_from_slice(args);
     eventually(Duration::from_secs(15), "the capability root key", || {
@@ -87,7 +87,7 @@ fn cap_create(node: &Node, args: &[&str]) -> CapResponse {
 }
 
 /// `noodle --token TOKEN ARGS`.
-fn with_token(node: &Node, token: &str, args: &[&str]) -> Output {
+pub(crate) fn with_token(node: &Node, token: &str, args: &[&str]) -> Output {
     let mut full = vec!["--token", token];
     full.extend_from_slice(args);
     node.cli(&full)

@@ -1,5 +1,6 @@
 //! `noodle run` end to end: real nodes, real processes, real files.
 
+use crate::control::{cap_create, with_token};
 use crate::support::{Node, cluster_with, eventually, noodle_bin, wait_all_alive};
 use noodle_api::{JobInfo, JobList};
 use std::collections::BTreeMap;
@@ -185,6 +186,60 @@ fn run_prints_output_returns_exit_codes_and_ctrl_c_cancels_the_remote_process() 
     assert_eq!(stdout(&out), "one\ntwo\n");
     let out = a.cli(&["wait", &id.to_string()]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // Tokens: `jobs:run` is needed, and the token's quotas hold.
+    let reader = cap_create(a, &["--allow", "jobs:read", "--ttl", "1h"]).token;
+    let runner = cap_create(
+        a,
+        &[
+            "--allow",
+            "jobs:run",
+            "--allow",
+            "jobs:read",
+            "--quota",
+            "cpus=1",
+            "--ttl",
+            "1h",
+        ],
+    )
+    .token;
+    let before = jobs(a).len();
+    let out = with_token(a, &reader, &["run", "--", "true"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("denied"), "{}", stderr(&out));
+    let out = with_token(a, &runner, &["run", "--cpus", "2", "--", "true"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("the token allows 1"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(jobs(a).len(), before, "a refused job was queued");
+    let out = with_token(a, &runner, &["run", "--", "echo", "with a token"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "with a token\n");
+
+    // Submissions, cancellations, outcomes and denials are in the audit log; job transitions
+    // are events on every node.
+    let out = a.cli(&["audit", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let audit = stdout(&out);
+    for action in ["\"job.submit\"", "\"job.cancel\"", "\"job.end\""] {
+        assert!(audit.contains(action), "no {action} in the audit log");
+    }
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("job.submit") && l.contains("denied")),
+        "the denied submission is not in the audit log"
+    );
+    for n in &nodes {
+        let out = n.cli(&["events", "--json"]);
+        let events = stdout(&out);
+        for kind in ["job_submitted", "job_started", "job_ended"] {
+            assert!(events.contains(kind), "{}: no {kind} event", n.name);
+        }
+    }
 }
 
 /// Largest number of `(start, end)` intervals that overlap at one instant.
