@@ -93,6 +93,25 @@ pub struct JobRecord {
     pub error: Option<String>,
 }
 
+impl JobRecord {
+    /// A job as it is right after its submission.
+    pub fn queued(id: u64, spec: JobSpec, submitted_at_ms: u64) -> JobRecord {
+        JobRecord {
+            id,
+            retries_left: spec.retries,
+            spec,
+            state: JobState::Queued,
+            epoch: 0,
+            node: None,
+            exit_code: None,
+            submitted_at_ms,
+            started_at_ms: None,
+            ended_at_ms: None,
+            error: None,
+        }
+    }
+}
+
 /// A job transition. Times are chosen by the proposer. Append variants at the end only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum JobCommand {

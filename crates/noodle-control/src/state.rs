@@ -16,7 +16,7 @@
 //! [`apply`] is a pure function of the table and the proposal: every node computes the same
 //! state and the same audit chain from the same log.
 
-use crate::jobs::{self, JobCommand, JobRecord, JobState};
+use crate::jobs::{self, JobCommand, JobRecord};
 use crate::store::{DbError, STATE, db_err};
 use crate::types::{Command, Proposal, Response, limits};
 use noodle_audit::{Chain, Checkpoint, Entry as AuditEntry};
@@ -205,19 +205,7 @@ fn apply_job(t: &mut StateTable<'_>, command: JobCommand) -> Result<Response, Db
         let id = get(t, NEXT_JOB)?
             .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
             .map_or(1, u64::from_be_bytes);
-        let job = JobRecord {
-            id,
-            retries_left: spec.retries,
-            spec,
-            state: JobState::Queued,
-            epoch: 0,
-            node: None,
-            exit_code: None,
-            submitted_at_ms: at_ms,
-            started_at_ms: None,
-            ended_at_ms: None,
-            error: None,
-        };
+        let job = JobRecord::queued(id, spec, at_ms);
         t.insert(seq_key(JOB, id).as_slice(), encode(&job)?.as_slice())
             .map_err(db_err)?;
         t.insert(seq_key(ACTIVE_JOB, id).as_slice(), [].as_slice())

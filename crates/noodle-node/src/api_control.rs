@@ -21,8 +21,8 @@ const CAP_TTL_SECS_MAX: u64 = 365 * 24 * 3600;
 /// Most audit entries one page returns.
 const AUDIT_PAGE_MAX: u32 = 1000;
 
-fn plane(shared: &AppState) -> Result<&ControlPlane, Refusal> {
-    shared.control.get().map(|p| p.as_ref()).ok_or_else(|| {
+pub(crate) fn plane(shared: &AppState) -> Result<&std::sync::Arc<ControlPlane>, Refusal> {
+    shared.control.get().ok_or_else(|| {
         Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the control plane is starting; try again in a moment",
@@ -30,7 +30,7 @@ fn plane(shared: &AppState) -> Result<&ControlPlane, Refusal> {
     })
 }
 
-fn control_error(e: ControlError) -> Refusal {
+pub(crate) fn control_error(e: ControlError) -> Refusal {
     let status = match &e {
         ControlError::Rejected(_) => StatusCode::BAD_REQUEST,
         ControlError::NoLeader(_) | ControlError::Indeterminate(_) => {
@@ -41,7 +41,7 @@ fn control_error(e: ControlError) -> Refusal {
     Refusal::new(status, e.to_string())
 }
 
-fn bad_request(message: impl Into<String>) -> Refusal {
+pub(crate) fn bad_request(message: impl Into<String>) -> Refusal {
     Refusal::new(StatusCode::BAD_REQUEST, message)
 }
 

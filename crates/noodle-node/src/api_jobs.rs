@@ -6,6 +6,7 @@
 //! submitter not yet ended).
 
 use crate::api::{ApiResult, AppState, Refusal, check, parse_body};
+use crate::api_control::{bad_request, control_error, plane};
 use crate::control::{Actor, Caller, ControlPlane};
 use crate::jobs::{JobRuntime, OutputChunk, OutputRequest, info};
 use axum::Extension;
@@ -17,7 +18,7 @@ use axum::response::IntoResponse;
 use noodle_api::{ChunkIds, JobList, JobSubmit, output_frame};
 use noodle_caps::Request;
 use noodle_control::jobs::{JobCommand, JobFile, JobRecord, JobSpec, JobState};
-use noodle_control::{Command, ControlError, Response as Applied};
+use noodle_control::{Command, Response as Applied};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -31,34 +32,13 @@ const NODE_DETAILS_WAIT: Duration = Duration::from_secs(3);
 /// Longest `GET /v1/jobs/{id}/wait` holds the request.
 const WAIT_MAX: Duration = Duration::from_secs(60);
 
-fn plane(shared: &AppState) -> Result<&Arc<ControlPlane>, Refusal> {
-    shared.control.get().ok_or_else(starting)
-}
-
 fn runtime(shared: &AppState) -> Result<&Arc<JobRuntime>, Refusal> {
-    shared.jobs.get().ok_or_else(starting)
-}
-
-fn starting() -> Refusal {
-    Refusal::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the node is starting; try again in a moment",
-    )
-}
-
-fn control_error(e: ControlError) -> Refusal {
-    let status = match &e {
-        ControlError::Rejected(_) => StatusCode::BAD_REQUEST,
-        ControlError::NoLeader(_) | ControlError::Indeterminate(_) => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    Refusal::new(status, e.to_string())
-}
-
-fn bad_request(message: impl Into<String>) -> Refusal {
-    Refusal::new(StatusCode::BAD_REQUEST, message)
+    shared.jobs.get().ok_or_else(|| {
+        Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the node is starting; try again in a moment",
+        )
+    })
 }
 
 fn no_such_job(id: u64) -> Refusal {
@@ -192,19 +172,7 @@ pub(crate) async fn submit(
             ));
         }
     };
-    let record = JobRecord {
-        id,
-        retries_left: spec.retries,
-        spec,
-        state: JobState::Queued,
-        epoch: 0,
-        node: None,
-        exit_code: None,
-        submitted_at_ms: at_ms,
-        started_at_ms: None,
-        ended_at_ms: None,
-        error: None,
-    };
+    let record = JobRecord::queued(id, spec, at_ms);
     Ok((StatusCode::CREATED, Json(info(&record))).into_response())
 }
 

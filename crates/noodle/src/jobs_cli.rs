@@ -74,6 +74,10 @@ pub(crate) struct RunArgs {
     /// Run only on a node with this label (`noodle up --label`); repeatable, all must match.
     #[arg(long = "label", value_name = "K=V")]
     labels: Vec<String>,
+    /// Run on this node (its name or id, as `noodle status` shows them), or on a node with this
+    /// label (`K=V`, like --label).
+    #[arg(long, value_name = "NODE|K=V")]
+    on: Option<String>,
     /// Ship this local file into the job's working directory as ./FILE_NAME; repeatable.
     #[arg(long = "file", value_name = "PATH")]
     files: Vec<PathBuf>,
@@ -152,9 +156,17 @@ pub(crate) async fn run(
     args: RunArgs,
 ) -> Result<i32> {
     // Everything that can be checked here is checked before the node is asked.
-    let labels = crate::parse_labels(&args.labels)?;
+    let mut labels = crate::parse_labels(&args.labels)?;
     let (command, ships) = plan_files(&args.command, &args.files)?;
     let client = client()?;
+    match args.on.as_deref() {
+        Some(on) if on.contains('=') => labels.extend(crate::parse_labels(&[on.to_string()])?),
+        Some(node) => {
+            let id = resolve_node(&client, node).await?;
+            labels.insert(noodle_node::NODE_LABEL.to_string(), id);
+        }
+        None => {}
+    }
     let mut files = Vec::with_capacity(ships.len());
     for s in &ships {
         let file = crate::ship_cli::upload(&client, &s.path, &s.name, s.executable, !args.json)
@@ -181,6 +193,24 @@ pub(crate) async fn run(
         return Ok(0);
     }
     attach(&client, info.id, args.json).await
+}
+
+/// The id of the node `--on NODE` names: by id or by name.
+async fn resolve_node(client: &Client, node: &str) -> Result<String> {
+    let status = client.status().await?;
+    let matching: Vec<&noodle_api::NodeStatus> = status
+        .nodes
+        .iter()
+        .filter(|n| n.id == node || n.name == node)
+        .collect();
+    match matching.as_slice() {
+        [one] => Ok(one.id.clone()),
+        [] => {
+            let known: Vec<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
+            bail!("--on {node}: no such node (nodes: {})", known.join(", "))
+        }
+        _ => bail!("--on {node}: several nodes have that name; give the node id"),
+    }
 }
 
 /// A local file that `noodle run` ships with the job.

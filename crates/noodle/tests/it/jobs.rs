@@ -85,6 +85,12 @@ fn run_prints_output_returns_exit_codes_and_ctrl_c_cancels_the_remote_process() 
     assert_eq!(first.exit_code, Some(0));
     assert!(first.node.is_some() && first.started_at.is_some() && first.ended_at.is_some());
 
+    // `--on NODE` picks the node.
+    let on = ["--on", "node-2", "--", "sh", "-c", "echo $NOODLE_NODE"];
+    let out = run_in(a, tmp.path(), &on);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), nodes[2].node_id());
+
     let out = run_in(
         a,
         tmp.path(),
