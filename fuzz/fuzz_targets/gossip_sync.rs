@@ -12,6 +12,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             labels: Default::default(),
             links: Vec::new(),
             control_incarnation: 0,
+            job_slots: 1,
         };
         let mut table = noodle_discovery::NodeTable::new(me);
         let _ = table.newer_than(&msg.entries);
