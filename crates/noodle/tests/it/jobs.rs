@@ -70,9 +70,21 @@ fn host_name() -> String {
     stdout(&out).trim().to_string()
 }
 
+/// Waits until `node` knows the job slots of every node of `nodes` (gossip follows membership).
+fn wait_slots(node: &Node, nodes: &[Node], slots: u32) {
+    let ids: Vec<String> = nodes.iter().map(Node::node_id).collect();
+    eventually(Duration::from_secs(15), "every node's slots", || {
+        let s = node.status()?;
+        ids.iter()
+            .all(|id| s.nodes.iter().any(|n| &n.id == id && n.slots == slots))
+            .then_some(())
+    });
+}
+
 #[test]
 fn run_prints_output_returns_exit_codes_and_ctrl_c_cancels_the_remote_process() {
     let nodes = cluster_with(3, &["--slots", "2"]);
+    wait_slots(&nodes[0], &nodes, 2);
     let tmp = tempfile::tempdir().unwrap();
     let a = &nodes[0];
 
@@ -268,6 +280,7 @@ fn max_overlap(intervals: &[(u64, u64)]) -> usize {
 #[test]
 fn three_hundred_jobs_on_two_slots_per_node_never_run_more_than_two_per_node() {
     let nodes = cluster_with(3, &["--slots", "2"]);
+    wait_slots(&nodes[0], &nodes, 2);
     let a = &nodes[0];
     let ids: Vec<u64> = (0..300).map(|_| detach(a, &["--", "sleep", "1"])).collect();
     assert_eq!(ids.len(), 300);
@@ -311,17 +324,7 @@ fn a_killed_executor_loses_its_jobs_and_a_job_with_retries_runs_elsewhere_once_a
     let mut nodes = vec![first, victim];
     wait_all_alive(&nodes, Duration::from_secs(15));
     let victim_id = nodes[1].node_id();
-    eventually(
-        Duration::from_secs(10),
-        "node-1's slots to reach node-0",
-        || {
-            let s = nodes[0].status()?;
-            s.nodes
-                .iter()
-                .any(|n| n.id == victim_id && n.slots == 2)
-                .then_some(())
-        },
-    );
+    wait_slots(&nodes[0], &nodes[1..], 2);
     let tmp = tempfile::tempdir().unwrap();
     let trace = |name: &str| tmp.path().join(name);
     let script = |file: &Path| {
