@@ -115,10 +115,13 @@ impl JobRecord {
 /// A job transition. Times are chosen by the proposer. Append variants at the end only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum JobCommand {
-    /// Queues a job; the answer is [`crate::Response::Created`] with its id.
+    /// Queues a job; the answer is [`crate::Response::Created`] with its id. `submission` is
+    /// a random number the submitting node picks: the same submission applied twice (a
+    /// forwarded proposal retried after a lost answer) queues one job and answers its id.
     Submit {
         spec: JobSpec,
         at_ms: u64,
+        submission: u64,
     },
     /// The scheduler put a queued job on `node`; a new fencing epoch starts.
     Place {

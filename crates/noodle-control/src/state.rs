@@ -11,6 +11,7 @@
 //! | `k/` | sequence (8 bytes, big-endian) | encoded audit checkpoint |
 //! | `j/` | job id (8 bytes, big-endian) | job record |
 //! | `q/` | job id (8 bytes, big-endian) | empty: the job has not ended (queued, placed, running) |
+//! | `u/` | submission number (8 bytes, big-endian) | the job id it created |
 //! | `m/` | `root_key`, `chain`, `next_job` | capability root key, audit chain head, next job id |
 //!
 //! [`apply`] is a pure function of the table and the proposal: every node computes the same
@@ -32,6 +33,7 @@ const AUDIT: &[u8] = b"a/";
 const CHECKPOINT: &[u8] = b"k/";
 const JOB: &[u8] = b"j/";
 const ACTIVE_JOB: &[u8] = b"q/";
+const SUBMISSION: &[u8] = b"u/";
 const NEXT_JOB: &[u8] = b"m/next_job";
 const ROOT_KEY: &[u8] = b"m/root_key";
 const CHAIN: &[u8] = b"m/chain";
@@ -75,6 +77,15 @@ fn chain(t: &impl ReadableTable<&'static [u8], &'static [u8]>) -> Result<Chain, 
 /// Applies one proposal. Errors are storage failures only; an invalid command is answered with
 /// [`Response::Rejected`] and changes nothing but the audit chain.
 pub(crate) fn apply(t: &mut StateTable<'_>, p: Proposal) -> Result<Response, DbError> {
+    // A submission applied before: the same answer, and nothing else (no second audit entry).
+    if let Command::Job(JobCommand::Submit { submission, .. }) = &p.command
+        && let Some(id) = get(t, &seq_key(SUBMISSION, *submission))?
+        && let Ok(id) = <[u8; 8]>::try_from(id.as_slice())
+    {
+        return Ok(Response::Created {
+            id: u64::from_be_bytes(id),
+        });
+    }
     if let Command::Batch(ps) = p.command {
         if ps.iter().any(|p| matches!(p.command, Command::Batch(_))) {
             return Ok(Response::Rejected("a batch may not contain a batch".into()));
@@ -199,7 +210,12 @@ fn apply_command(t: &mut StateTable<'_>, command: Command) -> Result<Response, D
 fn apply_job(t: &mut StateTable<'_>, command: JobCommand) -> Result<Response, DbError> {
     let encode = |job: &JobRecord| postcard::to_allocvec(job).map_err(db_err);
     let Some(id) = command.job_id() else {
-        let JobCommand::Submit { spec, at_ms } = command else {
+        let JobCommand::Submit {
+            spec,
+            at_ms,
+            submission,
+        } = command
+        else {
             return Ok(Response::Rejected("not a submission".into()));
         };
         let id = get(t, NEXT_JOB)?
@@ -210,6 +226,11 @@ fn apply_job(t: &mut StateTable<'_>, command: JobCommand) -> Result<Response, Db
             .map_err(db_err)?;
         t.insert(seq_key(ACTIVE_JOB, id).as_slice(), [].as_slice())
             .map_err(db_err)?;
+        t.insert(
+            seq_key(SUBMISSION, submission).as_slice(),
+            id.to_be_bytes().as_slice(),
+        )
+        .map_err(db_err)?;
         t.insert(NEXT_JOB, (id + 1).to_be_bytes().as_slice())
             .map_err(db_err)?;
         return Ok(Response::Created { id });

@@ -346,13 +346,19 @@ async fn jobs_are_durable_and_a_stale_executor_is_fenced_off() {
         origin: "n0".into(),
         files: Vec::new(),
     };
-    let Response::Created { id } = a
-        .propose(job(JobCommand::Submit { spec, at_ms: 1 }))
-        .await
-        .expect("submit")
-    else {
+    let submit = job(JobCommand::Submit {
+        spec,
+        at_ms: 1,
+        submission: 42,
+    });
+    let Response::Created { id } = a.propose(submit.clone()).await.expect("submit") else {
         panic!("a submission creates a job");
     };
+    // The same submission again (a retried forward): the same job, not a second one.
+    assert_eq!(
+        a.propose(submit).await.expect("submit again"),
+        Response::Created { id }
+    );
     let active = a.read(|v| v.active_jobs()).await.expect("read");
     assert_eq!(active.iter().map(|j| j.id).collect::<Vec<_>>(), vec![id]);
     for (command, expect_done) in [

@@ -157,6 +157,7 @@ pub(crate) async fn submit(
     let command = Command::Job(JobCommand::Submit {
         spec: spec.clone(),
         at_ms,
+        submission: rand::random(),
     });
     let applied = plane
         .write(&actor, "job.submit", &target, command)
