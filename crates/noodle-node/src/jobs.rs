@@ -540,7 +540,7 @@ pub(crate) async fn run(shared: Arc<Shared>, plane: Arc<ControlPlane>, jobs: Arc
     let mut metrics = plane.control.watch();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seen: Option<HashMap<u64, JobState>> = None;
+    let mut seen: Option<Seen> = None;
     let mut unreachable_since: HashMap<String, Instant> = HashMap::new();
     let mut last_applied = None;
     loop {
@@ -567,7 +567,7 @@ pub(crate) async fn run(shared: Arc<Shared>, plane: Arc<ControlPlane>, jobs: Arc
         };
         match &mut seen {
             Some(seen) => emit_events(&shared, &plane, seen, &active),
-            None => seen = Some(active.iter().map(|j| (j.id, j.state.clone())).collect()),
+            None => seen = Some(Seen::new(&plane, &active)),
         }
         jobs.reconcile(&shared, &plane, &active);
         if plane.control.status().role == "leader" {
@@ -692,70 +692,110 @@ async fn schedule(shared: &Arc<Shared>, plane: &Arc<ControlPlane>, active: &[Job
     futures_util::future::join_all(proposals).await;
 }
 
-/// Turns job transitions into events on this node's bus.
-fn emit_events(
-    shared: &Shared,
-    plane: &ControlPlane,
-    seen: &mut HashMap<u64, JobState>,
-    active: &[JobRecord],
-) {
-    let emit = |kind, node: &str, detail: String| shared.events.emit(kind, node, detail);
-    let now: HashMap<u64, &JobRecord> = active.iter().map(|j| (j.id, j)).collect();
-    for job in active {
-        let before = seen.get(&job.id);
-        let command = job.spec.command.join(" ");
-        match (&job.state, before) {
-            (_, None) => emit(
-                EventKind::JobSubmitted,
-                &job.spec.origin,
-                format!(
-                    "job {} by {}: {}",
-                    job.id,
-                    job.spec.submitter,
-                    short(&command)
-                ),
-            ),
-            (JobState::Running { .. }, Some(JobState::Running { .. })) => {}
-            (JobState::Running { node, .. }, Some(_)) => emit(
-                EventKind::JobStarted,
-                node,
-                format!("job {} on {node}: {}", job.id, short(&command)),
-            ),
-            (
-                JobState::Queued,
-                Some(JobState::Placed { node, .. } | JobState::Running { node, .. }),
-            ) => emit(
-                EventKind::JobLost,
-                node,
-                format!(
-                    "job {} lost on {node}; running it again ({} retries left)",
-                    job.id, job.retries_left
-                ),
-            ),
-            _ => {}
+/// What the event loop last saw of the jobs.
+struct Seen {
+    /// States of the jobs that had not ended.
+    active: HashMap<u64, JobState>,
+    /// Ids below this were all seen.
+    next_id: u64,
+}
+
+impl Seen {
+    fn new(plane: &ControlPlane, active: &[JobRecord]) -> Seen {
+        Seen {
+            active: active.iter().map(|j| (j.id, j.state.clone())).collect(),
+            next_id: newest_job_id(plane) + 1,
         }
     }
-    for id in seen.keys().filter(|id| !now.contains_key(id)) {
-        let Ok(Some(job)) = plane.control.read_local(|v| v.job(*id)) else {
-            continue;
-        };
+}
+
+fn newest_job_id(plane: &ControlPlane) -> u64 {
+    plane
+        .control
+        .read_local(|v| v.recent_jobs(1))
+        .ok()
+        .and_then(|j| j.first().map(|j| j.id))
+        .unwrap_or(0)
+}
+
+/// Turns job transitions into events on this node's bus. Several transitions of one job can
+/// be applied between two looks (a short job can be submitted, run and end in between); each
+/// is still reported, in order.
+fn emit_events(shared: &Shared, plane: &ControlPlane, seen: &mut Seen, active: &[JobRecord]) {
+    let emit = |kind, node: &str, detail: String| shared.events.emit(kind, node, detail);
+    let newest = newest_job_id(plane);
+    let now: HashMap<u64, &JobRecord> = active.iter().map(|j| (j.id, j)).collect();
+    // Jobs that were active, and jobs submitted since the last look that already ended.
+    let mut ended: Vec<u64> = seen
+        .active
+        .keys()
+        .copied()
+        .chain(seen.next_id..=newest)
+        .filter(|id| !now.contains_key(id))
+        .collect();
+    ended.sort_unstable();
+    ended.dedup();
+    let mut events: Vec<(u64, JobRecord, Option<JobState>)> = Vec::new();
+    for id in ended {
+        if let Ok(Some(job)) = plane.control.read_local(|v| v.job(id)) {
+            events.push((id, job, seen.active.get(&id).cloned()));
+        }
+    }
+    for job in active {
+        events.push((job.id, job.clone(), seen.active.get(&job.id).cloned()));
+    }
+    events.sort_by_key(|(id, _, _)| *id);
+    for (id, job, before) in events {
+        let command = short(&job.spec.command.join(" "));
         let node = job.node.clone().unwrap_or_default();
-        let (kind, what) = match &job.state {
-            JobState::Succeeded { .. } => (EventKind::JobEnded, "succeeded".to_string()),
-            JobState::Failed { exit_code } => (
+        if before.is_none() && id >= seen.next_id {
+            let what = format!("job {id} by {}: {command}", job.spec.submitter);
+            emit(EventKind::JobSubmitted, &job.spec.origin, what);
+        }
+        let was_running = matches!(before, Some(JobState::Running { .. }));
+        let started = match &job.state {
+            JobState::Running { .. } => true,
+            s if s.is_terminal() => job.started_at_ms.is_some(),
+            _ => false,
+        };
+        if started && !was_running {
+            emit(
+                EventKind::JobStarted,
+                &node,
+                format!("job {id} on {node}: {command}"),
+            );
+        }
+        let lost_then_queued = job.state == JobState::Queued
+            && matches!(
+                before,
+                Some(JobState::Placed { .. } | JobState::Running { .. })
+            );
+        if lost_then_queued {
+            let what = format!(
+                "job {id} lost on {node}; running it again ({} retries left)",
+                job.retries_left
+            );
+            emit(EventKind::JobLost, &node, what);
+        }
+        let end = match &job.state {
+            JobState::Succeeded { .. } => Some((EventKind::JobEnded, "succeeded".to_string())),
+            JobState::Failed { exit_code } => Some((
                 EventKind::JobEnded,
                 match &job.error {
                     Some(e) => format!("failed: {e}"),
                     None => format!("failed (exit {exit_code})"),
                 },
-            ),
-            JobState::Cancelled => (EventKind::JobEnded, "cancelled".to_string()),
-            JobState::Lost => (EventKind::JobLost, "lost (no retries left)".to_string()),
-            _ => continue,
+            )),
+            JobState::Cancelled => Some((EventKind::JobEnded, "cancelled".to_string())),
+            JobState::Lost => Some((EventKind::JobLost, "lost (no retries left)".to_string())),
+            _ => None,
         };
-        emit(kind, &node, format!("job {id} {what}"));
+        if let Some((kind, what)) = end {
+            emit(kind, &node, format!("job {id} {what}"));
+        }
     }
-    *seen = active.iter().map(|j| (j.id, j.state.clone())).collect();
+    seen.active = active.iter().map(|j| (j.id, j.state.clone())).collect();
+    seen.next_id = seen.next_id.max(newest + 1);
 }
 
 fn short(s: &str) -> String {

@@ -251,12 +251,29 @@ fn run_prints_output_returns_exit_codes_and_ctrl_c_cancels_the_remote_process() 
             .any(|l| l.contains("job.submit") && l.contains("denied")),
         "the denied submission is not in the audit log"
     );
+    // Every node reports every job's start and end, short jobs included.
+    let all = jobs(a);
     for n in &nodes {
-        let out = n.cli(&["events", "--json"]);
-        let events = stdout(&out);
-        for kind in ["job_submitted", "job_started", "job_ended"] {
-            assert!(events.contains(kind), "{}: no {kind} event", n.name);
-        }
+        let events = eventually(Duration::from_secs(10), "job events on every node", || {
+            let out = n.cli(&["events", "--json"]);
+            let events: Vec<noodle_api::Event> = stdout(&out)
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            let has = |kind: &str, id: u64| {
+                events
+                    .iter()
+                    .any(|e| e.kind.as_str() == kind && e.detail.starts_with(&format!("job {id} ")))
+            };
+            all.iter()
+                .all(|j| {
+                    has("job_submitted", j.id)
+                        && (j.started_at.is_none() || has("job_started", j.id))
+                        && (!j.is_done() || has("job_ended", j.id))
+                })
+                .then_some(events)
+        });
+        assert!(!events.is_empty());
     }
 }
 
