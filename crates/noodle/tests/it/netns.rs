@@ -204,6 +204,159 @@ fn a_remote_api_caller_needs_a_token_not_the_admin_credential() {
     assert_eq!(local(&["config", "get", "greeting"]), "hello");
 }
 
+/// A node cut off from the others (its bridge port down) cannot keep running a job: it stops
+/// the job itself after half the lease, the leader gives the job to another node after the
+/// lease, and the cut-off node's late report is refused once the network heals.
+#[test]
+fn a_partitioned_executor_stops_its_job_and_the_job_runs_once_elsewhere() {
+    require_root_and_ip();
+    let mut lab = Lab::new();
+    lab.build_network();
+    const LEASE: &[&str] = &["--job-lease", "4s"];
+    let with = |slots: &'static str| -> Vec<&'static str> {
+        let mut a = vec!["--slots", slots, "--no-mdns"];
+        a.extend_from_slice(LEASE);
+        a
+    };
+    lab.spawn_node_with(0, None, "127.0.0.1:7071", &with("0"));
+    lab.wait_ready(0);
+    let out = lab.cli(0, &["token", "create"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    lab.spawn_node_with(1, Some(&token), "127.0.0.1:7071", &with("1"));
+    let n2 = lab.eventually(FORM_WITHIN, "node 2 known with its slot", |lab| {
+        let me = lab.status(1)?.self_id;
+        let s = lab.status(0)?;
+        s.nodes
+            .iter()
+            .any(|n| n.id == me && n.slots == 1 && n.state == NodeState::Alive)
+            .then_some(me)
+    });
+    let trace = lab.tmp.path().join("trace");
+    let script = format!(
+        "echo \"$NOODLE_NODE $NOODLE_JOB_EPOCH start $$ $(date +%s%N)\" >> {f}; sleep 12; \
+         echo \"$NOODLE_NODE $NOODLE_JOB_EPOCH end\" >> {f}",
+        f = trace.display()
+    );
+    let out = lab.cli(
+        0,
+        &[
+            "run",
+            "--detach",
+            "--retries",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let lines = || -> Vec<String> {
+        std::fs::read_to_string(&trace)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let first = lab.eventually(FORM_WITHIN, "the job to start on node 2", |_| {
+        lines().first().cloned()
+    });
+    let f: Vec<&str> = first.split_whitespace().collect();
+    assert_eq!(&f[..3], &[n2.as_str(), "1", "start"], "{first}");
+    let first_pid: u32 = f[3].parse().expect("pid");
+
+    // A third node with a free slot, then node 2 is cut off.
+    lab.spawn_node_with(2, Some(&token), "127.0.0.1:7071", &with("1"));
+    let n3 = lab.eventually(FORM_WITHIN, "node 3 known with its slot", |lab| {
+        let me = lab.status(2)?.self_id;
+        let s = lab.status(0)?;
+        s.nodes
+            .iter()
+            .any(|n| n.id == me && n.slots == 1 && n.state == NodeState::Alive)
+            .then_some(me)
+    });
+    ip(&["-n", &lab.bridge_ns(), "link", "set", "p2", "down"]);
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    let gone_ns = lab.eventually(FORM_WITHIN, "node 2 to stop its job", |_| {
+        (!alive(first_pid)).then(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        })
+    });
+    let second = lab.eventually(FORM_WITHIN, "the job to run again on node 3", |_| {
+        lines().get(1).cloned()
+    });
+    let f: Vec<&str> = second.split_whitespace().collect();
+    assert_eq!(&f[..3], &[n3.as_str(), "2", "start"], "{second}");
+    let second_start: u128 = f[4].parse().expect("start time");
+    assert!(
+        second_start > gone_ns,
+        "the job ran on node 3 while node 2 still ran it"
+    );
+
+    // Heal: node 2 comes back; its report on the old attempt must change nothing.
+    ip(&["-n", &lab.bridge_ns(), "link", "set", "p2", "up"]);
+    let out = lab.cli(0, &["wait", &id, "--timeout", "60s", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job: noodle_api::JobInfo = serde_json::from_slice(&out.stdout).expect("job json");
+    assert_eq!(
+        (job.node.as_deref(), job.epoch),
+        (Some(n3.as_str()), 2),
+        "{job:?}"
+    );
+    lab.eventually(FORM_WITHIN, "node 2 back", |lab| {
+        lab.status(0)?
+            .nodes
+            .iter()
+            .any(|n| n.id == n2 && n.state == NodeState::Alive)
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let out = lab.cli(0, &["jobs", "--all", "--json"]);
+    let list: noodle_api::JobList = serde_json::from_slice(&out.stdout).expect("jobs json");
+    let again = list
+        .jobs
+        .iter()
+        .find(|j| j.id.to_string() == id)
+        .expect("the job");
+    assert_eq!(
+        (again.state.as_str(), again.epoch, again.node.as_deref()),
+        ("succeeded", 2, Some(n3.as_str())),
+        "a stale report changed the job: {again:?}"
+    );
+    assert_eq!(
+        lines().iter().filter(|l| l.contains(" end")).count(),
+        1,
+        "{:?}",
+        lines()
+    );
+}
+
 fn require_root_and_ip() {
     let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
     let euid = status
@@ -327,6 +480,11 @@ impl Lab {
     }
 
     fn spawn_node_with_api(&mut self, i: usize, join: Option<&str>, api: &str) {
+        self.spawn_node_with(i, join, api, &[]);
+    }
+
+    /// Starts node `i` with extra `noodle up` arguments.
+    fn spawn_node_with(&mut self, i: usize, join: Option<&str>, api: &str, extra: &[&str]) {
         assert_eq!(self.nodes.len(), i, "nodes are started in order");
         let netns = self.node_ns(i);
         let dir = self.tmp.path().join(format!("n{}", i + 1));
@@ -340,6 +498,7 @@ impl Lab {
         if let Some(token) = join {
             cmd.args(["--join", token]);
         }
+        cmd.args(extra);
         let child = cmd
             .env("NOODLE_LOG", "info,mdns_sd=debug")
             .env_remove("NOODLE_JOIN")
