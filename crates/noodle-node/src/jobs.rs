@@ -35,6 +35,7 @@ use noodle_link::RemoteError;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -46,6 +47,8 @@ const TICK: Duration = Duration::from_millis(250);
 const FINISHED_REMEMBERED: usize = 4096;
 /// Ended jobs whose directories (output) are kept; older ones are removed.
 const KEPT_JOB_DIRS: usize = 1000;
+/// Attempts that end between two prunings of the job directories.
+const PRUNE_EVERY: u64 = 64;
 /// Most bytes of output one `jobs.output` answer carries.
 pub(crate) const OUTPUT_READ_MAX: usize = 1 << 20;
 /// Longest a `jobs.output` request waits for new output.
@@ -98,6 +101,8 @@ pub(crate) struct JobRuntime {
     pub(crate) shipping: Shipping,
     cgroup: Option<PathBuf>,
     local: Mutex<Local>,
+    /// Attempts that ended here since the node started.
+    ended: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +139,7 @@ impl JobRuntime {
             shipping,
             cgroup,
             local: Mutex::new(Local::default()),
+            ended: AtomicU64::new(0),
         })
     }
 
@@ -309,10 +315,17 @@ impl JobRuntime {
             local.remember_finished(id, epoch);
         }
         let work = self.attempt_dir(id, epoch).join("work");
-        let dir = self.dir.clone();
+        // Listing the directory costs as much as the jobs it holds: prune now and then only.
+        let prune = (self
+            .ended
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(PRUNE_EVERY))
+        .then(|| self.dir.clone());
         let _ = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&work);
-            prune_job_dirs(&dir);
+            if let Some(dir) = prune {
+                prune_job_dirs(&dir);
+            }
         })
         .await;
     }
