@@ -11,7 +11,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{ChunkError, ChunkId, Chunker, MAX_CHUNK_BYTES, Manifest};
+use crate::{ChunkError, ChunkId, Chunker, MAX_CHUNK_BYTES, MAX_MANIFEST_BYTES, Manifest};
 
 const TMP_PREFIX: &str = ".tmp-";
 
@@ -48,6 +48,14 @@ impl Drop for TmpGuard {
         }
     }
 }
+
+/// Longest object the store keeps: a chunk, or an encoded manifest (a file of more than about
+/// 110 000 chunks has a manifest longer than a chunk).
+pub const MAX_OBJECT_BYTES: usize = if MAX_MANIFEST_BYTES > MAX_CHUNK_BYTES {
+    MAX_MANIFEST_BYTES
+} else {
+    MAX_CHUNK_BYTES
+};
 
 /// A content-addressed chunk store in one directory, with a size cap.
 #[derive(Debug)]
@@ -127,16 +135,17 @@ impl Store {
             .collect()
     }
 
-    /// Stores `data` as chunk `id`. Returns `true` if it was written, `false` if already present.
+    /// Stores `data` as object `id` (a chunk, or an encoded manifest). Returns `true` if it was
+    /// written, `false` if already present.
     ///
     /// Refused, with nothing stored, if `data` does not hash to `id`, is longer than
-    /// [`MAX_CHUNK_BYTES`], or would take the store over its cap.
+    /// [`MAX_OBJECT_BYTES`], or would take the store over its cap.
     pub fn put(&self, id: &ChunkId, data: &[u8]) -> Result<bool, ChunkError> {
-        if data.len() > MAX_CHUNK_BYTES {
+        if data.len() > MAX_OBJECT_BYTES {
             return Err(ChunkError::ChunkTooLarge {
                 id: *id,
                 len_bytes: data.len(),
-                max_bytes: MAX_CHUNK_BYTES,
+                max_bytes: MAX_OBJECT_BYTES,
             });
         }
         let actual = ChunkId::of(data);
@@ -199,10 +208,10 @@ impl Store {
         // Read one byte past the limit so an oversized (hence corrupt) file is caught without
         // reading all of it.
         let mut data = Vec::new();
-        file.take(MAX_CHUNK_BYTES as u64 + 1)
+        file.take(MAX_OBJECT_BYTES as u64 + 1)
             .read_to_end(&mut data)
             .map_err(io_at(&path))?;
-        if data.len() > MAX_CHUNK_BYTES || ChunkId::of(&data) != *id {
+        if data.len() > MAX_OBJECT_BYTES || ChunkId::of(&data) != *id {
             return Err(ChunkError::Corrupt { id: *id, path });
         }
         Ok(data)

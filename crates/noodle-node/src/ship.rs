@@ -12,24 +12,22 @@
 //! file work to `spawn_blocking`. [`Shipping`] is cheap to clone so that callers can do the same
 //! with [`Shipping::missing`], [`Shipping::put`] and [`Shipping::serve_get`].
 //!
-//! Manifests longer than [`MAX_CHUNK_BYTES`] (only files of well over 100 000 chunks have them)
-//! do not fit in a [`Store`]; they live beside it in `<data_dir>/chunks/large-manifests/`, under
-//! the same cap, and are accepted only if they decode as manifests.
+//! The store keeps manifests beside chunks; an uploaded object longer than a chunk is accepted
+//! only if it decodes as a manifest.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::fs;
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use noodle_api::JobFile;
 use noodle_chunks::{
-    ChunkError, ChunkId, MAX_CHUNK_BYTES, MAX_MANIFEST_BYTES, Manifest, ManifestError, Store,
+    ChunkError, ChunkId, MAX_CHUNK_BYTES, MAX_OBJECT_BYTES, Manifest, ManifestError, Store,
 };
 use noodle_link::{Link, LinkError, RemoteError};
 use serde::{Serialize, Serializer};
@@ -55,13 +53,8 @@ const ASSEMBLE_ATTEMPTS: u32 = 2;
 /// Longest job file name, and longest component of it (Linux's `PATH_MAX`, `NAME_MAX`).
 const NAME_BYTES_MAX: usize = 4096;
 const NAME_COMPONENT_BYTES_MAX: usize = 255;
-/// Where the store lives under the data directory, and the large manifests inside it (a name the
-/// store ignores: it only scans its two-hex-digit fan-out directories).
+/// Where the store lives under the data directory.
 const STORE_DIR: &str = "chunks";
-const LARGE_MANIFESTS_DIR: &str = "large-manifests";
-const TMP_PREFIX: &str = ".tmp-";
-/// Makes temporary file names unique within the process (the pid separates processes).
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Why a shipping call failed.
 #[derive(Debug, thiserror::Error)]
@@ -107,13 +100,6 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ShipError + '_ {
     }
 }
 
-fn chunk_io_at(path: &Path) -> impl FnOnce(io::Error) -> ChunkError + '_ {
-    move |source| ChunkError::Io {
-        path: path.to_owned(),
-        source,
-    }
-}
-
 /// Runs blocking file work off the async threads; `path` names the work in the error if the
 /// task dies.
 async fn blocking<T: Send + 'static>(
@@ -138,23 +124,19 @@ impl Serialize for RawBytes<'_> {
     }
 }
 
-/// The chunk store of this node plus the few manifests too large for it. Cheap to clone.
+/// The chunk store of this node. Cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct Shipping {
     store: Arc<Store>,
-    large: Arc<LargeManifests>,
 }
 
 impl Shipping {
     /// Opens the store at `<data_dir>/chunks`, holding at most `cap_bytes`. Blocking: it scans
     /// the store once.
     pub(crate) fn open(data_dir: &Path, cap_bytes: u64) -> Result<Shipping, ShipError> {
-        let dir = data_dir.join(STORE_DIR);
-        let store = Store::open(&dir, cap_bytes)?;
-        let large = LargeManifests::open(dir.join(LARGE_MANIFESTS_DIR))?;
+        let store = Store::open(data_dir.join(STORE_DIR), cap_bytes)?;
         Ok(Shipping {
             store: Arc::new(store),
-            large: Arc::new(large),
         })
     }
 
@@ -176,7 +158,6 @@ impl Shipping {
             .store
             .missing(&parsed)
             .into_iter()
-            .filter(|id| !self.large.has(id))
             .map(|id| id.to_hex())
             .collect())
     }
@@ -188,10 +169,9 @@ impl Shipping {
         let id = id_hex
             .parse::<ChunkId>()
             .map_err(|e| ShipError::BadRequest(e.to_string()))?;
-        let max_bytes = MAX_CHUNK_BYTES.max(MAX_MANIFEST_BYTES);
-        if bytes.len() > max_bytes {
+        if bytes.len() > MAX_OBJECT_BYTES {
             return Err(ShipError::BadRequest(format!(
-                "chunk {id} is {} bytes, more than {max_bytes}",
+                "chunk {id} is {} bytes, more than {MAX_OBJECT_BYTES}",
                 bytes.len()
             )));
         }
@@ -206,49 +186,30 @@ impl Shipping {
 
     /// Stores bytes already known to hash to `id`. Returns whether they were written.
     fn put_verified(&self, id: &ChunkId, bytes: &[u8]) -> Result<bool, ShipError> {
-        if bytes.len() <= MAX_CHUNK_BYTES {
-            return Ok(self.store.put(id, bytes)?);
+        if bytes.len() > MAX_CHUNK_BYTES {
+            // Only a manifest may be this long: refuse anything else rather than keep it.
+            Manifest::decode(bytes).map_err(|e| {
+                ShipError::BadRequest(format!(
+                    "chunk {id} is {} bytes, more than {MAX_CHUNK_BYTES}, and not a manifest: {e}",
+                    bytes.len()
+                ))
+            })?;
         }
-        // Only a manifest may be this long: refuse anything else rather than keep it.
-        Manifest::decode(bytes).map_err(|e| {
-            ShipError::BadRequest(format!(
-                "chunk {id} is {} bytes, more than {MAX_CHUNK_BYTES}, and not a manifest: {e}",
-                bytes.len()
-            ))
-        })?;
-        if self.large.has(id) {
-            return Ok(false);
-        }
-        let used = self.store.total_bytes().saturating_add(self.large.used());
-        let needed = bytes.len() as u64;
-        if used.saturating_add(needed) > self.store.cap_bytes() {
-            return Err(ChunkError::StoreFull {
-                needed_bytes: needed,
-                used_bytes: used,
-                cap_bytes: self.store.cap_bytes(),
-            }
-            .into());
-        }
-        self.large.put(id, bytes)?;
-        Ok(true)
+        Ok(self.store.put(id, bytes)?)
     }
 
     fn has(&self, id: &ChunkId) -> bool {
-        self.store.has(id) || self.large.has(id)
+        self.store.has(id)
     }
 
     /// Reads and verifies a stored chunk or manifest.
     fn get(&self, id: &ChunkId) -> Result<Vec<u8>, ChunkError> {
-        match self.store.get(id) {
-            Err(ChunkError::NotFound(_)) => self.large.get(id),
-            other => other,
-        }
+        self.store.get(id)
     }
 
-    /// Removes a chunk found corrupt, wherever it is.
+    /// Removes a chunk found corrupt.
     fn remove(&self, id: &ChunkId) -> Result<(), ChunkError> {
-        self.store.remove(id)?;
-        self.large.remove(id)
+        self.store.remove(id).map(|_| ())
     }
 
     /// RPC `chunks.get`, for other members: `body` is a postcard `Vec<[u8; 32]>` of at most
@@ -641,112 +602,6 @@ fn decode_answer(origin: SocketAddr, answer: &[u8], count: usize) -> Result<Vec<
     Ok(entries)
 }
 
-/// Manifests longer than a chunk, one file each, verified on every read, counted against the
-/// store's cap by [`Shipping`].
-#[derive(Debug)]
-struct LargeManifests {
-    dir: PathBuf,
-    used_bytes: AtomicU64,
-}
-
-impl LargeManifests {
-    fn open(dir: PathBuf) -> Result<LargeManifests, ShipError> {
-        fs::create_dir_all(&dir).map_err(io_at(&dir))?;
-        let mut used = 0u64;
-        for entry in fs::read_dir(&dir).map_err(io_at(&dir))? {
-            let entry = entry.map_err(io_at(&dir))?;
-            let path = entry.path();
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with(TMP_PREFIX) {
-                fs::remove_file(&path).map_err(io_at(&path))?;
-            } else if name.parse::<ChunkId>().is_ok() {
-                used += entry.metadata().map_err(io_at(&path))?.len();
-            }
-        }
-        Ok(LargeManifests {
-            dir,
-            used_bytes: AtomicU64::new(used),
-        })
-    }
-
-    fn path(&self, id: &ChunkId) -> PathBuf {
-        self.dir.join(id.to_hex())
-    }
-
-    fn used(&self) -> u64 {
-        self.used_bytes.load(Ordering::SeqCst)
-    }
-
-    fn has(&self, id: &ChunkId) -> bool {
-        self.path(id).is_file()
-    }
-
-    fn get(&self, id: &ChunkId) -> Result<Vec<u8>, ChunkError> {
-        let path = self.path(id);
-        let file = match File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ChunkError::NotFound(*id)),
-            Err(source) => return Err(ChunkError::Io { path, source }),
-        };
-        let mut data = Vec::new();
-        file.take(MAX_MANIFEST_BYTES as u64 + 1)
-            .read_to_end(&mut data)
-            .map_err(chunk_io_at(&path))?;
-        if data.len() > MAX_MANIFEST_BYTES || ChunkId::of(&data) != *id {
-            return Err(ChunkError::Corrupt { id: *id, path });
-        }
-        Ok(data)
-    }
-
-    /// Writes bytes already verified to hash to `id`: temporary file, fsync, rename.
-    fn put(&self, id: &ChunkId, data: &[u8]) -> Result<(), ShipError> {
-        let path = self.path(id);
-        let tmp = self.dir.join(format!(
-            "{TMP_PREFIX}{}-{}-{}",
-            id.to_hex(),
-            std::process::id(),
-            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let written = (|| {
-            let mut file = File::create_new(&tmp)?;
-            file.write_all(data)?;
-            file.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            File::open(&self.dir)?.sync_all()
-        })();
-        if let Err(source) = written {
-            // Best effort: the write error is the one to report.
-            let _ = fs::remove_file(&tmp);
-            return Err(ShipError::Io { path, source });
-        }
-        self.used_bytes
-            .fetch_add(data.len() as u64, Ordering::SeqCst);
-        Ok(())
-    }
-
-    fn remove(&self, id: &ChunkId) -> Result<(), ChunkError> {
-        let path = self.path(id);
-        let len = match fs::metadata(&path) {
-            Ok(meta) => meta.len(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => return Err(ChunkError::Io { path, source }),
-        };
-        match fs::remove_file(&path) {
-            Ok(()) => {
-                let _ = self
-                    .used_bytes
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
-                        Some(u.saturating_sub(len))
-                    });
-                Ok(())
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(ChunkError::Io { path, source }),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1053,7 +908,7 @@ mod tests {
             ship.put("zz", &data),
             Err(ShipError::BadRequest(_))
         ));
-        let huge = vec![0u8; MAX_MANIFEST_BYTES + 1];
+        let huge = vec![0u8; MAX_OBJECT_BYTES + 1];
         let huge_id = ChunkId::of(&huge).to_hex();
         assert!(matches!(
             ship.put(&huge_id, &huge),
@@ -1070,7 +925,7 @@ mod tests {
     }
 
     #[test]
-    fn ship_large_manifest_is_kept_beside_the_store() -> TestResult {
+    fn ship_large_manifest_is_kept_in_the_store() -> TestResult {
         let tmp = tempfile::tempdir()?;
         let ship = Shipping::open(tmp.path(), CAP_BYTES)?;
         // A manifest longer than a chunk: 130 000 minimum-size chunks (never stored).
@@ -1094,7 +949,7 @@ mod tests {
         drop(ship);
         let ship = Shipping::open(tmp.path(), CAP_BYTES)?;
         assert!(ship.missing(&[id.to_hex()])?.is_empty());
-        assert_eq!(ship.large.used(), bytes.len() as u64);
+        assert!(ship.store.total_bytes() >= bytes.len() as u64);
         let small = Shipping::open(&tmp.path().join("small"), 1 << 20)?;
         assert!(matches!(
             small.put(&id.to_hex(), &bytes),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use noodle_chunks::{
     ChunkError, ChunkId, Chunker, MANIFEST_VERSION, MAX_CHUNK_BYTES, MAX_MANIFEST_BYTES,
-    MIN_CHUNK_BYTES, Manifest, ManifestError, Store,
+    MAX_OBJECT_BYTES, MIN_CHUNK_BYTES, Manifest, ManifestError, Store,
 };
 use proptest::prelude::*;
 
@@ -157,7 +157,7 @@ fn forged_or_oversized_chunks_are_refused_and_not_stored() -> TestResult {
         }
         other => panic!("forged chunk accepted: {other:?}"),
     }
-    let big = vec![0u8; MAX_CHUNK_BYTES + 1];
+    let big = vec![0u8; MAX_OBJECT_BYTES + 1];
     let err = store.put(&ChunkId::of(&big), &big);
     assert!(
         matches!(err, Err(ChunkError::ChunkTooLarge { .. })),
