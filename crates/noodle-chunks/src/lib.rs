@@ -23,7 +23,8 @@
 //!
 //! - A chunk file in the store always holds bytes whose blake3 is its name: writes go through a
 //!   temporary file, `fsync` and `rename`, and [`Store::get`] re-verifies on every read.
-//! - Everything is bounded: chunk length ([`MAX_CHUNK_BYTES`]), file size ([`MAX_FILE_BYTES`]),
+//! - Everything is bounded: chunk length ([`MAX_CHUNK_BYTES`]), stored objects (chunks and
+//!   encoded manifests, [`MAX_OBJECT_BYTES`]), file size ([`MAX_FILE_BYTES`]),
 //!   manifest length ([`MAX_MANIFEST_CHUNKS`], [`MAX_MANIFEST_BYTES`]) and store size (the cap
 //!   given to [`Store::open`]).
 //! - This crate does no networking and knows nothing of nodes: the caller moves bytes.
