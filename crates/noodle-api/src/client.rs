@@ -208,18 +208,9 @@ impl Client {
     /// The output of job `id` as it is kept on its node; with `follow`, the stream stays open
     /// and carries new output live until the job ends.
     pub async fn job_output(&self, id: u64, follow: bool) -> Result<OutputStream, ClientError> {
-        let resp = self
-            .http
-            .get(format!("{}/v1/jobs/{id}/output?follow={follow}", self.base))
-            .bearer_auth(&self.credential)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        if !resp.status().is_success() {
-            return Err(Self::error_of(resp).await);
-        }
+        let path = format!("/v1/jobs/{id}/output?follow={follow}");
         Ok(OutputStream {
-            inner: Box::pin(resp.bytes_stream()),
+            inner: self.get_stream(&path).await?,
             buf: Vec::new(),
         })
     }
@@ -278,9 +269,17 @@ impl Client {
 
     /// Follows the node's event stream (server-sent events) from now on.
     pub async fn follow_events(&self) -> Result<EventStream, ClientError> {
+        Ok(EventStream {
+            inner: self.get_stream("/v1/events/stream").await?,
+            buf: Vec::new(),
+        })
+    }
+
+    /// A `GET` whose answer is read as it arrives, without a deadline.
+    async fn get_stream(&self, path: &str) -> Result<ByteStream, ClientError> {
         let resp = self
             .http
-            .get(format!("{}/v1/events/stream", self.base))
+            .get(format!("{}{}", self.base, path))
             .bearer_auth(&self.credential)
             .send()
             .await
@@ -288,10 +287,7 @@ impl Client {
         if !resp.status().is_success() {
             return Err(Self::error_of(resp).await);
         }
-        Ok(EventStream {
-            inner: Box::pin(resp.bytes_stream()),
-            buf: Vec::new(),
-        })
+        Ok(Box::pin(resp.bytes_stream()))
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {

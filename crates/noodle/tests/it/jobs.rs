@@ -1,7 +1,7 @@
 //! `noodle run` end to end: real nodes, real processes, real files.
 
 use crate::control::{cap_create, with_token};
-use crate::support::{Node, cluster_with, eventually, noodle_bin, wait_all_alive};
+use crate::support::{Node, cluster_with, eventually, noodle_bin, process_alive, wait_all_alive};
 use noodle_api::{JobInfo, JobList};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -53,16 +53,6 @@ fn detach(node: &Node, args: &[&str]) -> u64 {
         stderr(&out)
     );
     stdout(&out).trim().parse().expect("a job id")
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        !s.rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z')
-    })
 }
 
 fn host_name() -> String {
@@ -163,7 +153,7 @@ fn run_prints_output_returns_exit_codes_and_ctrl_c_cancels_the_remote_process() 
     let pid: u32 = eventually(Duration::from_secs(15), "the remote sleep to start", || {
         std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
     });
-    assert!(alive(pid));
+    assert!(process_alive(pid));
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -176,7 +166,7 @@ fn run_prints_output_returns_exit_codes_and_ctrl_c_cancels_the_remote_process() 
     eventually(
         Duration::from_secs(10),
         "the remote process to be gone",
-        || (!alive(pid)).then_some(()),
+        || (!process_alive(pid)).then_some(()),
     );
     let cancelled = jobs(a).into_iter().last().unwrap();
     assert_eq!(cancelled.state, "cancelled", "{cancelled:?}");
@@ -389,7 +379,7 @@ fn a_killed_executor_loses_its_jobs_and_a_job_with_retries_runs_elsewhere_once_a
     eventually(
         Duration::from_secs(5),
         "node-1's job to die with it",
-        || (!alive(first_pid)).then_some(()),
+        || (!process_alive(first_pid)).then_some(()),
     );
     let gone_ns = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -286,17 +286,8 @@ fn a_partitioned_executor_stops_its_job_and_the_job_runs_once_elsewhere() {
             .then_some(me)
     });
     ip(&["-n", &lab.bridge_ns(), "link", "set", "p2", "down"]);
-    let alive = |pid: u32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-            !s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-    };
     let gone_ns = lab.eventually(FORM_WITHIN, "node 2 to stop its job", |_| {
-        (!alive(first_pid)).then(|| {
+        (!crate::support::process_alive(first_pid)).then(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos())

@@ -267,3 +267,14 @@ pub(crate) fn wait_all_alive(nodes: &[Node], within: Duration) -> Duration {
     });
     start.elapsed()
 }
+
+/// Whether process `pid` exists and is not a zombie.
+pub(crate) fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
