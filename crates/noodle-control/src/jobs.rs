@@ -73,6 +73,20 @@ impl JobState {
     }
 }
 
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JobState::Queued => write!(f, "queued"),
+            JobState::Placed { node, .. } => write!(f, "placed on {node}"),
+            JobState::Running { node, .. } => write!(f, "running on {node}"),
+            JobState::Succeeded { .. } => write!(f, "succeeded"),
+            JobState::Failed { exit_code } => write!(f, "failed (exit {exit_code})"),
+            JobState::Cancelled => write!(f, "cancelled"),
+            JobState::Lost => write!(f, "lost"),
+        }
+    }
+}
+
 /// One job as the control plane keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRecord {
@@ -169,7 +183,7 @@ pub(crate) fn transition(job: &mut JobRecord, command: &JobCommand) -> Result<()
         match job.state.placement() {
             Some((_, current)) if current == epoch => Ok(()),
             _ => Err(format!(
-                "job {id}: report from a stale executor (epoch {epoch}, the job is {:?} at epoch {})",
+                "job {id}: report from a stale executor (epoch {epoch}; the job is {} at epoch {})",
                 job.state, job.epoch
             )),
         }
@@ -178,7 +192,7 @@ pub(crate) fn transition(job: &mut JobRecord, command: &JobCommand) -> Result<()
         JobCommand::Submit { .. } => return Err(format!("job {id} exists already")),
         JobCommand::Place { node, .. } => {
             if job.state != JobState::Queued {
-                return Err(format!("job {id} is not queued: {:?}", job.state));
+                return Err(format!("job {id} is not queued ({})", job.state));
             }
             job.epoch += 1;
             job.node = Some(node.clone());
@@ -242,7 +256,7 @@ pub(crate) fn transition(job: &mut JobRecord, command: &JobCommand) -> Result<()
         }
         JobCommand::Cancel { at_ms, .. } => {
             if job.state.is_terminal() {
-                return Err(format!("job {id} has already ended: {:?}", job.state));
+                return Err(format!("job {id} has already ended ({})", job.state));
             }
             job.state = JobState::Cancelled;
             job.ended_at_ms = Some(*at_ms);

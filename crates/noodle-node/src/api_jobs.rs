@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Ended jobs `GET /v1/jobs` lists besides the ones that have not ended.
-const RECENT_JOBS: usize = 100;
+const RECENT_JOBS: usize = 20;
 /// Most jobs `GET /v1/jobs?all=true` lists.
 const ALL_JOBS_MAX: usize = 100_000;
 /// How long a submission waits for the details of nodes that just joined.
@@ -317,7 +317,17 @@ pub(crate) async fn output(
         "job.output",
         &id.to_string(),
     )?;
-    read_job(plane(&shared)?, id).await?;
+    let job = read_job(plane(&shared)?, id).await?;
+    // An ended job's output is only where it ran: say so now if that node is gone.
+    if job.state.is_terminal()
+        && let Some(node) = &job.node
+        && !shared.alive_node_ids().contains(node)
+    {
+        return Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the output of job {id} is kept on node {node}, which is not alive now"),
+        ));
+    }
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::convert::Infallible>>(16);
     tokio::spawn(relay_output(shared.clone(), id, q.follow, tx));
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
