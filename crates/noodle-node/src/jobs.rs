@@ -77,6 +77,8 @@ struct Execution {
 #[derive(Default)]
 struct Local {
     running: HashMap<u64, Execution>,
+    /// GPU indices held by the jobs running here.
+    gpus: HashMap<u64, Vec<u32>>,
     finished: VecDeque<(u64, u64)>,
     finished_set: HashSet<(u64, u64)>,
 }
@@ -312,6 +314,7 @@ impl JobRuntime {
         {
             let mut local = self.lock();
             local.running.remove(&id);
+            local.gpus.remove(&id);
             local.remember_finished(id, epoch);
         }
         let work = self.attempt_dir(id, epoch).join("work");
@@ -378,6 +381,33 @@ impl JobRuntime {
         if *signal.borrow() != Signal::Run {
             return Attempt::Superseded;
         }
+        // The job sees only the GPUs it was given (none if it asked for none).
+        let gpus = {
+            let mut local = self.lock();
+            let in_use = local.gpus.values().flatten().copied().collect::<Vec<_>>();
+            let all = shared.own_gpu_indices();
+            match pick_gpus(&all, &in_use, job.spec.gpus) {
+                Some(picked) => {
+                    local.gpus.insert(job.id, picked.clone());
+                    picked
+                }
+                None => {
+                    return Attempt::StartFailed {
+                        exit_code: 126,
+                        error: format!(
+                            "node {me} has {} free GPUs; the job asks for {}",
+                            all.len().saturating_sub(in_use.len()),
+                            job.spec.gpus
+                        ),
+                    };
+                }
+            }
+        };
+        let visible = gpus
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
         let spec = ProcessSpec {
             command: job.spec.command.clone(),
             workdir: work,
@@ -385,6 +415,7 @@ impl JobRuntime {
                 ("NOODLE_JOB_ID".into(), job.id.to_string()),
                 ("NOODLE_JOB_EPOCH".into(), epoch.to_string()),
                 ("NOODLE_NODE".into(), me.to_string()),
+                ("CUDA_VISIBLE_DEVICES".into(), visible),
             ],
             cpus: job.spec.cpus,
             mem_bytes: job.spec.mem_bytes,
@@ -443,6 +474,18 @@ impl JobRuntime {
             Attempt::Ended { exit_code, at_ms }
         }
     }
+}
+
+/// The first `n` of this node's GPU indices that no running job holds; `None` if there are
+/// fewer free.
+fn pick_gpus(all: &[u32], in_use: &[u32], n: u32) -> Option<Vec<u32>> {
+    let free: Vec<u32> = all
+        .iter()
+        .copied()
+        .filter(|g| !in_use.contains(g))
+        .take(n as usize)
+        .collect();
+    (free.len() == n as usize).then_some(free)
 }
 
 enum Attempt {
@@ -916,5 +959,20 @@ pub(crate) fn info(job: &JobRecord) -> JobInfo {
         retries_left: job.retries_left,
         epoch: job.epoch,
         error: job.error.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_gpus;
+
+    #[test]
+    fn gpus_are_handed_out_once() {
+        let all = [0, 1, 2, 3];
+        assert_eq!(pick_gpus(&all, &[], 0), Some(vec![]));
+        assert_eq!(pick_gpus(&all, &[], 2), Some(vec![0, 1]));
+        assert_eq!(pick_gpus(&all, &[0, 2], 2), Some(vec![1, 3]));
+        assert_eq!(pick_gpus(&all, &[0, 2], 3), None);
+        assert_eq!(pick_gpus(&[], &[], 1), None);
     }
 }

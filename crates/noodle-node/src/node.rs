@@ -540,6 +540,15 @@ impl Shared {
         self.lock_view().table.get(id).map(|e| e.addr)
     }
 
+    /// Indices of this node's GPUs.
+    pub(crate) fn own_gpu_indices(&self) -> Vec<u32> {
+        self.lock_view()
+            .table
+            .get(&self.node_id)
+            .map(|e| e.resources.gpus.iter().map(|g| g.index).collect())
+            .unwrap_or_default()
+    }
+
     /// Ids of the nodes this node sees alive, itself included.
     pub(crate) fn alive_node_ids(&self) -> HashSet<String> {
         let view = self.lock_view();

@@ -88,10 +88,15 @@ fn run_prints_output_returns_exit_codes_and_ctrl_c_cancels_the_remote_process() 
     assert!(first.node.is_some() && first.started_at.is_some() && first.ended_at.is_some());
 
     // `--on NODE` picks the node.
-    let on = ["--on", "node-2", "--", "sh", "-c", "echo $NOODLE_NODE"];
+    // A job that asked for no GPU sees none.
+    let script = "echo \"$NOODLE_NODE gpus=[${CUDA_VISIBLE_DEVICES-unset}]\"";
+    let on = ["--on", "node-2", "--", "sh", "-c", script];
     let out = run_in(a, tmp.path(), &on);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(stdout(&out).trim(), nodes[2].node_id());
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("{} gpus=[]", nodes[2].node_id())
+    );
 
     let out = run_in(
         a,
