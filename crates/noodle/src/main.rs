@@ -538,20 +538,31 @@ fn render_status(r: &StatusReport) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "  {:<2}{:<16} {:<44} {:<8} {:<22} {:>4} {:>10} {:>5} {:>10} {:>4}  LABELS",
-        "", "NAME", "ID", "STATE", "ADDRESS", "CPUS", "MEMORY", "LOAD", "DISK FREE", "GPUS"
+        "  {:<2}{:<16} {:<44} {:<8} {:<22} {:>4} {:>5} {:>10} {:>5} {:>10} {:>4}  LABELS",
+        "",
+        "NAME",
+        "ID",
+        "STATE",
+        "ADDRESS",
+        "CPUS",
+        "SLOTS",
+        "MEMORY",
+        "LOAD",
+        "DISK FREE",
+        "GPUS"
     );
     for n in &r.nodes {
         let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(
             out,
-            "  {:<2}{:<16} {:<44} {:<8} {:<22} {:>4} {:>10} {:>5.2} {:>10} {:>4}  {}",
+            "  {:<2}{:<16} {:<44} {:<8} {:<22} {:>4} {:>5} {:>10} {:>5.2} {:>10} {:>4}  {}",
             if n.is_self { "*" } else { "" },
             n.name,
             n.id,
             n.state.as_str(),
             n.addr,
             n.cpus,
+            n.slots,
             format_bytes(n.mem_total_bytes),
             n.load_1m,
             format_bytes(n.disk_free_bytes),
