@@ -73,7 +73,7 @@ fn wait_slots(node: &Node, nodes: &[Node], slots: u32) {
 
 #[test]
 fn run_prints_output_returns_exit_codes_and_ctrl_c_cancels_the_remote_process() {
-    let nodes = cluster_with(3, &["--slots", "2"]);
+    let nodes = cluster_with(3, &["--slots", "2", "--kill-grace", "1s"]);
     wait_slots(&nodes[0], &nodes, 2);
     let tmp = tempfile::tempdir().unwrap();
     let a = &nodes[0];
@@ -175,6 +175,22 @@ fn run_prints_output_returns_exit_codes_and_ctrl_c_cancels_the_remote_process() 
     );
     let cancelled = jobs(a).into_iter().last().unwrap();
     assert_eq!(cancelled.state, "cancelled", "{cancelled:?}");
+
+    // A job that ignores SIGTERM is killed after the grace period.
+    let pid_file = tmp.path().join("stubborn.pid");
+    let script = format!("trap '' TERM; echo $$ > {}; sleep 100", pid_file.display());
+    let id = detach(a, &["--", "sh", "-c", &script]);
+    let pid: u32 = eventually(Duration::from_secs(15), "the stubborn job to start", || {
+        std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
+    });
+    let out = a.cli(&["cancel", &id.to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    eventually(
+        Duration::from_secs(10),
+        "the stubborn job to be killed",
+        || (!process_alive(pid)).then_some(()),
+    );
+    assert_eq!(job(a, id).state, "cancelled");
 
     // A submitter that goes away does not take the job along; `noodle logs` reattaches.
     let mut child = Command::new(noodle_bin())
