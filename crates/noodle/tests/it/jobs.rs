@@ -176,6 +176,21 @@ fn run_prints_output_returns_exit_codes_and_ctrl_c_cancels_the_remote_process() 
     let cancelled = jobs(a).into_iter().last().unwrap();
     assert_eq!(cancelled.state, "cancelled", "{cancelled:?}");
 
+    // A job that floods its output: what is kept is bounded, and the drop is said.
+    let out = run_in(a, tmp.path(), &["--", "sh", "-c", "yes | head -c 40000000"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        out.stdout.len() <= 16 << 20,
+        "{} bytes kept",
+        out.stdout.len()
+    );
+    assert!(
+        out.stdout.len() >= 8 << 20,
+        "{} bytes kept",
+        out.stdout.len()
+    );
+    assert!(stderr(&out).contains("dropped"), "{}", stderr(&out));
+
     // A job that ignores SIGTERM is killed after the grace period.
     let pid_file = tmp.path().join("stubborn.pid");
     let script = format!("trap '' TERM; echo $$ > {}; sleep 100", pid_file.display());
