@@ -648,9 +648,11 @@ pub(crate) async fn self_fence(plane: Arc<ControlPlane>, jobs: Arc<JobRuntime>) 
             last_contact = Instant::now();
             continue;
         }
-        // A linearizable read goes through the leader and needs a majority to answer.
+        // A linearizable read goes through the leader and needs a majority to answer. It may
+        // take a quarter of the lease at most, so the jobs stop well before the leader, a full
+        // lease after this node went quiet, gives them to another node.
         let probe = tokio::time::timeout(
-            half.max(Duration::from_millis(200)),
+            (half / 2).max(Duration::from_millis(100)),
             plane.control.read(|_| Ok(())),
         );
         if matches!(probe.await, Ok(Ok(()))) {
