@@ -321,11 +321,14 @@ pub(crate) async fn output(
     // An ended job's output is only where it ran: say so now if that node is gone.
     if job.state.is_terminal()
         && let Some(node) = &job.node
-        && !shared.alive_node_ids().contains(node)
+        && matches!(
+            shared.node_state(node),
+            None | Some(noodle_api::NodeState::Dead)
+        )
     {
         return Err(Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("the output of job {id} is kept on node {node}, which is not alive now"),
+            format!("the output of job {id} is kept on node {node}, which is dead or gone"),
         ));
     }
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::convert::Infallible>>(16);

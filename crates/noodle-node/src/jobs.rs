@@ -53,6 +53,9 @@ const PRUNE_EVERY: u64 = 64;
 pub(crate) const OUTPUT_READ_MAX: usize = 1 << 20;
 /// Longest a `jobs.output` request waits for new output.
 const OUTPUT_WAIT_MAX: Duration = Duration::from_secs(2);
+/// Tries of a start report that does not get through before the job is stopped.
+const STARTED_RETRIES: u32 = 10;
+const STARTED_RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// Chunk store size for shipped files.
 const SHIPPING_CAP_BYTES: u64 = 8 << 30;
 
@@ -79,6 +82,9 @@ struct Local {
     running: HashMap<u64, Execution>,
     /// GPU indices held by the jobs running here.
     gpus: HashMap<u64, Vec<u32>>,
+    /// Reports of ended attempts that did not reach the control plane (no leader, cut off):
+    /// sent again until they are applied or the job has moved on.
+    unreported: HashMap<(u64, u64), JobCommand>,
     finished: VecDeque<(u64, u64)>,
     finished_set: HashSet<(u64, u64)>,
 }
@@ -192,11 +198,8 @@ impl JobRuntime {
                             tracing::error!(job = job.id, error = %e, "cannot create the job's directory");
                             local.remember_finished(job.id, *epoch);
                             let error = format!("node {me} cannot create the job's directory: {e}");
-                            tokio::spawn(report(
-                                plane.clone(),
-                                shared.node_id.clone(),
-                                start_failed(job.id, *epoch, 126, error),
-                            ));
+                            let failed = start_failed(job.id, *epoch, 126, error);
+                            tokio::spawn(self.clone().deliver(plane.clone(), me.into(), failed));
                             continue;
                         }
                     };
@@ -231,9 +234,21 @@ impl JobRuntime {
                         epoch: *epoch,
                         at_ms: crate::now_ms(),
                     };
-                    tokio::spawn(report(plane.clone(), shared.node_id.clone(), lost));
+                    tokio::spawn(self.clone().deliver(plane.clone(), me.into(), lost));
                 }
                 _ => {}
+            }
+        }
+        // Reports that did not get through: again, while the job still waits for them.
+        let unreported = std::mem::take(&mut local.unreported);
+        for ((id, epoch), command) in unreported {
+            let waiting = active.iter().any(|j| {
+                j.id == id
+                    && matches!(&j.state, JobState::Placed { node, epoch: e } | JobState::Running { node, epoch: e }
+                        if node == me && *e == epoch)
+            });
+            if waiting {
+                tokio::spawn(self.clone().deliver(plane.clone(), me.into(), command));
             }
         }
         let by_id: HashMap<u64, &JobRecord> = active.iter().map(|j| (j.id, j)).collect();
@@ -268,6 +283,21 @@ impl JobRuntime {
                 tracing::warn!(job = id, "control plane unreachable: stopping the job");
                 let _ = e.signal.send(Signal::Fence);
             }
+        }
+    }
+
+    /// Proposes an executor's report; one that does not get through is kept and sent again
+    /// by [`JobRuntime::reconcile`] while the job still waits for it.
+    async fn deliver(self: Arc<Self>, plane: Arc<ControlPlane>, node: String, command: JobCommand) {
+        let key = match &command {
+            JobCommand::Ended { id, epoch, .. }
+            | JobCommand::StartFailed { id, epoch, .. }
+            | JobCommand::Lost { id, epoch, .. }
+            | JobCommand::Started { id, epoch, .. } => (*id, *epoch),
+            _ => return,
+        };
+        if report(plane, node, command.clone()).await == Reported::NotDelivered {
+            self.lock().unreported.insert(key, command);
         }
     }
 
@@ -309,7 +339,7 @@ impl JobRuntime {
             Attempt::Superseded => None,
         };
         if let Some(command) = command {
-            report(plane.clone(), me, command).await;
+            self.clone().deliver(plane.clone(), me, command).await;
         }
         {
             let mut local = self.lock();
@@ -439,11 +469,28 @@ impl JobRuntime {
             epoch,
             at_ms: crate::now_ms(),
         };
-        if !report(plane.clone(), me.to_string(), started).await {
-            // Cancelled or placed elsewhere meanwhile.
-            process.kill();
-            let _ = process.wait().await;
-            return Attempt::Superseded;
+        let mut delivered = report(plane.clone(), me.to_string(), started.clone()).await;
+        for _ in 0..STARTED_RETRIES {
+            if delivered != Reported::NotDelivered || *signal.borrow() != Signal::Run {
+                break;
+            }
+            tokio::time::sleep(STARTED_RETRY_PAUSE).await;
+            delivered = report(plane.clone(), me.to_string(), started.clone()).await;
+        }
+        match delivered {
+            Reported::Applied => {}
+            Reported::Refused => {
+                // Cancelled or placed elsewhere meanwhile.
+                process.kill();
+                let _ = process.wait().await;
+                return Attempt::Superseded;
+            }
+            Reported::NotDelivered => {
+                // The control plane stays out of reach: stop, and report the job lost.
+                process.kill();
+                let _ = process.wait().await;
+                return Attempt::Fenced;
+            }
         }
         let killer = process.killer();
         let grace = self.cfg.kill_grace;
@@ -515,8 +562,18 @@ fn start_failed(id: u64, epoch: u64, exit_code: i32, error: String) -> JobComman
     }
 }
 
-/// Proposes an executor's or the leader's report, audited as the node; true if applied.
-async fn report(plane: Arc<ControlPlane>, node: String, command: JobCommand) -> bool {
+/// What became of a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reported {
+    Applied,
+    /// The state machine refused it (a stale epoch, a job that has ended).
+    Refused,
+    /// It may not have been applied: no leader, or the control plane out of reach.
+    NotDelivered,
+}
+
+/// Proposes an executor's or the leader's report, audited as the node.
+async fn report(plane: Arc<ControlPlane>, node: String, command: JobCommand) -> Reported {
     let (action, outcome) = match &command {
         JobCommand::Started { .. } => ("job.start", None),
         JobCommand::Ended { exit_code, .. } => ("job.end", Some(format!("exit {exit_code}"))),
@@ -556,14 +613,14 @@ async fn report(plane: Arc<ControlPlane>, node: String, command: JobCommand) -> 
         Proposal::new(Command::Job(command))
     };
     match plane.control.propose(proposal).await {
-        Ok(Response::Done) => true,
+        Ok(Response::Done) => Reported::Applied,
         Ok(other) => {
             tracing::debug!(job = id, answer = ?other, "job report refused");
-            false
+            Reported::Refused
         }
         Err(e) => {
             tracing::warn!(job = id, error = %e, "job report not applied");
-            false
+            Reported::NotDelivered
         }
     }
 }

@@ -549,6 +549,14 @@ impl Shared {
             .unwrap_or_default()
     }
 
+    /// How this node's membership view sees node `id` (`None`: not a member it knows).
+    pub(crate) fn node_state(&self, id: &str) -> Option<NodeState> {
+        if id == self.node_id {
+            return Some(NodeState::Alive);
+        }
+        self.lock_view().members.get(id).map(|(_, s)| *s)
+    }
+
     /// Ids of the nodes this node sees alive, itself included.
     pub(crate) fn alive_node_ids(&self) -> HashSet<String> {
         let view = self.lock_view();

@@ -446,7 +446,7 @@ fn a_killed_executor_loses_its_jobs_and_a_job_with_retries_runs_elsewhere_once_a
     // Its output died with node-1: one clear error, not an empty success.
     let out = nodes[0].cli(&["logs", &lost.to_string()]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("not alive"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("dead or gone"), "{}", stderr(&out));
 
     // Fencing: attempt 1 never ended (it was killed with node-1), attempt 2 started only
     // after attempt 1's process was gone, and it ran once.

@@ -348,6 +348,85 @@ fn a_partitioned_executor_stops_its_job_and_the_job_runs_once_elsewhere() {
     );
 }
 
+/// A job that ends while its node is briefly cut off (for less than half the lease) is not
+/// stuck `running`: the node's end report gets through once the network heals.
+#[test]
+fn a_job_that_ends_during_a_short_partition_is_reported_when_it_heals() {
+    require_root_and_ip();
+    let mut lab = Lab::new();
+    lab.build_network();
+    let with = |slots: &'static str| vec!["--slots", slots, "--no-mdns", "--job-lease", "20s"];
+    lab.spawn_node_with(0, None, "127.0.0.1:7071", &with("0"));
+    lab.wait_ready(0);
+    let out = lab.cli(0, &["token", "create"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    lab.spawn_node_with(1, Some(&token), "127.0.0.1:7071", &with("1"));
+    let n2 = lab.eventually(FORM_WITHIN, "node 2 known with its slot", |lab| {
+        let me = lab.status(1)?.self_id;
+        let s = lab.status(0)?;
+        s.nodes
+            .iter()
+            .any(|n| n.id == me && n.slots == 1 && n.state == NodeState::Alive)
+            .then_some(me)
+    });
+    let out = lab.cli(
+        0,
+        &["run", "--detach", "--", "sh", "-c", "sleep 1; echo done"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    lab.eventually(FORM_WITHIN, "the job to run on node 2", |lab| {
+        let out = lab.cli(0, &["jobs", "--json"]);
+        let list: noodle_api::JobList = serde_json::from_slice(&out.stdout).ok()?;
+        list.jobs
+            .iter()
+            .any(|j| j.id.to_string() == id && j.state == "running")
+            .then_some(())
+    });
+    // Cut node 2 off while the job ends, longer than one request's deadline (5 s), so its end
+    // report fails and must be sent again; heal within half the lease (no self-fencing).
+    ip(&["-n", &lab.bridge_ns(), "link", "set", "p2", "down"]);
+    std::thread::sleep(Duration::from_secs(8));
+    ip(&["-n", &lab.bridge_ns(), "link", "set", "p2", "up"]);
+    let out = lab.cli(0, &["wait", &id, "--timeout", "60s", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        lab.diagnostics()
+    );
+    let job: noodle_api::JobInfo = serde_json::from_slice(&out.stdout).expect("job json");
+    assert_eq!(
+        (job.state.as_str(), job.node.as_deref(), job.epoch),
+        ("succeeded", Some(n2.as_str()), 1),
+        "{job:?}"
+    );
+    lab.eventually(FORM_WITHIN, "node 2 alive again", |lab| {
+        lab.status(0)?
+            .nodes
+            .iter()
+            .any(|n| n.id == n2 && n.state == NodeState::Alive)
+            .then_some(())
+    });
+    let out = lab.cli(0, &["logs", &id]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "done\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn require_root_and_ip() {
     let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
     let euid = status
