@@ -41,6 +41,11 @@ fn runtime(shared: &AppState) -> Result<&Arc<JobRuntime>, Refusal> {
     })
 }
 
+fn ship_error(e: crate::ship::ShipError) -> Refusal {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    Refusal::new(status, e.to_string())
+}
+
 fn no_such_job(id: u64) -> Refusal {
     Refusal::new(StatusCode::NOT_FOUND, format!("there is no job {id}"))
 }
@@ -130,10 +135,7 @@ pub(crate) async fn submit(
     spec.validate().map_err(bad_request)?;
     check_quotas(plane, &caller, &actor, &spec, &target)?;
     let manifests: Vec<String> = spec.files.iter().map(|f| f.manifest.clone()).collect();
-    let missing = jobs
-        .shipping
-        .missing(&manifests)
-        .map_err(|e| bad_request(e.to_string()))?;
+    let missing = jobs.shipping.missing(&manifests).map_err(ship_error)?;
     if let Some(m) = missing.first() {
         return Err(bad_request(format!(
             "file manifest {m} is not on this node: upload the file's chunks first"
@@ -464,7 +466,7 @@ pub(crate) async fn chunks_missing(
     let ids = runtime(&shared)?
         .shipping
         .missing(&req.ids)
-        .map_err(|e| bad_request(e.to_string()))?;
+        .map_err(ship_error)?;
     Ok(Json(ChunkIds { ids }).into_response())
 }
 
@@ -480,6 +482,6 @@ pub(crate) async fn put_chunk(
     tokio::task::spawn_blocking(move || jobs.shipping.put(&id, &body))
         .await
         .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| bad_request(e.to_string()))?;
+        .map_err(ship_error)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

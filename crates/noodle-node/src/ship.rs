@@ -76,7 +76,6 @@ pub(crate) enum ShipError {
 
 impl ShipError {
     /// The HTTP status the API answers this error with.
-    #[allow(dead_code)] // wired by the node's job loop
     pub(crate) fn http_status(&self) -> u16 {
         match self {
             ShipError::BadRequest(_) => 400,

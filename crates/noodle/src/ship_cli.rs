@@ -41,7 +41,6 @@ struct Planned {
 /// `name`. Shows a progress bar on stderr for files of at least 8 MiB when `progress` is true (and
 /// stderr is a terminal); prints nothing otherwise. A file that changes or disappears while it is
 /// read is refused with an error naming it.
-#[allow(dead_code)] // wired by `noodle run` (jobs_cli.rs) once it calls this instead of its stub
 pub(crate) async fn upload(
     client: &Client,
     path: &Path,
