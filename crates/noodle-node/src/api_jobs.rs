@@ -29,6 +29,8 @@ const RECENT_JOBS: usize = 20;
 const ALL_JOBS_MAX: usize = 100_000;
 /// How long a submission waits for the details of nodes that just joined.
 const NODE_DETAILS_WAIT: Duration = Duration::from_secs(3);
+/// How long a followed job waits in the queue before the follower is told why nothing happens.
+const QUEUED_NOTICE_AFTER: Duration = Duration::from_secs(2);
 /// Longest `GET /v1/jobs/{id}/wait` holds the request.
 const WAIT_MAX: Duration = Duration::from_secs(60);
 
@@ -377,6 +379,8 @@ async fn relay_output(shared: AppState, id: u64, follow: bool, tx: Frames) {
     let mut metrics = plane.control.watch();
     let mut attempt: Option<(String, u64)> = None;
     let mut offset = 0u64;
+    let mut queued_since: Option<Instant> = None;
+    let mut said_queued = false;
     loop {
         if tx.is_closed() {
             return;
@@ -400,9 +404,20 @@ async fn relay_output(shared: AppState, id: u64, follow: bool, tx: Frames) {
             if !follow || job.state.is_terminal() {
                 return;
             }
+            let waited = queued_since.get_or_insert_with(Instant::now).elapsed();
+            if !said_queued && waited >= QUEUED_NOTICE_AFTER {
+                said_queued = true;
+                let text = format!(
+                    "job {id} is queued: no node has the CPUs, memory or GPUs it asks for free yet"
+                );
+                if !send_notice(&tx, &text).await {
+                    return;
+                }
+            }
             settle(&mut metrics).await;
             continue;
         };
+        queued_since = None;
         if attempt.as_ref() != Some(&(node.clone(), epoch)) {
             if let Some((old, _)) = &attempt {
                 let text = format!("job {id} was lost on {old}; running it again on {node}");

@@ -176,6 +176,15 @@ fn run_prints_output_returns_exit_codes_and_ctrl_c_cancels_the_remote_process() 
     let cancelled = jobs(a).into_iter().last().unwrap();
     assert_eq!(cancelled.state, "cancelled", "{cancelled:?}");
 
+    // A job that has to wait for a slot says so, then runs.
+    let busy = detach(a, &["--on", "node-1", "--cpus", "2", "--", "sleep", "3"]);
+    let out = run_in(a, tmp.path(), &["--on", "node-1", "--", "echo", "after"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "after\n");
+    assert!(stderr(&out).contains("is queued"), "{}", stderr(&out));
+    let busy = job(a, busy);
+    assert_eq!(busy.state, "succeeded", "{busy:?}");
+
     // A job that floods its output: what is kept is bounded, and the drop is said.
     let out = run_in(a, tmp.path(), &["--", "sh", "-c", "yes | head -c 40000000"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
