@@ -105,11 +105,13 @@ pub struct JobRecord {
     pub ended_at_ms: Option<u64>,
     /// Why the job could not run (`no such program `foo` on node b`).
     pub error: Option<String>,
+    /// The submission number it was created by (see [`JobCommand::Submit`]).
+    pub submission: u64,
 }
 
 impl JobRecord {
     /// A job as it is right after its submission.
-    pub fn queued(id: u64, spec: JobSpec, submitted_at_ms: u64) -> JobRecord {
+    pub fn queued(id: u64, spec: JobSpec, submitted_at_ms: u64, submission: u64) -> JobRecord {
         JobRecord {
             id,
             retries_left: spec.retries,
@@ -122,6 +124,7 @@ impl JobRecord {
             started_at_ms: None,
             ended_at_ms: None,
             error: None,
+            submission,
         }
     }
 }
@@ -274,6 +277,10 @@ pub mod limits {
     pub const LABELS_MAX: usize = 32;
     pub const NAME_BYTES_MAX: usize = 256;
     pub const ERROR_BYTES_MAX: usize = 4096;
+    /// Ended jobs the state keeps (the newest); older ended jobs are forgotten.
+    pub const JOBS_KEPT: u64 = 10_000;
+    /// Old jobs looked at (and forgotten if ended) each time a job ends.
+    pub const JOBS_PRUNED_PER_END: u64 = 4;
 }
 
 impl JobSpec {
@@ -389,6 +396,7 @@ mod tests {
             started_at_ms: None,
             ended_at_ms: None,
             error: None,
+            submission: 1,
         }
     }
 

@@ -12,7 +12,7 @@
 //! | `j/` | job id (8 bytes, big-endian) | job record |
 //! | `q/` | job id (8 bytes, big-endian) | empty: the job has not ended (queued, placed, running) |
 //! | `u/` | submission number (8 bytes, big-endian) | the job id it created |
-//! | `m/` | `root_key`, `chain`, `next_job` | capability root key, audit chain head, next job id |
+//! | `m/` | `root_key`, `chain`, `next_job`, `jobs_pruned_below` | capability root key, audit chain head, next job id, the job-pruning cursor |
 //!
 //! [`apply`] is a pure function of the table and the proposal: every node computes the same
 //! state and the same audit chain from the same log.
@@ -35,6 +35,7 @@ const JOB: &[u8] = b"j/";
 const ACTIVE_JOB: &[u8] = b"q/";
 const SUBMISSION: &[u8] = b"u/";
 const NEXT_JOB: &[u8] = b"m/next_job";
+const JOBS_PRUNED_BELOW: &[u8] = b"m/jobs_pruned_below";
 const ROOT_KEY: &[u8] = b"m/root_key";
 const CHAIN: &[u8] = b"m/chain";
 
@@ -221,7 +222,7 @@ fn apply_job(t: &mut StateTable<'_>, command: JobCommand) -> Result<Response, Db
         let id = get(t, NEXT_JOB)?
             .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
             .map_or(1, u64::from_be_bytes);
-        let job = JobRecord::queued(id, spec, at_ms);
+        let job = JobRecord::queued(id, spec, at_ms, submission);
         t.insert(seq_key(JOB, id).as_slice(), encode(&job)?.as_slice())
             .map_err(db_err)?;
         t.insert(seq_key(ACTIVE_JOB, id).as_slice(), [].as_slice())
@@ -247,8 +248,48 @@ fn apply_job(t: &mut StateTable<'_>, command: JobCommand) -> Result<Response, Db
     if job.state.is_terminal() {
         t.remove(seq_key(ACTIVE_JOB, id).as_slice())
             .map_err(db_err)?;
+        // A job the pruning cursor passed while it ran is forgotten as soon as it ends.
+        if id < read_u64(t, JOBS_PRUNED_BELOW)?.unwrap_or(1) {
+            forget_job(t, &job)?;
+        }
+        prune_jobs(t)?;
     }
     Ok(Response::Done)
+}
+
+fn forget_job(t: &mut StateTable<'_>, job: &JobRecord) -> Result<(), DbError> {
+    t.remove(seq_key(JOB, job.id).as_slice()).map_err(db_err)?;
+    t.remove(seq_key(SUBMISSION, job.submission).as_slice())
+        .map_err(db_err)?;
+    Ok(())
+}
+
+fn read_u64(t: &StateTable<'_>, k: &[u8]) -> Result<Option<u64>, DbError> {
+    Ok(get(t, k)?
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map(u64::from_be_bytes))
+}
+
+/// Forgets ended jobs older than the newest [`jobs::limits::JOBS_KEPT`], a few at a time (at most
+/// [`jobs::limits::JOBS_PRUNED_PER_END`] per ended job), so the state stays bounded however many jobs
+/// run. A job that has not ended is kept whatever its age.
+fn prune_jobs(t: &mut StateTable<'_>) -> Result<(), DbError> {
+    let next = read_u64(t, NEXT_JOB)?.unwrap_or(1);
+    let mut cursor = read_u64(t, JOBS_PRUNED_BELOW)?.unwrap_or(1);
+    let below = next.saturating_sub(jobs::limits::JOBS_KEPT);
+    let mut steps = 0;
+    while cursor < below && steps < jobs::limits::JOBS_PRUNED_PER_END {
+        if get(t, &seq_key(ACTIVE_JOB, cursor))?.is_none()
+            && let Some(bytes) = get(t, &seq_key(JOB, cursor))?
+        {
+            forget_job(t, &postcard::from_bytes(&bytes).map_err(db_err)?)?;
+        }
+        cursor += 1;
+        steps += 1;
+    }
+    t.insert(JOBS_PRUNED_BELOW, cursor.to_be_bytes().as_slice())
+        .map_err(db_err)?;
+    Ok(())
 }
 
 /// The whole replicated state as snapshot bytes.

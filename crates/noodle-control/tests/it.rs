@@ -435,3 +435,82 @@ async fn jobs_are_durable_and_a_stale_executor_is_fenced_off() {
     assert_eq!((record.epoch, record.node.as_deref()), (2, Some("n2")));
     assert_eq!(record.retries_left, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_jobs_beyond_the_newest_are_forgotten_and_active_ones_kept() {
+    use noodle_control::jobs::{JobCommand, JobSpec, limits};
+    let cl = Cluster::new();
+    let a = cl.start(0).await;
+    a.initialize().await.expect("initialize");
+    let spec = JobSpec {
+        command: vec!["true".into()],
+        cpus: 1,
+        mem_bytes: 0,
+        gpus: 0,
+        labels: Default::default(),
+        submitter: "admin@a".into(),
+        retries: 0,
+        origin: "n0".into(),
+        files: Vec::new(),
+    };
+    let total = limits::JOBS_KEPT + 100;
+    let batch = |commands: Vec<JobCommand>| {
+        Proposal::new(Command::Batch(
+            commands
+                .into_iter()
+                .map(|c| Proposal::new(Command::Job(c)))
+                .collect(),
+        ))
+    };
+    let ids: Vec<u64> = (1..=total).collect();
+    for chunk in ids.chunks(1000) {
+        let submits = chunk
+            .iter()
+            .map(|n| JobCommand::Submit {
+                spec: spec.clone(),
+                at_ms: 1,
+                submission: 1_000_000 + n,
+            })
+            .collect();
+        a.propose(batch(submits)).await.expect("submit");
+    }
+    // Job 2 stays queued; every other job ends.
+    for chunk in ids.chunks(1000) {
+        let cancels = chunk
+            .iter()
+            .filter(|id| **id != 2)
+            .map(|id| JobCommand::Cancel { id: *id, at_ms: 2 })
+            .collect();
+        a.propose(batch(cancels)).await.expect("cancel");
+    }
+    let (first, second, newest_kept, oldest_kept) = a
+        .read(|v| {
+            Ok((
+                v.job(1)?,
+                v.job(2)?,
+                v.job(total)?,
+                v.job(total - limits::JOBS_KEPT + 1)?,
+            ))
+        })
+        .await
+        .expect("read");
+    assert!(first.is_none(), "an old ended job was kept");
+    assert!(second.is_some(), "a job that has not ended was forgotten");
+    assert!(newest_kept.is_some() && oldest_kept.is_some());
+    let kept = a.read(|v| v.jobs(0, usize::MAX)).await.expect("read").len() as u64;
+    assert!(
+        kept <= limits::JOBS_KEPT + 1,
+        "{kept} jobs kept, at most {} expected",
+        limits::JOBS_KEPT + 1
+    );
+    // The forgotten job's submission number is forgotten with it: it queues a new job.
+    let again = a
+        .propose(Proposal::new(Command::Job(JobCommand::Submit {
+            spec,
+            at_ms: 3,
+            submission: 1_000_001,
+        })))
+        .await
+        .expect("submit");
+    assert_eq!(again, Response::Created { id: total + 1 });
+}

@@ -48,6 +48,14 @@ fn ship_error(e: crate::ship::ShipError) -> Refusal {
     Refusal::new(status, e.to_string())
 }
 
+/// A job that ended after the newest ended jobs had moved past it.
+fn forgotten(id: u64) -> String {
+    format!(
+        "job {id} has ended and is no longer kept (the cluster keeps the newest {} ended jobs)",
+        noodle_control::jobs::limits::JOBS_KEPT
+    )
+}
+
 fn no_such_job(id: u64) -> Refusal {
     Refusal::new(StatusCode::NOT_FOUND, format!("there is no job {id}"))
 }
@@ -158,10 +166,11 @@ pub(crate) async fn submit(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let at_ms = crate::now_ms();
+    let submission = rand::random();
     let command = Command::Job(JobCommand::Submit {
         spec: spec.clone(),
         at_ms,
-        submission: rand::random(),
+        submission,
     });
     let applied = plane
         .write(&actor, "job.submit", &target, command)
@@ -177,7 +186,7 @@ pub(crate) async fn submit(
             ));
         }
     };
-    let record = JobRecord::queued(id, spec, at_ms);
+    let record = JobRecord::queued(id, spec, at_ms, submission);
     Ok((StatusCode::CREATED, Json(info(&record))).into_response())
 }
 
@@ -291,10 +300,16 @@ pub(crate) async fn wait(
     let deadline = Instant::now() + timeout;
     let mut metrics = plane.control.watch();
     let mut job = read_job(plane, id).await?;
+    let mut seen = false;
     while !job.state.is_terminal() && Instant::now() < deadline {
         let _ = tokio::time::timeout_at(deadline.into(), metrics.changed()).await;
-        if let Ok(Some(j)) = plane.control.read_local(|v| v.job(id)) {
-            job = j;
+        match plane.control.read_local(|v| v.job(id)) {
+            Ok(Some(j)) => {
+                job = j;
+                seen = true;
+            }
+            Ok(None) if seen => return Err(Refusal::new(StatusCode::GONE, forgotten(id))),
+            _ => {}
         }
     }
     Ok(Json(info(&job)).into_response())
@@ -381,17 +396,24 @@ async fn relay_output(shared: AppState, id: u64, follow: bool, tx: Frames) {
     let mut offset = 0u64;
     let mut queued_since: Option<Instant> = None;
     let mut said_queued = false;
+    let mut seen = false;
     loop {
         if tx.is_closed() {
             return;
         }
         let job = match plane.control.read_local(|v| v.job(id)) {
             Ok(Some(job)) => job,
+            Ok(None) if seen => {
+                let _ = send_notice(&tx, &forgotten(id)).await;
+                return;
+            }
+            // Not applied here yet (the submission went through the leader), or a read error.
             _ => {
                 settle(&mut metrics).await;
                 continue;
             }
         };
+        seen = true;
         let current = match &job.state {
             JobState::Placed { node, epoch } | JobState::Running { node, epoch } => {
                 Some((node.clone(), *epoch))
