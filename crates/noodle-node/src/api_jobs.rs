@@ -454,11 +454,9 @@ async fn relay_output(shared: AppState, id: u64, follow: bool, tx: Frames) {
             id,
             epoch,
             offset,
-            wait_ms: if follow && !job.state.is_terminal() {
-                1000
-            } else {
-                0
-            },
+            // Long-poll even once the job has ended: a cancelled job may still write during
+            // its grace period, until its log closes.
+            wait_ms: if follow { 1000 } else { 0 },
         };
         let chunk = match fetch(&shared, &node, &req).await {
             Ok(c) => c,
