@@ -7,10 +7,10 @@ use crate::types::{Command, Member, Proposal, RaftId, Response, TypeConfig, raft
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 /// Commits one proposal, or several as one [`Command::Batch`] entry.
@@ -188,6 +188,27 @@ struct Inner {
     me: Member,
     cfg: ControlConfig,
     dead_since: Mutex<HashMap<RaftId, Instant>>,
+    forwarded: Mutex<Forwards>,
+}
+
+/// Forwarded proposals this leader answered lately, by id: a copy the link sent again (its
+/// connection failed after the request went out) gets the first copy's answer instead of
+/// being applied twice.
+#[derive(Default)]
+struct Forwards {
+    answers: HashMap<u128, watch::Receiver<Option<Vec<u8>>>>,
+    order: VecDeque<u128>,
+}
+
+/// Forwarded proposals remembered for their resent copies.
+const FORWARDS_REMEMBERED: usize = 4096;
+
+/// A proposal a follower forwards to the leader.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Forwarded {
+    /// Random, the same in every copy the transport sends.
+    pub(crate) id: u128,
+    pub(crate) proposal: Proposal,
 }
 
 fn forward_target(f: &ForwardToLeader<RaftId, Member>) -> Option<Member> {
@@ -240,6 +261,7 @@ impl Control {
                 me,
                 cfg,
                 dead_since: Mutex::default(),
+                forwarded: Mutex::default(),
             }),
         })
     }
@@ -284,8 +306,13 @@ impl Control {
             .map_err(ControlError::Rejected)?;
         let timeout = self.inner.cfg.request_timeout;
         let deadline = Instant::now() + timeout;
+        let forwarded = Forwarded {
+            id: rand08::RngCore::next_u64(&mut crate::runtime::ThreadRng) as u128
+                | (u128::from(rand08::RngCore::next_u64(&mut crate::runtime::ThreadRng)) << 64),
+            proposal: proposal.clone(),
+        };
         let body =
-            postcard::to_allocvec(&proposal).map_err(|e| ControlError::Raft(e.to_string()))?;
+            postcard::to_allocvec(&forwarded).map_err(|e| ControlError::Raft(e.to_string()))?;
         loop {
             let leader = match self.propose_here(proposal.clone()).await {
                 Ok(r) => return Ok(r),
@@ -331,6 +358,49 @@ impl Control {
 
     /// Proposes on this node only: an error names the leader if this node is not it.
     /// Concurrent proposals are committed together as one log entry (group commit).
+    /// Answers a forwarded proposal (encoded), once per id: a resent copy waits for and gets
+    /// the first copy's answer.
+    pub(crate) async fn answer_forwarded(&self, f: Forwarded) -> Vec<u8> {
+        let first = {
+            let mut forwards = self
+                .inner
+                .forwarded
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match forwards.answers.get(&f.id) {
+                Some(rx) => Err(rx.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    forwards.answers.insert(f.id, rx);
+                    forwards.order.push_back(f.id);
+                    while forwards.order.len() > FORWARDS_REMEMBERED {
+                        if let Some(old) = forwards.order.pop_front() {
+                            forwards.answers.remove(&old);
+                        }
+                    }
+                    Ok(tx)
+                }
+            }
+        };
+        match first {
+            Ok(tx) => {
+                let answer = network::encode(&self.propose_here(f.proposal).await);
+                let _ = tx.send(Some(answer.clone()));
+                answer
+            }
+            Err(mut rx) => loop {
+                if let Some(answer) = rx.borrow_and_update().clone() {
+                    return answer;
+                }
+                if rx.changed().await.is_err() {
+                    let gone =
+                        WireError::Failed("the first copy of this proposal was dropped".into());
+                    return network::encode(&Err::<Response, _>(gone));
+                }
+            },
+        }
+    }
+
     pub(crate) async fn propose_here(&self, proposal: Proposal) -> Result<Response, WireError> {
         let (reply, answer) = oneshot::channel();
         let gone = || WireError::Failed("the control plane is shut down".into());

@@ -143,7 +143,7 @@ fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
     postcard::from_bytes(body).map_err(|e| WireError::Malformed(e.to_string()))
 }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     // Encoding our own in-memory types into a Vec cannot fail.
     postcard::to_allocvec(v).unwrap_or_default()
 }
@@ -177,13 +177,10 @@ pub(crate) async fn serve(control: &crate::Control, method: &str, body: &[u8]) -
             Ok(req) => encode(&Ok::<_, WireError>(raft.install_snapshot(req).await)),
             Err(e) => encode(&Err::<(), _>(e)),
         },
-        PROPOSE => {
-            let result = match decode(body) {
-                Ok(p) => control.propose_here(p).await,
-                Err(e) => Err(e),
-            };
-            encode(&result)
-        }
+        PROPOSE => match decode::<crate::control::Forwarded>(body) {
+            Ok(f) => control.answer_forwarded(f).await,
+            Err(e) => encode(&Err::<crate::Response, _>(e)),
+        },
         READ_INDEX => encode(&control.read_index_here().await),
         _ => return None,
     })

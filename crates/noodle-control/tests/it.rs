@@ -277,6 +277,22 @@ async fn concurrent_proposals_are_group_committed_and_all_answered() {
         a.propose(cas(None, "2")).await.expect("cas"),
         Response::CasFailed { .. }
     ));
+    // A forwarded proposal the transport sends twice (its connection broke after the first
+    // copy went out) is applied once: the second copy gets the first copy's answer.
+    let forwarded = postcard::to_allocvec(&(7u128, cas(None, "fwd"))).expect("encode");
+    let first = a.serve("control.propose", &forwarded).await.expect("served");
+    let again = a.serve("control.propose", &forwarded).await.expect("served");
+    assert_eq!(first, again);
+    let answer: Result<Response, noodle_control::WireError> =
+        postcard::from_bytes(&first).expect("answer");
+    assert!(matches!(answer, Ok(Response::CasFailed { .. })), "{answer:?}");
+    let fresh = postcard::to_allocvec(&(8u128, cas(Some("1"), "3"))).expect("encode");
+    let done = a.serve("control.propose", &fresh).await.expect("served");
+    let resent = a.serve("control.propose", &fresh).await.expect("served");
+    assert_eq!(done, resent, "a resent copy was applied again");
+    let answer: Result<Response, noodle_control::WireError> =
+        postcard::from_bytes(&done).expect("answer");
+    assert_eq!(answer.expect("applied"), Response::Done);
     let all = a.read(|v| v.config_list()).await.expect("list");
     assert_eq!(all.len(), 300);
     let used = a.status().commit_index - before;
