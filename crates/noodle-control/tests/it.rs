@@ -280,12 +280,21 @@ async fn concurrent_proposals_are_group_committed_and_all_answered() {
     // A forwarded proposal the transport sends twice (its connection broke after the first
     // copy went out) is applied once: the second copy gets the first copy's answer.
     let forwarded = postcard::to_allocvec(&(7u128, cas(None, "fwd"))).expect("encode");
-    let first = a.serve("control.propose", &forwarded).await.expect("served");
-    let again = a.serve("control.propose", &forwarded).await.expect("served");
+    let first = a
+        .serve("control.propose", &forwarded)
+        .await
+        .expect("served");
+    let again = a
+        .serve("control.propose", &forwarded)
+        .await
+        .expect("served");
     assert_eq!(first, again);
     let answer: Result<Response, noodle_control::WireError> =
         postcard::from_bytes(&first).expect("answer");
-    assert!(matches!(answer, Ok(Response::CasFailed { .. })), "{answer:?}");
+    assert!(
+        matches!(answer, Ok(Response::CasFailed { .. })),
+        "{answer:?}"
+    );
     let fresh = postcard::to_allocvec(&(8u128, cas(Some("1"), "3"))).expect("encode");
     let done = a.serve("control.propose", &fresh).await.expect("served");
     let resent = a.serve("control.propose", &fresh).await.expect("served");
