@@ -63,7 +63,7 @@ impl JobState {
     }
 
     /// The placement this state holds, if any: (node, epoch).
-    fn placement(&self) -> Option<(&str, u64)> {
+    pub fn placement(&self) -> Option<(&str, u64)> {
         match self {
             JobState::Placed { node, epoch } | JobState::Running { node, epoch } => {
                 Some((node, *epoch))
@@ -354,8 +354,21 @@ impl JobCommand {
         }
     }
 
+    /// The placement epoch an executor's report (start, end, loss) carries.
+    pub fn epoch(&self) -> Option<u64> {
+        match self {
+            JobCommand::Started { epoch, .. }
+            | JobCommand::Ended { epoch, .. }
+            | JobCommand::Lost { epoch, .. }
+            | JobCommand::StartFailed { epoch, .. } => Some(*epoch),
+            JobCommand::Submit { .. } | JobCommand::Place { .. } | JobCommand::Cancel { .. } => {
+                None
+            }
+        }
+    }
+
     /// The job a transition is about (`None` for a submission).
-    pub(crate) fn job_id(&self) -> Option<u64> {
+    pub fn job_id(&self) -> Option<u64> {
         match self {
             JobCommand::Submit { .. } => None,
             JobCommand::Place { id, .. }

@@ -17,7 +17,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use noodle_api::{ChunkIds, JobList, JobSubmit, output_frame};
 use noodle_caps::Request;
-use noodle_control::jobs::{JobCommand, JobFile, JobRecord, JobSpec, JobState};
+use noodle_control::jobs::{JobCommand, JobFile, JobRecord, JobSpec};
 use noodle_control::{Command, Response as Applied};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -414,12 +414,10 @@ async fn relay_output(shared: AppState, id: u64, follow: bool, tx: Frames) {
             }
         };
         seen = true;
-        let current = match &job.state {
-            JobState::Placed { node, epoch } | JobState::Running { node, epoch } => {
-                Some((node.clone(), *epoch))
-            }
-            s if s.is_terminal() => job.node.clone().map(|n| (n, job.epoch)),
-            _ => None,
+        let current = match job.state.placement() {
+            Some((node, epoch)) => Some((node.to_string(), epoch)),
+            None if job.state.is_terminal() => job.node.clone().map(|n| (n, job.epoch)),
+            None => None,
         };
         let Some((node, epoch)) = current else {
             // Queued: not placed yet, or lost and waiting to run again.

@@ -242,21 +242,18 @@ impl JobRuntime {
         // Reports that did not get through: again, while the job still waits for them.
         let unreported = std::mem::take(&mut local.unreported);
         for ((id, epoch), command) in unreported {
-            let waiting = active.iter().any(|j| {
-                j.id == id
-                    && matches!(&j.state, JobState::Placed { node, epoch: e } | JobState::Running { node, epoch: e }
-                        if node == me && *e == epoch)
-            });
+            let waiting = active
+                .iter()
+                .any(|j| j.id == id && j.state.placement() == Some((me, epoch)));
             if waiting {
                 tokio::spawn(self.clone().deliver(plane.clone(), me.into(), command));
             }
         }
         let by_id: HashMap<u64, &JobRecord> = active.iter().map(|j| (j.id, j)).collect();
         for (id, execution) in &local.running {
-            let ours = by_id.get(id).is_some_and(|j| {
-                matches!(&j.state, JobState::Placed { node, epoch } | JobState::Running { node, epoch }
-                    if node == me && *epoch == execution.epoch)
-            });
+            let ours = by_id
+                .get(id)
+                .is_some_and(|j| j.state.placement() == Some((me, execution.epoch)));
             if ours || *execution.signal.borrow() != Signal::Run {
                 continue;
             }
@@ -289,15 +286,11 @@ impl JobRuntime {
     /// Proposes an executor's report; one that does not get through is kept and sent again
     /// by [`JobRuntime::reconcile`] while the job still waits for it.
     async fn deliver(self: Arc<Self>, plane: Arc<ControlPlane>, node: String, command: JobCommand) {
-        let key = match &command {
-            JobCommand::Ended { id, epoch, .. }
-            | JobCommand::StartFailed { id, epoch, .. }
-            | JobCommand::Lost { id, epoch, .. }
-            | JobCommand::Started { id, epoch, .. } => (*id, *epoch),
-            _ => return,
+        let (Some(id), Some(epoch)) = (command.job_id(), command.epoch()) else {
+            return;
         };
         if report(plane, node, command.clone()).await == Reported::NotDelivered {
-            self.lock().unreported.insert(key, command);
+            self.lock().unreported.insert((id, epoch), command);
         }
     }
 
@@ -582,15 +575,7 @@ async fn report(plane: Arc<ControlPlane>, node: String, command: JobCommand) -> 
         JobCommand::Place { .. } => ("job.place", None),
         JobCommand::Submit { .. } | JobCommand::Cancel { .. } => ("job", None),
     };
-    let id = match &command {
-        JobCommand::Started { id, .. }
-        | JobCommand::Ended { id, .. }
-        | JobCommand::StartFailed { id, .. }
-        | JobCommand::Lost { id, .. }
-        | JobCommand::Place { id, .. }
-        | JobCommand::Cancel { id, .. } => *id,
-        JobCommand::Submit { .. } => 0,
-    };
+    let id = command.job_id().unwrap_or(0);
     let target = match outcome {
         Some(o) => format!("job {id}: {o}"),
         None => format!("job {id}"),
@@ -733,18 +718,17 @@ async fn declare_lost(
     let now = Instant::now();
     let mut reports = Vec::new();
     for job in active {
-        let (JobState::Placed { node, epoch } | JobState::Running { node, epoch }) = &job.state
-        else {
+        let Some((node, epoch)) = job.state.placement() else {
             continue;
         };
         if alive.contains(node) {
             continue;
         }
-        let since = *unreachable_since.entry(node.clone()).or_insert(now);
+        let since = *unreachable_since.entry(node.to_string()).or_insert(now);
         if now.duration_since(since) >= cfg.lease {
             let lost = JobCommand::Lost {
                 id: job.id,
-                epoch: *epoch,
+                epoch,
                 at_ms: crate::now_ms(),
             };
             reports.push(report(plane.clone(), shared.node_id.clone(), lost));
@@ -780,15 +764,11 @@ async fn schedule(shared: &Arc<Shared>, plane: &Arc<ControlPlane>, active: &[Job
     }
     let mut sched = shared.scheduler();
     for job in active {
-        match &job.state {
-            JobState::Queued => {
-                // A job that fits nowhere now waits (nodes may come back).
-                let _ = sched.submit(sched_spec(job.id, &job.spec));
-            }
-            JobState::Placed { node, .. } | JobState::Running { node, .. } => {
-                sched.restore_running(sched_spec(job.id, &job.spec), node);
-            }
-            _ => {}
+        if let Some((node, _)) = job.state.placement() {
+            sched.restore_running(sched_spec(job.id, &job.spec), node);
+        } else if job.state == JobState::Queued {
+            // A job that fits nowhere now waits (nodes may come back).
+            let _ = sched.submit(sched_spec(job.id, &job.spec));
         }
     }
     let placements = sched.place();
