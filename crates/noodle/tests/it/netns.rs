@@ -212,37 +212,16 @@ fn a_partitioned_executor_stops_its_job_and_the_job_runs_once_elsewhere() {
     require_root_and_ip();
     let mut lab = Lab::new();
     lab.build_network();
-    const LEASE: &[&str] = &["--job-lease", "4s"];
-    let with = |slots: &'static str| -> Vec<&'static str> {
-        let mut a = vec!["--slots", slots, "--no-mdns"];
-        a.extend_from_slice(LEASE);
-        a
-    };
-    lab.spawn_node_with(0, None, "127.0.0.1:7071", &with("0"));
-    lab.wait_ready(0);
-    let out = lab.cli(0, &["token", "create"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    lab.spawn_node_with(1, Some(&token), "127.0.0.1:7071", &with("1"));
-    let n2 = lab.eventually(FORM_WITHIN, "node 2 known with its slot", |lab| {
-        let me = lab.status(1)?.self_id;
-        let s = lab.status(0)?;
-        s.nodes
-            .iter()
-            .any(|n| n.id == me && n.slots == 1 && n.state == NodeState::Alive)
-            .then_some(me)
-    });
+    lab.spawn_job_node(0, None, 0, "4s");
+    let token = lab.cli_ok(0, &["token", "create"]);
+    let n2 = lab.spawn_job_node(1, Some(&token), 1, "4s");
     let trace = lab.tmp.path().join("trace");
     let script = format!(
         "echo \"$NOODLE_NODE $NOODLE_JOB_EPOCH start $$ $(date +%s%N)\" >> {f}; sleep 12; \
          echo \"$NOODLE_NODE $NOODLE_JOB_EPOCH end\" >> {f}",
         f = trace.display()
     );
-    let out = lab.cli(
+    let id = lab.cli_ok(
         0,
         &[
             "run",
@@ -255,12 +234,6 @@ fn a_partitioned_executor_stops_its_job_and_the_job_runs_once_elsewhere() {
             &script,
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let lines = || -> Vec<String> {
         std::fs::read_to_string(&trace)
             .unwrap_or_default()
@@ -276,15 +249,7 @@ fn a_partitioned_executor_stops_its_job_and_the_job_runs_once_elsewhere() {
     let first_pid: u32 = f[3].parse().expect("pid");
 
     // A third node with a free slot, then node 2 is cut off.
-    lab.spawn_node_with(2, Some(&token), "127.0.0.1:7071", &with("1"));
-    let n3 = lab.eventually(FORM_WITHIN, "node 3 known with its slot", |lab| {
-        let me = lab.status(2)?.self_id;
-        let s = lab.status(0)?;
-        s.nodes
-            .iter()
-            .any(|n| n.id == me && n.slots == 1 && n.state == NodeState::Alive)
-            .then_some(me)
-    });
+    let n3 = lab.spawn_job_node(2, Some(&token), 1, "4s");
     ip(&["-n", &lab.bridge_ns(), "link", "set", "p2", "down"]);
     let gone_ns = lab.eventually(FORM_WITHIN, "node 2 to stop its job", |_| {
         (!crate::support::process_alive(first_pid)).then(|| {
@@ -355,35 +320,13 @@ fn a_job_that_ends_during_a_short_partition_is_reported_when_it_heals() {
     require_root_and_ip();
     let mut lab = Lab::new();
     lab.build_network();
-    let with = |slots: &'static str| vec!["--slots", slots, "--no-mdns", "--job-lease", "20s"];
-    lab.spawn_node_with(0, None, "127.0.0.1:7071", &with("0"));
-    lab.wait_ready(0);
-    let out = lab.cli(0, &["token", "create"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    lab.spawn_node_with(1, Some(&token), "127.0.0.1:7071", &with("1"));
-    let n2 = lab.eventually(FORM_WITHIN, "node 2 known with its slot", |lab| {
-        let me = lab.status(1)?.self_id;
-        let s = lab.status(0)?;
-        s.nodes
-            .iter()
-            .any(|n| n.id == me && n.slots == 1 && n.state == NodeState::Alive)
-            .then_some(me)
-    });
-    let out = lab.cli(
+    lab.spawn_job_node(0, None, 0, "20s");
+    let token = lab.cli_ok(0, &["token", "create"]);
+    let n2 = lab.spawn_job_node(1, Some(&token), 1, "20s");
+    let id = lab.cli_ok(
         0,
         &["run", "--detach", "--", "sh", "-c", "sleep 1; echo done"],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
     lab.eventually(FORM_WITHIN, "the job to run on node 2", |lab| {
         let out = lab.cli(0, &["jobs", "--json"]);
         let list: noodle_api::JobList = serde_json::from_slice(&out.stdout).ok()?;
@@ -647,15 +590,51 @@ impl Lab {
             .collect()
     }
 
-    fn token_without_addresses(&self) -> String {
-        let out = self.cli(0, &["token", "create", "--no-addresses"]);
+    /// A client command on node `i` that must succeed; its trimmed standard output.
+    fn cli_ok(&self, i: usize, args: &[&str]) -> String {
+        let out = self.cli(i, args);
         assert!(
             out.status.success(),
-            "`noodle token create --no-addresses` failed: {}\n{}",
+            "`noodle {}` failed: {}\n{}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr),
             self.diagnostics()
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn token_without_addresses(&self) -> String {
+        self.cli_ok(0, &["token", "create", "--no-addresses"])
+    }
+
+    /// Starts node `i` to run jobs: `slots` job slots, job lease `lease`, no mDNS. The founder
+    /// (`join` is `None`) is returned once it answers, a joiner once node 1 knows it alive with
+    /// its slots. Returns the node's id.
+    fn spawn_job_node(&mut self, i: usize, join: Option<&str>, slots: u32, lease: &str) -> String {
+        let slots_arg = slots.to_string();
+        let extra = [
+            "--slots",
+            slots_arg.as_str(),
+            "--no-mdns",
+            "--job-lease",
+            lease,
+        ];
+        self.spawn_node_with(i, join, "127.0.0.1:7071", &extra);
+        if join.is_none() {
+            return self.wait_ready(i).self_id;
+        }
+        self.eventually(
+            FORM_WITHIN,
+            &format!("node {} known with its slots", i + 1),
+            |lab| {
+                let me = lab.status(i)?.self_id;
+                lab.status(0)?
+                    .nodes
+                    .iter()
+                    .any(|n| n.id == me && n.slots == slots && n.state == NodeState::Alive)
+                    .then_some(me)
+            },
+        )
     }
 
     /// Polls `check` until it gives a value; fails with every node's log after `within`, or at
