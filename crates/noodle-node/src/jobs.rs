@@ -656,16 +656,21 @@ pub(crate) async fn run(shared: Arc<Shared>, plane: Arc<ControlPlane>, jobs: Arc
             continue;
         }
         last_applied = applied;
-        let active = match plane.control.read_local(|v| v.active_jobs()) {
-            Ok(a) => a,
+        // The jobs that have not ended and the newest job id, from one consistent view.
+        let read = plane.control.read_local(|v| {
+            let newest = v.recent_jobs(1)?.first().map_or(0, |j| j.id);
+            Ok((v.active_jobs()?, newest))
+        });
+        let (active, newest) = match read {
+            Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the job queue");
                 continue;
             }
         };
         match &mut seen {
-            Some(seen) => emit_events(&shared, &plane, seen, &active),
-            None => seen = Some(Seen::new(&plane, &active)),
+            Some(seen) => emit_events(&shared, &plane, seen, &active, newest),
+            None => seen = Some(Seen::new(&active, newest)),
         }
         jobs.reconcile(&shared, &plane, &active);
         if plane.control.status().role == "leader" {
@@ -796,29 +801,25 @@ struct Seen {
 }
 
 impl Seen {
-    fn new(plane: &ControlPlane, active: &[JobRecord]) -> Seen {
+    fn new(active: &[JobRecord], newest: u64) -> Seen {
         Seen {
             active: active.iter().map(|j| (j.id, j.state.clone())).collect(),
-            next_id: newest_job_id(plane) + 1,
+            next_id: newest + 1,
         }
     }
-}
-
-fn newest_job_id(plane: &ControlPlane) -> u64 {
-    plane
-        .control
-        .read_local(|v| v.recent_jobs(1))
-        .ok()
-        .and_then(|j| j.first().map(|j| j.id))
-        .unwrap_or(0)
 }
 
 /// Turns job transitions into events on this node's bus. Several transitions of one job can
 /// be applied between two looks (a short job can be submitted, run and end in between); each
 /// is still reported, in order.
-fn emit_events(shared: &Shared, plane: &ControlPlane, seen: &mut Seen, active: &[JobRecord]) {
+fn emit_events(
+    shared: &Shared,
+    plane: &ControlPlane,
+    seen: &mut Seen,
+    active: &[JobRecord],
+    newest: u64,
+) {
     let emit = |kind, node: &str, detail: String| shared.events.emit(kind, node, detail);
-    let newest = newest_job_id(plane);
     let now: HashMap<u64, &JobRecord> = active.iter().map(|j| (j.id, j)).collect();
     // Jobs that were active, and jobs submitted since the last look that already ended.
     let mut ended: Vec<u64> = seen
