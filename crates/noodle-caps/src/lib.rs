@@ -53,7 +53,7 @@ mod right;
 mod token;
 
 pub use authorise::{
-    Authoriser, Context, Denied, Grant, Limits, NoneRevoked, RevocationList,
+    Authoriser, Context, Denied, Grant, Limits, NoneRevoked, RevocationList, TIME_BACKSTOP,
     VERIFIED_CACHE_ENTRIES_MAX,
 };
 pub use inspect::{Attenuation, Inspection, inspect};

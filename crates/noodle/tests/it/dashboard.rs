@@ -71,7 +71,7 @@ fn dashboard_in_chromium_lists_every_node_and_goes_live() {
     // The last DOM seen, and what is still missing from it.
     let mut dom = String::new();
     let mut missing = vec!["the page".to_string()];
-    while started.elapsed() < LIVE_WITHIN {
+    while started.elapsed() < crate::support::patient(LIVE_WITHIN) {
         if let Some(html) = browser.outer_html(&page) {
             missing = what_is_missing(&html, &ids);
             dom = html;
@@ -241,7 +241,7 @@ fn wait_for_job(
     );
     let started = Instant::now();
     let mut last = None;
-    while started.elapsed() < JOB_SHOWN_WITHIN {
+    while started.elapsed() < crate::support::patient(JOB_SHOWN_WITHIN) {
         let seen = browser
             .evaluate(page, &expression)
             .and_then(|v| serde_json::from_value::<JobSeen>(v).ok());
@@ -378,7 +378,7 @@ impl Browser {
             to_browser,
             from_browser,
             next_id: 0,
-            deadline: Instant::now() + BROWSER_DEADLINE,
+            deadline: Instant::now() + crate::support::patient(BROWSER_DEADLINE),
             script_errors: Vec::new(),
             log_path,
             _tmp: tmp,

@@ -645,6 +645,7 @@ impl Lab {
         what: &str,
         mut check: impl FnMut(&Lab) -> Option<T>,
     ) -> T {
+        let within = crate::support::patient(within);
         let start = Instant::now();
         loop {
             if let Some(v) = check(self) {

@@ -27,6 +27,19 @@ pub(crate) fn private_loopback_ip() -> String {
     format!("127.{}.{}.{}", 100 + n, (pid >> 8) & 0xff, pid & 0xff)
 }
 
+/// How much longer than its nominal deadline a test waits for a condition. A deadline here is
+/// only a liveness bound (the test must end), never a speed claim: speed is measured by
+/// `noodle bench`. CI may run on a machine several times slower than a developer's, so every
+/// wait gets this much patience; `NOODLE_TEST_PATIENCE` changes the factor.
+pub(crate) fn patient(within: Duration) -> Duration {
+    let factor = std::env::var("NOODLE_TEST_PATIENCE")
+        .ok()
+        .and_then(|f| f.parse::<u32>().ok())
+        .unwrap_or(6)
+        .max(1);
+    within * factor
+}
+
 pub(crate) fn noodle_bin() -> &'static str {
     env!("CARGO_BIN_EXE_noodle")
 }
@@ -162,6 +175,7 @@ impl Node {
 
     /// Waits until the node answers `status`.
     pub(crate) fn wait_ready(&self, within: Duration) -> StatusReport {
+        let within = patient(within);
         let start = Instant::now();
         loop {
             if let Some(s) = self.status() {
@@ -206,6 +220,7 @@ pub(crate) fn eventually<T>(
     what: &str,
     mut check: impl FnMut() -> Option<T>,
 ) -> T {
+    let within = patient(within);
     let start = Instant::now();
     loop {
         if let Some(v) = check() {
