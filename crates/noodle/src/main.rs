@@ -4,10 +4,6 @@
 //! This is the only crate that knows about argv, stdout and exit codes.
 #![allow(clippy::print_stderr)]
 
-mod bench;
-mod bench_control;
-mod bench_jobs;
-
 /// `println!` that ends the process quietly when stdout is gone (`noodle status | head`).
 macro_rules! outln {
     ($($arg:tt)*) => {{
@@ -410,14 +406,19 @@ async fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Bench { quick, json } => {
-            let rows = bench::run(quick, &data_dir).await?;
+            let opts = noodle_bench::BenchOptions {
+                quick,
+                data_dir: data_dir.clone(),
+                noodle_exe: std::env::current_exe().context("cannot find the noodle binary")?,
+            };
+            let rows = noodle_bench::run(&opts).await?;
             if json {
                 outln!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({ "rows": rows }))?
                 );
             } else {
-                out!("{}", bench::render(&rows));
+                out!("{}", noodle_bench::render(&rows));
             }
             Ok(0)
         }

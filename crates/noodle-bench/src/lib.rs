@@ -1,10 +1,22 @@
-//! `noodle bench`: microbenchmarks of the transport, next to this machine's own limits.
+//! `noodle bench`: microbenchmarks of the transport, the control plane and `noodle run`, next to
+//! this machine's own limits.
 //!
 //! Absolute numbers drift on shared machines, so every hardware-bound row also says how it
 //! compares with the matching limit measured in the same run: throughput rows as a fraction of
 //! the limit (1.0 = as fast as the limit), latency rows as a multiple of it (1.0 = as fast).
+//!
+//! [`run`] measures and returns [`Row`]s; [`render`] makes the human table. This crate never
+//! prints: the binary decides what goes to stdout (`noodle bench --json` serialises the rows).
+//! The `noodle run` rows start real `noodle up` processes of [`BenchOptions::noodle_exe`].
+#![forbid(unsafe_code)]
+#![warn(clippy::print_stdout, clippy::print_stderr)]
 
-use anyhow::{Context, Result};
+mod control;
+mod error;
+mod jobs;
+
+pub use error::BenchError;
+
 use bytes::Bytes;
 use noodle_link::{
     JoinPeer, Link, LinkConfig, LinkEvent, RemoteError, Service, ServiceFuture, TlsMaterial,
@@ -12,13 +24,31 @@ use noodle_link::{
 use noodle_security::{ClusterCa, NodeKey};
 use serde::Serialize;
 use std::io::{Read, Write};
-use std::net::SocketAddr;
-use std::path::Path;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// What to measure and where.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Fewer iterations: finishes in well under 30 s.
+    pub quick: bool,
+    /// The data directory: scratch files, the benchmark control plane's databases and the
+    /// benchmark nodes' data directories go into a temporary directory in it (its disk is the
+    /// one measured), removed at the end.
+    pub data_dir: PathBuf,
+    /// The `noodle` binary: the `noodle run` rows start two `noodle up` nodes and run
+    /// `noodle run -- true` with it.
+    pub noodle_exe: PathBuf,
+}
+
+/// One measured row.
+///
+/// Its JSON form (`noodle bench --json`) is a public contract: `name`, `unit`, `median`, `p99`,
+/// `ratio_to_limit`, in this order.
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct Row {
+pub struct Row {
     pub name: String,
     pub unit: &'static str,
     pub median: f64,
@@ -75,7 +105,14 @@ struct Sizes {
     fsyncs: usize,
 }
 
-pub(crate) async fn run(quick: bool, data_dir: &Path) -> Result<Vec<Row>> {
+/// Runs every benchmark, one after the other, and returns the rows: Noodle's first, then this
+/// machine's limits.
+///
+/// Blocks threads of its own (each benchmark node runs on its own thread and runtime, as two
+/// processes would), so the caller's runtime only waits.
+pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
+    let quick = opts.quick;
+    let data_dir = opts.data_dir.as_path();
     let s = if quick {
         Sizes {
             rtt_iters: 2000,
@@ -99,10 +136,11 @@ pub(crate) async fn run(quick: bool, data_dir: &Path) -> Result<Vec<Row>> {
             fsyncs: 300,
         }
     };
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating data directory {}", data_dir.display()))?;
-    let scratch =
-        tempfile::tempdir_in(data_dir).context("creating a scratch file in the data directory")?;
+    std::fs::create_dir_all(data_dir).map_err(|e| {
+        BenchError::io(format!("creating data directory {}", data_dir.display()), e)
+    })?;
+    let scratch = tempfile::tempdir_in(data_dir)
+        .map_err(|e| BenchError::io("creating a scratch file in the data directory", e))?;
 
     // Limits of this machine.
     let (memcpy, tcp_bw, tcp_rtt, fsync) = {
@@ -114,7 +152,7 @@ pub(crate) async fn run(quick: bool, data_dir: &Path) -> Result<Vec<Row>> {
             s.rtt_iters,
             s.fsyncs,
         );
-        tokio::task::spawn_blocking(move || -> Result<_> {
+        tokio::task::spawn_blocking(move || -> Result<_, BenchError> {
             Ok((
                 limit_row("memcpy", "GB/s", memcpy_gbps(memcpy_runs)),
                 limit_row(
@@ -134,18 +172,18 @@ pub(crate) async fn run(quick: bool, data_dir: &Path) -> Result<Vec<Row>> {
     let sizes = (s.rtt_iters, s.bulk_runs, s.bulk_bytes, s.handshakes);
     let (rtts, bulk, handshakes) = std::thread::spawn(move || link_bench(sizes))
         .join()
-        .map_err(|_| anyhow::anyhow!("link benchmark thread panicked"))??;
+        .map_err(|_| BenchError::Panicked("link benchmark thread"))??;
 
     // The control plane: three Raft members on loopback, their databases in the data directory.
     let control_sizes = if quick {
-        crate::bench_control::Sizes {
+        control::Sizes {
             commits: 300,
             batch_runs: 3,
             batch_commits: 5000,
             auth_runs: 5,
         }
     } else {
-        crate::bench_control::Sizes {
+        control::Sizes {
             commits: 2000,
             batch_runs: 5,
             batch_commits: 20_000,
@@ -153,29 +191,29 @@ pub(crate) async fn run(quick: bool, data_dir: &Path) -> Result<Vec<Row>> {
         }
     };
     let control_dir = scratch.path().to_path_buf();
-    let control =
-        std::thread::spawn(move || crate::bench_control::run(&control_dir, control_sizes))
-            .join()
-            .map_err(|_| anyhow::anyhow!("control-plane benchmark thread panicked"))??;
+    let control = std::thread::spawn(move || control::run(&control_dir, control_sizes))
+        .join()
+        .map_err(|_| BenchError::Panicked("control-plane benchmark thread"))??;
 
     // `noodle run`: two real nodes, jobs on the remote one.
     let jobs_sizes = if quick {
-        crate::bench_jobs::Sizes {
+        jobs::Sizes {
             latency_runs: 20,
             throughput_runs: 2,
             throughput_jobs: 200,
         }
     } else {
-        crate::bench_jobs::Sizes {
+        jobs::Sizes {
             latency_runs: 100,
             throughput_runs: 5,
             throughput_jobs: 500,
         }
     };
     let jobs_dir = scratch.path().to_path_buf();
-    let jobs = std::thread::spawn(move || crate::bench_jobs::run(&jobs_dir, jobs_sizes))
+    let exe = opts.noodle_exe.clone();
+    let jobs = std::thread::spawn(move || jobs::run(&exe, &jobs_dir, jobs_sizes))
         .join()
-        .map_err(|_| anyhow::anyhow!("jobs benchmark thread panicked"))??;
+        .map_err(|_| BenchError::Panicked("jobs benchmark thread"))??;
 
     let rows = vec![
         row("link_rtt", "us", rtts, Some(&tcp_rtt)),
@@ -209,7 +247,9 @@ pub(crate) async fn run(quick: bool, data_dir: &Path) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-pub(crate) fn render(rows: &[Row]) -> String {
+/// The human table of `noodle bench`, one line per row, then a line that says how to read the
+/// VS LIMIT column.
+pub fn render(rows: &[Row]) -> String {
     use std::fmt::Write;
     let mut out = format!(
         "{:<26} {:>12} {:>12}  {:<13} {}\n",
@@ -231,20 +271,26 @@ pub(crate) fn render(rows: &[Row]) -> String {
     out
 }
 
+/// A current-thread runtime for one benchmark thread.
+fn current_thread_runtime() -> Result<tokio::runtime::Runtime, BenchError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::io("starting a benchmark runtime", e))
+}
+
 type LinkSamples = (Vec<f64>, Vec<f64>, Vec<f64>);
 
 /// Runs node B on a thread of its own and measures from node A on the calling thread.
 fn link_bench(
     (rtt_iters, bulk_runs, bulk_bytes, handshake_count): (usize, usize, usize, usize),
-) -> Result<LinkSamples> {
+) -> Result<LinkSamples, BenchError> {
     let ca = Arc::new(ClusterCa::generate("bench")?);
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let ca_b = ca.clone();
-    let server = std::thread::spawn(move || -> Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+    let server = std::thread::spawn(move || -> Result<(), BenchError> {
+        let rt = current_thread_runtime()?;
         rt.block_on(async move {
             let b = bench_link(&ca_b, "bench-b")?;
             let _ = addr_tx.send(b.local_addr());
@@ -255,10 +301,8 @@ fn link_bench(
     });
     let to: SocketAddr = addr_rx
         .recv()
-        .map_err(|_| anyhow::anyhow!("benchmark peer failed to start"))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+        .map_err(|_| BenchError::Failed("benchmark peer failed to start".into()))?;
+    let rt = current_thread_runtime()?;
     let result = rt.block_on(async move {
         let a = bench_link(&ca, "bench-a")?;
         a.request(to, "echo", b"warm-up").await?;
@@ -281,8 +325,17 @@ fn link_bench(
             }
             send.finish()?;
             let answer = recv.read_to_end(64).await?;
-            let got = u64::from_be_bytes(answer.as_slice().try_into().context("bad sink answer")?);
-            anyhow::ensure!(got as usize == sent, "sink received {got} of {sent} bytes");
+            let got = u64::from_be_bytes(
+                answer
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| BenchError::Failed("bad sink answer".into()))?,
+            );
+            if got as usize != sent {
+                return Err(BenchError::Failed(format!(
+                    "sink received {got} of {sent} bytes"
+                )));
+            }
             bulk.push(sent as f64 / 1e6 / t.elapsed().as_secs_f64());
         }
         let mut handshakes = Vec::with_capacity(handshake_count);
@@ -291,12 +344,12 @@ fn link_bench(
             handshakes.push(1.0 / took.as_secs_f64());
         }
         a.shutdown().await;
-        anyhow::Ok((rtts, bulk, handshakes))
+        Ok((rtts, bulk, handshakes))
     });
     let _ = stop_tx.send(());
     server
         .join()
-        .map_err(|_| anyhow::anyhow!("benchmark peer panicked"))??;
+        .map_err(|_| BenchError::Panicked("benchmark peer"))??;
     result
 }
 
@@ -333,16 +386,16 @@ impl Service for BenchService {
     }
 }
 
-fn bench_link(ca: &ClusterCa, name: &str) -> Result<Link> {
+fn bench_link(ca: &ClusterCa, name: &str) -> Result<Link, BenchError> {
     bench_link_with(ca, name, Arc::new(BenchService))
 }
 
 /// A link on a loopback port with a certificate of `ca` for node `name`.
-pub(crate) fn bench_link_with(
+fn bench_link_with(
     ca: &ClusterCa,
     name: &str,
     service: Arc<dyn Service>,
-) -> Result<Link> {
+) -> Result<Link, BenchError> {
     let key = NodeKey::generate()?;
     let tls = TlsMaterial {
         ca: ca.cert_der().clone(),
@@ -350,7 +403,7 @@ pub(crate) fn bench_link_with(
         key: key.private_key_der(),
     };
     Ok(Link::bind(
-        LinkConfig::new("127.0.0.1:0".parse()?),
+        LinkConfig::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))),
         &tls,
         service,
     )?)
@@ -370,11 +423,12 @@ fn memcpy_gbps(runs: usize) -> Vec<f64> {
         .collect()
 }
 
-fn tcp_mbps(runs: usize, bytes: usize) -> Result<Vec<f64>> {
+fn tcp_mbps(runs: usize, bytes: usize) -> Result<Vec<f64>, BenchError> {
+    let io = |e| BenchError::io("loopback TCP throughput", e);
     let mut out = Vec::with_capacity(runs);
     for _ in 0..runs {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io)?;
+        let addr = listener.local_addr().map_err(io)?;
         let reader = std::thread::spawn(move || -> std::io::Result<usize> {
             let (mut s, _) = listener.accept()?;
             let mut buf = vec![0u8; 1 << 20];
@@ -391,27 +445,33 @@ fn tcp_mbps(runs: usize, bytes: usize) -> Result<Vec<f64>> {
         });
         let buf = vec![0x5au8; 1 << 20];
         let t = Instant::now();
-        let mut s = std::net::TcpStream::connect(addr)?;
+        let mut s = std::net::TcpStream::connect(addr).map_err(io)?;
         let mut sent = 0;
         while sent < bytes {
-            s.write_all(&buf)?;
+            s.write_all(&buf).map_err(io)?;
             sent += buf.len();
         }
-        s.shutdown(std::net::Shutdown::Write)?;
+        s.shutdown(std::net::Shutdown::Write).map_err(io)?;
         let mut ack = [0u8; 1];
-        s.read_exact(&mut ack)?;
+        s.read_exact(&mut ack).map_err(io)?;
         out.push(sent as f64 / 1e6 / t.elapsed().as_secs_f64());
         let got = reader
             .join()
-            .map_err(|_| anyhow::anyhow!("tcp reader panicked"))??;
-        anyhow::ensure!(got == sent, "tcp reader got {got} of {sent}");
+            .map_err(|_| BenchError::Panicked("tcp reader"))?
+            .map_err(io)?;
+        if got != sent {
+            return Err(BenchError::Failed(format!(
+                "tcp reader got {got} of {sent}"
+            )));
+        }
     }
     Ok(out)
 }
 
-fn tcp_rtt_us(iters: usize) -> Result<Vec<f64>> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
+fn tcp_rtt_us(iters: usize) -> Result<Vec<f64>, BenchError> {
+    let io = |e| BenchError::io("loopback TCP round trips", e);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io)?;
+    let addr = listener.local_addr().map_err(io)?;
     let echo = std::thread::spawn(move || -> std::io::Result<()> {
         let (mut s, _) = listener.accept()?;
         s.set_nodelay(true)?;
@@ -421,14 +481,14 @@ fn tcp_rtt_us(iters: usize) -> Result<Vec<f64>> {
         }
         Ok(())
     });
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_nodelay(true)?;
+    let mut s = std::net::TcpStream::connect(addr).map_err(io)?;
+    s.set_nodelay(true).map_err(io)?;
     let mut buf = [7u8; 64];
     let mut out = Vec::with_capacity(iters);
     for _ in 0..iters {
         let t = Instant::now();
-        s.write_all(&buf)?;
-        s.read_exact(&mut buf)?;
+        s.write_all(&buf).map_err(io)?;
+        s.read_exact(&mut buf).map_err(io)?;
         out.push(t.elapsed().as_secs_f64() * 1e6);
     }
     drop(s);
@@ -436,15 +496,20 @@ fn tcp_rtt_us(iters: usize) -> Result<Vec<f64>> {
     Ok(out)
 }
 
-fn fsync_us(dir: &Path, iters: usize) -> Result<Vec<f64>> {
-    let mut f = std::fs::File::create(dir.join("fsync-probe"))?;
+fn fsync_us(dir: &Path, iters: usize) -> Result<Vec<f64>, BenchError> {
+    let path = dir.join("fsync-probe");
+    let io = |e| BenchError::io(format!("fsync probe {}", path.display()), e);
+    let mut f = std::fs::File::create(&path).map_err(io)?;
     let block = [0u8; 4096];
     let mut out = Vec::with_capacity(iters);
     for _ in 0..iters {
         let t = Instant::now();
-        f.write_all(&block)?;
-        f.sync_data()?;
+        f.write_all(&block).map_err(io)?;
+        f.sync_data().map_err(io)?;
         out.push(t.elapsed().as_secs_f64() * 1e6);
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests;

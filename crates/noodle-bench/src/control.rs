@@ -2,8 +2,7 @@
 //! local Raft members (real QUIC links, real redb files with fsync in the data directory), and
 //! capability-token authorisations.
 
-use crate::bench::bench_link_with;
-use anyhow::{Context, Result};
+use crate::{BenchError, bench_link_with};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use noodle_caps::{Authoriser, Request, RootKey, TokenSpec};
@@ -16,16 +15,16 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 pub(crate) struct Sizes {
-    pub commits: usize,
-    pub batch_runs: usize,
-    pub batch_commits: usize,
-    pub auth_runs: usize,
+    pub(crate) commits: usize,
+    pub(crate) batch_runs: usize,
+    pub(crate) batch_commits: usize,
+    pub(crate) auth_runs: usize,
 }
 
 pub(crate) struct Samples {
-    pub commit_us: Vec<f64>,
-    pub batched_per_s: Vec<f64>,
-    pub authorisations_per_s: Vec<f64>,
+    pub(crate) commit_us: Vec<f64>,
+    pub(crate) batched_per_s: Vec<f64>,
+    pub(crate) authorisations_per_s: Vec<f64>,
 }
 
 /// Proposals in flight at once in the batched run.
@@ -58,15 +57,16 @@ fn set(i: usize) -> Proposal {
 }
 
 /// Runs on a runtime of its own with two workers, like a node.
-pub(crate) fn run(dir: &Path, s: Sizes) -> Result<Samples> {
+pub(crate) fn run(dir: &Path, s: Sizes) -> Result<Samples, BenchError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?;
+        .build()
+        .map_err(|e| BenchError::io("starting the control-plane benchmark runtime", e))?;
     rt.block_on(bench(dir, s))
 }
 
-async fn bench(dir: &Path, s: Sizes) -> Result<Samples> {
+async fn bench(dir: &Path, s: Sizes) -> Result<Samples, BenchError> {
     let ca = ClusterCa::generate("bench")?;
     let mut members = Vec::new();
     let mut controls = Vec::new();
@@ -99,10 +99,11 @@ async fn bench(dir: &Path, s: Sizes) -> Result<Samples> {
         .collect();
     let deadline = Instant::now() + Duration::from_secs(20);
     while leader.status().voters.len() < 3 {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the bench control plane did not reach 3 voters"
-        );
+        if Instant::now() >= deadline {
+            return Err(BenchError::Failed(
+                "the bench control plane did not reach 3 voters".into(),
+            ));
+        }
         let _ = leader.maintain_membership(&peers).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -159,7 +160,7 @@ async fn bench(dir: &Path, s: Sizes) -> Result<Samples> {
                         .with_policies(&policies);
                     Ok(authoriser.authorise(&token, &request, &ctx))
                 })?
-                .context("the bench token was refused")?;
+                .map_err(BenchError::Refused)?;
             n += 1;
         }
         authorisations_per_s.push(n as f64 / t.elapsed().as_secs_f64());

@@ -1,12 +1,12 @@
 //! `noodle bench` rows of `noodle run`: the end-to-end latency of `noodle run -- true` on a
 //! remote node, and tiny-job throughput per node.
 //!
-//! Two real `noodle up` processes (this binary) on loopback, their data directories in the
+//! Two real `noodle up` processes (the `noodle` binary the caller names) on loopback, their data directories in the
 //! bench's scratch directory: `bench-submit` offers no job slots, `bench-remote` carries the
 //! label `bench=remote`, so every job crosses the link. The latency row runs the real CLI
 //! (a fresh `noodle run` process each time: argv to exit code), as a user would.
 
-use anyhow::{Context, Result, bail};
+use crate::BenchError;
 use futures_util::StreamExt;
 use noodle_api::{Client, JobSubmit};
 use std::path::{Path, PathBuf};
@@ -14,14 +14,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub(crate) struct Sizes {
-    pub latency_runs: usize,
-    pub throughput_runs: usize,
-    pub throughput_jobs: usize,
+    pub(crate) latency_runs: usize,
+    pub(crate) throughput_runs: usize,
+    pub(crate) throughput_jobs: usize,
 }
 
 pub(crate) struct Samples {
-    pub run_true_ms: Vec<f64>,
-    pub jobs_per_s: Vec<f64>,
+    pub(crate) run_true_ms: Vec<f64>,
+    pub(crate) jobs_per_s: Vec<f64>,
 }
 
 /// Jobs in flight at once while submitting the throughput batch.
@@ -42,9 +42,10 @@ impl Drop for UpProcess {
     }
 }
 
-fn up(dir: &Path, name: &str, extra: &[&str]) -> Result<UpProcess> {
-    let exe = std::env::current_exe().context("cannot find the noodle binary")?;
-    let log = std::fs::File::create(dir.with_extension("log"))?;
+fn up(exe: &Path, dir: &Path, name: &str, extra: &[&str]) -> Result<UpProcess, BenchError> {
+    let log_path = dir.with_extension("log");
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| BenchError::io(format!("creating {}", log_path.display()), e))?;
     let child = Command::new(exe)
         .arg("--data-dir")
         .arg(dir)
@@ -62,14 +63,14 @@ fn up(dir: &Path, name: &str, extra: &[&str]) -> Result<UpProcess> {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .context("cannot start a bench node")?;
+        .map_err(|e| BenchError::io("cannot start a bench node", e))?;
     Ok(UpProcess {
         child,
         dir: dir.to_path_buf(),
     })
 }
 
-async fn ready(dir: &Path, nodes: usize) -> Result<Client> {
+async fn ready(dir: &Path, nodes: usize) -> Result<Client, BenchError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(client) = Client::from_data_dir(dir)
@@ -79,10 +80,10 @@ async fn ready(dir: &Path, nodes: usize) -> Result<Client> {
             return Ok(client);
         }
         if Instant::now() > deadline {
-            bail!(
+            return Err(BenchError::Failed(format!(
                 "the bench nodes did not come up (logs next to {})",
                 dir.display()
-            );
+            )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -100,17 +101,14 @@ fn tiny_job() -> JobSubmit {
     }
 }
 
-pub(crate) fn run(scratch: &Path, s: Sizes) -> Result<Samples> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(bench(scratch, s))
+pub(crate) fn run(exe: &Path, scratch: &Path, s: Sizes) -> Result<Samples, BenchError> {
+    crate::current_thread_runtime()?.block_on(bench(exe, scratch, s))
 }
 
-async fn bench(scratch: &Path, s: Sizes) -> Result<Samples> {
+async fn bench(exe: &Path, scratch: &Path, s: Sizes) -> Result<Samples, BenchError> {
     let submit_dir = scratch.join("bench-submit");
     let remote_dir = scratch.join("bench-remote");
-    let submitter = up(&submit_dir, "bench-submit", &["--slots", "0"])?;
+    let submitter = up(exe, &submit_dir, "bench-submit", &["--slots", "0"])?;
     let client = ready(&submitter.dir, 1).await?;
     let token = client
         .create_token(&noodle_api::TokenRequest {
@@ -120,6 +118,7 @@ async fn bench(scratch: &Path, s: Sizes) -> Result<Samples> {
         .await?
         .token;
     let remote = up(
+        exe,
         &remote_dir,
         "bench-remote",
         &[
@@ -143,7 +142,9 @@ async fn bench(scratch: &Path, s: Sizes) -> Result<Samples> {
         .any(|n| n.name == "bench-remote" && n.slots > 0)
     {
         if Instant::now() > deadline {
-            bail!("the remote bench node's slots did not reach the submitting node");
+            return Err(BenchError::Failed(
+                "the remote bench node's slots did not reach the submitting node".into(),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -151,24 +152,29 @@ async fn bench(scratch: &Path, s: Sizes) -> Result<Samples> {
     let warm = client.submit_job(&tiny_job()).await?;
     let done = client.wait_job(warm.id, Duration::from_secs(30)).await?;
     if done.state != "succeeded" {
-        bail!("the warm-up job ended {}: {:?}", done.state, done.error);
+        return Err(BenchError::Failed(format!(
+            "the warm-up job ended {}: {:?}",
+            done.state, done.error
+        )));
     }
 
-    let exe = std::env::current_exe()?;
     let mut run_true_ms = Vec::with_capacity(s.latency_runs);
     for _ in 0..s.latency_runs {
         let t = Instant::now();
-        let status = tokio::process::Command::new(&exe)
+        let status = tokio::process::Command::new(exe)
             .arg("--data-dir")
             .arg(&submitter.dir)
             .args(["run", "--label", "bench=remote", "--", "true"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .status()
-            .await?;
+            .await
+            .map_err(|e| BenchError::io("running `noodle run -- true`", e))?;
         run_true_ms.push(t.elapsed().as_secs_f64() * 1e3);
         if !status.success() {
-            bail!("`noodle run -- true` failed: {status}");
+            return Err(BenchError::Failed(format!(
+                "`noodle run -- true` failed: {status}"
+            )));
         }
     }
 
@@ -188,7 +194,10 @@ async fn bench(scratch: &Path, s: Sizes) -> Result<Samples> {
         for id in ids {
             let job = client.wait_job(id, Duration::from_secs(60)).await?;
             if job.state != "succeeded" {
-                bail!("bench job {id} ended {}: {:?}", job.state, job.error);
+                return Err(BenchError::Failed(format!(
+                    "bench job {id} ended {}: {:?}",
+                    job.state, job.error
+                )));
             }
         }
         jobs_per_s.push(s.throughput_jobs as f64 / t.elapsed().as_secs_f64());
