@@ -1,11 +1,13 @@
-//! Wire and HTTP types of the node API (the serde boundary) and the client the CLI uses.
+//! Wire and HTTP types of the node API (the serde boundary) and the client the CLI, SDKs and
+//! agents use: [`Client`] (one call per route) and [`upload`] (shipping a local file as chunks the node lacks).
 //!
 //! Every type here is part of a public contract: `noodle status --json`, the dashboard and scripts
 //! read these field names. Add fields; never rename or remove one. This crate must never depend on
-//! the node's internals.
+//! the node's internals, and never prints: progress goes to callbacks.
 
 mod client;
 pub mod format;
+pub mod upload;
 
 pub use client::{Client, ClientError, EventStream, OutputStream};
 
