@@ -1,15 +1,18 @@
 //! Wire and HTTP types of the node API (the serde boundary) and the client the CLI, SDKs and
-//! agents use: [`Client`] (one call per route) and [`upload`] (shipping a local file as chunks the node lacks).
+//! agents use: [`Client`] (one call per route), [`JobFollow`] (a job's output, then its end) and
+//! [`upload`] (shipping a local file as chunks the node lacks).
 //!
 //! Every type here is part of a public contract: `noodle status --json`, the dashboard and scripts
 //! read these field names. Add fields; never rename or remove one. This crate must never depend on
 //! the node's internals, and never prints: progress goes to callbacks.
 
 mod client;
+mod follow;
 pub mod format;
 pub mod upload;
 
 pub use client::{Client, ClientError, EventStream, OutputStream};
+pub use follow::{JobEvent, JobFollow, WAIT_POLL};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -2,14 +2,11 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use noodle_api::{Client, ClientError, JobInfo, JobSubmit, output_frame};
+use noodle_api::{Client, ClientError, JobEvent, JobFollow, JobInfo, JobSubmit, output_frame};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// How long one long poll of `wait_job` lasts; the node answers earlier when the job ends.
-const WAIT_POLL: Duration = Duration::from_secs(30);
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Exit code of a job that was cancelled, or of `noodle run` interrupted with Ctrl-C.
 const EXIT_CANCELLED: i32 = 130;
@@ -304,67 +301,20 @@ fn is_executable(meta: &std::fs::Metadata) -> bool {
 async fn attach(client: &Client, id: u64, json: bool) -> Result<i32> {
     use tokio::signal::unix::{SignalKind, signal};
 
-    enum Step {
-        Frame(Result<Option<(u8, Vec<u8>)>, ClientError>),
-        Waited(Box<Result<JobInfo, ClientError>>),
-        Interrupt,
-    }
-
     // From here on Ctrl-C no longer kills the process: it cancels the job.
     let mut sigint = signal(SignalKind::interrupt()).context("listening for Ctrl-C")?;
     let mut cancelling = false;
-    let mut output = match client.job_output(id, true).await {
-        Ok(stream) => Some(stream),
-        Err(e) => {
-            eprintln!(
-                "noodle: cannot stream the output of job {id} ({e}); waiting for it to end \
-                 (`noodle logs {id} --follow` reattaches)"
-            );
-            None
-        }
-    };
+    let mut follow = JobFollow::new(client.clone(), id);
+    if let Err(e) = follow.open_output().await {
+        eprintln!(
+            "noodle: cannot stream the output of job {id} ({e}); waiting for it to end \
+             (`noodle logs {id} --follow` reattaches)"
+        );
+    }
     loop {
-        let step = match output.as_mut() {
-            Some(stream) => tokio::select! {
-                frame = stream.next() => Step::Frame(frame),
-                _ = sigint.recv() => Step::Interrupt,
-            },
-            None => tokio::select! {
-                info = poll_job(client, id, WAIT_POLL) => Step::Waited(Box::new(info)),
-                _ = sigint.recv() => Step::Interrupt,
-            },
-        };
-        match step {
-            Step::Frame(Ok(Some((kind, payload)))) => {
-                if write_frame(kind, &payload).is_err() {
-                    // Whoever read our stdout is gone (`noodle run -- yes | head`): like a local
-                    // program that gets SIGPIPE, the job stops.
-                    let _ = client.cancel_job(id).await;
-                    return Ok(0);
-                }
-            }
-            // The node ends the stream when the job has ended.
-            Step::Frame(Ok(None)) => output = None,
-            Step::Frame(Err(e)) => {
-                eprintln!(
-                    "noodle: lost the output stream of job {id} ({e}); waiting for the job to \
-                     end (`noodle logs {id} --follow` reattaches to its output)"
-                );
-                output = None;
-            }
-            Step::Waited(info) => {
-                let info = (*info).with_context(|| {
-                    format!("waiting for job {id} (`noodle wait {id}` waits for it again)")
-                })?;
-                if info.is_done() {
-                    if json {
-                        outln!("{}", serde_json::to_string(&info)?);
-                    }
-                    let code = report_end(&info);
-                    return Ok(if cancelling { EXIT_CANCELLED } else { code });
-                }
-            }
-            Step::Interrupt => {
+        let event = tokio::select! {
+            event = follow.next() => event,
+            _ = sigint.recv() => {
                 if cancelling {
                     eprintln!("noodle: not waiting any longer; job {id} stays cancelled");
                     return Ok(EXIT_CANCELLED);
@@ -378,20 +328,34 @@ async fn attach(client: &Client, id: u64, json: bool) -> Result<i32> {
                         eprintln!("noodle: cancelling job {id} failed: {e}");
                     }
                 });
+                continue;
+            }
+        };
+        let event = event.with_context(|| {
+            format!("waiting for job {id} (`noodle wait {id}` waits for it again)")
+        })?;
+        match event {
+            JobEvent::Output { kind, payload } => {
+                if write_frame(kind, &payload).is_err() {
+                    // Whoever read our stdout is gone (`noodle run -- yes | head`): like a local
+                    // program that gets SIGPIPE, the job stops.
+                    let _ = client.cancel_job(id).await;
+                    return Ok(0);
+                }
+            }
+            JobEvent::OutputLost(e) => eprintln!(
+                "noodle: lost the output stream of job {id} ({e}); waiting for the job to \
+                 end (`noodle logs {id} --follow` reattaches to its output)"
+            ),
+            JobEvent::Ended(info) => {
+                if json {
+                    outln!("{}", serde_json::to_string(&info)?);
+                }
+                let code = report_end(&info);
+                return Ok(if cancelling { EXIT_CANCELLED } else { code });
             }
         }
     }
-}
-
-/// One `wait_job` long poll of at most `timeout`. A node that answers at once although the job
-/// has not ended is not asked again in a tight loop.
-async fn poll_job(client: &Client, id: u64, timeout: Duration) -> Result<JobInfo, ClientError> {
-    let started = Instant::now();
-    let info = client.wait_job(id, timeout).await?;
-    if !info.is_done() && started.elapsed() < Duration::from_millis(50) {
-        tokio::time::sleep(timeout.min(Duration::from_millis(250))).await;
-    }
-    Ok(info)
 }
 
 /// Writes one output frame where it belongs. An error means stdout is gone.
@@ -595,33 +559,19 @@ pub(crate) async fn logs(client: Client, args: LogsArgs) -> Result<i32> {
 /// `noodle wait`.
 pub(crate) async fn wait(client: Client, args: WaitArgs) -> Result<i32> {
     let id = args.job;
-    let started = Instant::now();
-    loop {
-        let poll = match args.timeout {
-            Some(t) => t.saturating_sub(started.elapsed()).min(WAIT_POLL),
-            None => WAIT_POLL,
-        };
-        let info = poll_job(&client, id, poll).await?;
-        if info.is_done() {
-            if args.json {
-                outln!("{}", serde_json::to_string_pretty(&info)?);
-            }
-            return Ok(report_end(&info));
-        }
-        if let Some(t) = args.timeout
-            && started.elapsed() >= t
-        {
-            if args.json {
-                outln!("{}", serde_json::to_string_pretty(&info)?);
-            }
-            eprintln!(
-                "error: job {id} still {} after {}",
-                info.state,
-                humantime::format_duration(t)
-            );
-            return Ok(EXIT_TIMEOUT);
-        }
+    let info = client.wait_job_ended(id, args.timeout).await?;
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&info)?);
     }
+    if info.is_done() {
+        return Ok(report_end(&info));
+    }
+    eprintln!(
+        "error: job {id} still {} after {}",
+        info.state,
+        humantime::format_duration(args.timeout.unwrap_or_default())
+    );
+    Ok(EXIT_TIMEOUT)
 }
 
 /// `noodle cancel`.
