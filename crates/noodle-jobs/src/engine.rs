@@ -354,7 +354,15 @@ impl Engine {
         active: &[JobRecord],
         ended_state: impl Fn(u64) -> Option<JobState>,
     ) {
-        let by_id: BTreeMap<u64, &JobRecord> = active.iter().map(|j| (j.id, j)).collect();
+        if self.running.is_empty() {
+            return;
+        }
+        // Only the records of what runs here: there may be thousands of queued jobs.
+        let by_id: BTreeMap<u64, &JobRecord> = active
+            .iter()
+            .filter(|j| self.running.contains_key(&j.id))
+            .map(|j| (j.id, j))
+            .collect();
         let mut signals = Vec::new();
         for (id, execution) in &self.running {
             if execution.signal.is_some() {

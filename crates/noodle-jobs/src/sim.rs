@@ -11,11 +11,11 @@
 //!   may move (failover after 0.5–3 s without one; while there is none every proposal and
 //!   probe fails). Proposals are applied 1–30 ms after they are made; 2 % lose their answer
 //!   (half of those were applied anyway). Clients submit jobs and cancel some.
-//! - **Nodes** (3–5, 3–6 CPU slots each): each runs the runtime's side of the contract of
+//! - **Nodes** (3–5, 4–8 CPU slots each): each runs the runtime's side of the contract of
 //!   [`crate::engine`]: ticks every 100 ms, looks at the records every 250 ms, probes the
 //!   control plane every 500 ms while the engine wants contact (answered in 2–40 ms, or failed
 //!   after a quarter of the lease), proposes what the engine asks, and runs processes: 5–300 ms
-//!   to fetch and spawn (2 % fail to start), 0.3–8 s of work (one job in five: 8–40 s), and a
+//!   to fetch and spawn (2 % fail to start), 0.3–8 s of work (one job in ten: 8–40 s), and a
 //!   kill that takes 5–300 ms (SIGTERM: 10–1500 ms).
 //! - **The leader's engine** sees a scheduler built from the alive nodes' slots, and the
 //!   membership view: a node dead or cut off is seen gone 3 s later, and alive again as soon
@@ -75,9 +75,9 @@ pub struct SimOptions {
 impl Default for SimOptions {
     fn default() -> Self {
         SimOptions {
-            jobs: 150,
-            chaos_ms: 120_000,
-            drain_ms_max: 240_000,
+            jobs: 250,
+            chaos_ms: 150_000,
+            drain_ms_max: 300_000,
             lease_ms: 10_000,
             detect_ms: 3_000,
             self_fence: true,
@@ -208,18 +208,30 @@ impl Rng {
 #[derive(Debug, Clone, Default)]
 struct Records {
     all: BTreeMap<u64, JobRecord>,
-    /// The jobs that have not ended, in id order (rebuilt when `all` changes).
+    /// The jobs that have not ended, in id order.
     active: Vec<JobRecord>,
 }
 
 impl Records {
-    fn refresh(&mut self) {
-        self.active = self
-            .all
-            .values()
-            .filter(|j| !j.state.is_terminal())
-            .cloned()
-            .collect();
+    /// Applies `command` to job `id`; a refused command changes nothing.
+    fn apply(&mut self, id: u64, command: &JobCommand) -> Result<(), String> {
+        let job = self.all.get_mut(&id).ok_or("no such job")?;
+        transition(job, command)?;
+        let job = job.clone();
+        if let Ok(i) = self.active.binary_search_by_key(&id, |j| j.id) {
+            if job.state.is_terminal() {
+                self.active.remove(i);
+            } else {
+                self.active[i] = job;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a job submitted just now (ids only grow, so `active` stays in id order).
+    fn insert(&mut self, job: JobRecord) {
+        self.active.push(job.clone());
+        self.all.insert(job.id, job);
     }
 }
 
@@ -290,6 +302,8 @@ struct Sim {
     live: BTreeMap<u64, Vec<(usize, u64)>>,
     /// CPUs of live processes per node.
     node_cpus: Vec<u32>,
+    /// A process was spawned or a command applied since the last check.
+    dirty: bool,
     chaos: bool,
     submitted: usize,
     healed_at: Option<u64>,
@@ -312,7 +326,7 @@ impl Sim {
         let nodes: Vec<Node> = (0..n)
             .map(|i| Node {
                 id: format!("n{i}"),
-                slots: rng.range(3, 6) as u32,
+                slots: rng.range(4, 8) as u32,
                 life: 0,
                 engine: None,
                 cut: false,
@@ -336,6 +350,7 @@ impl Sim {
             node_cpus: vec![0; n],
             nodes,
             live: BTreeMap::new(),
+            dirty: false,
             chaos: true,
             submitted: 0,
             healed_at: None,
@@ -392,7 +407,9 @@ impl Sim {
                 break;
             }
             self.handle(ev);
-            self.check()?;
+            if std::mem::take(&mut self.dirty) {
+                self.check()?;
+            }
             if let Some(done) = self.finished() {
                 return done;
             }
@@ -430,7 +447,8 @@ impl Sim {
         }
     }
 
-    /// The invariants that hold at every step.
+    /// The invariants that hold at every step, checked after every event that could break
+    /// them (a process spawned, a command applied).
     fn check(&self) -> Result<(), Violation> {
         for (job, procs) in &self.live {
             if let [(a, ea), (b, eb), ..] = procs.as_slice() {
@@ -526,15 +544,12 @@ impl Sim {
             }
             Ev::Submit => self.submit(),
             Ev::Cancel(id) => {
-                if let Some(job) = self.plane.all.get_mut(&id) {
-                    let cancel = JobCommand::Cancel {
-                        id,
-                        at_ms: self.now,
-                    };
-                    if transition(job, &cancel).is_ok() {
-                        self.plane.refresh();
-                        self.log(format!("client cancelled job {id}"));
-                    }
+                let cancel = JobCommand::Cancel {
+                    id,
+                    at_ms: self.now,
+                };
+                if self.plane.apply(id, &cancel).is_ok() {
+                    self.log(format!("client cancelled job {id}"));
                 }
             }
             Ev::Fault if self.chaos => {
@@ -681,14 +696,10 @@ impl Sim {
     }
 
     fn apply(&mut self, command: &JobCommand) -> Reported {
-        let Some(job) = command.job_id().and_then(|id| self.plane.all.get_mut(&id)) else {
-            return Reported::Refused;
-        };
-        match transition(job, command) {
-            Ok(()) => {
-                self.plane.refresh();
-                Reported::Applied
-            }
+        self.dirty = true;
+        let id = command.job_id().unwrap_or(0);
+        match self.plane.apply(id, command) {
+            Ok(()) => Reported::Applied,
             Err(_) => Reported::Refused,
         }
     }
@@ -711,10 +722,11 @@ impl Sim {
             p.spawned = true;
         }
         self.processes += 1;
+        self.dirty = true;
         self.live.entry(id).or_default().push((n, epoch));
         self.node_cpus[n] += cpus;
         self.log(format!("{node} spawned job {id} epoch {epoch}"));
-        let run = if self.rng.percent(20) {
+        let run = if self.rng.percent(10) {
             self.rng.range(8_000, 40_000)
         } else {
             self.rng.range(300, 8_000)
@@ -776,10 +788,7 @@ impl Sim {
             "client submits job {id}: {} cpus, {} retries",
             spec.cpus, spec.retries
         ));
-        self.plane
-            .all
-            .insert(id, JobRecord::queued(id, spec, self.now));
-        self.plane.refresh();
+        self.plane.insert(JobRecord::queued(id, spec, self.now));
         if self.rng.percent(6) {
             let delay = self.rng.range(0, 20_000);
             self.at(delay, Ev::Cancel(id));
