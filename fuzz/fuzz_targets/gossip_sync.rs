@@ -13,6 +13,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
             links: Vec::new(),
             control_incarnation: 0,
             job_slots: 1,
+            control_up: true,
         };
         let mut table = noodle_discovery::NodeTable::new(me);
         let _ = table.newer_than(&msg.entries);

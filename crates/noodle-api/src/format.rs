@@ -42,8 +42,46 @@ fn tenths_of(value: u64, unit: u64) -> u64 {
     u64::try_from(tenths).unwrap_or(u64::MAX)
 }
 
+/// A command line as a shell would read it back: words of plain characters as they are,
+/// anything else in single quotes (`sh -c 'echo it'\''s'`). For display only.
+pub fn format_command(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            let plain = !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c));
+            if plain {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn formats_commands_like_a_shell() {
+        let words = |ws: &[&str]| ws.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
+        assert_eq!(super::format_command(&words(&["sleep", "30"])), "sleep 30");
+        assert_eq!(
+            super::format_command(&words(&["sh", "-c", "echo it's <b>"])),
+            "sh -c 'echo it'\\''s <b>'"
+        );
+        assert_eq!(
+            super::format_command(&words(&["./a.out", ""])),
+            "./a.out ''"
+        );
+        assert_eq!(
+            super::format_command(&words(&["a", "", "b c"])),
+            "a '' 'b c'"
+        );
+        assert_eq!(super::format_command(&[]), "");
+    }
+
     use super::*;
 
     const GIB: u64 = 1 << 30;

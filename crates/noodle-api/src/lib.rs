@@ -148,8 +148,12 @@ pub struct ControlInfo {
     pub term: u64,
     /// Index of the last applied entry on the answering node.
     pub commit_index: u64,
-    /// This node's role: `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    /// This node's role: `leader`, `follower`, `candidate`, `learner`, `shutdown`, or
+    /// `failed` (its member stopped after a storage error and restarts once the disk allows).
     pub role: String,
+    /// Why this node's member stopped, while it is `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One configuration key (`noodle config`).
@@ -187,49 +191,37 @@ pub struct TokenResponse {
 }
 
 /// Kind of a cluster event.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    NodeStarted,
-    NodeJoined,
-    NodeSuspected,
-    NodeDead,
-    NodeRejoined,
-    LinkUp,
-    LinkDown,
-    JoinAdmitted,
-    JoinRefused,
-    LeaderChanged,
-    VotersChanged,
-    TokenRevoked,
-    ControlRecovered,
-    JobSubmitted,
-    JobStarted,
-    JobEnded,
-    JobLost,
-}
+/// What an event is about: `node_joined`, `job_ended`, ... A subsystem names its own kinds
+/// (and registers them with the node); the node's own are the constants here. Serialised as
+/// its name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventKind(std::borrow::Cow<'static, str>);
 
 impl EventKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::NodeStarted => "node_started",
-            EventKind::NodeJoined => "node_joined",
-            EventKind::NodeSuspected => "node_suspected",
-            EventKind::NodeDead => "node_dead",
-            EventKind::NodeRejoined => "node_rejoined",
-            EventKind::LinkUp => "link_up",
-            EventKind::LinkDown => "link_down",
-            EventKind::JoinAdmitted => "join_admitted",
-            EventKind::JoinRefused => "join_refused",
-            EventKind::LeaderChanged => "leader_changed",
-            EventKind::VotersChanged => "voters_changed",
-            EventKind::TokenRevoked => "token_revoked",
-            EventKind::ControlRecovered => "control_recovered",
-            EventKind::JobSubmitted => "job_submitted",
-            EventKind::JobStarted => "job_started",
-            EventKind::JobEnded => "job_ended",
-            EventKind::JobLost => "job_lost",
-        }
+    pub const NODE_STARTED: EventKind = EventKind::new("node_started");
+    pub const NODE_JOINED: EventKind = EventKind::new("node_joined");
+    pub const NODE_SUSPECTED: EventKind = EventKind::new("node_suspected");
+    pub const NODE_DEAD: EventKind = EventKind::new("node_dead");
+    pub const NODE_REJOINED: EventKind = EventKind::new("node_rejoined");
+    pub const LINK_UP: EventKind = EventKind::new("link_up");
+    pub const LINK_DOWN: EventKind = EventKind::new("link_down");
+    pub const JOIN_ADMITTED: EventKind = EventKind::new("join_admitted");
+    pub const JOIN_REFUSED: EventKind = EventKind::new("join_refused");
+
+    /// A kind named `name` (lower-case words joined by `_`, starting with the subsystem's).
+    pub const fn new(name: &'static str) -> EventKind {
+        EventKind(std::borrow::Cow::Borrowed(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 

@@ -40,13 +40,30 @@ impl Service for RaftService {
     fn call(&self, _from: SocketAddr, method: &str, body: Bytes) -> ServiceFuture {
         let control = self.control.get().cloned();
         let method = method.to_string();
-        Box::pin(async move { noodle_node::serve_control(control.as_ref(), &method, &body).await })
+        Box::pin(async move { serve_control(control.as_ref(), &method, &body).await })
     }
     fn join(&self, _peer: JoinPeer, _body: Bytes) -> ServiceFuture {
         Box::pin(async { Err(RemoteError::new(RemoteError::FORBIDDEN, "bench")) })
     }
     fn datagram(&self, _from: SocketAddr, _data: Bytes) {}
     fn event(&self, _event: LinkEvent) {}
+}
+
+/// Answers a member's control-plane request (`None` while the member starts).
+async fn serve_control(
+    control: Option<&Control>,
+    method: &str,
+    body: &[u8],
+) -> Result<Vec<u8>, RemoteError> {
+    let Some(control) = control else {
+        return Err(RemoteError::new(
+            RemoteError::UNAVAILABLE,
+            "control plane is starting",
+        ));
+    };
+    control.serve(method, body).await.ok_or_else(|| {
+        RemoteError::new(RemoteError::NOT_FOUND, format!("unknown method `{method}`"))
+    })
 }
 
 fn set(i: usize) -> Proposal {
@@ -81,8 +98,14 @@ async fn bench(dir: &Path, s: Sizes) -> Result<Samples, BenchError> {
         };
         let store = Store::open(&dir.join(format!("bench-control-{i}.redb")))?;
         let transport = Arc::new(noodle_node::LinkTransport::new(link.clone()));
-        let control =
-            Control::start(me.clone(), ControlConfig::default(), store, transport).await?;
+        let control = Control::start(
+            me.clone(),
+            ControlConfig::default(),
+            store,
+            transport,
+            noodle_control::Machines::default(),
+        )
+        .await?;
         let _ = service.control.set(control.clone());
         members.push(me);
         controls.push(control);

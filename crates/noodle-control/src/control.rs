@@ -1,17 +1,26 @@
 //! The control-plane handle a node holds: propose, read, status, and membership upkeep.
+//!
+//! The Raft member runs under supervision: openraft stops its core for good on a storage error
+//! (a full disk), so [`Control`] notices, reports the member failed ([`ControlStatus::error`],
+//! [`Role::Failed`]), and starts it again from its durable state once the disk takes writes
+//! again, without a process restart.
 
-use crate::network::{self, Network, PROPOSE, READ_INDEX, Transport, TransportError};
+use crate::machine::{Machines, Rejection};
+use crate::network::{self, Network, PROPOSE, READ_INDEX, Transport};
 use crate::state::StateView;
 use crate::store::{DbError, Store};
 use crate::types::{Command, Member, Proposal, RaftId, Response, TypeConfig, raft_id};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
-use openraft::{ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
+use openraft::{ChangeMembers, Config, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
+
+/// What the node learns of the Raft member whenever it changes.
+pub type Metrics = RaftMetrics<RaftId, Member>;
 
 /// Commits one proposal, or several as one [`Command::Batch`] entry.
 async fn submit(raft: &Raft<TypeConfig>, proposal: Proposal) -> Result<Response, WireError> {
@@ -127,8 +136,18 @@ pub enum ControlError {
     Rejected(String),
     #[error("the control plane is shut down")]
     Shutdown,
+    #[error(
+        "this node's control-plane member stopped after a storage error ({0}); it starts again by itself once its disk takes writes"
+    )]
+    Failed(String),
     #[error("control plane: {0}")]
     Raft(String),
+}
+
+impl From<Rejection> for ControlError {
+    fn from(r: Rejection) -> ControlError {
+        ControlError::Rejected(r.0)
+    }
 }
 
 /// Errors that cross the wire between control-plane members.
@@ -144,6 +163,31 @@ pub enum WireError {
     Failed(String),
 }
 
+/// What this member is in the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+    /// Stopped after a storage error; restarts once the disk takes writes.
+    Failed,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Learner => "learner",
+            Role::Shutdown => "shutdown",
+            Role::Failed => "failed",
+        }
+    }
+}
+
 /// What `noodle status` shows of the control plane.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ControlStatus {
@@ -153,8 +197,9 @@ pub struct ControlStatus {
     pub term: u64,
     /// Index of the last applied entry (it trails the commit index only by entries in flight).
     pub commit_index: u64,
-    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
-    pub role: String,
+    pub role: Role,
+    /// Why this member stopped, while it is [`Role::Failed`].
+    pub error: Option<String>,
 }
 
 /// A member as the node's membership layer sees it.
@@ -177,38 +222,69 @@ const BATCH_MAX: usize = 1024;
 const BATCH_BYTES_MAX: usize = 1 << 20;
 /// Batches being committed at once.
 const BATCHES_IN_FLIGHT: usize = 4;
+/// How often a failed member tries to start again.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+/// How long a proposal waits between looks for a leader.
+const LEADER_PAUSE: Duration = Duration::from_millis(50);
 
 type Reply = oneshot::Sender<Result<Response, WireError>>;
 
 struct Inner {
-    batches: mpsc::Sender<(Proposal, Reply)>,
-    raft: Raft<TypeConfig>,
+    running: RwLock<Arc<Running>>,
     store: Store,
     transport: Arc<dyn Transport>,
+    config: Arc<Config>,
     me: Member,
     cfg: ControlConfig,
+    /// The current member's metrics, relayed across restarts.
+    metrics: watch::Sender<Metrics>,
+    /// Why the member stopped, while it is stopped after a storage error.
+    failure: Mutex<Option<String>>,
     dead_since: Mutex<HashMap<RaftId, Instant>>,
-    forwarded: Mutex<Forwards>,
+    stop: watch::Sender<bool>,
 }
 
-/// Forwarded proposals this leader answered lately, by id: a copy the link sent again (its
-/// connection failed after the request went out) gets the first copy's answer instead of
-/// being applied twice.
-#[derive(Default)]
-struct Forwards {
-    answers: HashMap<u128, watch::Receiver<Option<Vec<u8>>>>,
-    order: VecDeque<u128>,
+/// One incarnation of the Raft member (a restart after a storage error makes a new one).
+struct Running {
+    raft: Raft<TypeConfig>,
+    batches: mpsc::Sender<(Proposal, Reply)>,
 }
 
-/// Forwarded proposals remembered for their resent copies.
-const FORWARDS_REMEMBERED: usize = 4096;
+impl Running {
+    async fn start(
+        me: &Member,
+        config: &Arc<Config>,
+        store: &Store,
+        transport: &Arc<dyn Transport>,
+        metrics: &watch::Sender<Metrics>,
+    ) -> Result<Running, ControlError> {
+        let network = Network {
+            transport: transport.clone(),
+        };
+        let raft = Raft::new(
+            raft_id(&me.node_id),
+            config.clone(),
+            network,
+            store.clone(),
+            store.clone(),
+        )
+        .await
+        .map_err(|e| ControlError::Raft(e.to_string()))?;
+        let (batches, queue) = mpsc::channel(QUEUE_MAX);
+        tokio::spawn(batcher(raft.clone(), queue));
+        tokio::spawn(relay_metrics(raft.metrics(), metrics.clone()));
+        Ok(Running { raft, batches })
+    }
+}
 
-/// A proposal a follower forwards to the leader.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Forwarded {
-    /// Random, the same in every copy the transport sends.
-    pub(crate) id: u128,
-    pub(crate) proposal: Proposal,
+/// Copies one member's metrics into the channel that outlives restarts.
+async fn relay_metrics(mut from: watch::Receiver<Metrics>, to: watch::Sender<Metrics>) {
+    loop {
+        to.send_replace(from.borrow_and_update().clone());
+        if from.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 fn forward_target(f: &ForwardToLeader<RaftId, Member>) -> Option<Member> {
@@ -216,13 +292,15 @@ fn forward_target(f: &ForwardToLeader<RaftId, Member>) -> Option<Member> {
 }
 
 impl Control {
-    /// Starts this node's Raft member on `store`. It does nothing until it is initialized (the
-    /// founder) or added by a leader (everyone else).
+    /// Starts this node's Raft member on `store`, applying subsystem commands with `machines`.
+    /// It does nothing until it is initialized (the founder) or added by a leader (everyone
+    /// else).
     pub async fn start(
         me: Member,
         cfg: ControlConfig,
         store: Store,
         transport: Arc<dyn Transport>,
+        machines: Machines,
     ) -> Result<Control, ControlError> {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let config = Config {
@@ -238,32 +316,99 @@ impl Control {
         }
         .validate()
         .map_err(|e| ControlError::Raft(e.to_string()))?;
-        let network = Network {
-            transport: transport.clone(),
-        };
-        let raft = Raft::new(
-            raft_id(&me.node_id),
-            Arc::new(config),
-            network,
-            store.clone(),
-            store.clone(),
-        )
-        .await
-        .map_err(|e| ControlError::Raft(e.to_string()))?;
-        let (batches, queue) = mpsc::channel(QUEUE_MAX);
-        tokio::spawn(batcher(raft.clone(), queue));
-        Ok(Control {
+        let config = Arc::new(config);
+        let store = store.with_machines(machines);
+        let (metrics, _) = watch::channel(Metrics::new_initial(raft_id(&me.node_id)));
+        let running = Running::start(&me, &config, &store, &transport, &metrics).await?;
+        let control = Control {
             inner: Arc::new(Inner {
-                batches,
-                raft,
+                running: RwLock::new(Arc::new(running)),
                 store,
                 transport,
+                config,
                 me,
                 cfg,
+                metrics,
+                failure: Mutex::default(),
                 dead_since: Mutex::default(),
-                forwarded: Mutex::default(),
+                stop: watch::channel(false).0,
             }),
-        })
+        };
+        tokio::spawn(control.clone().supervise());
+        Ok(control)
+    }
+
+    fn running(&self) -> Arc<Running> {
+        self.inner
+            .running
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Why this member is stopped, while it is stopped after a storage error.
+    fn failure(&self) -> Option<String> {
+        self.inner
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_failure(&self, failure: Option<String>) {
+        *self.inner.failure.lock().unwrap_or_else(|e| e.into_inner()) = failure;
+    }
+
+    /// Watches the member: when openraft stops it for good (a storage error: a full or failing
+    /// disk), reports it failed and starts it again from the database once a durable write
+    /// goes through, trying every [`RESTART_PAUSE`].
+    async fn supervise(self) {
+        let mut stop = self.inner.stop.subscribe();
+        let mut metrics = self.inner.metrics.subscribe();
+        loop {
+            let fatal = match &metrics.borrow_and_update().running_state {
+                Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(error) = fatal {
+                tracing::error!(%error, "control-plane member stopped; it restarts once the disk takes writes");
+                self.set_failure(Some(error));
+                let old = self.running();
+                let _ = old.raft.shutdown().await;
+                drop(old);
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        _ = tokio::time::sleep(RESTART_PAUSE) => {}
+                    }
+                    match self.restart().await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "control-plane member not restarted yet");
+                            self.set_failure(Some(e.to_string()));
+                        }
+                    }
+                }
+                tracing::warn!("control-plane member restarted from its database");
+                self.set_failure(None);
+                continue;
+            }
+            tokio::select! {
+                _ = stop.changed() => return,
+                changed = metrics.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
+    /// Reopens the database, checks that it takes a durable write, and starts a new member on
+    /// it.
+    async fn restart(&self) -> Result<(), ControlError> {
+        let i = &self.inner;
+        i.store.reopen()?;
+        i.store.probe_write()?;
+        let running = Running::start(&i.me, &i.config, &i.store, &i.transport, &i.metrics).await?;
+        *i.running.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(running);
+        Ok(())
     }
 
     /// Makes this node the single voter of a new control plane. Only the node that founds the
@@ -271,15 +416,15 @@ impl Control {
     pub async fn initialize(&self) -> Result<(), ControlError> {
         let me = &self.inner.me;
         let members = std::collections::BTreeMap::from([(raft_id(&me.node_id), me.clone())]);
-        match self.inner.raft.initialize(members).await {
+        match self.running().raft.initialize(members).await {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(_)) => Ok(()),
             Err(e) => Err(ControlError::Raft(e.to_string())),
         }
     }
 
-    pub(crate) fn raft(&self) -> &Raft<TypeConfig> {
-        &self.inner.raft
+    pub(crate) fn raft(&self) -> Raft<TypeConfig> {
+        self.running().raft.clone()
     }
 
     pub fn me(&self) -> &Member {
@@ -297,114 +442,101 @@ impl Control {
         method.starts_with("raft.") || method.starts_with("control.")
     }
 
+    /// Checks a proposal's bounds, a subsystem command's with its own machine.
+    fn validate(&self, proposal: &Proposal) -> Result<(), Rejection> {
+        proposal.command.validate()?;
+        if let Command::Machine { name, command } = &proposal.command {
+            self.inner.store.machines().get(name)?.validate(command)?;
+        }
+        Ok(())
+    }
+
     /// Proposes a write and waits until it is committed (durable on a majority) and applied.
-    /// From a follower the proposal is forwarded to the leader.
+    /// From a follower the proposal is forwarded to the leader. A copy that may have been lost
+    /// (the connection broke, the leader died or stepped down) is sent again to whichever
+    /// member leads next, until the request deadline: the state machine applies a proposal id
+    /// once, so the write happens exactly once.
     pub async fn propose(&self, proposal: Proposal) -> Result<Response, ControlError> {
-        proposal
-            .command
-            .validate()
-            .map_err(ControlError::Rejected)?;
+        self.validate(&proposal)?;
         let timeout = self.inner.cfg.request_timeout;
         let deadline = Instant::now() + timeout;
-        let forwarded = Forwarded {
-            id: rand08::RngCore::next_u64(&mut crate::runtime::ThreadRng) as u128
-                | (u128::from(rand08::RngCore::next_u64(&mut crate::runtime::ThreadRng)) << 64),
-            proposal: proposal.clone(),
-        };
         let body =
-            postcard::to_allocvec(&forwarded).map_err(|e| ControlError::Raft(e.to_string()))?;
+            postcard::to_allocvec(&proposal).map_err(|e| ControlError::Raft(e.to_string()))?;
+        // Whether a copy may have reached a leader: then running out of time is not "no leader".
+        let mut sent = false;
         loop {
+            if let Some(error) = self.failure() {
+                return Err(ControlError::Failed(error));
+            }
             let leader = match self.propose_here(proposal.clone()).await {
                 Ok(r) => return Ok(r),
                 Err(WireError::NotLeader { leader }) => leader,
                 Err(WireError::Rejected(r)) => return Err(ControlError::Rejected(r)),
-                Err(WireError::Malformed(e) | WireError::Failed(e)) => {
-                    return Err(ControlError::Raft(e));
+                Err(WireError::Malformed(e)) => return Err(ControlError::Raft(e)),
+                // Stopped meanwhile (a storage error, a shutdown): the next round says which.
+                Err(WireError::Failed(e)) => {
+                    sent = true;
+                    tracing::debug!(error = %e, "proposal failed here; trying again");
+                    None
                 }
             };
             if let Some(leader) = leader {
+                sent = true;
                 let left = deadline.saturating_duration_since(Instant::now());
-                match self
+                let call = self
                     .inner
                     .transport
-                    .call(&leader, PROPOSE, body.clone(), left)
-                    .await
-                {
-                    Ok(answer) => {
-                        let answer: Result<Response, WireError> = postcard::from_bytes(&answer)
-                            .map_err(|e| ControlError::Indeterminate(e.to_string()))?;
-                        match answer {
-                            Ok(r) => return Ok(r),
-                            Err(WireError::NotLeader { .. }) => {}
-                            Err(WireError::Rejected(r)) => return Err(ControlError::Rejected(r)),
-                            Err(WireError::Malformed(e) | WireError::Failed(e)) => {
-                                return Err(ControlError::Raft(e));
+                    .call(&leader, PROPOSE, body.clone(), left);
+                tokio::select! {
+                    answer = call => match answer {
+                        Ok(answer) => {
+                            let answer: Result<Response, WireError> = postcard::from_bytes(&answer)
+                                .map_err(|e| ControlError::Indeterminate(e.to_string()))?;
+                            match answer {
+                                Ok(r) => return Ok(r),
+                                Err(WireError::Rejected(r)) => return Err(ControlError::Rejected(r)),
+                                Err(WireError::Malformed(e)) => return Err(ControlError::Raft(e)),
+                                // Not the leader any more, or stopping: try the next one.
+                                Err(WireError::NotLeader { .. } | WireError::Failed(_)) => {}
                             }
                         }
-                    }
-                    // The request never reached the leader: safe to try again.
-                    Err(TransportError::Unreachable(_)) => {}
-                    Err(e @ TransportError::Failed(_)) => {
-                        return Err(ControlError::Indeterminate(e.to_string()));
-                    }
+                        // Never reached it, or the answer was lost: the id makes a resend safe.
+                        Err(e) => tracing::debug!(%leader, error = %e, "forwarded proposal lost; sending it again"),
+                    },
+                    // Another member leads now: the copy in flight may never be answered.
+                    () = self.leader_other_than(raft_id(&leader.node_id)) => {}
                 }
             }
-            if Instant::now() + Duration::from_millis(50) >= deadline {
-                return Err(ControlError::NoLeader(timeout));
+            if Instant::now() + LEADER_PAUSE >= deadline {
+                return Err(if sent {
+                    ControlError::Indeterminate(format!("no answer within {timeout:?}"))
+                } else {
+                    ControlError::NoLeader(timeout)
+                });
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(LEADER_PAUSE).await;
+        }
+    }
+
+    /// Resolves once this member knows of a leader other than `leader`.
+    async fn leader_other_than(&self, leader: RaftId) {
+        let mut metrics = self.inner.metrics.subscribe();
+        let moved = metrics
+            .wait_for(|m| m.current_leader.is_some_and(|l| l != leader))
+            .await
+            .is_ok();
+        if !moved {
+            // The channel lives as long as `self`; never resolve on a closed one.
+            std::future::pending::<()>().await;
         }
     }
 
     /// Proposes on this node only: an error names the leader if this node is not it.
     /// Concurrent proposals are committed together as one log entry (group commit).
-    /// Answers a forwarded proposal (encoded), once per id: a resent copy waits for and gets
-    /// the first copy's answer.
-    pub(crate) async fn answer_forwarded(&self, f: Forwarded) -> Vec<u8> {
-        let first = {
-            let mut forwards = self
-                .inner
-                .forwarded
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            match forwards.answers.get(&f.id) {
-                Some(rx) => Err(rx.clone()),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    forwards.answers.insert(f.id, rx);
-                    forwards.order.push_back(f.id);
-                    while forwards.order.len() > FORWARDS_REMEMBERED {
-                        if let Some(old) = forwards.order.pop_front() {
-                            forwards.answers.remove(&old);
-                        }
-                    }
-                    Ok(tx)
-                }
-            }
-        };
-        match first {
-            Ok(tx) => {
-                let answer = network::encode(&self.propose_here(f.proposal).await);
-                let _ = tx.send(Some(answer.clone()));
-                answer
-            }
-            Err(mut rx) => loop {
-                if let Some(answer) = rx.borrow_and_update().clone() {
-                    return answer;
-                }
-                if rx.changed().await.is_err() {
-                    let gone =
-                        WireError::Failed("the first copy of this proposal was dropped".into());
-                    return network::encode(&Err::<Response, _>(gone));
-                }
-            },
-        }
-    }
-
     pub(crate) async fn propose_here(&self, proposal: Proposal) -> Result<Response, WireError> {
         let (reply, answer) = oneshot::channel();
         let gone = || WireError::Failed("the control plane is shut down".into());
-        self.inner
+        self.running()
             .batches
             .send((proposal, reply))
             .await
@@ -415,7 +547,8 @@ impl Control {
     /// The index a linearizable read must see, if this node is the leader. Once this returns,
     /// this node has applied it. (openraft's `ensure_linearizable`, with the wait below.)
     pub(crate) async fn read_index_here(&self) -> Result<u64, WireError> {
-        let (read_log_id, _) = match self.inner.raft.get_read_log_id().await {
+        let raft = self.raft();
+        let (read_log_id, _) = match raft.get_read_log_id().await {
             Ok(ids) => ids,
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                 return Err(WireError::NotLeader {
@@ -428,7 +561,7 @@ impl Control {
         // election and reads at max(committed, first entry of its term); the committed index
         // is not synced, so after a crash it can be behind what was acknowledged (noodle-sim
         // found stale reads). Everything acknowledged is in the leader's log: read after it.
-        let last_log = self.inner.raft.metrics().borrow().last_log_index;
+        let last_log = raft.metrics().borrow().last_log_index;
         let index = read_log_id
             .map(|l| l.index)
             .unwrap_or(0)
@@ -453,13 +586,7 @@ impl Control {
     async fn applied_at_least(&self, index: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            let applied = self
-                .inner
-                .raft
-                .metrics()
-                .borrow()
-                .last_applied
-                .map(|l| l.index);
+            let applied = self.inner.metrics.borrow().last_applied.map(|l| l.index);
             if applied >= Some(index) {
                 return true;
             }
@@ -479,6 +606,9 @@ impl Control {
         let timeout = self.inner.cfg.request_timeout;
         let deadline = Instant::now() + timeout;
         loop {
+            if let Some(error) = self.failure() {
+                return Err(ControlError::Failed(error));
+            }
             let leader = match self.read_index_here().await {
                 Ok(_) => return self.read_local(f),
                 Err(WireError::NotLeader { leader }) => leader,
@@ -500,10 +630,10 @@ impl Control {
                     return self.read_local(f);
                 }
             }
-            if Instant::now() + Duration::from_millis(50) >= deadline {
+            if Instant::now() + LEADER_PAUSE >= deadline {
                 return Err(ControlError::NoLeader(timeout));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(LEADER_PAUSE).await;
         }
     }
 
@@ -516,7 +646,7 @@ impl Control {
     }
 
     pub fn status(&self) -> ControlStatus {
-        let m = self.inner.raft.metrics().borrow().clone();
+        let m = self.inner.metrics.borrow().clone();
         let membership = m.membership_config.membership();
         let name = |id: RaftId| {
             membership
@@ -528,26 +658,35 @@ impl Control {
         voters.sort();
         let mut learners: Vec<String> = membership.learner_ids().map(name).collect();
         learners.sort();
+        let error = self.failure();
         let role = match m.state {
-            ServerState::Leader => "leader",
-            ServerState::Follower => "follower",
-            ServerState::Candidate => "candidate",
-            ServerState::Learner => "learner",
-            ServerState::Shutdown => "shutdown",
+            _ if error.is_some() => Role::Failed,
+            ServerState::Leader => Role::Leader,
+            ServerState::Follower => Role::Follower,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Learner => Role::Learner,
+            ServerState::Shutdown => Role::Shutdown,
         };
         ControlStatus {
-            leader: m.current_leader.map(name),
+            leader: m.current_leader.map(name).filter(|_| error.is_none()),
             voters,
             learners,
             term: m.current_term,
             commit_index: m.last_applied.map(|l| l.index).unwrap_or(0),
-            role: role.into(),
+            role,
+            error,
         }
     }
 
-    /// A receiver that changes whenever the Raft metrics do (leader, membership, applied index).
-    pub fn watch(&self) -> tokio::sync::watch::Receiver<openraft::RaftMetrics<RaftId, Member>> {
-        self.inner.raft.metrics()
+    /// True while this member leads the control plane.
+    pub fn is_leader(&self) -> bool {
+        self.status().role == Role::Leader
+    }
+
+    /// A receiver that changes whenever the member's metrics do (leader, membership, applied
+    /// index), across restarts of the member.
+    pub fn watch(&self) -> watch::Receiver<Metrics> {
+        self.inner.metrics.subscribe()
     }
 
     /// Leader only, called about once a second with the membership layer's view, in this
@@ -556,7 +695,7 @@ impl Control {
     /// voter dead longer than `replace_dead_after` or left behind by a newer incarnation of its
     /// node; finally drop left-behind identities that are no longer voters.
     pub async fn maintain_membership(&self, peers: &[PeerHealth]) -> Result<(), ControlError> {
-        let raft = &self.inner.raft;
+        let raft = &self.raft();
         let m = raft.metrics().borrow().clone();
         if m.state != ServerState::Leader {
             self.inner.dead_since.lock().map(|mut d| d.clear()).ok();
@@ -689,7 +828,8 @@ impl Control {
 
     /// Stops this member.
     pub async fn shutdown(&self) {
-        let _ = self.inner.raft.shutdown().await;
+        self.inner.stop.send_replace(true);
+        let _ = self.raft().shutdown().await;
         // openraft's state-machine worker ends a moment after the core; wait until it has let
         // go of the database so that the same file can be opened again right away.
         let deadline = Instant::now() + Duration::from_secs(5);

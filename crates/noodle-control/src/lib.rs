@@ -5,21 +5,29 @@
 //! reads through [`Control::read`] are linearizable. The replicated state holds the
 //! user-visible configuration, compare-and-set registers, the capability root key, the token
 //! revocation list, cluster policies, and the hash-chained audit log with its signed
-//! checkpoints ([`state`] lists the layout).
+//! checkpoints ([`state`] lists the layout). Subsystems keep their own records beside these
+//! through a [`StateMachine`] each (jobs, later the fabric's metadata): this crate knows
+//! none of their types. Every proposal is applied once, however often it is resent.
 //!
 //! The crate does no I/O of its own besides the database: Raft messages go through a
 //! [`Transport`] the caller provides (NoodleLink in a node, turmoil in `noodle-sim`), and the
 //! caller reports membership health to [`Control::maintain_membership`].
 
 mod control;
-pub mod jobs;
+mod machine;
 mod network;
 pub mod runtime;
 pub mod state;
 mod store;
 mod types;
 
-pub use control::{Control, ControlConfig, ControlError, ControlStatus, PeerHealth, WireError};
+pub use control::{
+    Control, ControlConfig, ControlError, ControlStatus, Metrics, PeerHealth, Role, WireError,
+};
+pub use machine::{
+    Applied, MACHINE_NAME_BYTES_MAX, MachineTable, MachineView, Machines, Pairs, Rejection,
+    StateMachine,
+};
 pub use network::{Transport, TransportError, TransportFuture};
 pub use state::StateView;
 pub use store::{AppendDurability, DbError, Store};

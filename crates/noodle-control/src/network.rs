@@ -177,8 +177,8 @@ pub(crate) async fn serve(control: &crate::Control, method: &str, body: &[u8]) -
             Ok(req) => encode(&Ok::<_, WireError>(raft.install_snapshot(req).await)),
             Err(e) => encode(&Err::<(), _>(e)),
         },
-        PROPOSE => match decode::<crate::control::Forwarded>(body) {
-            Ok(f) => control.answer_forwarded(f).await,
+        PROPOSE => match decode::<crate::Proposal>(body) {
+            Ok(p) => encode(&control.propose_here(p).await),
             Err(e) => encode(&Err::<crate::Response, _>(e)),
         },
         READ_INDEX => encode(&control.read_index_here().await),

@@ -46,6 +46,12 @@ impl RngCore for ThreadRng {
     }
 }
 
+/// A random 128-bit number from [`ThreadRng`] (seeded in a simulation).
+pub(crate) fn random_u128() -> u128 {
+    let mut rng = ThreadRng;
+    u128::from(rng.next_u64()) | (u128::from(rng.next_u64()) << 64)
+}
+
 /// tokio, as openraft's `TokioRuntime`, but with [`ThreadRng`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Runtime;

@@ -9,15 +9,21 @@
 //! | `n/` | node id | ed25519 audit key (32 bytes) |
 //! | `a/` | sequence (8 bytes, big-endian) | encoded audit entry |
 //! | `k/` | sequence (8 bytes, big-endian) | encoded audit checkpoint |
-//! | `j/` | job id (8 bytes, big-endian) | job record |
-//! | `q/` | job id (8 bytes, big-endian) | empty: the job has not ended (queued, placed, running) |
-//! | `u/` | submission number (8 bytes, big-endian) | the job id it created |
-//! | `m/` | `root_key`, `chain`, `next_job`, `jobs_pruned_below` | capability root key, audit chain head, next job id, the job-pruning cursor |
+//! | `d/` | proposal id (16 bytes, big-endian) | the answer it got (postcard [`Response`]) |
+//! | `e/` | sequence (8 bytes, big-endian) | the proposal id applied at that place |
+//! | `s/<name>/` | the subsystem's own keys | its values (see [`crate::StateMachine`]) |
+//! | `m/` | `root_key`, `chain`, `applied_ids` | capability root key, audit chain head, proposal ids applied so far |
 //!
 //! [`apply`] is a pure function of the table and the proposal: every node computes the same
 //! state and the same audit chain from the same log.
+//!
+//! **Exactly once.** Every proposal carries a random id. The first time an id is applied its
+//! answer is kept (`d/`); a later copy of it (the proposer resent it after a lost answer, or to
+//! a new leader after the old one died) changes nothing and gets that answer again. The newest
+//! [`PROPOSAL_IDS_KEPT`] ids are kept: far more than a proposer can have in flight within its
+//! request deadline, which is the window in which it resends.
 
-use crate::jobs::{self, JobCommand, JobRecord};
+use crate::machine::{Applied, MachineTable, Machines, prefix_end};
 use crate::store::{DbError, STATE, db_err};
 use crate::types::{Command, Proposal, Response, limits};
 use noodle_audit::{Chain, Checkpoint, Entry as AuditEntry};
@@ -31,13 +37,14 @@ const POLICY: &[u8] = b"p/";
 const NODE: &[u8] = b"n/";
 const AUDIT: &[u8] = b"a/";
 const CHECKPOINT: &[u8] = b"k/";
-const JOB: &[u8] = b"j/";
-const ACTIVE_JOB: &[u8] = b"q/";
-const SUBMISSION: &[u8] = b"u/";
-const NEXT_JOB: &[u8] = b"m/next_job";
-const JOBS_PRUNED_BELOW: &[u8] = b"m/jobs_pruned_below";
+const ANSWER: &[u8] = b"d/";
+const APPLIED_ID: &[u8] = b"e/";
 const ROOT_KEY: &[u8] = b"m/root_key";
 const CHAIN: &[u8] = b"m/chain";
+const APPLIED_IDS: &[u8] = b"m/applied_ids";
+
+/// Proposal ids the state remembers (the newest), with their answers.
+pub const PROPOSAL_IDS_KEPT: u64 = 100_000;
 
 fn key(prefix: &[u8], name: &[u8]) -> Vec<u8> {
     [prefix, name].concat()
@@ -45,15 +52,6 @@ fn key(prefix: &[u8], name: &[u8]) -> Vec<u8> {
 
 fn seq_key(prefix: &[u8], seq: u64) -> Vec<u8> {
     key(prefix, &seq.to_be_bytes())
-}
-
-/// The end of the key range that starts with `prefix` (prefixes end in `/`, so `0` follows).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
-    end
 }
 
 /// Key/value pairs of the state table.
@@ -68,6 +66,12 @@ fn get(
     Ok(t.get(k).map_err(db_err)?.map(|v| v.value().to_vec()))
 }
 
+fn read_u64(t: &StateTable<'_>, k: &[u8]) -> Result<Option<u64>, DbError> {
+    Ok(get(t, k)?
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map(u64::from_be_bytes))
+}
+
 fn chain(t: &impl ReadableTable<&'static [u8], &'static [u8]>) -> Result<Chain, DbError> {
     match get(t, CHAIN)? {
         Some(b) => postcard::from_bytes(&b).map_err(db_err),
@@ -77,29 +81,29 @@ fn chain(t: &impl ReadableTable<&'static [u8], &'static [u8]>) -> Result<Chain, 
 
 /// Applies one proposal. Errors are storage failures only; an invalid command is answered with
 /// [`Response::Rejected`] and changes nothing but the audit chain.
-pub(crate) fn apply(t: &mut StateTable<'_>, p: Proposal) -> Result<Response, DbError> {
-    // A submission applied before: the same answer, and nothing else (no second audit entry).
-    if let Command::Job(JobCommand::Submit { submission, .. }) = &p.command
-        && let Some(id) = get(t, &seq_key(SUBMISSION, *submission))?
-        && let Ok(id) = <[u8; 8]>::try_from(id.as_slice())
-    {
-        return Ok(Response::Created {
-            id: u64::from_be_bytes(id),
-        });
-    }
+pub(crate) fn apply(
+    t: &mut StateTable<'_>,
+    machines: &Machines,
+    p: Proposal,
+) -> Result<Response, DbError> {
     if let Command::Batch(ps) = p.command {
         if ps.iter().any(|p| matches!(p.command, Command::Batch(_))) {
             return Ok(Response::Rejected("a batch may not contain a batch".into()));
         }
         return Ok(Response::Batch(
             ps.into_iter()
-                .map(|p| apply(t, p))
+                .map(|p| apply(t, machines, p))
                 .collect::<Result<_, _>>()?,
         ));
     }
+    // Applied before: the same answer, and nothing else (no second audit entry).
+    let answer_key = key(ANSWER, &p.id.to_be_bytes());
+    if let Some(answer) = get(t, &answer_key)? {
+        return postcard::from_bytes(&answer).map_err(db_err);
+    }
     let response = match p.command.validate() {
-        Err(reason) => Response::Rejected(reason),
-        Ok(()) => apply_command(t, p.command)?,
+        Err(reason) => Response::Rejected(reason.0),
+        Ok(()) => apply_command(t, machines, p.command)?,
     };
     if let Some(mut record) = p.audit {
         match &response {
@@ -125,10 +129,42 @@ pub(crate) fn apply(t: &mut StateTable<'_>, p: Proposal) -> Result<Response, DbE
         let c = postcard::to_allocvec(&c).map_err(db_err)?;
         t.insert(CHAIN, c.as_slice()).map_err(db_err)?;
     }
+    remember_answer(t, &answer_key, &response)?;
     Ok(response)
 }
 
-fn apply_command(t: &mut StateTable<'_>, command: Command) -> Result<Response, DbError> {
+/// Keeps `response` as the answer to the proposal id in `answer_key`, and forgets the oldest
+/// id beyond [`PROPOSAL_IDS_KEPT`] (one per proposal: the work per entry stays constant).
+fn remember_answer(
+    t: &mut StateTable<'_>,
+    answer_key: &[u8],
+    response: &Response,
+) -> Result<(), DbError> {
+    let n = read_u64(t, APPLIED_IDS)?.unwrap_or(0);
+    let answer = postcard::to_allocvec(response).map_err(db_err)?;
+    t.insert(answer_key, answer.as_slice()).map_err(db_err)?;
+    t.insert(
+        seq_key(APPLIED_ID, n).as_slice(),
+        &answer_key[ANSWER.len()..],
+    )
+    .map_err(db_err)?;
+    t.insert(APPLIED_IDS, (n + 1).to_be_bytes().as_slice())
+        .map_err(db_err)?;
+    if let Some(old) = n.checked_sub(PROPOSAL_IDS_KEPT) {
+        let seq = seq_key(APPLIED_ID, old);
+        if let Some(id) = get(t, &seq)? {
+            t.remove(key(ANSWER, &id).as_slice()).map_err(db_err)?;
+        }
+        t.remove(seq.as_slice()).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+fn apply_command(
+    t: &mut StateTable<'_>,
+    machines: &Machines,
+    command: Command,
+) -> Result<Response, DbError> {
     let put = |t: &mut StateTable<'_>, k: Vec<u8>, v: &[u8]| -> Result<(), DbError> {
         t.insert(k.as_slice(), v).map(|_| ()).map_err(db_err)
     };
@@ -193,7 +229,22 @@ fn apply_command(t: &mut StateTable<'_>, command: Command) -> Result<Response, D
         }
         // Handled by `apply`.
         Command::Batch(_) => {}
-        Command::Job(job) => return apply_job(t, job),
+        Command::Machine { name, command } => {
+            let machine = match machines.get(&name) {
+                Ok(m) => m,
+                Err(why) => return Ok(Response::Rejected(why.0)),
+            };
+            if let Err(why) = machine.validate(&command) {
+                return Ok(Response::Rejected(why.0));
+            }
+            return Ok(
+                match machine.apply(&mut MachineTable::new(t, &name), &command)? {
+                    Applied::Done => Response::Done,
+                    Applied::Created(id) => Response::Created { id },
+                    Applied::Rejected(why) => Response::Rejected(why.0),
+                },
+            );
+        }
         Command::Checkpoint(cp) => {
             let head = chain(t)?;
             if cp.upto_seq == 0 || cp.upto_seq > head.head().0 {
@@ -206,90 +257,6 @@ fn apply_command(t: &mut StateTable<'_>, command: Command) -> Result<Response, D
         }
     }
     Ok(Response::Done)
-}
-
-fn apply_job(t: &mut StateTable<'_>, command: JobCommand) -> Result<Response, DbError> {
-    let encode = |job: &JobRecord| postcard::to_allocvec(job).map_err(db_err);
-    let Some(id) = command.job_id() else {
-        let JobCommand::Submit {
-            spec,
-            at_ms,
-            submission,
-        } = command
-        else {
-            return Ok(Response::Rejected("not a submission".into()));
-        };
-        let id = get(t, NEXT_JOB)?
-            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-            .map_or(1, u64::from_be_bytes);
-        let job = JobRecord::queued(id, spec, at_ms, submission);
-        t.insert(seq_key(JOB, id).as_slice(), encode(&job)?.as_slice())
-            .map_err(db_err)?;
-        t.insert(seq_key(ACTIVE_JOB, id).as_slice(), [].as_slice())
-            .map_err(db_err)?;
-        t.insert(
-            seq_key(SUBMISSION, submission).as_slice(),
-            id.to_be_bytes().as_slice(),
-        )
-        .map_err(db_err)?;
-        t.insert(NEXT_JOB, (id + 1).to_be_bytes().as_slice())
-            .map_err(db_err)?;
-        return Ok(Response::Created { id });
-    };
-    let Some(bytes) = get(t, &seq_key(JOB, id))? else {
-        return Ok(Response::Rejected(format!("there is no job {id}")));
-    };
-    let mut job: JobRecord = postcard::from_bytes(&bytes).map_err(db_err)?;
-    if let Err(why) = jobs::transition(&mut job, &command) {
-        return Ok(Response::Rejected(why));
-    }
-    t.insert(seq_key(JOB, id).as_slice(), encode(&job)?.as_slice())
-        .map_err(db_err)?;
-    if job.state.is_terminal() {
-        t.remove(seq_key(ACTIVE_JOB, id).as_slice())
-            .map_err(db_err)?;
-        // A job the pruning cursor passed while it ran is forgotten as soon as it ends.
-        if id < read_u64(t, JOBS_PRUNED_BELOW)?.unwrap_or(1) {
-            forget_job(t, &job)?;
-        }
-        prune_jobs(t)?;
-    }
-    Ok(Response::Done)
-}
-
-fn forget_job(t: &mut StateTable<'_>, job: &JobRecord) -> Result<(), DbError> {
-    t.remove(seq_key(JOB, job.id).as_slice()).map_err(db_err)?;
-    t.remove(seq_key(SUBMISSION, job.submission).as_slice())
-        .map_err(db_err)?;
-    Ok(())
-}
-
-fn read_u64(t: &StateTable<'_>, k: &[u8]) -> Result<Option<u64>, DbError> {
-    Ok(get(t, k)?
-        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-        .map(u64::from_be_bytes))
-}
-
-/// Forgets ended jobs older than the newest [`jobs::limits::JOBS_KEPT`], a few at a time (at most
-/// [`jobs::limits::JOBS_PRUNED_PER_END`] per ended job), so the state stays bounded however many jobs
-/// run. A job that has not ended is kept whatever its age.
-fn prune_jobs(t: &mut StateTable<'_>) -> Result<(), DbError> {
-    let next = read_u64(t, NEXT_JOB)?.unwrap_or(1);
-    let mut cursor = read_u64(t, JOBS_PRUNED_BELOW)?.unwrap_or(1);
-    let below = next.saturating_sub(jobs::limits::JOBS_KEPT);
-    let mut steps = 0;
-    while cursor < below && steps < jobs::limits::JOBS_PRUNED_PER_END {
-        if get(t, &seq_key(ACTIVE_JOB, cursor))?.is_none()
-            && let Some(bytes) = get(t, &seq_key(JOB, cursor))?
-        {
-            forget_job(t, &postcard::from_bytes(&bytes).map_err(db_err)?)?;
-        }
-        cursor += 1;
-        steps += 1;
-    }
-    t.insert(JOBS_PRUNED_BELOW, cursor.to_be_bytes().as_slice())
-        .map_err(db_err)?;
-    Ok(())
 }
 
 /// The whole replicated state as snapshot bytes.
@@ -424,47 +391,16 @@ impl StateView {
             .collect()
     }
 
-    pub fn job(&self, id: u64) -> Result<Option<JobRecord>, DbError> {
-        self.get(&seq_key(JOB, id))?
+    /// Subsystem `name`'s keys (see [`crate::StateMachine`]).
+    pub fn machine(&self, name: &str) -> crate::MachineView<'_> {
+        crate::MachineView::new(&self.txn, name)
+    }
+
+    /// The answer proposal `id` got, if it was applied and is still remembered.
+    pub fn answer(&self, id: u128) -> Result<Option<Response>, DbError> {
+        self.get(&key(ANSWER, &id.to_be_bytes()))?
             .map(|b| postcard::from_bytes(&b).map_err(db_err))
             .transpose()
-    }
-
-    /// Up to `limit` jobs with ids from `from` on, oldest first.
-    pub fn jobs(&self, from: u64, limit: usize) -> Result<Vec<JobRecord>, DbError> {
-        self.scan(JOB, &from.to_be_bytes(), limit)?
-            .into_iter()
-            .map(|(_, v)| postcard::from_bytes(&v).map_err(db_err))
-            .collect()
-    }
-
-    /// Jobs that have not ended (queued, placed or running), oldest first: read through an
-    /// index, so the cost does not grow with the jobs that ended long ago.
-    pub fn active_jobs(&self) -> Result<Vec<JobRecord>, DbError> {
-        let mut out = Vec::new();
-        for (id, _) in self.scan(ACTIVE_JOB, b"", usize::MAX)? {
-            let id = <[u8; 8]>::try_from(id.as_slice())
-                .map_err(|_| DbError("bad active-job key".into()))?;
-            if let Some(job) = self.job(u64::from_be_bytes(id))? {
-                out.push(job);
-            }
-        }
-        Ok(out)
-    }
-
-    /// The `limit` newest jobs, newest first.
-    pub fn recent_jobs(&self, limit: usize) -> Result<Vec<JobRecord>, DbError> {
-        let t = self.txn.open_table(STATE).map_err(db_err)?;
-        let end = prefix_end(JOB);
-        let mut out = Vec::new();
-        for item in t.range(JOB..end.as_slice()).map_err(db_err)?.rev() {
-            if out.len() >= limit {
-                break;
-            }
-            let (_, v) = item.map_err(db_err)?;
-            out.push(postcard::from_bytes(v.value()).map_err(db_err)?);
-        }
-        Ok(out)
     }
 
     /// The newest audit checkpoint, without reading the others.

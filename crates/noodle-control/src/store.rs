@@ -14,6 +14,7 @@
 //! (`block_in_place`) cost more than that in commit latency. Group commit happens above, in
 //! `Control` (see `Command::Batch`).
 
+use crate::machine::Machines;
 use crate::state;
 use crate::types::{RaftId, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -21,15 +22,17 @@ use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
     StorageError, StorageIOError, StoredMembership, Vote,
 };
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
@@ -65,12 +68,22 @@ pub enum AppendDurability {
     UnsafeAckBeforeFsync,
 }
 
-/// One node's control-plane database.
+/// The layout of the tables and of what is in them. Format 2 keeps subsystem state under
+/// `s/<name>/` and proposal answers (exactly-once); format 1 had jobs in the control plane's own
+/// command enum and cannot be read.
+const FORMAT: u64 = 2;
+
+/// One node's control-plane database. Cheap to clone; every clone sees the same database, also
+/// after [`Store::reopen`].
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    /// `None` while the database is closed for a reopen.
+    db: Arc<RwLock<Option<Arc<Database>>>>,
+    /// Where the file is, for a reopen (`None` for a store on another backend).
+    path: Option<PathBuf>,
     append: AppendDurability,
     snapshot_seq: Arc<AtomicU64>,
+    machines: Machines,
 }
 
 impl Debug for Store {
@@ -88,11 +101,12 @@ struct StoredSnapshot {
 }
 
 impl Store {
-    /// Opens (or creates) the database file. A file that redb cannot read is an error: the
-    /// caller decides whether to start over (see the node's recovery).
+    /// Opens (or creates) the database file. A file that redb cannot read, or that another
+    /// version of noodle wrote, is an error: the caller decides whether to start over (see the
+    /// node's recovery).
     pub fn open(path: &Path) -> Result<Store, DbError> {
-        let db = Database::create(path).map_err(db_err)?;
-        Store::init(db)
+        let db = init(Database::create(path).map_err(db_err)?)?;
+        Ok(Store::with_db(db, Some(path.to_path_buf())))
     }
 
     /// Opens a database on any storage, e.g. the simulation's crash-prone disk.
@@ -100,24 +114,56 @@ impl Store {
         let db = Database::builder()
             .create_with_backend(backend)
             .map_err(db_err)?;
-        Store::init(db)
+        Ok(Store::with_db(init(db)?, None))
     }
 
-    fn init(db: Database) -> Result<Store, DbError> {
-        let txn = db.begin_write().map_err(db_err)?;
-        {
-            txn.open_table(LOG).map_err(db_err)?;
-            txn.open_table(RAFT_META).map_err(db_err)?;
-            txn.open_table(STATE).map_err(db_err)?;
-            txn.open_table(SM_META).map_err(db_err)?;
-            txn.open_table(SNAPSHOT).map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)?;
-        Ok(Store {
-            db: Arc::new(db),
+    fn with_db(db: Database, path: Option<PathBuf>) -> Store {
+        Store {
+            db: Arc::new(RwLock::new(Some(Arc::new(db)))),
+            path,
             append: AppendDurability::Fsync,
             snapshot_seq: Arc::default(),
-        })
+            machines: Machines::default(),
+        }
+    }
+
+    /// The store with the subsystem state machines its entries are applied with.
+    pub(crate) fn with_machines(mut self, machines: Machines) -> Store {
+        self.machines = machines;
+        self
+    }
+
+    pub(crate) fn machines(&self) -> &Machines {
+        &self.machines
+    }
+
+    fn db(&self) -> Result<Arc<Database>, DbError> {
+        self.db
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| DbError("the control-plane database is being reopened".into()))
+    }
+
+    /// Closes the database file and opens it again: after a failed write (a full disk) redb
+    /// refuses every later one until it is reopened. Fails (and keeps the database closed, to
+    /// be retried) while another handle still uses the file.
+    pub(crate) fn reopen(&self) -> Result<(), DbError> {
+        let path = self
+            .path
+            .as_ref()
+            .ok_or_else(|| DbError("this database cannot be reopened".into()))?;
+        let mut cell = self.db.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = cell.take()
+            && let Err(old) = Arc::try_unwrap(old)
+        {
+            *cell = Some(old);
+            return Err(DbError(
+                "the control-plane database is still in use; reopening it later".into(),
+            ));
+        }
+        *cell = Some(Arc::new(init(Database::create(path).map_err(db_err)?)?));
+        Ok(())
     }
 
     /// Test-only switch: see [`AppendDurability::UnsafeAckBeforeFsync`].
@@ -127,7 +173,7 @@ impl Store {
 
     /// A consistent read-only view of the replicated state as this database has it.
     pub fn view(&self) -> Result<crate::StateView, DbError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.db()?.begin_read().map_err(db_err)?;
         Ok(crate::StateView::new(txn))
     }
 
@@ -136,12 +182,17 @@ impl Store {
         Arc::strong_count(&self.db)
     }
 
+    /// Commits a small durable write: whether the disk takes writes again.
+    pub(crate) fn probe_write(&self) -> Result<(), DbError> {
+        self.put_meta(SM_META, "probe", &(), Durability::Immediate)
+    }
+
     fn meta<T: DeserializeOwned>(
         &self,
         table: TableDefinition<&str, &[u8]>,
         key: &str,
     ) -> Result<Option<T>, DbError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.db()?.begin_read().map_err(db_err)?;
         let t = txn.open_table(table).map_err(db_err)?;
         match t.get(key).map_err(db_err)? {
             Some(v) => Ok(Some(decode(v.value())?)),
@@ -156,7 +207,7 @@ impl Store {
         v: &T,
         durability: Durability,
     ) -> Result<(), DbError> {
-        let mut txn = self.db.begin_write().map_err(db_err)?;
+        let mut txn = self.db()?.begin_write().map_err(db_err)?;
         txn.set_durability(durability).map_err(db_err)?;
         {
             let mut t = txn.open_table(table).map_err(db_err)?;
@@ -166,7 +217,7 @@ impl Store {
     }
 
     fn last_log_id(&self) -> Result<Option<LogId<RaftId>>, DbError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.db()?.begin_read().map_err(db_err)?;
         let t = txn.open_table(LOG).map_err(db_err)?;
         match t.last().map_err(db_err)? {
             Some((_, v)) => {
@@ -178,7 +229,7 @@ impl Store {
     }
 
     fn build(&self) -> Result<Snapshot<TypeConfig>, DbError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.db()?.begin_read().map_err(db_err)?;
         let meta_t = txn.open_table(SM_META).map_err(db_err)?;
         let get = |k: &str| -> Result<Option<Vec<u8>>, DbError> {
             Ok(meta_t.get(k).map_err(db_err)?.map(|v| v.value().to_vec()))
@@ -214,13 +265,45 @@ impl Store {
     }
 }
 
+/// Creates the tables and checks (or, in a new database, writes) the format.
+fn init(db: Database) -> Result<Database, DbError> {
+    let txn = db.begin_write().map_err(db_err)?;
+    {
+        let log = txn.open_table(LOG).map_err(db_err)?;
+        txn.open_table(RAFT_META).map_err(db_err)?;
+        let state = txn.open_table(STATE).map_err(db_err)?;
+        let mut meta = txn.open_table(SM_META).map_err(db_err)?;
+        txn.open_table(SNAPSHOT).map_err(db_err)?;
+        let format: Option<u64> = match meta.get("format").map_err(db_err)? {
+            Some(v) => Some(decode(v.value())?),
+            None => None,
+        };
+        let empty = log.is_empty().map_err(db_err)? && state.is_empty().map_err(db_err)?;
+        match format {
+            Some(FORMAT) => {}
+            None if empty => {
+                meta.insert("format", encode(&FORMAT)?.as_slice())
+                    .map_err(db_err)?;
+            }
+            other => {
+                return Err(DbError(format!(
+                    "it is in format {} and this noodle reads format {FORMAT}",
+                    other.unwrap_or(1)
+                )));
+            }
+        }
+    }
+    txn.commit().map_err(db_err)?;
+    Ok(db)
+}
+
 impl RaftLogReader<TypeConfig> for Store {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> SResult<Vec<Entry<TypeConfig>>> {
         let read = || -> Result<Vec<Entry<TypeConfig>>, DbError> {
-            let txn = self.db.begin_read().map_err(db_err)?;
+            let txn = self.db()?.begin_read().map_err(db_err)?;
             let t = txn.open_table(LOG).map_err(db_err)?;
             let mut out = Vec::new();
             for item in t.range(range).map_err(db_err)? {
@@ -289,7 +372,7 @@ impl RaftLogStorage<TypeConfig> for Store {
             AppendDurability::UnsafeAckBeforeFsync => Durability::None,
         };
         let write = || -> Result<(), DbError> {
-            let mut txn = self.db.begin_write().map_err(db_err)?;
+            let mut txn = self.db()?.begin_write().map_err(db_err)?;
             txn.set_durability(durability).map_err(db_err)?;
             {
                 let mut t = txn.open_table(LOG).map_err(db_err)?;
@@ -311,7 +394,7 @@ impl RaftLogStorage<TypeConfig> for Store {
 
     async fn truncate(&mut self, log_id: LogId<RaftId>) -> SResult<()> {
         let write = || -> Result<(), DbError> {
-            let txn = self.db.begin_write().map_err(db_err)?;
+            let txn = self.db()?.begin_write().map_err(db_err)?;
             {
                 let mut t = txn.open_table(LOG).map_err(db_err)?;
                 t.retain_in(log_id.index.., |_, _| false).map_err(db_err)?;
@@ -323,7 +406,7 @@ impl RaftLogStorage<TypeConfig> for Store {
 
     async fn purge(&mut self, log_id: LogId<RaftId>) -> SResult<()> {
         let write = || -> Result<(), DbError> {
-            let txn = self.db.begin_write().map_err(db_err)?;
+            let txn = self.db()?.begin_write().map_err(db_err)?;
             {
                 let mut meta = txn.open_table(RAFT_META).map_err(db_err)?;
                 meta.insert("purged", encode(&Some(log_id))?.as_slice())
@@ -367,7 +450,7 @@ impl RaftStateMachine<TypeConfig> for Store {
         I::IntoIter: OptionalSend,
     {
         let write = || -> Result<Vec<crate::Response>, DbError> {
-            let mut txn = self.db.begin_write().map_err(db_err)?;
+            let mut txn = self.db()?.begin_write().map_err(db_err)?;
             txn.set_durability(Durability::None).map_err(db_err)?;
             let mut responses = Vec::new();
             let mut last = None;
@@ -378,7 +461,9 @@ impl RaftStateMachine<TypeConfig> for Store {
                     last = Some(e.log_id);
                     match e.payload {
                         EntryPayload::Blank => responses.push(crate::Response::Done),
-                        EntryPayload::Normal(p) => responses.push(state::apply(&mut t, p)?),
+                        EntryPayload::Normal(p) => {
+                            responses.push(state::apply(&mut t, &self.machines, p)?)
+                        }
                         EntryPayload::Membership(m) => {
                             membership = Some(StoredMembership::new(Some(e.log_id), m));
                             responses.push(crate::Response::Done);
@@ -416,7 +501,7 @@ impl RaftStateMachine<TypeConfig> for Store {
     ) -> SResult<()> {
         let data = snapshot.into_inner();
         let write = || -> Result<(), DbError> {
-            let txn = self.db.begin_write().map_err(db_err)?;
+            let txn = self.db()?.begin_write().map_err(db_err)?;
             {
                 let mut t = txn.open_table(STATE).map_err(db_err)?;
                 state::restore(&mut t, &data)?;

@@ -3,6 +3,7 @@
 //! Everything here is stored with postcard, which is not self-describing: add enum variants at
 //! the end only, never reorder or remove one.
 
+use crate::machine::Rejection;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::Cursor;
@@ -72,6 +73,10 @@ pub fn raft_id(node_id: &str) -> RaftId {
 /// One write to the replicated state, with the audit record that describes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Proposal {
+    /// Random, chosen once by the proposer and kept in every copy it sends: the state machine
+    /// applies a proposal id once and answers a repeat with the first answer (see
+    /// [`crate::state`]), so a copy resent after a lost answer or to a new leader is harmless.
+    pub id: u128,
     pub command: Command,
     /// Appended to the audit chain in the same step as the command, so the log and the state
     /// never disagree. `None` for internal bookkeeping (checkpoints, node keys).
@@ -81,6 +86,7 @@ pub struct Proposal {
 impl Proposal {
     pub fn new(command: Command) -> Proposal {
         Proposal {
+            id: crate::runtime::random_u128(),
             command,
             audit: None,
         }
@@ -88,9 +94,17 @@ impl Proposal {
 
     pub fn audited(command: Command, record: noodle_audit::Record) -> Proposal {
         Proposal {
-            command,
             audit: Some(record),
+            ..Proposal::new(command)
         }
+    }
+
+    /// A subsystem's command (see [`crate::StateMachine`]).
+    pub fn machine(name: &str, command: Vec<u8>) -> Proposal {
+        Proposal::new(Command::Machine {
+            name: name.to_string(),
+            command,
+        })
     }
 }
 
@@ -126,8 +140,9 @@ pub enum Command {
     Checkpoint(noodle_audit::Checkpoint),
     /// Several proposals committed as one log entry (group commit); applied in order.
     Batch(Vec<Proposal>),
-    /// A job transition (the durable queue of `noodle run`).
-    Job(crate::jobs::JobCommand),
+    /// A subsystem's command, applied by its [`crate::StateMachine`] (jobs, later the
+    /// fabric's metadata). This variant replaced `Job` at the same place in format 2.
+    Machine { name: String, command: Vec<u8> },
 }
 
 /// The state machine's answer to one proposal.
@@ -155,10 +170,16 @@ pub mod limits {
     pub const REGISTER_BYTES_MAX: usize = 64 << 10;
     pub const POLICY_BYTES_MAX: usize = 16 << 10;
     pub const POLICIES_MAX: usize = 64;
+    /// Longest encoded subsystem command.
+    pub const MACHINE_COMMAND_BYTES_MAX: usize = 1 << 20;
 }
 
 /// Checks a configuration key: 1..=128 of `[A-Za-z0-9._/-]`, not starting with `/` or `.`.
-pub fn validate_config_key(key: &str) -> Result<(), String> {
+pub fn validate_config_key(key: &str) -> Result<(), Rejection> {
+    config_key(key).map_err(Rejection)
+}
+
+fn config_key(key: &str) -> Result<(), String> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-');
     if key.is_empty() || key.len() > limits::CONFIG_KEY_CHARS_MAX {
         return Err(format!(
@@ -184,6 +205,7 @@ impl Proposal {
             }
             Command::PolicySet { name, source } => name.len() + source.len(),
             Command::SetRootKey { key } => key.len(),
+            Command::Machine { name, command } => name.len() + command.len(),
             Command::Batch(ps) => ps.iter().map(Proposal::approx_bytes).sum(),
             _ => 128,
         };
@@ -196,10 +218,16 @@ impl Proposal {
 
 impl Command {
     /// Checks the bounds of a command before it is proposed; the state machine checks again.
-    pub fn validate(&self) -> Result<(), String> {
+    /// A subsystem's command is checked here for its size only; its own machine checks the
+    /// rest ([`crate::Control::propose`] does both).
+    pub fn validate(&self) -> Result<(), Rejection> {
+        self.check().map_err(Rejection)
+    }
+
+    fn check(&self) -> Result<(), String> {
         match self {
             Command::ConfigSet { key, value } => {
-                validate_config_key(key)?;
+                config_key(key)?;
                 if value.len() > limits::CONFIG_VALUE_BYTES_MAX {
                     return Err(format!(
                         "config value is {} bytes, the limit is {}",
@@ -209,7 +237,7 @@ impl Command {
                 }
                 Ok(())
             }
-            Command::ConfigUnset { key } => validate_config_key(key),
+            Command::ConfigUnset { key } => config_key(key),
             Command::Cas { key, expected, new } => {
                 let too_big = |v: &Option<Vec<u8>>| {
                     v.as_ref()
@@ -239,7 +267,17 @@ impl Command {
                 }
                 Ok(())
             }
-            Command::Job(job) => job.validate(),
+            Command::Machine { name, command } => {
+                if name.len() > crate::machine::MACHINE_NAME_BYTES_MAX
+                    || command.len() > limits::MACHINE_COMMAND_BYTES_MAX
+                {
+                    return Err(format!(
+                        "a {name:.32} command of {} bytes is out of bounds",
+                        command.len()
+                    ));
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }

@@ -2,8 +2,9 @@
 //! in-process transport that can cut members off.
 
 use noodle_control::{
-    Command, Control, ControlConfig, Member, PeerHealth, Proposal, Response, Store, Transport,
-    TransportError, TransportFuture,
+    Applied, Command, Control, ControlConfig, DbError, MachineTable, Machines, Member, PeerHealth,
+    Proposal, Rejection, Response, Role, StateMachine, Store, Transport, TransportError,
+    TransportFuture,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,45 @@ impl Transport for Via {
             }
         })
     }
+}
+
+/// A subsystem's state machine, as a subsystem crate would write one: counters under its own
+/// keys. A command is a counter name; applying it adds one and answers the new value.
+struct Counters;
+
+impl StateMachine for Counters {
+    fn name(&self) -> &'static str {
+        "counters"
+    }
+    fn validate(&self, command: &[u8]) -> Result<(), Rejection> {
+        if command.is_empty() || command.len() > 64 {
+            return Err(Rejection("a counter name is 1 to 64 bytes".into()));
+        }
+        Ok(())
+    }
+    fn apply(&self, t: &mut MachineTable<'_, '_>, command: &[u8]) -> Result<Applied, DbError> {
+        if command == b"forbidden" {
+            return Ok(Applied::Rejected(Rejection("not this one".into())));
+        }
+        let n = t
+            .get(command)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes)
+            + 1;
+        t.insert(command, &n.to_be_bytes())?;
+        Ok(Applied::Created(n))
+    }
+}
+
+fn count(name: &str) -> Proposal {
+    Proposal::machine("counters", name.as_bytes().to_vec())
+}
+
+fn counter(c: &Control, name: &str) -> u64 {
+    c.read_local(|v| v.machine("counters").get(name.as_bytes()))
+        .expect("read")
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map_or(0, u64::from_be_bytes)
 }
 
 fn to_string(s: &str) -> String {
@@ -88,9 +128,16 @@ impl Cluster {
 
     async fn start_as(&self, me: Member, i: usize) -> Control {
         let store = Store::open(&self.dir.path().join(format!("{i}.redb"))).expect("open store");
-        let c = Control::start(me.clone(), cfg(), store, Arc::new(Via(self.net.clone())))
-            .await
-            .expect("start");
+        let machines = Machines::new(vec![Arc::new(Counters)]).expect("machines");
+        let c = Control::start(
+            me.clone(),
+            cfg(),
+            store,
+            Arc::new(Via(self.net.clone())),
+            machines,
+        )
+        .await
+        .expect("start");
         self.net
             .members
             .lock()
@@ -127,7 +174,7 @@ impl Cluster {
         n: usize,
         done: impl Fn(&noodle_control::ControlStatus) -> bool,
     ) -> noodle_control::ControlStatus {
-        for _ in 0..200 {
+        for _ in 0..1200 {
             let members: Vec<Control> = self
                 .net
                 .members
@@ -142,7 +189,7 @@ impl Cluster {
             if let Some(s) = members
                 .iter()
                 .map(|c| c.status())
-                .find(|s| s.role == "leader")
+                .find(|s| s.role == Role::Leader)
                 && done(&s)
             {
                 return s;
@@ -279,7 +326,8 @@ async fn concurrent_proposals_are_group_committed_and_all_answered() {
     ));
     // A forwarded proposal the transport sends twice (its connection broke after the first
     // copy went out) is applied once: the second copy gets the first copy's answer.
-    let forwarded = postcard::to_allocvec(&(7u128, cas(None, "fwd"))).expect("encode");
+    let with_id = |id: u128, p: Proposal| Proposal { id, ..p };
+    let forwarded = postcard::to_allocvec(&with_id(7, cas(None, "fwd"))).expect("encode");
     let first = a
         .serve("control.propose", &forwarded)
         .await
@@ -295,7 +343,7 @@ async fn concurrent_proposals_are_group_committed_and_all_answered() {
         matches!(answer, Ok(Response::CasFailed { .. })),
         "{answer:?}"
     );
-    let fresh = postcard::to_allocvec(&(8u128, cas(Some("1"), "3"))).expect("encode");
+    let fresh = postcard::to_allocvec(&with_id(8, cas(Some("1"), "3"))).expect("encode");
     let done = a.serve("control.propose", &fresh).await.expect("served");
     let resent = a.serve("control.propose", &fresh).await.expect("served");
     assert_eq!(done, resent, "a resent copy was applied again");
@@ -334,7 +382,7 @@ async fn a_member_back_on_another_address_catches_up() {
         member: moved,
         alive: true,
     };
-    for _ in 0..200 {
+    for _ in 0..1200 {
         for m in [&a, &c] {
             let _ = m.maintain_membership(&health).await;
         }
@@ -354,188 +402,81 @@ async fn a_member_back_on_another_address_catches_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobs_are_durable_and_a_stale_executor_is_fenced_off() {
-    use noodle_control::jobs::{JobCommand, JobSpec, JobState};
+async fn a_subsystem_state_machine_keeps_its_records_under_its_own_name() {
     let cl = Cluster::new();
     let a = cl.start(0).await;
     a.initialize().await.expect("initialize");
-    let job = |c: JobCommand| Proposal::new(Command::Job(c));
-    let spec = JobSpec {
-        command: vec!["hostname".into()],
-        cpus: 1,
-        mem_bytes: 0,
-        gpus: 0,
-        labels: Default::default(),
-        submitter: "admin@a".into(),
-        retries: 1,
-        origin: "n0".into(),
-        files: Vec::new(),
-    };
-    let submit = job(JobCommand::Submit {
-        spec,
-        at_ms: 1,
-        submission: 42,
-    });
-    let Response::Created { id } = a.propose(submit.clone()).await.expect("submit") else {
-        panic!("a submission creates a job");
-    };
-    // The same submission again (a retried forward): the same job, not a second one.
-    assert_eq!(
-        a.propose(submit).await.expect("submit again"),
-        Response::Created { id }
-    );
-    let active = a.read(|v| v.active_jobs()).await.expect("read");
-    assert_eq!(active.iter().map(|j| j.id).collect::<Vec<_>>(), vec![id]);
-    for (command, expect_done) in [
-        (
-            JobCommand::Place {
-                id,
-                node: "n1".into(),
-            },
-            true,
-        ),
-        (
-            JobCommand::Started {
-                id,
-                epoch: 1,
-                at_ms: 2,
-            },
-            true,
-        ),
-        (
-            JobCommand::Lost {
-                id,
-                epoch: 1,
-                at_ms: 3,
-            },
-            true,
-        ),
-        (
-            JobCommand::Place {
-                id,
-                node: "n2".into(),
-            },
-            true,
-        ),
-        // The first executor's late report: refused, nothing changes.
-        (
-            JobCommand::Ended {
-                id,
-                epoch: 1,
-                exit_code: 0,
-                at_ms: 4,
-            },
-            false,
-        ),
-        (
-            JobCommand::Ended {
-                id,
-                epoch: 2,
-                exit_code: 3,
-                at_ms: 5,
-            },
-            true,
-        ),
-    ] {
-        let answer = a.propose(job(command.clone())).await.expect("propose");
-        assert_eq!(
-            answer == Response::Done,
-            expect_done,
-            "{command:?}: {answer:?}"
-        );
+    let b = cl.start(1).await;
+    cl.start(2).await;
+    cl.settle(3, |s| s.voters.len() == 3).await;
+    for want in 1..=3 {
+        let got = b.propose(count("jobs")).await.expect("propose");
+        assert_eq!(got, Response::Created { id: want });
     }
-    // Durable: a restart reads the same record from disk.
-    cl.kill(0).await;
-    drop(a);
-    let a = cl.start(0).await;
-    let record = a.read(|v| v.job(id)).await.expect("read").expect("the job");
-    assert_eq!(record.state, JobState::Failed { exit_code: 3 });
-    let active = a.read(|v| v.active_jobs()).await.expect("read");
-    assert!(
-        active.is_empty(),
-        "an ended job left the active index: {active:?}"
+    assert_eq!(
+        a.propose(count("forbidden")).await.expect("propose"),
+        Response::Rejected("not this one".into())
     );
-    let recent = a.read(|v| v.recent_jobs(10)).await.expect("read");
-    assert_eq!(recent.len(), 1);
-    assert_eq!((record.epoch, record.node.as_deref()), (2, Some("n2")));
-    assert_eq!(record.retries_left, 0);
+    // Bounds are the machine's own, checked before anything is proposed.
+    let before = a.status().commit_index;
+    assert!(matches!(
+        a.propose(count("")).await,
+        Err(noodle_control::ControlError::Rejected(_))
+    ));
+    assert!(matches!(
+        a.propose(Proposal::machine("nobody", b"x".to_vec())).await,
+        Err(noodle_control::ControlError::Rejected(_))
+    ));
+    assert_eq!(
+        a.status().commit_index,
+        before,
+        "a refused command was logged"
+    );
+    // Its keys are its own: the control plane's own records do not see them.
+    let read = a.read(|v| v.machine("counters").get(b"jobs")).await;
+    assert_eq!(read.expect("read"), Some(3u64.to_be_bytes().to_vec()));
+    assert!(a.read(|v| v.config_list()).await.expect("list").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ended_jobs_beyond_the_newest_are_forgotten_and_active_ones_kept() {
-    use noodle_control::jobs::{JobCommand, JobSpec, limits};
+async fn a_proposal_sent_again_is_applied_once_also_after_a_restart() {
     let cl = Cluster::new();
     let a = cl.start(0).await;
     a.initialize().await.expect("initialize");
-    let spec = JobSpec {
-        command: vec!["true".into()],
-        cpus: 1,
-        mem_bytes: 0,
-        gpus: 0,
-        labels: Default::default(),
-        submitter: "admin@a".into(),
-        retries: 0,
-        origin: "n0".into(),
-        files: Vec::new(),
-    };
-    let total = limits::JOBS_KEPT + 100;
-    let batch = |commands: Vec<JobCommand>| {
-        Proposal::new(Command::Batch(
-            commands
-                .into_iter()
-                .map(|c| Proposal::new(Command::Job(c)))
-                .collect(),
-        ))
-    };
-    let ids: Vec<u64> = (1..=total).collect();
-    for chunk in ids.chunks(1000) {
-        let submits = chunk
-            .iter()
-            .map(|n| JobCommand::Submit {
-                spec: spec.clone(),
-                at_ms: 1,
-                submission: 1_000_000 + n,
-            })
-            .collect();
-        a.propose(batch(submits)).await.expect("submit");
-    }
-    // Job 2 stays queued; every other job ends.
-    for chunk in ids.chunks(1000) {
-        let cancels = chunk
-            .iter()
-            .filter(|id| **id != 2)
-            .map(|id| JobCommand::Cancel { id: *id, at_ms: 2 })
-            .collect();
-        a.propose(batch(cancels)).await.expect("cancel");
-    }
-    let (first, second, newest_kept, oldest_kept) = a
-        .read(|v| {
-            Ok((
-                v.job(1)?,
-                v.job(2)?,
-                v.job(total)?,
-                v.job(total - limits::JOBS_KEPT + 1)?,
-            ))
-        })
-        .await
-        .expect("read");
-    assert!(first.is_none(), "an old ended job was kept");
-    assert!(second.is_some(), "a job that has not ended was forgotten");
-    assert!(newest_kept.is_some() && oldest_kept.is_some());
-    let kept = a.read(|v| v.jobs(0, usize::MAX)).await.expect("read").len() as u64;
-    assert!(
-        kept <= limits::JOBS_KEPT + 1,
-        "{kept} jobs kept, at most {} expected",
-        limits::JOBS_KEPT + 1
+    let b = cl.start(1).await;
+    cl.start(2).await;
+    cl.settle(3, |s| s.voters.len() == 3).await;
+    let p = count("once");
+    assert_eq!(
+        b.propose(p.clone()).await.expect("propose"),
+        Response::Created { id: 1 }
     );
-    // The forgotten job's submission number is forgotten with it: it queues a new job.
-    let again = a
-        .propose(Proposal::new(Command::Job(JobCommand::Submit {
-            spec,
-            at_ms: 3,
-            submission: 1_000_001,
-        })))
-        .await
-        .expect("submit");
-    assert_eq!(again, Response::Created { id: total + 1 });
+    // The same proposal again, through the leader and through a follower: the first answer,
+    // and nothing applied.
+    for via in [&a, &b] {
+        assert_eq!(
+            via.propose(p.clone()).await.expect("again"),
+            Response::Created { id: 1 }
+        );
+    }
+    assert_eq!(counter(&a, "once"), 1);
+    // The answer is durable: the whole cluster restarts and a late copy still changes nothing.
+    for i in 0..3 {
+        cl.kill(i).await;
+    }
+    drop((a, b));
+    let a = cl.start(0).await;
+    let b = cl.start(1).await;
+    cl.start(2).await;
+    cl.settle(3, |s| s.voters.len() == 3).await;
+    assert_eq!(
+        b.propose(p.clone()).await.expect("late copy"),
+        Response::Created { id: 1 }
+    );
+    assert_eq!(
+        a.propose(count("once")).await.expect("a new proposal"),
+        Response::Created { id: 2 }
+    );
+    let answer = a.read(|v| v.answer(p.id)).await.expect("read");
+    assert_eq!(answer, Some(Response::Created { id: 1 }));
 }

@@ -16,4 +16,4 @@ pub mod membership;
 pub mod table;
 
 pub use membership::{Effect, MemberId, Membership, MembershipConfig, Timer};
-pub use table::{LinkSample, NodeInfo, NodeTable, SyncMessage, validate_label};
+pub use table::{LabelError, LinkSample, NodeInfo, NodeTable, SyncMessage, validate_label};

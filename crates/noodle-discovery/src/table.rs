@@ -41,6 +41,9 @@ pub struct NodeInfo {
     pub control_incarnation: u64,
     /// CPU slots the node offers to jobs (`noodle up --slots`).
     pub job_slots: u32,
+    /// False while the node's control-plane member is stopped after a storage error: the
+    /// leader then counts it as down (and replaces it if it stays down).
+    pub control_up: bool,
 }
 
 /// Request and answer of one push-pull round.
@@ -50,7 +53,16 @@ pub struct SyncMessage {
 }
 
 /// Checks a user label; the same rule applies to `--label` and to entries from the network.
-pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
+pub fn validate_label(key: &str, value: &str) -> Result<(), LabelError> {
+    check_label(key, value).map_err(LabelError)
+}
+
+/// Why a label was refused: one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct LabelError(pub String);
+
+fn check_label(key: &str, value: &str) -> Result<(), String> {
     let key_ok = !key.is_empty()
         && key.len() <= LABEL_KEY_CHARS_MAX
         && key
@@ -80,7 +92,7 @@ fn validate(info: &NodeInfo) -> Result<(), String> {
         return Err("too many labels or links".into());
     }
     for (k, v) in &info.labels {
-        validate_label(k, v)?;
+        check_label(k, v)?;
     }
     Ok(())
 }
@@ -192,6 +204,7 @@ mod tests {
             links: vec![],
             control_incarnation: 0,
             job_slots: 1,
+            control_up: true,
         }
     }
 

@@ -184,7 +184,7 @@ pub enum JobCommand {
 /// Applies `command` to `job`, or says why it is refused (the control plane answers the
 /// proposer with that text); a refused command changes nothing. [`JobCommand::Submit`] is
 /// refused here: creating a record is [`JobRecord::queued`], done by the control plane.
-pub fn transition(job: &mut JobRecord, command: &JobCommand) -> Result<(), String> {
+pub(crate) fn transition(job: &mut JobRecord, command: &JobCommand) -> Result<(), String> {
     let id = job.id;
     let fenced = |job: &JobRecord, epoch: u64| -> Result<(), String> {
         match job.state.placement() {
@@ -289,7 +289,7 @@ pub mod limits {
 
 impl JobSpec {
     /// Checks the bounds of a submission (the API and the state machine both check).
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         use limits::*;
         if self.command.is_empty() || self.command[0].is_empty() {
             return Err("a job needs a program to run".into());
@@ -327,7 +327,7 @@ impl JobSpec {
 }
 
 /// A shipped file's name: a relative path without `..`, empty or absolute parts.
-pub fn validate_file_name(name: &str) -> Result<(), String> {
+pub(crate) fn validate_file_name(name: &str) -> Result<(), String> {
     let bad = name.is_empty()
         || name.len() > limits::FILE_NAME_BYTES_MAX
         || name.starts_with('/')
@@ -345,7 +345,7 @@ pub fn validate_file_name(name: &str) -> Result<(), String> {
 
 impl JobCommand {
     /// Checks the bounds of a transition.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         match self {
             JobCommand::Submit { spec, .. } => spec.validate(),
             JobCommand::Place { node, .. } if node.len() > limits::NAME_BYTES_MAX => {

@@ -18,12 +18,16 @@
 
 pub mod frame;
 mod link;
+mod messages;
 mod tls;
 
 pub use frame::{FrameError, RemoteError};
 pub use link::{
     JoinPeer, Link, LinkConfig, LinkError, LinkEvent, LinkInfo, Service, ServiceFuture, join_call,
 };
+pub use messages::{MessageError, recv_message, send_message};
+/// The two halves of a raw stream ([`Link::open_stream`], [`Service::stream`]).
+pub use quinn::{RecvStream, SendStream};
 pub use tls::{TlsError, TlsMaterial, client_config_with_cert};
 
 /// ALPN of member-to-member connections.

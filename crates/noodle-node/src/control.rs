@@ -1,26 +1,44 @@
-//! The node's side of the control plane: its Raft member over NoodleLink, the upkeep loop, and
-//! the one authoriser every API call goes through.
+//! The node's side of the control plane: its Raft member over NoodleLink (opened from a
+//! verified database, set aside when damaged), the upkeep loop, and the control-plane events.
 
+use crate::cluster::ClusterState;
 use crate::datadir::{DataDir, DataDirError};
-use crate::now_ms;
-use noodle_api::{AuditVerifyReport, ControlInfo, EventKind};
-use noodle_audit::{AuditKey, Checkpoint, Outcome, Record};
-use noodle_caps::{Authoriser, Context, Denied, Policy, Request, RootKey};
+use noodle_api::{ControlInfo, EventKind};
+use noodle_audit::{AuditKey, Checkpoint};
+use noodle_caps::RootKey;
 use noodle_control::{
-    Command, Control, ControlConfig, ControlError, DbError, Member, PeerHealth, Proposal, Response,
+    Command, Control, ControlConfig, ControlError, Machines, Member, PeerHealth, Proposal, Role,
     Store, Transport, TransportError, TransportFuture, base_node_id,
 };
-use noodle_link::{Link, LinkError, RemoteError};
+use noodle_host::{EventBus, now_ms};
+use noodle_link::{Link, LinkError};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
 const DB_FILE: &str = "control.redb";
 const CONTROL_FILE: &str = "control.json";
 const AUDIT_KEY_FILE: &str = "audit.key";
-/// Denials recorded in the audit log per second at most; the rest are counted.
-const DENIALS_PER_SEC_MAX: u32 = 50;
+const UPKEEP_PERIOD: Duration = Duration::from_secs(1);
+/// How often the revocation list is compared for `token_revoked` events.
+const REVOCATIONS_PERIOD: Duration = Duration::from_millis(250);
+
+pub(crate) const LEADER_CHANGED: EventKind = EventKind::new("leader_changed");
+pub(crate) const VOTERS_CHANGED: EventKind = EventKind::new("voters_changed");
+pub(crate) const TOKEN_REVOKED: EventKind = EventKind::new("token_revoked");
+pub(crate) const CONTROL_RECOVERED: EventKind = EventKind::new("control_recovered");
+pub(crate) const CONTROL_FAILED: EventKind = EventKind::new("control_failed");
+pub(crate) const CONTROL_RESTARTED: EventKind = EventKind::new("control_restarted");
+/// The control plane's event kinds.
+pub(crate) const EVENT_KINDS: [EventKind; 6] = [
+    LEADER_CHANGED,
+    VOTERS_CHANGED,
+    TOKEN_REVOKED,
+    CONTROL_RECOVERED,
+    CONTROL_FAILED,
+    CONTROL_RESTARTED,
+];
 
 /// Raft messages over the member links (mutual TLS, cluster certificates only).
 pub struct LinkTransport {
@@ -58,75 +76,6 @@ impl Transport for LinkTransport {
             }
         })
     }
-}
-
-/// Answers a control-plane request from a member (`raft.*`, `control.*`) for `control`, which
-/// is `None` while it starts.
-pub async fn serve_control(
-    control: Option<&Control>,
-    method: &str,
-    body: &[u8],
-) -> Result<Vec<u8>, RemoteError> {
-    let Some(control) = control else {
-        return Err(RemoteError::new(
-            RemoteError::UNAVAILABLE,
-            "control plane is starting",
-        ));
-    };
-    control.serve(method, body).await.ok_or_else(|| {
-        RemoteError::new(RemoteError::NOT_FOUND, format!("unknown method `{method}`"))
-    })
-}
-
-/// Who is calling the API.
-#[derive(Debug, Clone)]
-pub(crate) enum Caller {
-    /// The local admin credential: allowed everything.
-    Admin,
-    /// A capability token.
-    Token(String),
-}
-
-/// A caller the authoriser let through, named for the audit log.
-#[derive(Debug, Clone)]
-pub(crate) struct Actor {
-    pub(crate) name: String,
-    pub(crate) right: String,
-    /// Limits from the token (none for the admin credential).
-    pub(crate) quotas: Vec<noodle_caps::Quota>,
-}
-
-impl Actor {
-    /// The token's limit named `name`, if it has one.
-    pub(crate) fn quota(&self, name: &str) -> Option<i64> {
-        self.quotas.iter().find(|q| q.name == name).map(|q| q.value)
-    }
-}
-
-#[derive(Default)]
-struct DenialBudget {
-    second: u64,
-    used: u32,
-    suppressed: u64,
-}
-
-/// Policy sources as last read from the state, and what they parsed to.
-type ParsedPolicies = (Vec<(String, String)>, Arc<Vec<Policy>>);
-
-struct Cached {
-    root: Vec<u8>,
-    authoriser: Arc<Authoriser>,
-}
-
-pub(crate) struct ControlPlane {
-    pub(crate) control: Control,
-    audit_key: AuditKey,
-    node_id: String,
-    node_name: String,
-    checkpoint_every: u64,
-    authoriser: Mutex<Option<Cached>>,
-    policies: Mutex<ParsedPolicies>,
-    denials: Mutex<DenialBudget>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,7 +119,7 @@ pub(crate) fn open_local_state(dir: &DataDir) -> Result<LocalState, ControlPlane
         Ok(store) => {
             let checked = store
                 .view()
-                .and_then(|v| verify_view(&v))
+                .and_then(|v| noodle_host::verify_audit(&v))
                 .map_err(|e| e.to_string());
             match checked {
                 Ok(r) if r.ok => {
@@ -207,41 +156,53 @@ pub(crate) fn open_local_state(dir: &DataDir) -> Result<LocalState, ControlPlane
     })
 }
 
+/// The audit key this node signs checkpoints with, created on first start.
+fn audit_key(dir: &DataDir) -> Result<AuditKey, DataDirError> {
+    if dir.exists(AUDIT_KEY_FILE) {
+        let bytes = dir.read_file(AUDIT_KEY_FILE)?;
+        let secret: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| DataDirError::Corrupt {
+                path: dir.path().join(AUDIT_KEY_FILE),
+                detail: format!("expected 32 bytes, found {}", bytes.len()),
+            })?;
+        Ok(AuditKey::from_bytes(secret))
+    } else {
+        let secret: [u8; 32] = rand::random();
+        dir.write_file(AUDIT_KEY_FILE, &secret, true)?;
+        Ok(AuditKey::from_bytes(secret))
+    }
+}
+
+/// This node's control-plane member, started.
+pub(crate) struct ControlPlane {
+    pub(crate) control: Control,
+    audit_key: AuditKey,
+    node_id: String,
+    checkpoint_every: u64,
+}
+
 impl ControlPlane {
-    /// Opens this node's control-plane database and starts its Raft member. The node that
-    /// founds the cluster passes `found` and becomes the single voter of a new control plane.
+    /// Starts this node's Raft member on its database, applying subsystem commands with
+    /// `machines`. The node that founds the cluster passes `found` and becomes the single
+    /// voter of a new control plane.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn start(
         dir: &DataDir,
         local: LocalState,
         node_id: &str,
         addr: String,
-        node_name: String,
         link: Link,
         found: bool,
         cfg: ControlConfig,
+        machines: Machines,
     ) -> Result<ControlPlane, ControlPlaneError> {
         let me = Member::new(node_id, local.incarnation, addr);
-        let store = local.store;
-        let audit_key = if dir.exists(AUDIT_KEY_FILE) {
-            let bytes = dir.read_file(AUDIT_KEY_FILE)?;
-            let secret: [u8; 32] =
-                bytes
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| DataDirError::Corrupt {
-                        path: dir.path().join(AUDIT_KEY_FILE),
-                        detail: format!("expected 32 bytes, found {}", bytes.len()),
-                    })?;
-            AuditKey::from_bytes(secret)
-        } else {
-            let secret: [u8; 32] = rand::random();
-            dir.write_file(AUDIT_KEY_FILE, &secret, true)?;
-            AuditKey::from_bytes(secret)
-        };
+        let audit_key = audit_key(dir)?;
         let checkpoint_every = cfg.checkpoint_every;
-        let control =
-            Control::start(me.clone(), cfg, store, Arc::new(LinkTransport::new(link))).await?;
+        let transport = Arc::new(LinkTransport::new(link));
+        let control = Control::start(me, cfg, local.store, transport, machines).await?;
         // Only the founder of a new cluster starts a control plane; a node that set a damaged
         // database aside waits to be added by the leader like any new member.
         if found && local.recovered.is_none() {
@@ -258,14 +219,11 @@ impl ControlPlane {
             control,
             audit_key,
             node_id: node_id.to_string(),
-            node_name,
             checkpoint_every,
-            authoriser: Mutex::default(),
-            policies: Mutex::new((Vec::new(), Arc::default())),
-            denials: Mutex::default(),
         })
     }
 
+    /// What `noodle status` shows of the control plane.
     pub(crate) fn info(&self) -> ControlInfo {
         let s = self.control.status();
         let nodes = |members: Vec<String>| -> Vec<String> {
@@ -280,13 +238,14 @@ impl ControlPlane {
             learners: nodes(s.learners),
             term: s.term,
             commit_index: s.commit_index,
-            role: s.role,
+            role: s.role.as_str().to_string(),
+            error: s.error,
         }
     }
 
     /// One round of upkeep, about once a second: membership (leader), the capability root key
     /// (leader, once), this node's audit key, and audit checkpoints (leader).
-    pub(crate) async fn upkeep(&self, peers: &[PeerHealth]) -> Result<(), ControlError> {
+    async fn upkeep(&self, peers: &[PeerHealth]) -> Result<(), ControlError> {
         self.control.maintain_membership(peers).await?;
         let (root, my_key, chain, last_checkpoint) = self.control.read_local(|v| {
             let last = v.last_checkpoint()?.map_or(0, |c| c.upto_seq);
@@ -297,7 +256,7 @@ impl ControlPlane {
                 last,
             ))
         })?;
-        let leading = self.control.status().role == "leader";
+        let leading = self.control.is_leader();
         if leading && root.is_none() {
             let key = RootKey::generate();
             self.control
@@ -324,294 +283,84 @@ impl ControlPlane {
         }
         Ok(())
     }
+}
 
-    /// The cluster's capability root key as stored in the replicated state.
-    fn root_bytes(&self) -> Result<Vec<u8>, String> {
-        self.control
-            .read_local(|v| v.root_key())
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "the cluster has no capability root key yet".to_string())
-    }
-
-    /// The cluster's capability root key (for minting tokens).
-    pub(crate) fn root_key(&self) -> Result<RootKey, String> {
-        RootKey::from_bytes(&self.root_bytes()?).map_err(|e| e.to_string())
-    }
-
-    /// The authoriser for the current root key (built once per key: it caches verified tokens).
-    fn authoriser(&self) -> Result<Arc<Authoriser>, Denied> {
-        let root = self.root_bytes().map_err(Denied::Evaluation)?;
-        let mut cached = self.authoriser.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = cached.as_ref()
-            && c.root == root
-        {
-            return Ok(c.authoriser.clone());
-        }
-        let key = RootKey::from_bytes(&root).map_err(|e| Denied::Evaluation(e.to_string()))?;
-        let authoriser = Arc::new(Authoriser::new(key.public()));
-        *cached = Some(Cached {
-            root,
-            authoriser: authoriser.clone(),
-        });
-        Ok(authoriser)
-    }
-
-    fn admin_actor(&self) -> String {
-        format!("admin@{}", self.node_name)
-    }
-
-    /// Parsed cluster policies, re-parsed only when they change.
-    fn policies(&self, sources: Vec<(String, String)>) -> Arc<Vec<Policy>> {
-        let mut cached = self.policies.lock().unwrap_or_else(|e| e.into_inner());
-        if cached.0 != sources {
-            // Policies were checked when they were added; one that no longer parses (a newer
-            // node's syntax) is skipped here and logged rather than failing every call.
-            let parsed = sources
-                .iter()
-                .filter_map(|(name, src)| match Policy::parse(name, src) {
-                    Ok(p) => Some(p),
-                    Err(e) => {
-                        tracing::warn!(policy = %name, error = %e, "skipping a policy that does not parse");
-                        None
-                    }
-                })
-                .collect();
-            *cached = (sources, Arc::new(parsed));
-        }
-        cached.1.clone()
-    }
-
-    /// Checks `caller` against `request`: the admin credential is allowed everything; a token
-    /// must be signed by this cluster, unrevoked, unexpired, grant the right, and pass every
-    /// cluster policy.
-    pub(crate) fn authorise(&self, caller: &Caller, request: &Request) -> Result<Actor, Denied> {
-        let right = describe(request);
-        let token = match caller {
-            Caller::Admin => {
-                return Ok(Actor {
-                    name: self.admin_actor(),
-                    right,
-                    quotas: Vec::new(),
-                });
-            }
-            Caller::Token(t) => t,
-        };
-        let authoriser = self.authoriser()?;
-        let grant = self
-            .control
-            .read_local(|v| {
-                let revoked = |id: &str| v.is_revoked(id).unwrap_or(true);
-                let policies = self.policies(v.policies()?);
-                let ctx = Context::new(SystemTime::now())
-                    .with_revoked(&revoked)
-                    .with_policies(&policies);
-                Ok(authoriser.authorise(token, request, &ctx))
+/// Control-plane upkeep once a second, fed with the membership layer's view of who is alive.
+/// A member whose own control plane is down (it says so in its gossiped entry) counts as down.
+pub(crate) async fn upkeep_loop(cluster: Arc<ClusterState>, plane: Arc<ControlPlane>) {
+    let mut tick = tokio::time::interval(UPKEEP_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let up = plane.control.status().role != Role::Failed;
+        cluster.update_me_if(now_ms(), |me| me.control_up != up, |me| me.control_up = up);
+        // A peer is known to the control plane once its gossiped entry (which carries its
+        // control-plane incarnation) has arrived.
+        let peers: Vec<PeerHealth> = cluster
+            .member_health()
+            .into_iter()
+            .map(|(m, info, alive)| PeerHealth {
+                member: Member::new(&m.node_id, info.control_incarnation, m.addr.to_string()),
+                alive: alive && info.control_up,
             })
-            .map_err(|e| Denied::Evaluation(e.to_string()))??;
-        Ok(Actor {
-            name: token_actor(&grant.id, grant.holder.as_deref()),
-            right,
-            quotas: grant.quotas,
-        })
-    }
-
-    /// Records a denial in the audit log (at most [`DENIALS_PER_SEC_MAX`] a second; the rest
-    /// are counted in the next one recorded). Does not wait for the write.
-    pub(crate) fn record_denial(
-        self: &Arc<Self>,
-        caller: &Caller,
-        action: &str,
-        target: &str,
-        request: &Request,
-        reason: &dyn std::fmt::Display,
-    ) {
-        let suppressed = {
-            let mut b = self.denials.lock().unwrap_or_else(|e| e.into_inner());
-            let second = now_ms() / 1000;
-            if b.second != second {
-                b.second = second;
-                b.used = 0;
-            }
-            if b.used >= DENIALS_PER_SEC_MAX {
-                b.suppressed += 1;
-                metrics::counter!("noodle_audit_denials_suppressed_total").increment(1);
-                return;
-            }
-            b.used += 1;
-            std::mem::take(&mut b.suppressed)
-        };
-        let actor = match caller {
-            Caller::Admin => self.admin_actor(),
-            Caller::Token(t) => match noodle_caps::inspect(t) {
-                Ok(i) => token_actor(&i.id, i.holder.as_deref()),
-                Err(_) => "unreadable token".into(),
-            },
-        };
-        let mut why = reason.to_string();
-        if suppressed > 0 {
-            why.push_str(&format!(" ({suppressed} earlier denials not recorded)"));
+            .collect();
+        if let Err(e) = plane.upkeep(&peers).await {
+            tracing::debug!(error = %e, "control-plane upkeep");
         }
-        let record = Record::new(
-            now_ms(),
-            actor,
-            action,
-            target,
-            describe(request),
-            Outcome::denied(why),
-        );
-        let me = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = me
-                .control
-                .propose(Proposal::audited(Command::Nothing, record))
-                .await
-            {
-                tracing::warn!(error = %e, "could not record a denial in the audit log");
-            }
-        });
-    }
-
-    /// Proposes an authorised write with its audit record.
-    pub(crate) async fn write(
-        &self,
-        actor: &Actor,
-        action: &str,
-        target: &str,
-        command: Command,
-    ) -> Result<Response, ControlError> {
-        let record = Record::new(
-            now_ms(),
-            actor.name.clone(),
-            action,
-            target,
-            actor.right.clone(),
-            Outcome::Allowed,
-        );
-        self.control
-            .propose(Proposal::audited(command, record))
-            .await
-    }
-
-    /// Recomputes this node's audit chain and checks every checkpoint signature, naming the
-    /// first entry or checkpoint that does not verify.
-    pub(crate) fn verify_audit(&self) -> Result<AuditVerifyReport, ControlError> {
-        self.control.read_local(verify_view)
     }
 }
 
-/// Verifies the audit log of a control-plane database file of a stopped node (or a copy).
-pub fn verify_audit_file(path: &std::path::Path) -> Result<AuditVerifyReport, String> {
-    let store = Store::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let view = store.view().map_err(|e| e.to_string())?;
-    verify_view(&view).map_err(|e| e.to_string())
-}
-
-/// Recomputes the audit chain of `v` and checks every checkpoint signature.
-fn verify_view(v: &noodle_control::StateView) -> Result<AuditVerifyReport, DbError> {
-    let keys = v.node_keys()?;
-    let checkpoints = v.checkpoints()?;
-    let key_of = |signer: &str| {
-        keys.get(signer)
-            .and_then(|k| noodle_audit::AuditPublicKey::from_bytes(*k).ok())
-    };
-    // Streams the log in pages so a long one is never held in memory whole.
-    let mut from = 1;
-    let pages = std::iter::from_fn(|| {
-        let page = v.audit_raw(from, 1024).ok()?;
-        from = page.last()?.0 + 1;
-        Some(page)
-    });
-    let result = noodle_audit::verify_encoded(pages.flatten(), &checkpoints, key_of);
-    Ok(match result {
-        Ok(s) => AuditVerifyReport {
-            ok: true,
-            entries: s.entries,
-            checkpoints: s.checkpoints,
-            head_seq: s.head_seq,
-            head_hash: s.head_hash,
-            last_checkpoint_seq: s.last_checkpoint_seq,
-            error: None,
-            bad_seq: None,
-        },
-        Err(e) => {
-            let (head_seq, head_hash) = v.audit_chain()?.head();
-            let bad_seq = match &e {
-                noodle_audit::VerifyError::Entry { seq, .. } => Some(*seq),
-                _ => None,
-            };
-            AuditVerifyReport {
-                ok: false,
-                entries: head_seq,
-                checkpoints: checkpoints.len() as u64,
-                head_seq,
-                head_hash: hex::encode(head_hash),
-                last_checkpoint_seq: checkpoints.last().map(|c| c.upto_seq),
-                error: Some(e.to_string()),
-                bad_seq,
-            }
-        }
-    })
-}
-
-/// `token:1d323c47 (alice)`: how the audit log names a token's holder.
-fn token_actor(id: &str, holder: Option<&str>) -> String {
-    let short = id.get(..8).unwrap_or(id);
-    match holder {
-        Some(h) => format!("token:{short} ({h})"),
-        None => format!("token:{short}"),
-    }
-}
-
-/// `config:write:retries`-style name of what a request needs.
-fn describe(r: &Request) -> String {
-    match &r.resource {
-        Some(res) => format!("{}:{}:{}", r.subsystem, r.action, res),
-        None => format!("{}:{}", r.subsystem, r.action),
-    }
-}
-
-/// Emits control-plane events (leader and voter changes, revocations) as this node sees them.
-pub(crate) async fn watch_events(
-    plane: Arc<ControlPlane>,
-    emit: impl Fn(EventKind, &str, String),
-    node_id: String,
-) {
-    let mut metrics = plane.control.watch();
-    let mut last = plane.control.status();
+/// Emits control-plane events as this node sees them: leader and voter changes, revocations,
+/// and this member stopping after a storage error and starting again.
+pub(crate) async fn watch_events(plane: Arc<ControlPlane>, events: EventBus, node_id: String) {
+    let control = &plane.control;
+    let mut metrics = control.watch();
+    let mut last = control.status();
     let revoked = || -> BTreeSet<String> {
-        plane
-            .control
+        control
             .read_local(|v| v.revoked())
             .map(|r| r.into_iter().collect())
             .unwrap_or_default()
     };
     let mut revoked_seen = revoked();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    let mut last_tick = Instant::now();
+    let mut tick = tokio::time::interval(REVOCATIONS_PERIOD);
     loop {
-        tokio::select! {
-            changed = metrics.changed() => if changed.is_err() { return },
-            _ = tick.tick() => {},
-        }
-        let now = plane.control.status();
+        let ticked = tokio::select! {
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                false
+            }
+            _ = tick.tick() => true,
+        };
+        let now = control.status();
         if now.leader != last.leader
             && let Some(leader) = &now.leader
         {
-            emit(
-                EventKind::LeaderChanged,
-                leader,
-                format!("term {}", now.term),
-            );
+            events.emit(LEADER_CHANGED, leader, format!("term {}", now.term));
         }
         if now.voters != last.voters {
-            emit(EventKind::VotersChanged, &node_id, now.voters.join(", "));
+            events.emit(VOTERS_CHANGED, &node_id, now.voters.join(", "));
         }
+        match (&last.error, &now.error) {
+            (None, Some(error)) => {
+                metrics::counter!("noodle_control_failures_total").increment(1);
+                events.emit(CONTROL_FAILED, &node_id, error.clone());
+            }
+            (Some(_), None) => events.emit(
+                CONTROL_RESTARTED,
+                &node_id,
+                "the control-plane member started again from its database",
+            ),
+            _ => {}
+        }
+        metrics::gauge!("noodle_control_up").set(if now.error.is_none() { 1.0 } else { 0.0 });
         last = now;
-        if last_tick.elapsed() >= Duration::from_millis(250) {
-            last_tick = Instant::now();
+        if ticked {
             let now = revoked();
             for id in now.difference(&revoked_seen) {
-                emit(EventKind::TokenRevoked, &node_id, id.clone());
+                events.emit(TOKEN_REVOKED, &node_id, id.clone());
             }
             revoked_seen = now;
         }

@@ -5,10 +5,17 @@
 //! ([`noodle_security::JoinToken::verify`]) before it issues anything and answers with the
 //! cluster's material and the members it knows.
 
+use crate::cluster::ClusterState;
+use noodle_api::{EventKind, TokenRequest, TokenResponse};
+use noodle_host::EventBus;
+use noodle_link::{JoinPeer, RemoteError};
 use noodle_security::{ClusterCa, JoinToken, NodeKey};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::Duration;
+
+/// Seeds a join token carries besides this node, at most.
+const TOKEN_SEEDS_MAX: usize = 7;
 
 /// What a joiner sends.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -105,4 +112,78 @@ pub(crate) async fn join(
         cluster: token.cluster_id().to_string(),
         attempts: failures.join("; "),
     })
+}
+
+fn now_unix() -> u64 {
+    noodle_host::now_ms() / 1000
+}
+
+/// Mints a join token; seeds are the alive members' cluster addresses unless left out.
+pub(crate) fn create_token(
+    ca: &ClusterCa,
+    cluster: &ClusterState,
+    req: &TokenRequest,
+) -> TokenResponse {
+    let seeds: Vec<SocketAddr> = if req.no_addresses {
+        Vec::new()
+    } else {
+        let mut seeds = vec![cluster.advertise];
+        seeds.extend(
+            cluster
+                .members_where(|s| s == noodle_api::NodeState::Alive)
+                .into_iter()
+                .map(|(_, addr)| addr)
+                .take(TOKEN_SEEDS_MAX),
+        );
+        seeds
+    };
+    let expires = now_unix().saturating_add(req.ttl_secs);
+    let token = JoinToken::mint(ca, expires, seeds.clone());
+    TokenResponse {
+        token: token.encode(),
+        expires_at_unix: expires,
+        seeds: seeds.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// Answers a joiner (member side): checks its token, issues its certificate, and tells it the
+/// cluster's material and the members this node knows.
+pub(crate) fn handle_join(
+    ca: &ClusterCa,
+    cluster: &ClusterState,
+    events: &EventBus,
+    peer: &JoinPeer,
+    body: &[u8],
+) -> Result<Vec<u8>, RemoteError> {
+    let req: JoinRequest = postcard::from_bytes(body)
+        .map_err(|_| RemoteError::new(RemoteError::BAD_REQUEST, "unreadable join request"))?;
+    match admit(ca, &req, now_unix()) {
+        Ok(node_cert) => {
+            let mut members = vec![(cluster.node_id.clone(), cluster.advertise)];
+            members.extend(cluster.live_members());
+            let response = JoinResponse {
+                cluster_id: cluster.cluster_id.clone(),
+                ca_cert: ca.cert_der().to_vec(),
+                ca_key_pem: ca.key_pem(),
+                node_cert,
+                observed_addr: peer.remote,
+                members,
+            };
+            events.emit(
+                EventKind::JOIN_ADMITTED,
+                &req.node_id,
+                format!("{} ({}) from {}", req.name, req.node_id, peer.remote),
+            );
+            Ok(postcard::to_stdvec(&response).unwrap_or_default())
+        }
+        Err(reason) => {
+            metrics::counter!("noodle_join_refused_total").increment(1);
+            events.emit(
+                EventKind::JOIN_REFUSED,
+                &req.node_id,
+                format!("from {}: {reason}", peer.remote),
+            );
+            Err(RemoteError::new(RemoteError::FORBIDDEN, reason))
+        }
+    }
 }

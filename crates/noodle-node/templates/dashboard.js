@@ -1,11 +1,14 @@
 // Keeps the server-rendered dashboard live. Listens on /v1/dashboard/stream (SSE, same origin,
 // cookie-authenticated): `status` messages carry a StatusReport and re-render totals, nodes and
-// links; `jobs` messages carry a JobsSnapshot (dashboard.rs) and re-render the jobs panel;
-// `event` messages carry one Event and are added to the events table.
+// links; `panel` messages carry a subsystem's panel ({id, html}) rendered again by the node,
+// which replaces the panel of that id; `event` messages carry one Event and are added to the
+// events table.
 //
-// Every piece of data comes from the network (job commands from users): it is put into the page
-// with textContent and attributes only, never with innerHTML. The formatting helpers mirror those
-// in dashboard.rs and must give the same strings.
+// Data from the network is put into the page with textContent and attributes only. A panel's
+// HTML is the node's own render (every user or network string escaped there); it is parsed
+// inert and, as a second line of defence, stripped of scripts, frames and event-handler
+// attributes before it replaces the panel. The formatting helpers mirror those in
+// noodle-api's format module and must give the same strings.
 (function () {
   'use strict';
 
@@ -14,14 +17,9 @@
   const EVENTS_SHOWN_MAX = 50;
   const STATES = ['alive', 'suspect', 'dead'];
   const BYTE_UNITS = ['KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB'];
-  const JOB_STATES = ['queued', 'placed', 'running', 'succeeded', 'failed', 'cancelled', 'lost'];
 
   // Node id -> name, from the latest status, to show names instead of ids in links and events.
   let names = new Map();
-  // Nodes of the latest status (their offered slots), and the latest jobs snapshot: the per-node
-  // slot usage needs both.
-  let lastNodes = null;
-  let lastJobs = null;
 
   function byId(id) {
     return document.getElementById(id);
@@ -215,130 +213,26 @@
     byId('links-body').replaceChildren(...(rows.length ? rows : [emptyRow(5, 'No links measured yet.')]));
   }
 
-  // As job_state_class in dashboard.rs.
-  function jobStateClass(state) {
-    return JOB_STATES.indexOf(state) >= 0 ? state : 'other';
-  }
-
-  // As usage_text in dashboard.rs: `1/8`, with `—` for what is not known.
-  function usageText(used, offered) {
-    const part = function (v) {
-      return v === undefined || v === null ? '—' : String(v);
-    };
-    return part(used) + '/' + part(offered);
-  }
-
-  // As format_command in dashboard.rs: plain words as they are, others in single quotes.
-  function formatCommand(words) {
-    return (Array.isArray(words) ? words : [])
-      .map(function (w) {
-        w = String(w);
-        if (/^[A-Za-z0-9_@%+=:,.\/-]+$/.test(w)) {
-          return w;
-        }
-        return "'" + w.split("'").join("'\\''") + "'";
-      })
-      .join(' ');
-  }
-
-  // As job_title in dashboard.rs.
-  function jobTitle(j) {
-    return 'submitted ' + formatUtc(j.submitted_at_ms) + ' by ' + j.submitter + ' · ' +
-      j.cpus + ' CPU slot(s)';
-  }
-
-  function timeOrDash(ms) {
-    return typeof ms === 'number' ? formatUtc(ms) : '—';
-  }
-
-  function jobRow(j) {
-    const tr = el('tr');
-    tr.dataset.jobId = String(j.id);
-    tr.dataset.state = String(j.state);
-    tr.dataset.node = j.node || '';
-    tr.title = jobTitle(j);
-
-    const state = el('td');
-    const chip = el('span', 'job-state job-state-' + jobStateClass(j.state), j.state);
-    if (j.error) {
-      chip.title = j.error;
+  // A panel's HTML as an inert element: parsed without running anything, then stripped of
+  // what could run once it is in the page.
+  function inertPanel(html) {
+    const doc = new DOMParser().parseFromString(String(html), 'text/html');
+    const root = doc.body.firstElementChild;
+    if (!root) {
+      return null;
     }
-    state.append(chip);
-
-    const node = el('td', '', j.node ? nameOf(j.node) : '—');
-    if (j.node) {
-      node.title = j.node;
-    }
-
-    const command = el('td', 'command');
-    command.append(el('code', '', formatCommand(j.command)));
-
-    tr.append(
-      el('td', 'num', j.id),
-      state,
-      node,
-      el('td', 'num', typeof j.exit_code === 'number' ? j.exit_code : '—'),
-      command,
-      el('td', 'time', timeOrDash(j.started_at_ms)),
-      el('td', 'time', timeOrDash(j.ended_at_ms))
-    );
-    return tr;
-  }
-
-  function usageItem(id, name, state, used, offered) {
-    const item = el('div', 'state-' + state);
-    item.dataset.usageNode = id;
-    const dt = el('dt', '', name);
-    dt.title = id;
-    item.append(dt, el('dd', 'slots', usageText(used, offered)));
-    return item;
-  }
-
-  // Slots used / offered per node, from the latest status and jobs (as jobs_view in dashboard.rs).
-  function renderUsage() {
-    const list = byId('jobs-usage');
-    if (!list || lastNodes === null) {
-      return;
-    }
-    const used = lastJobs ? (lastJobs.slots_used || {}) : null;
-    const usedOf = function (id) {
-      return used === null ? null : (Number(used[id]) || 0);
-    };
-    const items = lastNodes.map(function (n) {
-      return usageItem(n.id, n.name, stateName(n.state), usedOf(n.id), n.slots);
+    root.querySelectorAll('script, iframe, object, embed, link, meta, style').forEach(function (n) {
+      n.remove();
     });
-    if (used !== null) {
-      const known = new Set(lastNodes.map(function (n) { return n.id; }));
-      for (const id of Object.keys(used).sort()) {
-        if (!known.has(id)) {
-          items.push(usageItem(id, nameOf(id), 'unknown', usedOf(id), null));
+    for (const node of [root, ...root.querySelectorAll('*')]) {
+      for (const attr of Array.from(node.attributes)) {
+        const value = attr.value.trim().toLowerCase();
+        if (attr.name.toLowerCase().startsWith('on') || value.startsWith('javascript:')) {
+          node.removeAttribute(attr.name);
         }
       }
     }
-    if (items.length === 0) {
-      const empty = el('div', 'empty');
-      empty.append(el('dt', '', 'No nodes known yet.'));
-      items.push(empty);
-    }
-    list.replaceChildren(...items);
-  }
-
-  function renderJobs(snapshot) {
-    const panel = byId('jobs-panel');
-    if (!panel || panel.dataset.mode === 'denied') {
-      return;
-    }
-    panel.dataset.mode = 'shown';
-    byId('jobs-note').hidden = true;
-    byId('j-queued').textContent = String(snapshot.queued);
-    byId('j-running').textContent = String(snapshot.running);
-    const more = Number(snapshot.more) || 0;
-    const moreNote = byId('jobs-more');
-    moreNote.textContent = more + ' more jobs waiting or running are not listed.';
-    moreNote.hidden = more === 0;
-    const rows = snapshot.jobs.map(jobRow);
-    byId('jobs-body').replaceChildren(...(rows.length ? rows : [emptyRow(7, 'No jobs yet.')]));
-    renderUsage();
+    return document.importNode(root, true);
   }
 
   function eventRow(e) {
@@ -411,12 +305,6 @@
     renderControl(report.control);
     renderNodes(report);
     renderLinks(report.links);
-    lastNodes = report.nodes;
-    // Until the first jobs message the server-rendered usage is the better one.
-    const jobsPanel = byId('jobs-panel');
-    if (lastJobs !== null || (jobsPanel && jobsPanel.dataset.mode === 'unavailable')) {
-      renderUsage();
-    }
 
     const now = new Date();
     document.body.dataset.live = '1';
@@ -427,13 +315,16 @@
     hideBanner();
   }
 
-  function onJobs(message) {
-    const snapshot = parse(message);
-    if (!snapshot || !Array.isArray(snapshot.jobs) || typeof snapshot.queued !== 'number') {
+  function onPanel(message) {
+    const panel = parse(message);
+    if (!panel || typeof panel.id !== 'string' || typeof panel.html !== 'string') {
       return;
     }
-    lastJobs = snapshot;
-    renderJobs(snapshot);
+    const old = document.querySelector('[data-panel="' + CSS.escape(panel.id) + '"]');
+    const fresh = inertPanel(panel.html);
+    if (old && fresh && fresh.dataset.panel === panel.id) {
+      old.replaceWith(fresh);
+    }
   }
 
   function onEvent(message) {
@@ -454,7 +345,7 @@
   }
   const source = new EventSource(STREAM_URL);
   source.addEventListener('status', onStatus);
-  source.addEventListener('jobs', onJobs);
+  source.addEventListener('panel', onPanel);
   source.addEventListener('event', onEvent);
   source.addEventListener('open', hideBanner);
   source.addEventListener('error', function () {

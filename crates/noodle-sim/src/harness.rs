@@ -247,9 +247,15 @@ async fn node(shared: Arc<Shared>, i: usize) -> turmoil::Result {
         store.set_append_durability(AppendDurability::UnsafeAckBeforeFsync);
     }
     let transport = Arc::new(SimTransport::start());
-    let control = Control::start(member(i), control_config(), store, transport)
-        .await
-        .map_err(|e| format!("{name} cannot start its control plane: {e}"))?;
+    let control = Control::start(
+        member(i),
+        control_config(),
+        store,
+        transport,
+        noodle_control::Machines::default(),
+    )
+    .await
+    .map_err(|e| format!("{name} cannot start its control plane: {e}"))?;
     let founder = i == 0 && !shared.state().initialized;
     if founder {
         control

@@ -181,7 +181,7 @@ pub(crate) async fn audit(
 ) -> Result<i32> {
     if let Some(AuditCommand::Verify { db, json }) = a.command {
         let r = match db {
-            Some(path) => noodle_node::verify_audit_file(&path).map_err(anyhow::Error::msg)?,
+            Some(path) => noodle_node::verify_audit_file(&path)?,
             None => client()?.audit_verify().await?,
         };
         if json {

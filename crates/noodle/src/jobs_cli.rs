@@ -160,7 +160,7 @@ pub(crate) async fn run(
         Some(on) if on.contains('=') => labels.extend(crate::parse_labels(&[on.to_string()])?),
         Some(node) => {
             let id = resolve_node(&client, node).await?;
-            labels.insert(noodle_node::NODE_LABEL.to_string(), id);
+            labels.insert(noodle_jobs::NODE_LABEL.to_string(), id);
         }
         None => {}
     }
@@ -472,7 +472,10 @@ fn render_jobs(jobs: &[JobInfo], names: &BTreeMap<String, String>, now_ms: u64) 
             exit,
             j.cpus,
             format_span(job_time_ms(j, now_ms)),
-            truncate(&display_command(&j.command), COMMAND_WIDTH)
+            truncate(
+                &noodle_api::format::format_command(&j.command),
+                COMMAND_WIDTH
+            )
         );
     }
     out
@@ -514,24 +517,6 @@ fn short_node_id(id: &str) -> String {
         }
     }
     id.to_string()
-}
-
-/// The command as a shell would show it: arguments with spaces or quotes in single quotes.
-fn display_command(command: &[String]) -> String {
-    command
-        .iter()
-        .map(|a| {
-            let plain = !a.is_empty()
-                && a.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
-            if plain {
-                a.clone()
-            } else {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// `s` cut to `width` characters, the last one `…` when something was cut.
@@ -874,7 +859,10 @@ mod tests {
             "box-0b9c2f3e"
         );
         assert_eq!(short_node_id("n1"), "n1");
-        assert_eq!(display_command(&strings(&["a", "", "b c"])), "a '' 'b c'");
+        assert_eq!(
+            noodle_api::format::format_command(&strings(&["a", "", "b c"])),
+            "a '' 'b c'"
+        );
     }
 
     #[test]

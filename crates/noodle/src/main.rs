@@ -291,7 +291,9 @@ fn default_data_dir() -> PathBuf {
 fn main() {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("NOODLE_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,openraft=error,noodle_node=info")
+        tracing_subscriber::EnvFilter::new(
+            "warn,openraft=error,noodle_node=info,noodle_host=info,noodle_jobs=info",
+        )
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -431,7 +433,7 @@ fn parse_labels(raw: &[String]) -> Result<BTreeMap<String, String>> {
         let Some((k, v)) = l.split_once('=') else {
             bail!("label `{l}` must look like key=value");
         };
-        noodle_discovery::validate_label(k, v).map_err(anyhow::Error::msg)?;
+        noodle_discovery::validate_label(k, v)?;
         labels.insert(k.to_string(), v.to_string());
     }
     if labels.len() > noodle_discovery::table::LABELS_MAX {
@@ -461,13 +463,19 @@ async fn up(data_dir: PathBuf, args: UpArgs) -> Result<i32> {
     if args.job_lease.is_zero() {
         bail!("--job-lease must be longer than 0s");
     }
-    cfg.jobs.slots = args.slots;
-    cfg.jobs.lease = args.job_lease;
-    cfg.jobs.kill_grace = args.kill_grace;
+    cfg.slots = args.slots;
+    let jobs = noodle_jobs::JobsConfig {
+        lease: args.job_lease,
+        kill_grace: args.kill_grace,
+        ..noodle_jobs::JobsConfig::default()
+    };
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .ok();
-    let node = noodle_node::start(cfg, metrics).await?;
+    // The subsystems this node runs besides its own (membership, control plane, API).
+    let subsystems: Vec<Box<dyn noodle_host::Subsystem>> =
+        vec![Box::new(noodle_jobs::Jobs::new(jobs))];
+    let node = noodle_node::start(cfg, subsystems, metrics).await?;
     outln!("noodle node {} is up", node.node_id());
     outln!("  cluster    {}", node.cluster_id());
     outln!(

@@ -79,7 +79,7 @@ async fn request_response_datagrams_and_pq_key_exchange() {
     );
 
     a.send_datagram(b.local_addr(), Bytes::from_static(b"gossip"));
-    for _ in 0..100 {
+    for _ in 0..6000 {
         if !b_svc.datagrams.lock().unwrap().is_empty() {
             break;
         }

@@ -3,7 +3,7 @@
 use crate::support::{Node, cli, eventually};
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Runs `noodle up` expecting it to fail; returns its stderr.
 fn up_fails(dir: &Path, args: &[&str]) -> String {
@@ -244,5 +244,98 @@ fn read_only_or_full_data_dir_gives_one_clear_error() {
     assert!(
         err.contains("No space left") || err.contains("disk full"),
         "{err}"
+    );
+}
+
+/// A node whose disk fills up refuses writes with one clear error, reports its control plane
+/// failed, and takes writes again soon after space is freed, without a restart; nothing it
+/// acknowledged is lost.
+#[test]
+fn a_full_disk_refuses_writes_and_the_control_plane_recovers_without_a_restart() {
+    assert!(
+        is_root(),
+        "this test mounts small file systems and must run as root (CI does)"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    // The node's log goes beside the mount, not into it.
+    let dir = tmp.path().join("data");
+    let _disk = Tmpfs::mount(&dir, "size=48m");
+    let node = Node::start_in(dir.clone(), "full");
+    node.wait_ready(Duration::from_secs(10));
+    let set = |key: &str, value: &str| node.cli(&["config", "set", key, value]);
+    for i in 0..20 {
+        let out = set(&format!("before/{i}"), "kept");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let pid = node.child.as_ref().map(std::process::Child::id);
+
+    // Fill the disk to the last block.
+    let filler_path = dir.join("filler");
+    let mut filler = std::fs::File::create(&filler_path).unwrap();
+    let block = vec![0u8; 64 << 10];
+    while std::io::Write::write_all(&mut filler, &block).is_ok() {}
+    let small = vec![0u8; 512];
+    while std::io::Write::write_all(&mut filler, &small).is_ok() {}
+    drop(filler);
+
+    // Writes are refused with a clear error while it is full (the first may still fit in a
+    // page redb had free: write until one is refused).
+    let refused = eventually(Duration::from_secs(20), "a write refused", || {
+        let out = set("during", "x");
+        (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).to_string())
+    });
+    assert!(
+        refused.contains("No space left") && refused.lines().count() == 1,
+        "{refused}"
+    );
+    let failed = eventually(
+        Duration::from_secs(10),
+        "the control plane shown failed",
+        || {
+            let c = node.status()?.control?;
+            (c.role == "failed").then_some(c)
+        },
+    );
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("No space left")),
+        "{failed:?}"
+    );
+
+    // Space comes back: writes are accepted again soon, by the same process.
+    std::fs::remove_file(&filler_path).unwrap();
+    let freed = Instant::now();
+    eventually(Duration::from_secs(30), "a write accepted again", || {
+        set("after", "ok").status.success().then_some(())
+    });
+    let took = freed.elapsed();
+    assert!(
+        took <= Duration::from_secs(10),
+        "writes were accepted again only {took:?} after space was freed"
+    );
+    assert_eq!(node.child.as_ref().map(std::process::Child::id), pid);
+    for i in 0..20 {
+        let out = node.cli(&["config", "get", &format!("before/{i}")]);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("kept"),
+            "before/{i} lost: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let report = node.cli(&["audit", "verify", "--json"]);
+    let report: noodle_api::AuditVerifyReport =
+        serde_json::from_slice(&report.stdout).expect("audit verify --json");
+    assert!(report.ok, "{report:?}");
+    let events = node.cli(&["events", "--json"]);
+    let events = String::from_utf8_lossy(&events.stdout);
+    assert!(
+        events.contains("control_failed") && events.contains("control_restarted"),
+        "{events}"
     );
 }

@@ -89,7 +89,7 @@ fn three_nodes_join_and_all_links_are_post_quantum() {
         assert!(
             events
                 .iter()
-                .any(|e| e.kind == noodle_api::EventKind::LinkUp && &e.node == peer),
+                .any(|e| e.kind == noodle_api::EventKind::LINK_UP && &e.node == peer),
             "no link_up naming {peer}: {events:?}"
         );
     }
@@ -186,7 +186,7 @@ fn events_follow_streams_membership_changes() {
     while Instant::now() < deadline {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
             let e: noodle_api::Event = serde_json::from_str(&line).unwrap();
-            let done = e.kind == noodle_api::EventKind::NodeJoined && e.node == second_id;
+            let done = e.kind == noodle_api::EventKind::NODE_JOINED && e.node == second_id;
             seen.push(e);
             if done {
                 break;
@@ -197,11 +197,11 @@ fn events_follow_streams_membership_changes() {
     let _ = follower.wait();
     assert!(
         seen.iter()
-            .any(|e| e.kind == noodle_api::EventKind::NodeJoined && e.node == second_id),
+            .any(|e| e.kind == noodle_api::EventKind::NODE_JOINED && e.node == second_id),
         "no node_joined for {second_id} in {seen:?}"
     );
     assert!(
         seen.iter()
-            .any(|e| e.kind == noodle_api::EventKind::NodeStarted)
+            .any(|e| e.kind == noodle_api::EventKind::NODE_STARTED)
     );
 }

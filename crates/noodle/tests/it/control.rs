@@ -753,3 +753,114 @@ fn checkpoints_are_signed_and_verified() {
         );
     }
 }
+
+/// A client writes through a follower in a loop while the leader is killed: every write it
+/// started is acknowledged (the follower sends a write whose leader died to the next one),
+/// none is applied twice (each is in the audit log once), and the first write after the kill
+/// is acknowledged within 3 s of it.
+#[test]
+fn writes_through_a_follower_survive_the_leader_dying_and_apply_once() {
+    let mut nodes = pinned_cluster(3, &[]);
+    let ids: Vec<String> = nodes.iter().map(Node::node_id).collect();
+    let current = agreed(
+        &nodes.iter().collect::<Vec<_>>(),
+        "3 voters and a leader",
+        |c| c.voters.len() == 3 && c.leader.is_some(),
+    );
+    let leader = current.leader.clone().expect("a leader");
+    let li = ids
+        .iter()
+        .position(|id| *id == leader)
+        .expect("leader is a node");
+    let fi = (li + 1) % nodes.len();
+    let follower = nodes[fi].dir.clone();
+
+    /// One write: its key, when it started and ended, and what the CLI said.
+    struct Write {
+        key: String,
+        started: Instant,
+        ended: Instant,
+        ok: bool,
+        stderr: String,
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_on_panic = StopOnDrop(stop.clone());
+    let acked = Arc::new(AtomicUsize::new(0));
+    let writer = std::thread::spawn({
+        let (stop, acked) = (stop.clone(), acked.clone());
+        move || {
+            let mut writes = Vec::new();
+            let mut n = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let key = format!("loop/k{n:05}");
+                let started = Instant::now();
+                let out = cli(&follower, &["config", "set", &key, "v"]);
+                let ok = out.status.success();
+                if ok {
+                    acked.fetch_add(1, Ordering::SeqCst);
+                }
+                writes.push(Write {
+                    key,
+                    started,
+                    ended: Instant::now(),
+                    ok,
+                    stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+                });
+            }
+            writes
+        }
+    });
+    eventually(Duration::from_secs(30), "writes before the kill", || {
+        (acked.load(Ordering::SeqCst) >= 10).then_some(())
+    });
+    nodes[li].kill9();
+    let killed = Instant::now();
+    let before = acked.load(Ordering::SeqCst);
+    eventually(Duration::from_secs(60), "writes after the kill", || {
+        (acked.load(Ordering::SeqCst) >= before + 10).then_some(())
+    });
+    stop.store(true, Ordering::SeqCst);
+    let writes = writer.join().expect("writer thread");
+
+    let failed: Vec<String> = writes
+        .iter()
+        .filter(|w| !w.ok)
+        .map(|w| format!("{}: {}", w.key, w.stderr.trim()))
+        .collect();
+    assert!(failed.is_empty(), "writes failed: {failed:#?}");
+    let first_after = writes
+        .iter()
+        .find(|w| w.ended > killed)
+        .expect("a write ended after the kill");
+    let took = first_after.ended - killed;
+    eprintln!(
+        "{} writes; the first after the kill ({}, started {:?} before it) was acknowledged {took:?} after it",
+        writes.len(),
+        first_after.key,
+        killed.saturating_duration_since(first_after.started)
+    );
+    assert!(
+        took <= Duration::from_secs(3),
+        "the first write after the kill took {took:?}"
+    );
+    // Applied once: every write is in the audit log exactly once, as allowed.
+    let survivors: Vec<&Node> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != li)
+        .map(|(_, n)| n)
+        .collect();
+    let log = audit_log(survivors[0]);
+    for w in &writes {
+        let entries = log
+            .iter()
+            .filter(|e| e.action == "config.set" && e.target == w.key)
+            .count();
+        assert_eq!(entries, 1, "{} is in the audit log {entries} times", w.key);
+    }
+    for node in survivors {
+        let (verified, report) = verify(node);
+        assert!(verified && report.ok, "{}: {report:?}", node.name);
+    }
+}

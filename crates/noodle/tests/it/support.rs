@@ -65,6 +65,19 @@ impl Node {
         Node::start_listening(name, "127.0.0.1:0", extra)
     }
 
+    /// Starts a node that forms a new cluster in the data directory `dir` (kept by the caller).
+    pub(crate) fn start_in(dir: PathBuf, name: &str) -> Node {
+        let mut node = Node {
+            dir,
+            child: None,
+            name: name.to_string(),
+            listen: "127.0.0.1:0".to_string(),
+            _tmp: None,
+        };
+        node.spawn(&[]);
+        node
+    }
+
     /// [`Node::start`] with the cluster port on `listen` instead of `127.0.0.1:0`.
     pub(crate) fn start_listening(name: &str, listen: &str, extra: &[&str]) -> Node {
         let tmp = tempfile::tempdir().expect("tempdir");

@@ -659,7 +659,7 @@ impl JobCgroup {
         let name = format!(
             "job-{}-{}-{}",
             std::process::id(),
-            crate::now_ms(),
+            noodle_host::now_ms(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let dir = parent.join(name);

@@ -1,19 +1,26 @@
-//! API routes of the control plane: configuration, capability tokens, policies, audit log.
+//! The control plane as a subsystem of the node: its members' RPC methods (`raft.*`,
+//! `control.*`) and its API routes: configuration, capability tokens, policies, audit log.
 //! Each handler first names the right it needs ([`check`]).
 
-use crate::api::{ApiResult, AppState, Refusal, check, parse_body};
-use crate::control::{Actor, Caller, ControlPlane};
-use axum::Extension;
+use crate::control::ControlPlane;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use axum::{Extension, Router};
+use bytes::Bytes;
 use noodle_api::{
     AuditEntry, AuditPage, CapRequest as ApiCapRequest, CapResponse, ConfigEntry, ConfigList,
     ConfigValue, PolicyEntry, PolicyList, RevokeRequest,
 };
 use noodle_caps::{Policy, Quota, Request, Right, TokenSpec};
-use noodle_control::{Command, ControlError, Response as Applied};
+use noodle_control::{Command, Response as Applied};
+use noodle_host::api::{ApiResult, Refusal, bad_request, check, control_error, parse_body};
+use noodle_host::{Actor, Authz, Caller, Permission, RunningSubsystem};
+use noodle_link::{RemoteError, ServiceFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Longest capability-token lifetime the API mints.
@@ -21,28 +28,69 @@ const CAP_TTL_SECS_MAX: u64 = 365 * 24 * 3600;
 /// Most audit entries one page returns.
 const AUDIT_PAGE_MAX: u32 = 1000;
 
-pub(crate) fn plane(shared: &AppState) -> Result<&std::sync::Arc<ControlPlane>, Refusal> {
-    shared.control.get().ok_or_else(|| {
-        Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the control plane is starting; try again in a moment",
-        )
-    })
+/// The control plane's part of the node: what its handlers share.
+pub(crate) struct ControlApi {
+    pub(crate) plane: Arc<ControlPlane>,
+    pub(crate) authz: Arc<Authz>,
 }
 
-pub(crate) fn control_error(e: ControlError) -> Refusal {
-    let status = match &e {
-        ControlError::Rejected(_) => StatusCode::BAD_REQUEST,
-        ControlError::NoLeader(_) | ControlError::Indeterminate(_) => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    Refusal::new(status, e.to_string())
+type AppState = Arc<ControlApi>;
+
+impl RunningSubsystem for ControlApi {
+    fn name(&self) -> &'static str {
+        "control"
+    }
+
+    fn rpc_prefixes(&self) -> &'static [&'static str] {
+        &["raft.", "control."]
+    }
+
+    fn call(&self, _from: SocketAddr, method: &str, body: Bytes) -> ServiceFuture {
+        let control = self.plane.control.clone();
+        let method = method.to_string();
+        Box::pin(async move {
+            control.serve(&method, &body).await.ok_or_else(|| {
+                RemoteError::new(RemoteError::NOT_FOUND, format!("unknown method `{method}`"))
+            })
+        })
+    }
+
+    fn routes(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/v1/config", get(config_list))
+            .route(
+                "/v1/config/{*key}",
+                get(config_get).put(config_set).delete(config_unset),
+            )
+            .route("/v1/caps", post(cap_create))
+            .route("/v1/caps/revoke", post(cap_revoke))
+            .route("/v1/policies", get(policy_list).post(policy_add))
+            .route("/v1/policies/{name}", delete(policy_remove))
+            .route("/v1/audit", get(audit))
+            .route("/v1/audit/verify", get(audit_verify))
+            .with_state(self)
+    }
 }
 
-pub(crate) fn bad_request(message: impl Into<String>) -> Refusal {
-    Refusal::new(StatusCode::BAD_REQUEST, message)
+impl ControlApi {
+    /// Checks that `caller` may make `request` (see [`check`]).
+    fn check(
+        &self,
+        caller: &Caller,
+        request: impl Into<Request>,
+        action: &str,
+        target: &str,
+    ) -> Result<Actor, Refusal> {
+        check(&self.authz, caller, request, action, target)
+    }
+
+    /// A linearizable read of the replicated state.
+    async fn read<T>(
+        &self,
+        f: impl FnOnce(&noodle_control::StateView) -> Result<T, noodle_control::DbError>,
+    ) -> Result<T, Refusal> {
+        self.plane.control.read(f).await.map_err(control_error)
+    }
 }
 
 /// Runs an authorised, audited write and answers `ok` once the state machine applied it.
@@ -54,8 +102,9 @@ async fn write<T: serde::Serialize>(
     command: Command,
     ok: T,
 ) -> ApiResult {
-    command.validate().map_err(bad_request)?;
-    let applied = plane(shared)?
+    command.validate().map_err(|e| bad_request(e.0))?;
+    let applied = shared
+        .authz
         .write(actor, action, target, command)
         .await
         .map_err(control_error)?;
@@ -73,60 +122,45 @@ async fn write<T: serde::Serialize>(
     }
 }
 
-pub(crate) async fn config_list(
+async fn config_list(
     State(shared): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> ApiResult {
-    check(
-        &shared,
-        &caller,
-        Request::new("config", "read"),
-        "config.list",
-        "",
-    )?;
-    let entries = plane(&shared)?
-        .control
-        .read(|v| v.config_list())
-        .await
-        .map_err(control_error)?;
+    shared.check(&caller, Permission::CONFIG_READ, "config.list", "")?;
+    let entries = shared.read(|v| v.config_list()).await?;
+    let entries = entries
+        .into_iter()
+        .map(|(key, value)| ConfigEntry { key, value });
     Ok(Json(ConfigList {
-        entries: entries
-            .into_iter()
-            .map(|(key, value)| ConfigEntry { key, value })
-            .collect(),
+        entries: entries.collect(),
     })
     .into_response())
 }
 
-pub(crate) async fn config_get(
+async fn config_get(
     State(shared): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(key): Path<String>,
 ) -> ApiResult {
-    let read = Request::new("config", "read").on(&key);
-    check(&shared, &caller, read, "config.get", &key)?;
-    let value = plane(&shared)?
-        .control
-        .read(|v| v.config_get(&key))
-        .await
-        .map_err(control_error)?
-        .ok_or_else(|| {
-            Refusal::new(
-                StatusCode::NOT_FOUND,
-                format!("config key {key:?} is not set"),
-            )
-        })?;
+    let read = Permission::CONFIG_READ.on(&key);
+    shared.check(&caller, read, "config.get", &key)?;
+    let value = shared.read(|v| v.config_get(&key)).await?.ok_or_else(|| {
+        Refusal::new(
+            StatusCode::NOT_FOUND,
+            format!("config key {key:?} is not set"),
+        )
+    })?;
     Ok(Json(ConfigEntry { key, value }).into_response())
 }
 
-pub(crate) async fn config_set(
+async fn config_set(
     State(shared): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(key): Path<String>,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    let write_key = Request::new("config", "write").on(&key);
-    let actor = check(&shared, &caller, write_key, "config.set", &key)?;
+    let write_key = Permission::CONFIG_WRITE.on(&key);
+    let actor = shared.check(&caller, write_key, "config.set", &key)?;
     let value: ConfigValue = parse_body(&body, "config value")?;
     let ok = ConfigEntry {
         key: key.clone(),
@@ -139,13 +173,13 @@ pub(crate) async fn config_set(
     write(&shared, &actor, "config.set", &key, command, ok).await
 }
 
-pub(crate) async fn config_unset(
+async fn config_unset(
     State(shared): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(key): Path<String>,
 ) -> ApiResult {
-    let write_key = Request::new("config", "write").on(&key);
-    let actor = check(&shared, &caller, write_key, "config.unset", &key)?;
+    let write_key = Permission::CONFIG_WRITE.on(&key);
+    let actor = shared.check(&caller, write_key, "config.unset", &key)?;
     let ok = ConfigEntry {
         key: key.clone(),
         value: String::new(),
@@ -154,18 +188,12 @@ pub(crate) async fn config_unset(
     write(&shared, &actor, "config.unset", &key, command, ok).await
 }
 
-pub(crate) async fn cap_create(
+async fn cap_create(
     State(shared): State<AppState>,
     Extension(caller): Extension<Caller>,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    let actor = check(
-        &shared,
-        &caller,
-        Request::new("cap", "create"),
-        "cap.create",
-        "",
-    )?;
+    let actor = shared.check(&caller, Permission::CAP_CREATE, "cap.create", "")?;
     let req: ApiCapRequest = parse_body(&body, "capability request")?;
     if req.ttl_secs == 0 || req.ttl_secs > CAP_TTL_SECS_MAX {
         return Err(bad_request(format!(
@@ -194,11 +222,12 @@ pub(crate) async fn cap_create(
         if let Some(p) = &r.prefix {
             wanted = wanted.on(p);
         }
-        check(&shared, &caller, wanted, "cap.create", &r.to_string())?;
+        shared.check(&caller, wanted, "cap.create", &r.to_string())?;
     }
-    let root = plane(&shared)?
+    let root = shared
+        .authz
         .root_key()
-        .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+        .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let spec = TokenSpec {
         rights,
         quotas,
@@ -218,14 +247,14 @@ pub(crate) async fn cap_create(
     write(&shared, &actor, "cap.create", &target, Command::Nothing, ok).await
 }
 
-pub(crate) async fn cap_revoke(
+async fn cap_revoke(
     State(shared): State<AppState>,
     Extension(caller): Extension<Caller>,
     body: axum::body::Bytes,
 ) -> ApiResult {
     let req: RevokeRequest = parse_body(&body, "revocation request")?;
-    let revoke = Request::new("cap", "revoke");
-    let actor = check(&shared, &caller, revoke, "cap.revoke", &req.id)?;
+    let revoke = Permission::CAP_REVOKE;
+    let actor = shared.check(&caller, revoke, "cap.revoke", &req.id)?;
     let id = req.id.trim().to_ascii_lowercase();
     if id.is_empty() || id.len() > 256 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(bad_request(
@@ -244,22 +273,12 @@ pub(crate) async fn cap_revoke(
     .await
 }
 
-pub(crate) async fn policy_list(
+async fn policy_list(
     State(shared): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> ApiResult {
-    check(
-        &shared,
-        &caller,
-        Request::new("policy", "read"),
-        "policy.list",
-        "",
-    )?;
-    let list = plane(&shared)?
-        .control
-        .read(|v| v.policies())
-        .await
-        .map_err(control_error)?;
+    shared.check(&caller, Permission::POLICY_READ, "policy.list", "")?;
+    let list = shared.read(|v| v.policies()).await?;
     Ok(Json(PolicyList {
         policies: list
             .into_iter()
@@ -269,14 +288,14 @@ pub(crate) async fn policy_list(
     .into_response())
 }
 
-pub(crate) async fn policy_add(
+async fn policy_add(
     State(shared): State<AppState>,
     Extension(caller): Extension<Caller>,
     body: axum::body::Bytes,
 ) -> ApiResult {
     let entry: PolicyEntry = parse_body(&body, "policy request")?;
-    let write_policy = Request::new("policy", "write");
-    let actor = check(&shared, &caller, write_policy, "policy.add", &entry.name)?;
+    let write_policy = Permission::POLICY_WRITE;
+    let actor = shared.check(&caller, write_policy, "policy.add", &entry.name)?;
     Policy::parse(&entry.name, &entry.source).map_err(|e| bad_request(e.to_string()))?;
     let command = Command::PolicySet {
         name: entry.name.clone(),
@@ -286,13 +305,13 @@ pub(crate) async fn policy_add(
     write(&shared, &actor, "policy.add", &target, command, entry).await
 }
 
-pub(crate) async fn policy_remove(
+async fn policy_remove(
     State(shared): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult {
-    let write_policy = Request::new("policy", "write");
-    let actor = check(&shared, &caller, write_policy, "policy.remove", &name)?;
+    let write_policy = Permission::POLICY_WRITE;
+    let actor = shared.check(&caller, write_policy, "policy.remove", &name)?;
     let ok = PolicyEntry {
         name: name.clone(),
         source: String::new(),
@@ -302,7 +321,7 @@ pub(crate) async fn policy_remove(
 }
 
 #[derive(serde::Deserialize)]
-pub(crate) struct AuditQuery {
+struct AuditQuery {
     #[serde(default)]
     from: u64,
     limit: Option<u32>,
@@ -327,25 +346,17 @@ fn entry_view(e: &noodle_audit::Entry) -> AuditEntry {
     }
 }
 
-pub(crate) async fn audit(
+async fn audit(
     State(shared): State<AppState>,
     Extension(caller): Extension<Caller>,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult {
-    check(
-        &shared,
-        &caller,
-        Request::new("audit", "read"),
-        "audit.read",
-        "",
-    )?;
+    shared.check(&caller, Permission::AUDIT_READ, "audit.read", "")?;
     let limit = q.limit.unwrap_or(AUDIT_PAGE_MAX).min(AUDIT_PAGE_MAX) as usize;
     let from = q.from.max(1);
-    let (entries, head_seq) = plane(&shared)?
-        .control
+    let (entries, head_seq) = shared
         .read(|v| Ok((v.audit_entries(from, limit)?, v.audit_chain()?.head().0)))
-        .await
-        .map_err(control_error)?;
+        .await?;
     Ok(Json(AuditPage {
         entries: entries.iter().map(entry_view).collect(),
         head_seq,
@@ -353,17 +364,15 @@ pub(crate) async fn audit(
     .into_response())
 }
 
-pub(crate) async fn audit_verify(
+async fn audit_verify(
     State(shared): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> ApiResult {
-    check(
-        &shared,
-        &caller,
-        Request::new("audit", "read"),
-        "audit.verify",
-        "",
-    )?;
-    let report = plane(&shared)?.verify_audit().map_err(control_error)?;
+    shared.check(&caller, Permission::AUDIT_READ, "audit.verify", "")?;
+    let report = shared
+        .plane
+        .control
+        .read_local(noodle_host::verify_audit)
+        .map_err(control_error)?;
     Ok(Json(report).into_response())
 }

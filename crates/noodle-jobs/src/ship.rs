@@ -1,6 +1,7 @@
 //! File shipping for `noodle run --file`, node side: the chunk API behind `POST /v1/chunks/missing`
-//! and `PUT /v1/chunks/{id}`, the `chunks.get` request other members call, and
-//! [`Shipping::materialize`], which makes a job's files appear in its working directory.
+//! and `PUT /v1/chunks/{id}`, the `chunks.get` stream other members open (a list of ids in,
+//! the chunks out, one message each), and [`Shipping::materialize`], which makes a job's files
+//! appear in its working directory.
 //!
 //! The storage model is `noodle-chunks`: files are manifests of blake3-named chunks, so what a
 //! node already has is never shipped again, and every byte that arrives is checked against its
@@ -10,7 +11,7 @@
 //!
 //! Every call that touches the disk is blocking except [`Shipping::materialize`], which moves its
 //! file work to `spawn_blocking`. [`Shipping`] is cheap to clone so that callers can do the same
-//! with [`Shipping::missing`], [`Shipping::put`] and [`Shipping::serve_get`].
+//! with [`Shipping::missing`], [`Shipping::put`] and [`Shipping::read_get`].
 //!
 //! The store keeps manifests beside chunks; an uploaded object longer than a chunk is accepted
 //! only if it decodes as a manifest.
@@ -23,17 +24,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use noodle_api::JobFile;
 use noodle_chunks::{
     ChunkError, ChunkId, MAX_CHUNK_BYTES, MAX_OBJECT_BYTES, Manifest, ManifestError, Store,
 };
-use noodle_link::{Link, LinkError, RemoteError};
-use serde::{Serialize, Serializer};
+use noodle_link::{Link, RecvStream, RemoteError, SendStream, recv_message, send_message};
 
-/// The request a member answers with the chunks it holds.
+/// The raw-stream method a member answers with the chunks it holds.
 pub(crate) const METHOD_GET: &str = "chunks.get";
+/// Bytes of one `chunks.get` request at most: a count (at most 5 bytes) and 32 bytes per id.
+const GET_REQUEST_BYTES_MAX: usize = 5 + GET_IDS_MAX * 32;
 /// Ids in one [`Shipping::missing`] call.
 pub(crate) const MISSING_IDS_MAX: usize = 100_000;
 /// Ids in one `chunks.get` request.
@@ -111,16 +112,6 @@ async fn blocking<T: Send + 'static>(
             path: path.to_owned(),
             source: io::Error::other(format!("blocking task failed: {e}")),
         })?
-}
-
-/// A chunk in a `chunks.get` answer: serialized as postcard bytes, which is byte for byte the
-/// encoding of a `Vec<u8>`, without serde's element-by-element loop.
-struct RawBytes<'a>(&'a [u8]);
-
-impl Serialize for RawBytes<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(self.0)
-    }
 }
 
 /// The chunk store of this node. Cheap to clone.
@@ -211,13 +202,13 @@ impl Shipping {
         self.store.remove(id).map(|_| ())
     }
 
-    /// RPC `chunks.get`, for other members: `body` is a postcard `Vec<[u8; 32]>` of at most
-    /// [`GET_IDS_MAX`] ids; the answer is a postcard `Vec<Vec<u8>>` of their bytes, in the same
-    /// order, at most [`GET_ANSWER_BYTES_MAX`] in all. Blocking (reads up to 12 MiB).
-    pub(crate) fn serve_get(&self, body: &[u8]) -> Result<Vec<u8>, RemoteError> {
+    /// What a `chunks.get` stream answers: `body` is a postcard `Vec<[u8; 32]>` of at most
+    /// [`GET_IDS_MAX`] ids; the answer is their bytes, in the same order, at most
+    /// [`GET_ANSWER_BYTES_MAX`] in all. Blocking (reads up to 12 MiB).
+    pub(crate) fn read_get(&self, body: &[u8]) -> Result<Vec<Vec<u8>>, RemoteError> {
         let bad = |m: String| RemoteError::new(RemoteError::BAD_REQUEST, m);
-        // A count (at most 5 bytes) and 32 bytes per id: refuse more before decoding anything.
-        if body.len() > 5 + GET_IDS_MAX * 32 {
+        // Refuse more than the bound before decoding anything.
+        if body.len() > GET_REQUEST_BYTES_MAX {
             return Err(bad(format!(
                 "chunks.get body of {} bytes asks for more than {GET_IDS_MAX} chunks",
                 body.len()
@@ -270,10 +261,26 @@ impl Shipping {
             }
             chunks.push(data);
         }
-        let raw: Vec<RawBytes<'_>> = chunks.iter().map(|c| RawBytes(c)).collect();
-        postcard::to_allocvec(&raw).map_err(|e| {
-            RemoteError::new(RemoteError::INTERNAL, format!("cannot encode chunks: {e}"))
-        })
+        Ok(chunks)
+    }
+
+    /// Serves a `chunks.get` stream for another member: one request message (the ids), then
+    /// the answer ([`send_get_answer`]).
+    pub(crate) async fn serve_get(&self, mut send: SendStream, mut recv: RecvStream) {
+        let answer = match recv_message(&mut recv, GET_REQUEST_BYTES_MAX).await {
+            Ok(Some(body)) => {
+                let ship = self.clone();
+                tokio::task::spawn_blocking(move || ship.read_get(&body))
+                    .await
+                    .unwrap_or_else(|e| Err(RemoteError::new(RemoteError::INTERNAL, e.to_string())))
+            }
+            Ok(None) => Err(RemoteError::new(
+                RemoteError::BAD_REQUEST,
+                "no chunks.get request",
+            )),
+            Err(e) => Err(RemoteError::new(RemoteError::BAD_REQUEST, e.to_string())),
+        };
+        send_get_answer(&mut send, answer).await;
     }
 
     /// On the executing node: makes `file` appear at `workdir/<file.name>` (mode 0755 if
@@ -368,11 +375,10 @@ impl Shipping {
         let (bytes, fetched_bytes) = match local {
             Some(bytes) => (bytes, 0),
             None => {
-                let answer = request_chunks(link, origin, &[id]).await?;
+                let mut answer = request_chunks(link, origin, &[id]).await?;
                 let ship = self.clone();
                 let bytes = blocking(&label, move || {
-                    let mut entries = decode_answer(origin, &answer, 1)?;
-                    let bytes = entries.pop().unwrap_or_default().to_vec();
+                    let bytes = answer.pop().unwrap_or_default();
                     let actual = ChunkId::of(&bytes);
                     if actual != id {
                         return Err(ChunkError::HashMismatch { id, actual }.into());
@@ -426,13 +432,12 @@ impl Shipping {
         batch: Vec<(ChunkId, u32)>,
     ) -> Result<u64, ShipError> {
         let ids: Vec<ChunkId> = batch.iter().map(|&(id, _)| id).collect();
-        let answer = request_chunks(link, origin, &ids).await?;
+        let entries = request_chunks(link, origin, &ids).await?;
         let ship = self.clone();
         let label = PathBuf::from(format!("chunks from {origin}"));
         blocking(&label, move || {
-            let entries = decode_answer(origin, &answer, batch.len())?;
             let mut total = 0u64;
-            for (&(id, len), data) in batch.iter().zip(entries) {
+            for (&(id, len), data) in batch.iter().zip(&entries) {
                 let actual = ChunkId::of(data);
                 if actual != id {
                     // Logged here because the error itself cannot say where the chunk came from.
@@ -551,32 +556,108 @@ fn plan_batches(manifest: &Manifest, missing: &[ChunkId]) -> Vec<Vec<(ChunkId, u
     batches
 }
 
-/// Sends one `chunks.get` to `origin`, retrying a failed connection or a timeout a few times.
+/// Answers a `chunks.get` stream: a status message (postcard `Result<u32, (u16, String)>`: how
+/// many chunks follow, or why none do), then one message per chunk, in the order asked.
+pub(crate) async fn send_get_answer(
+    send: &mut SendStream,
+    answer: Result<Vec<Vec<u8>>, RemoteError>,
+) {
+    let status: Result<u32, (u16, String)> = match &answer {
+        Ok(chunks) => Ok(chunks.len() as u32),
+        Err(e) => Err((e.code, e.message.clone())),
+    };
+    let Ok(status) = postcard::to_allocvec(&status) else {
+        return;
+    };
+    if send_message(send, &status).await.is_err() {
+        return;
+    }
+    for chunk in answer.iter().flatten() {
+        if send_message(send, chunk).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}
+
+/// One `chunks.get` stream to `origin`: the chunks of `ids`, in order.
+async fn get_chunks_once(
+    link: &Link,
+    origin: SocketAddr,
+    request: &[u8],
+    count: usize,
+) -> Result<Vec<Vec<u8>>, GetError> {
+    let broken = |e: &dyn std::fmt::Display| GetError::Broken(e.to_string());
+    let (mut send, mut recv) = link
+        .open_stream(origin, METHOD_GET)
+        .await
+        .map_err(|e| broken(&e))?;
+    send_message(&mut send, request)
+        .await
+        .map_err(|e| broken(&e))?;
+    let _ = send.finish();
+    let status = recv_message(&mut recv, 64 + 4096)
+        .await
+        .map_err(|e| broken(&e))?
+        .ok_or_else(|| GetError::Broken("the stream ended before the answer".into()))?;
+    let status: Result<u32, (u16, String)> = postcard::from_bytes(&status).map_err(|e| {
+        GetError::Refused(format!(
+            "{origin} sent an unreadable chunks.get answer: {e}"
+        ))
+    })?;
+    match status {
+        Err((code, message)) if code == RemoteError::NOT_FOUND => {
+            return Err(GetError::Missing(format!("{origin}: {message}")));
+        }
+        Err((RemoteError::UNAVAILABLE, message)) => return Err(GetError::Broken(message)),
+        Err((_, message)) => return Err(GetError::Refused(format!("{origin}: {message}"))),
+        Ok(n) if n as usize != count => {
+            return Err(GetError::Refused(format!(
+                "{origin} answered chunks.get with {n} chunks instead of {count}"
+            )));
+        }
+        Ok(_) => {}
+    }
+    let mut chunks = Vec::with_capacity(count);
+    for _ in 0..count {
+        let chunk = recv_message(&mut recv, MAX_OBJECT_BYTES)
+            .await
+            .map_err(|e| broken(&e))?
+            .ok_or_else(|| GetError::Broken("the stream ended inside the answer".into()))?;
+        chunks.push(chunk);
+    }
+    Ok(chunks)
+}
+
+/// Why one `chunks.get` stream gave no chunks.
+enum GetError {
+    /// The origin lacks a chunk.
+    Missing(String),
+    /// The connection or stream broke: worth another try.
+    Broken(String),
+    /// The origin refused or answered nonsense.
+    Refused(String),
+}
+
+/// Fetches the chunks of `ids` from `origin` over a `chunks.get` stream, trying a broken
+/// stream again a few times.
 async fn request_chunks(
     link: &Link,
     origin: SocketAddr,
     ids: &[ChunkId],
-) -> Result<Bytes, ShipError> {
-    let body = postcard::to_allocvec(ids)
+) -> Result<Vec<Vec<u8>>, ShipError> {
+    let request = postcard::to_allocvec(ids)
         .map_err(|e| ShipError::Unreachable(format!("cannot encode a chunks.get request: {e}")))?;
     let mut attempt = 1;
     loop {
-        let err = match link.request(origin, METHOD_GET, &body).await {
-            Ok(answer) => return Ok(answer),
-            Err(LinkError::Remote { source, .. }) if source.code == RemoteError::NOT_FOUND => {
-                return Err(ShipError::Missing(format!("{origin}: {}", source.message)));
-            }
-            Err(e) => e,
+        let err = match get_chunks_once(link, origin, &request, ids.len()).await {
+            Ok(chunks) => return Ok(chunks),
+            Err(GetError::Missing(m)) => return Err(ShipError::Missing(m)),
+            Err(GetError::Refused(m)) => return Err(ShipError::Unreachable(m)),
+            Err(GetError::Broken(e)) => e,
         };
-        let retryable = match &err {
-            LinkError::Timeout { .. }
-            | LinkError::Connect { .. }
-            | LinkError::Connection { .. } => true,
-            LinkError::Remote { source, .. } => source.code == RemoteError::UNAVAILABLE,
-            _ => false,
-        };
-        if !retryable || attempt >= FETCH_ATTEMPTS {
-            return Err(ShipError::Unreachable(err.to_string()));
+        if attempt >= FETCH_ATTEMPTS {
+            return Err(ShipError::Unreachable(format!("{origin}: {err}")));
         }
         tracing::debug!(error = %err, attempt, "chunks.get failed; trying again");
         tokio::time::sleep(FETCH_BACKOFF * 2u32.pow(attempt - 1)).await;
@@ -584,26 +665,10 @@ async fn request_chunks(
     }
 }
 
-/// Decodes a `chunks.get` answer that must hold exactly `count` chunks.
-fn decode_answer(origin: SocketAddr, answer: &[u8], count: usize) -> Result<Vec<&[u8]>, ShipError> {
-    // Borrowed slices decode the same bytes as `Vec<Vec<u8>>` without copying them.
-    let entries: Vec<&[u8]> = postcard::from_bytes(answer).map_err(|e| {
-        ShipError::Unreachable(format!(
-            "{origin} sent an unreadable chunks.get answer: {e}"
-        ))
-    })?;
-    if entries.len() != count {
-        return Err(ShipError::Unreachable(format!(
-            "{origin} answered chunks.get with {} chunks instead of {count}",
-            entries.len()
-        )));
-    }
-    Ok(entries)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use noodle_link::{JoinPeer, LinkConfig, LinkEvent, Service, ServiceFuture, TlsMaterial};
     use noodle_security::{ClusterCa, NodeKey};
     use std::collections::HashSet;
@@ -631,27 +696,34 @@ mod tests {
     }
 
     impl Service for Origin {
-        fn call(&self, _from: SocketAddr, method: &str, body: Bytes) -> ServiceFuture {
-            if method != METHOD_GET {
-                let m = format!("unknown method `{method}`");
-                return Box::pin(async move { Err(RemoteError::new(RemoteError::NOT_FOUND, m)) });
-            }
+        fn call(&self, _from: SocketAddr, method: &str, _body: Bytes) -> ServiceFuture {
+            let m = format!("unknown method `{method}`");
+            Box::pin(async move { Err(RemoteError::new(RemoteError::NOT_FOUND, m)) })
+        }
+        fn is_stream(&self, method: &str) -> bool {
+            method == METHOD_GET
+        }
+        fn stream(
+            &self,
+            _from: SocketAddr,
+            _method: &str,
+            mut send: SendStream,
+            mut recv: RecvStream,
+        ) -> futures_util::future::BoxFuture<'static, ()> {
             let ship = self.ship.clone();
             let forge = self.forge;
+            if !forge {
+                return Box::pin(async move { ship.serve_get(send, recv).await });
+            }
             Box::pin(async move {
-                let answer = tokio::task::spawn_blocking(move || ship.serve_get(&body))
-                    .await
-                    .map_err(|e| RemoteError::new(RemoteError::INTERNAL, e.to_string()))??;
-                if !forge {
-                    return Ok(answer);
-                }
-                let mut entries: Vec<Vec<u8>> = postcard::from_bytes(&answer)
-                    .map_err(|e| RemoteError::new(RemoteError::INTERNAL, e.to_string()))?;
-                for entry in entries.iter_mut().filter(|e| e.len() > 1024) {
+                let Ok(Some(body)) = recv_message(&mut recv, GET_REQUEST_BYTES_MAX).await else {
+                    return;
+                };
+                let mut answer = ship.read_get(&body);
+                for entry in answer.iter_mut().flatten().filter(|e| e.len() > 1024) {
                     entry[0] ^= 0xff;
                 }
-                postcard::to_allocvec(&entries)
-                    .map_err(|e| RemoteError::new(RemoteError::INTERNAL, e.to_string()))
+                send_get_answer(&mut send, answer).await;
             })
         }
         fn join(&self, _peer: JoinPeer, _body: Bytes) -> ServiceFuture {
@@ -941,8 +1013,7 @@ mod tests {
         ship.put(&id.to_hex(), &bytes)?;
         assert!(ship.missing(&[id.to_hex()])?.is_empty());
         let body = postcard::to_allocvec(&vec![id])?;
-        let answer: Vec<Vec<u8>> =
-            postcard::from_bytes(&ship.serve_get(&body).map_err(|e| e.message)?)?;
+        let answer = ship.read_get(&body).map_err(|e| e.message)?;
         assert!(answer == vec![bytes.clone()]);
         // Survives a restart, and counts against the cap.
         drop(ship);
@@ -958,7 +1029,7 @@ mod tests {
     }
 
     #[test]
-    fn ship_serve_get_bounds_and_encoding() -> TestResult {
+    fn ship_read_get_bounds_and_order() -> TestResult {
         let tmp = tempfile::tempdir()?;
         let ship = Shipping::open(tmp.path(), CAP_BYTES)?;
         let a = random_bytes(b"a", 4 << 20);
@@ -967,32 +1038,31 @@ mod tests {
         ship.put(&ia.to_hex(), &a)?;
         ship.put(&ib.to_hex(), &b)?;
 
-        // The answer is a plain postcard Vec<Vec<u8>>, in request order, repeats included.
+        // The answer is in request order, repeats included.
         let body = postcard::to_allocvec(&vec![ib.0, ia.0, ib.0])?;
-        let answer: Vec<Vec<u8>> =
-            postcard::from_bytes(&ship.serve_get(&body).map_err(|e| e.message)?)?;
+        let answer = ship.read_get(&body).map_err(|e| e.message)?;
         assert!(answer == vec![b.clone(), a.clone(), b.clone()]);
 
         // Missing: NOT_FOUND naming the first missing id.
         let gone = ChunkId::of(b"gone");
         let body = postcard::to_allocvec(&vec![ia, gone, ChunkId::of(b"also gone")])?;
-        let err = ship.serve_get(&body).err().ok_or("missing chunk served")?;
+        let err = ship.read_get(&body).err().ok_or("missing chunk served")?;
         assert_eq!(err.code, RemoteError::NOT_FOUND);
         assert!(err.message.contains(&gone.to_hex()), "{}", err.message);
 
         // Too many ids, too many bytes, garbage.
         let body = postcard::to_allocvec(&vec![ib; GET_IDS_MAX + 1])?;
         assert_eq!(
-            ship.serve_get(&body).err().map(|e| e.code),
+            ship.read_get(&body).err().map(|e| e.code),
             Some(RemoteError::BAD_REQUEST)
         );
         let body = postcard::to_allocvec(&vec![ia; 4])?;
         assert_eq!(
-            ship.serve_get(&body).err().map(|e| e.code),
+            ship.read_get(&body).err().map(|e| e.code),
             Some(RemoteError::BAD_REQUEST)
         );
         assert_eq!(
-            ship.serve_get(&[0xff; 7]).err().map(|e| e.code),
+            ship.read_get(&[0xff; 7]).err().map(|e| e.code),
             Some(RemoteError::BAD_REQUEST)
         );
         Ok(())

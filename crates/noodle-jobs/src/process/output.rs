@@ -588,6 +588,9 @@ mod tests {
 
     #[tokio::test]
     async fn followers_wake_on_append_and_close() {
+        // Far longer than any machine needs to wake a task: waking well before it means the
+        // append (or the close) woke the follower, however slow the machine.
+        const WAKE_TIMEOUT: Duration = Duration::from_secs(120);
         let dir = tempfile::tempdir().expect("tempdir");
         let log = OutputLog::create(&dir.path().join("out"), 1 << 20).expect("create");
 
@@ -600,14 +603,14 @@ mod tests {
             let log = log.clone();
             async move {
                 let start = Instant::now();
-                log.wait_past(0, Duration::from_secs(5)).await;
+                log.wait_past(0, WAKE_TIMEOUT).await;
                 (start.elapsed(), log.read(0, 1000).expect("read"))
             }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         log.append(STDOUT, b"live\n");
         let (waited, (bytes, next)) = follower.await.expect("follower");
-        assert!(waited < Duration::from_secs(2), "woke after {waited:?}");
+        assert!(waited < WAKE_TIMEOUT / 2, "woke after {waited:?}");
         assert_eq!(decode_frames(&bytes), vec![(STDOUT, b"live\n".to_vec())]);
 
         // Waiting past the end wakes on close.
@@ -615,14 +618,14 @@ mod tests {
             let log = log.clone();
             async move {
                 let start = Instant::now();
-                log.wait_past(next, Duration::from_secs(5)).await;
+                log.wait_past(next, WAKE_TIMEOUT).await;
                 start.elapsed()
             }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         log.close();
         let waited = follower.await.expect("follower");
-        assert!(waited < Duration::from_secs(2), "woke after {waited:?}");
+        assert!(waited < WAKE_TIMEOUT / 2, "woke after {waited:?}");
         assert!(log.is_closed());
         assert_eq!(log.read(next, 1000).expect("read"), (Vec::new(), next));
     }

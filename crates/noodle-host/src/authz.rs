@@ -1,0 +1,360 @@
+//! The one authoriser every subsystem asks: given a caller and a right, allow or deny, and
+//! record denials and authorised writes in the audit log.
+//!
+//! Deny by default: the admin credential (checked by the API before it gets here, and only from
+//! this machine) is allowed everything; anything else must be a capability token signed by the
+//! cluster's root key, not revoked, not expired, granting the right, and passing every cluster
+//! policy. Rights are typed ([`Permission`]): each subsystem declares its own as constants.
+
+use noodle_api::AuditVerifyReport;
+use noodle_audit::{Outcome, Record};
+use noodle_caps::{Authoriser, Context, Denied, Policy, Request, RootKey};
+use noodle_control::{Command, Control, ControlError, DbError, Proposal, Response, StateView};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// Denials recorded in the audit log per second at most; the rest are counted.
+const DENIALS_PER_SEC_MAX: u32 = 50;
+
+/// A right a request needs: `SUBSYSTEM:ACTION`, optionally on a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permission {
+    pub subsystem: &'static str,
+    pub action: &'static str,
+}
+
+impl Permission {
+    /// Status, events, the dashboard and metrics.
+    pub const CLUSTER_READ: Permission = Permission::new("cluster", "read");
+    /// Minting join tokens.
+    pub const CLUSTER_ADMIT: Permission = Permission::new("cluster", "admit");
+    pub const CONFIG_READ: Permission = Permission::new("config", "read");
+    pub const CONFIG_WRITE: Permission = Permission::new("config", "write");
+    pub const CAP_CREATE: Permission = Permission::new("cap", "create");
+    pub const CAP_REVOKE: Permission = Permission::new("cap", "revoke");
+    pub const POLICY_READ: Permission = Permission::new("policy", "read");
+    pub const POLICY_WRITE: Permission = Permission::new("policy", "write");
+    pub const AUDIT_READ: Permission = Permission::new("audit", "read");
+
+    pub const fn new(subsystem: &'static str, action: &'static str) -> Permission {
+        Permission { subsystem, action }
+    }
+
+    /// The request for this right on `resource`.
+    pub fn on(self, resource: &str) -> Request {
+        Request::new(self.subsystem, self.action).on(resource)
+    }
+}
+
+impl From<Permission> for Request {
+    fn from(p: Permission) -> Request {
+        Request::new(p.subsystem, p.action)
+    }
+}
+
+/// Who is calling the API.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// The local admin credential: allowed everything.
+    Admin,
+    /// A capability token.
+    Token(String),
+}
+
+/// A caller the authoriser let through, named for the audit log.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub name: String,
+    pub right: String,
+    /// Limits from the token (none for the admin credential).
+    pub quotas: Vec<noodle_caps::Quota>,
+}
+
+impl Actor {
+    /// The token's limit named `name`, if it has one.
+    pub fn quota(&self, name: &str) -> Option<i64> {
+        self.quotas.iter().find(|q| q.name == name).map(|q| q.value)
+    }
+}
+
+#[derive(Default)]
+struct DenialBudget {
+    second: u64,
+    used: u32,
+    suppressed: u64,
+}
+
+/// Policy sources as last read from the state, and what they parsed to.
+type ParsedPolicies = (Vec<(String, String)>, Arc<Vec<Policy>>);
+
+struct Cached {
+    root: Vec<u8>,
+    authoriser: Arc<Authoriser>,
+}
+
+/// The authoriser of one node, over the replicated root key, revocations and policies.
+pub struct Authz {
+    control: Control,
+    node_name: String,
+    authoriser: Mutex<Option<Cached>>,
+    policies: Mutex<ParsedPolicies>,
+    denials: Mutex<DenialBudget>,
+}
+
+impl Authz {
+    pub fn new(control: Control, node_name: String) -> Authz {
+        Authz {
+            control,
+            node_name,
+            authoriser: Mutex::default(),
+            policies: Mutex::new((Vec::new(), Arc::default())),
+            denials: Mutex::default(),
+        }
+    }
+
+    fn root_bytes(&self) -> Result<Vec<u8>, Denied> {
+        self.control
+            .read_local(|v| v.root_key())
+            .map_err(|e| Denied::Evaluation(e.to_string()))?
+            .ok_or_else(|| {
+                Denied::Evaluation("the cluster has no capability root key yet".to_string())
+            })
+    }
+
+    /// The cluster's capability root key (for minting tokens).
+    pub fn root_key(&self) -> Result<RootKey, Denied> {
+        RootKey::from_bytes(&self.root_bytes()?).map_err(|e| Denied::Evaluation(e.to_string()))
+    }
+
+    /// The authoriser for the current root key (built once per key: it caches verified tokens).
+    fn authoriser(&self) -> Result<Arc<Authoriser>, Denied> {
+        let root = self.root_bytes()?;
+        let mut cached = self.authoriser.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cached.as_ref()
+            && c.root == root
+        {
+            return Ok(c.authoriser.clone());
+        }
+        let key = RootKey::from_bytes(&root).map_err(|e| Denied::Evaluation(e.to_string()))?;
+        let authoriser = Arc::new(Authoriser::new(key.public()));
+        *cached = Some(Cached {
+            root,
+            authoriser: authoriser.clone(),
+        });
+        Ok(authoriser)
+    }
+
+    fn admin_actor(&self) -> String {
+        format!("admin@{}", self.node_name)
+    }
+
+    /// Parsed cluster policies, re-parsed only when they change.
+    fn policies(&self, sources: Vec<(String, String)>) -> Arc<Vec<Policy>> {
+        let mut cached = self.policies.lock().unwrap_or_else(|e| e.into_inner());
+        if cached.0 != sources {
+            // Policies were checked when they were added; one that no longer parses (a newer
+            // node's syntax) is skipped here and logged rather than failing every call.
+            let parsed = sources
+                .iter()
+                .filter_map(|(name, src)| match Policy::parse(name, src) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        tracing::warn!(policy = %name, error = %e, "skipping a policy that does not parse");
+                        None
+                    }
+                })
+                .collect();
+            *cached = (sources, Arc::new(parsed));
+        }
+        cached.1.clone()
+    }
+
+    /// Checks `caller` against `request`, without recording anything.
+    pub fn authorise(&self, caller: &Caller, request: &Request) -> Result<Actor, Denied> {
+        let right = describe(request);
+        let token = match caller {
+            Caller::Admin => {
+                return Ok(Actor {
+                    name: self.admin_actor(),
+                    right,
+                    quotas: Vec::new(),
+                });
+            }
+            Caller::Token(t) => t,
+        };
+        let authoriser = self.authoriser()?;
+        let grant = self
+            .control
+            .read_local(|v| {
+                let revoked = |id: &str| v.is_revoked(id).unwrap_or(true);
+                let policies = self.policies(v.policies()?);
+                let ctx = Context::new(SystemTime::now())
+                    .with_revoked(&revoked)
+                    .with_policies(&policies);
+                Ok(authoriser.authorise(token, request, &ctx))
+            })
+            .map_err(|e| Denied::Evaluation(e.to_string()))??;
+        Ok(Actor {
+            name: token_actor(&grant.id, grant.holder.as_deref()),
+            right,
+            quotas: grant.quotas,
+        })
+    }
+
+    /// Checks `caller` against `request`; a denial is recorded in the audit log under `action`
+    /// and `target`.
+    pub fn check(
+        &self,
+        caller: &Caller,
+        request: impl Into<Request>,
+        action: &str,
+        target: &str,
+    ) -> Result<Actor, Denied> {
+        let request = request.into();
+        self.authorise(caller, &request).inspect_err(|denied| {
+            metrics::counter!("noodle_api_denied_total").increment(1);
+            self.record_denial(caller, action, target, &request, denied);
+        })
+    }
+
+    /// Records a denial in the audit log (at most [`DENIALS_PER_SEC_MAX`] a second; the rest
+    /// are counted in the next one recorded). Does not wait for the write.
+    pub fn record_denial(
+        &self,
+        caller: &Caller,
+        action: &str,
+        target: &str,
+        request: &Request,
+        reason: &dyn std::fmt::Display,
+    ) {
+        let suppressed = {
+            let mut b = self.denials.lock().unwrap_or_else(|e| e.into_inner());
+            let second = crate::now_ms() / 1000;
+            if b.second != second {
+                b.second = second;
+                b.used = 0;
+            }
+            if b.used >= DENIALS_PER_SEC_MAX {
+                b.suppressed += 1;
+                metrics::counter!("noodle_audit_denials_suppressed_total").increment(1);
+                return;
+            }
+            b.used += 1;
+            std::mem::take(&mut b.suppressed)
+        };
+        let actor = match caller {
+            Caller::Admin => self.admin_actor(),
+            Caller::Token(t) => match noodle_caps::inspect(t) {
+                Ok(i) => token_actor(&i.id, i.holder.as_deref()),
+                Err(_) => "unreadable token".into(),
+            },
+        };
+        let mut why = reason.to_string();
+        if suppressed > 0 {
+            why.push_str(&format!(" ({suppressed} earlier denials not recorded)"));
+        }
+        let record = Record::new(
+            crate::now_ms(),
+            actor,
+            action,
+            target,
+            describe(request),
+            Outcome::denied(why),
+        );
+        let control = self.control.clone();
+        tokio::spawn(async move {
+            if let Err(e) = control
+                .propose(Proposal::audited(Command::Nothing, record))
+                .await
+            {
+                tracing::warn!(error = %e, "could not record a denial in the audit log");
+            }
+        });
+    }
+
+    /// Proposes an authorised write with its audit record.
+    pub async fn write(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: &str,
+        command: Command,
+    ) -> Result<Response, ControlError> {
+        let record = Record::new(
+            crate::now_ms(),
+            actor.name.clone(),
+            action,
+            target,
+            actor.right.clone(),
+            Outcome::Allowed,
+        );
+        self.control
+            .propose(Proposal::audited(command, record))
+            .await
+    }
+}
+
+/// `token:1d323c47 (alice)`: how the audit log names a token's holder.
+fn token_actor(id: &str, holder: Option<&str>) -> String {
+    let short = id.get(..8).unwrap_or(id);
+    match holder {
+        Some(h) => format!("token:{short} ({h})"),
+        None => format!("token:{short}"),
+    }
+}
+
+/// `config:write:retries`-style name of what a request needs.
+fn describe(r: &Request) -> String {
+    match &r.resource {
+        Some(res) => format!("{}:{}:{}", r.subsystem, r.action, res),
+        None => format!("{}:{}", r.subsystem, r.action),
+    }
+}
+
+/// Recomputes the audit chain of `v` and checks every checkpoint signature, naming the first
+/// entry or checkpoint that does not verify.
+pub fn verify_audit(v: &StateView) -> Result<AuditVerifyReport, DbError> {
+    let keys = v.node_keys()?;
+    let checkpoints = v.checkpoints()?;
+    let key_of = |signer: &str| {
+        keys.get(signer)
+            .and_then(|k| noodle_audit::AuditPublicKey::from_bytes(*k).ok())
+    };
+    // Streams the log in pages so a long one is never held in memory whole.
+    let mut from = 1;
+    let pages = std::iter::from_fn(|| {
+        let page = v.audit_raw(from, 1024).ok()?;
+        from = page.last()?.0 + 1;
+        Some(page)
+    });
+    let result = noodle_audit::verify_encoded(pages.flatten(), &checkpoints, key_of);
+    Ok(match result {
+        Ok(s) => AuditVerifyReport {
+            ok: true,
+            entries: s.entries,
+            checkpoints: s.checkpoints,
+            head_seq: s.head_seq,
+            head_hash: s.head_hash,
+            last_checkpoint_seq: s.last_checkpoint_seq,
+            error: None,
+            bad_seq: None,
+        },
+        Err(e) => {
+            let (head_seq, head_hash) = v.audit_chain()?.head();
+            let bad_seq = match &e {
+                noodle_audit::VerifyError::Entry { seq, .. } => Some(*seq),
+                _ => None,
+            };
+            AuditVerifyReport {
+                ok: false,
+                entries: head_seq,
+                checkpoints: checkpoints.len() as u64,
+                head_seq,
+                head_hash: hex::encode(head_hash),
+                last_checkpoint_seq: checkpoints.last().map(|c| c.upto_seq),
+                error: Some(e.to_string()),
+                bad_seq,
+            }
+        }
+    })
+}
