@@ -383,10 +383,8 @@ impl Control {
                     }
                     match self.restart().await {
                         Ok(()) => break,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "control-plane member not restarted yet");
-                            self.set_failure(Some(e.to_string()));
-                        }
+                        // The first error stays the reason shown; this one is why not yet.
+                        Err(e) => tracing::debug!(error = %e, "control-plane member not restarted yet"),
                     }
                 }
                 tracing::warn!("control-plane member restarted from its database");
@@ -585,8 +583,10 @@ impl Control {
     /// different order in two runs of one noodle-sim seed.
     async fn applied_at_least(&self, index: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
+        // The member's own metrics, not the relayed copy: a read must not wait for the relay.
+        let raft = self.raft();
         loop {
-            let applied = self.inner.metrics.borrow().last_applied.map(|l| l.index);
+            let applied = raft.metrics().borrow().last_applied.map(|l| l.index);
             if applied >= Some(index) {
                 return true;
             }

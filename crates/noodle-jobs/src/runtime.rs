@@ -23,7 +23,7 @@ use crate::events::Seen;
 use crate::machine;
 use crate::process::{JobProcess, OutputLog, ProcessSpec, SpawnError};
 use crate::ship::Shipping;
-use crate::state::{JobCommand, JobRecord};
+use crate::state::{JobCommand, JobRecord, JobState};
 use noodle_api::NodeState;
 use noodle_audit::{Outcome, Record};
 use noodle_control::{Control, Proposal, Response};
@@ -383,10 +383,12 @@ fn observe(host: &Host, clock: &EngineClock, engine: &mut Engine, seen: &mut Opt
         None => *seen = Some(Seen::new(&active, newest)),
     }
     let leader = host.control.is_leader();
+    // The scheduler is built from the gossiped node table only when there is something to place.
+    let queued = active.iter().any(|j| j.state == JobState::Queued);
     let cluster = ClusterView {
         leader,
         alive: host.cluster.alive_node_ids().into_iter().collect(),
-        scheduler: leader.then(|| scheduler(host.cluster.as_ref())),
+        scheduler: (leader && queued).then(|| scheduler(host.cluster.as_ref())),
     };
     engine.observe(
         clock.now_ms(),
