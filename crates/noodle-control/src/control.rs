@@ -384,7 +384,9 @@ impl Control {
                     match self.restart().await {
                         Ok(()) => break,
                         // The first error stays the reason shown; this one is why not yet.
-                        Err(e) => tracing::debug!(error = %e, "control-plane member not restarted yet"),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "control-plane member not restarted yet")
+                        }
                     }
                 }
                 tracing::warn!("control-plane member restarted from its database");
