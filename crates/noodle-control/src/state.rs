@@ -9,26 +9,29 @@
 //! | `n/` | node id | ed25519 audit key (32 bytes) |
 //! | `a/` | sequence (8 bytes, big-endian) | encoded audit entry |
 //! | `k/` | sequence (8 bytes, big-endian) | encoded audit checkpoint |
-//! | `d/` | proposal id (16 bytes, big-endian) | the answer it got (postcard [`Response`]) |
-//! | `e/` | sequence (8 bytes, big-endian) | the proposal id applied at that place |
+//! | `e/` | log-entry sequence (8 bytes, big-endian) | the ids of that entry's proposals and the answers they got (postcard `Vec<(u128, Response)>`) |
 //! | `s/<name>/` | the subsystem's own keys | its values (see [`crate::StateMachine`]) |
-//! | `m/` | `root_key`, `chain`, `applied_ids` | capability root key, audit chain head, proposal ids applied so far |
+//! | `m/` | `root_key`, `chain`, `answers` | capability root key, audit chain head, which `e/` records are kept and how many ids they hold |
 //!
 //! [`apply`] is a pure function of the table and the proposal: every node computes the same
 //! state and the same audit chain from the same log.
 //!
 //! **Exactly once.** Every proposal carries a random id. The first time an id is applied its
-//! answer is kept (`d/`); a later copy of it (the proposer resent it after a lost answer, or to
-//! a new leader after the old one died) changes nothing and gets that answer again. The newest
-//! [`PROPOSAL_IDS_KEPT`] ids are kept: far more than a proposer can have in flight within its
-//! request deadline, which is the window in which it resends.
+//! answer is kept (`e/`, in the order applied); a later copy of it (the proposer resent it after
+//! a lost answer, or to a new leader after the old one died) changes nothing and gets that
+//! answer again. The answers of one log entry (a batch of up to a thousand proposals under
+//! load) are one record, so remembering costs a write per entry, not per proposal. The newest
+//! [`PROPOSAL_IDS_KEPT`] ids are kept (whole records: the oldest go first): far more than a
+//! proposer can have in flight within its request deadline, which is the window in which it
+//! resends. The store finds an id through an index in memory ([`Answers`]), rebuilt from `e/`
+//! when the database is opened or a snapshot installed.
 
 use crate::machine::{Applied, MachineTable, Machines, prefix_end};
 use crate::store::{DbError, STATE, db_err};
 use crate::types::{Command, Proposal, Response, limits};
 use noodle_audit::{Chain, Checkpoint, Entry as AuditEntry};
 use redb::{ReadTransaction, ReadableTable, Table};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 const CONFIG: &[u8] = b"c/";
 const REGISTER: &[u8] = b"r/";
@@ -37,11 +40,10 @@ const POLICY: &[u8] = b"p/";
 const NODE: &[u8] = b"n/";
 const AUDIT: &[u8] = b"a/";
 const CHECKPOINT: &[u8] = b"k/";
-const ANSWER: &[u8] = b"d/";
 const APPLIED_ID: &[u8] = b"e/";
 const ROOT_KEY: &[u8] = b"m/root_key";
 const CHAIN: &[u8] = b"m/chain";
-const APPLIED_IDS: &[u8] = b"m/applied_ids";
+const ANSWERS: &[u8] = b"m/answers";
 
 /// Proposal ids the state remembers (the newest), with their answers.
 pub const PROPOSAL_IDS_KEPT: u64 = 100_000;
@@ -66,12 +68,6 @@ fn get(
     Ok(t.get(k).map_err(db_err)?.map(|v| v.value().to_vec()))
 }
 
-fn read_u64(t: &StateTable<'_>, k: &[u8]) -> Result<Option<u64>, DbError> {
-    Ok(get(t, k)?
-        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-        .map(u64::from_be_bytes))
-}
-
 fn chain(t: &impl ReadableTable<&'static [u8], &'static [u8]>) -> Result<Chain, DbError> {
     match get(t, CHAIN)? {
         Some(b) => postcard::from_bytes(&b).map_err(db_err),
@@ -79,31 +75,193 @@ fn chain(t: &impl ReadableTable<&'static [u8], &'static [u8]>) -> Result<Chain, 
     }
 }
 
-/// Applies one proposal. Errors are storage failures only; an invalid command is answered with
-/// [`Response::Rejected`] and changes nothing but the audit chain.
-pub(crate) fn apply(
+/// Where each remembered proposal id was applied: a cache of `e/`, which is the truth.
+#[derive(Debug, Default)]
+pub(crate) struct Answers {
+    /// Proposal id -> the `e/` record that holds its answer.
+    by_id: HashMap<u128, u64>,
+    loaded: bool,
+}
+
+impl Answers {
+    /// Forgets everything (the state was replaced or the database reopened): the next apply
+    /// reads `e/` again.
+    pub(crate) fn invalidate(&mut self) {
+        self.by_id.clear();
+        self.loaded = false;
+    }
+}
+
+/// Which `e/` records are kept (`first..next`) and how many ids they hold.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct Kept {
+    first: u64,
+    next: u64,
+    ids: u64,
+}
+
+type EntryAnswers = Vec<(u128, Response)>;
+
+/// One apply step's view of the remembered answers (a step applies one or more log entries).
+pub(crate) struct Applying<'a> {
+    pub(crate) machines: &'a Machines,
+    answers: &'a mut Answers,
+    kept: Kept,
+    /// Ids of records written in this step (not in `answers` until the step commits).
+    added: HashMap<u128, u64>,
+    /// The answers of the entry being applied, and where each id is in it.
+    entry: EntryAnswers,
+    in_entry: HashMap<u128, usize>,
+}
+
+impl<'a> Applying<'a> {
+    /// Starts an apply step on `t`, loading the index of answers if it is not loaded.
+    pub(crate) fn begin(
+        t: &StateTable<'_>,
+        machines: &'a Machines,
+        answers: &'a mut Answers,
+    ) -> Result<Applying<'a>, DbError> {
+        if !answers.loaded {
+            answers.by_id.clear();
+            let end = prefix_end(APPLIED_ID);
+            for item in t.range(APPLIED_ID..end.as_slice()).map_err(db_err)? {
+                let (k, v) = item.map_err(db_err)?;
+                let seq = record_seq(k.value())?;
+                for (id, _) in decode_record(v.value())? {
+                    answers.by_id.insert(id, seq);
+                }
+            }
+            answers.loaded = true;
+        }
+        let kept = match get(t, ANSWERS)? {
+            Some(b) => postcard::from_bytes(&b).map_err(db_err)?,
+            None => Kept::default(),
+        };
+        Ok(Applying {
+            machines,
+            answers,
+            kept,
+            added: HashMap::new(),
+            entry: Vec::new(),
+            in_entry: HashMap::new(),
+        })
+    }
+
+    /// Ends a log entry: its answers become one record, and the oldest records go while more
+    /// than [`PROPOSAL_IDS_KEPT`] ids are kept.
+    pub(crate) fn end_entry(&mut self, t: &mut StateTable<'_>) -> Result<(), DbError> {
+        if self.entry.is_empty() {
+            return Ok(());
+        }
+        let entry = std::mem::take(&mut self.entry);
+        self.in_entry.clear();
+        let seq = self.kept.next;
+        let record = postcard::to_allocvec(&entry).map_err(db_err)?;
+        t.insert(seq_key(APPLIED_ID, seq).as_slice(), record.as_slice())
+            .map_err(db_err)?;
+        self.added.extend(entry.iter().map(|(id, _)| (*id, seq)));
+        self.kept.next = seq + 1;
+        self.kept.ids += entry.len() as u64;
+        while self.kept.ids > PROPOSAL_IDS_KEPT && self.kept.first < seq {
+            let first = seq_key(APPLIED_ID, self.kept.first);
+            if let Some(old) = t.remove(first.as_slice()).map_err(db_err)? {
+                let forgotten = decode_record(old.value())?.len() as u64;
+                self.kept.ids = self.kept.ids.saturating_sub(forgotten);
+            }
+            self.kept.first += 1;
+        }
+        let kept = postcard::to_allocvec(&self.kept).map_err(db_err)?;
+        t.insert(ANSWERS, kept.as_slice()).map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Ends the step, once its transaction has committed: its ids join the index, and the
+    /// index drops ids the state no longer keeps.
+    pub(crate) fn commit(self) {
+        let Applying {
+            answers,
+            added,
+            kept,
+            ..
+        } = self;
+        answers.by_id.extend(added);
+        if answers.by_id.len() as u64 > 2 * PROPOSAL_IDS_KEPT {
+            answers.by_id.retain(|_, seq| *seq >= kept.first);
+        }
+    }
+
+    /// The answer `id` got, if it was applied and is still kept.
+    fn answered(&self, t: &StateTable<'_>, id: u128) -> Result<Option<Response>, DbError> {
+        if let Some(&at) = self.in_entry.get(&id) {
+            return Ok(self.entry.get(at).map(|(_, answer)| answer.clone()));
+        }
+        let Some(seq) = self
+            .added
+            .get(&id)
+            .or_else(|| self.answers.by_id.get(&id))
+            .copied()
+            .filter(|seq| *seq >= self.kept.first)
+        else {
+            return Ok(None);
+        };
+        let Some(record) = get(t, &seq_key(APPLIED_ID, seq))? else {
+            return Ok(None);
+        };
+        Ok(decode_record(&record)?
+            .into_iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, answer)| answer))
+    }
+
+    /// Keeps `response` as the answer to `id` (written when the entry ends).
+    fn remember(&mut self, id: u128, response: &Response) {
+        self.in_entry.insert(id, self.entry.len());
+        self.entry.push((id, response.clone()));
+    }
+}
+
+fn record_seq(key: &[u8]) -> Result<u64, DbError> {
+    key.get(APPLIED_ID.len()..)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| DbError("bad key of an applied-proposals record".into()))
+}
+
+fn decode_record(bytes: &[u8]) -> Result<EntryAnswers, DbError> {
+    postcard::from_bytes(bytes).map_err(db_err)
+}
+
+/// Applies the proposal of one log entry and records its answers.
+pub(crate) fn apply_entry(
     t: &mut StateTable<'_>,
-    machines: &Machines,
+    ctx: &mut Applying<'_>,
     p: Proposal,
 ) -> Result<Response, DbError> {
+    let response = apply(t, ctx, p)?;
+    ctx.end_entry(t)?;
+    Ok(response)
+}
+
+/// Applies one proposal. Errors are storage failures only; an invalid command is answered with
+/// [`Response::Rejected`] and changes nothing but the audit chain.
+fn apply(t: &mut StateTable<'_>, ctx: &mut Applying<'_>, p: Proposal) -> Result<Response, DbError> {
     if let Command::Batch(ps) = p.command {
         if ps.iter().any(|p| matches!(p.command, Command::Batch(_))) {
             return Ok(Response::Rejected("a batch may not contain a batch".into()));
         }
         return Ok(Response::Batch(
             ps.into_iter()
-                .map(|p| apply(t, machines, p))
+                .map(|p| apply(t, ctx, p))
                 .collect::<Result<_, _>>()?,
         ));
     }
     // Applied before: the same answer, and nothing else (no second audit entry).
-    let answer_key = key(ANSWER, &p.id.to_be_bytes());
-    if let Some(answer) = get(t, &answer_key)? {
-        return postcard::from_bytes(&answer).map_err(db_err);
+    if let Some(answer) = ctx.answered(t, p.id)? {
+        return Ok(answer);
     }
     let response = match p.command.validate() {
         Err(reason) => Response::Rejected(reason.0),
-        Ok(()) => apply_command(t, machines, p.command)?,
+        Ok(()) => apply_command(t, ctx.machines, p.command)?,
     };
     if let Some(mut record) = p.audit {
         match &response {
@@ -129,35 +287,8 @@ pub(crate) fn apply(
         let c = postcard::to_allocvec(&c).map_err(db_err)?;
         t.insert(CHAIN, c.as_slice()).map_err(db_err)?;
     }
-    remember_answer(t, &answer_key, &response)?;
+    ctx.remember(p.id, &response);
     Ok(response)
-}
-
-/// Keeps `response` as the answer to the proposal id in `answer_key`, and forgets the oldest
-/// id beyond [`PROPOSAL_IDS_KEPT`] (one per proposal: the work per entry stays constant).
-fn remember_answer(
-    t: &mut StateTable<'_>,
-    answer_key: &[u8],
-    response: &Response,
-) -> Result<(), DbError> {
-    let n = read_u64(t, APPLIED_IDS)?.unwrap_or(0);
-    let answer = postcard::to_allocvec(response).map_err(db_err)?;
-    t.insert(answer_key, answer.as_slice()).map_err(db_err)?;
-    t.insert(
-        seq_key(APPLIED_ID, n).as_slice(),
-        &answer_key[ANSWER.len()..],
-    )
-    .map_err(db_err)?;
-    t.insert(APPLIED_IDS, (n + 1).to_be_bytes().as_slice())
-        .map_err(db_err)?;
-    if let Some(old) = n.checked_sub(PROPOSAL_IDS_KEPT) {
-        let seq = seq_key(APPLIED_ID, old);
-        if let Some(id) = get(t, &seq)? {
-            t.remove(key(ANSWER, &id).as_slice()).map_err(db_err)?;
-        }
-        t.remove(seq.as_slice()).map_err(db_err)?;
-    }
-    Ok(())
 }
 
 fn apply_command(
@@ -394,13 +525,6 @@ impl StateView {
     /// Subsystem `name`'s keys (see [`crate::StateMachine`]).
     pub fn machine(&self, name: &str) -> crate::MachineView<'_> {
         crate::MachineView::new(&self.txn, name)
-    }
-
-    /// The answer proposal `id` got, if it was applied and is still remembered.
-    pub fn answer(&self, id: u128) -> Result<Option<Response>, DbError> {
-        self.get(&key(ANSWER, &id.to_be_bytes()))?
-            .map(|b| postcard::from_bytes(&b).map_err(db_err))
-            .transpose()
     }
 
     /// The newest audit checkpoint, without reading the others.

@@ -32,7 +32,7 @@ use std::io::Cursor;
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
@@ -84,6 +84,8 @@ pub struct Store {
     append: AppendDurability,
     snapshot_seq: Arc<AtomicU64>,
     machines: Machines,
+    /// Where each remembered proposal id was applied (see [`state::Answers`]).
+    answers: Arc<Mutex<state::Answers>>,
 }
 
 impl Debug for Store {
@@ -124,6 +126,7 @@ impl Store {
             append: AppendDurability::Fsync,
             snapshot_seq: Arc::default(),
             machines: Machines::default(),
+            answers: Arc::default(),
         }
     }
 
@@ -131,6 +134,10 @@ impl Store {
     pub(crate) fn with_machines(mut self, machines: Machines) -> Store {
         self.machines = machines;
         self
+    }
+
+    fn lock_answers(&self) -> std::sync::MutexGuard<'_, state::Answers> {
+        self.answers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn machines(&self) -> &Machines {
@@ -163,6 +170,7 @@ impl Store {
             ));
         }
         *cell = Some(Arc::new(init(Database::create(path).map_err(db_err)?)?));
+        self.lock_answers().invalidate();
         Ok(())
     }
 
@@ -449,20 +457,23 @@ impl RaftStateMachine<TypeConfig> for Store {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let mut answers = self.lock_answers();
         let write = || -> Result<Vec<crate::Response>, DbError> {
             let mut txn = self.db()?.begin_write().map_err(db_err)?;
             txn.set_durability(Durability::None).map_err(db_err)?;
             let mut responses = Vec::new();
             let mut last = None;
             let mut membership = None;
+            let applying;
             {
                 let mut t = txn.open_table(STATE).map_err(db_err)?;
+                let mut ctx = state::Applying::begin(&t, &self.machines, &mut answers)?;
                 for e in entries {
                     last = Some(e.log_id);
                     match e.payload {
                         EntryPayload::Blank => responses.push(crate::Response::Done),
                         EntryPayload::Normal(p) => {
-                            responses.push(state::apply(&mut t, &self.machines, p)?)
+                            responses.push(state::apply_entry(&mut t, &mut ctx, p)?)
                         }
                         EntryPayload::Membership(m) => {
                             membership = Some(StoredMembership::new(Some(e.log_id), m));
@@ -479,11 +490,18 @@ impl RaftStateMachine<TypeConfig> for Store {
                     meta.insert("membership", encode(&m)?.as_slice())
                         .map_err(db_err)?;
                 }
+                applying = ctx;
             }
             txn.commit().map_err(db_err)?;
+            // Only what committed joins the index of answers.
+            applying.commit();
             Ok(responses)
         };
-        write().map_err(|e| StorageIOError::write_state_machine(&e).into())
+        let result = write();
+        if result.is_err() {
+            answers.invalidate();
+        }
+        result.map_err(|e| StorageIOError::write_state_machine(&e).into())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -505,6 +523,7 @@ impl RaftStateMachine<TypeConfig> for Store {
             {
                 let mut t = txn.open_table(STATE).map_err(db_err)?;
                 state::restore(&mut t, &data)?;
+                self.lock_answers().invalidate();
                 let mut sm = txn.open_table(SM_META).map_err(db_err)?;
                 sm.insert("applied", encode(&meta.last_log_id)?.as_slice())
                     .map_err(db_err)?;

@@ -477,6 +477,40 @@ async fn a_proposal_sent_again_is_applied_once_also_after_a_restart() {
         a.propose(count("once")).await.expect("a new proposal"),
         Response::Created { id: 2 }
     );
-    let answer = a.read(|v| v.answer(p.id)).await.expect("read");
-    assert_eq!(answer, Some(Response::Created { id: 1 }));
+    assert_eq!(counter(&a, "once"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposal_ids_beyond_the_newest_kept_are_forgotten_oldest_first() {
+    use noodle_control::state::PROPOSAL_IDS_KEPT;
+    let cl = Cluster::new();
+    let a = cl.start(0).await;
+    a.initialize().await.expect("initialize");
+    const BATCH: u64 = 1000;
+    let batches = PROPOSAL_IDS_KEPT / BATCH + 2;
+    let mut first = None;
+    let mut last = None;
+    for _ in 0..batches {
+        let proposals: Vec<Proposal> = (0..BATCH).map(|_| count("bulk")).collect();
+        first.get_or_insert_with(|| proposals[0].clone());
+        last = proposals.last().cloned();
+        a.propose(Proposal::new(Command::Batch(proposals)))
+            .await
+            .expect("batch");
+    }
+    assert_eq!(counter(&a, "bulk"), batches * BATCH);
+    // The newest ids are remembered: a copy changes nothing.
+    let last = last.expect("a proposal");
+    assert_eq!(
+        a.propose(last).await.expect("again"),
+        Response::Created {
+            id: batches * BATCH
+        }
+    );
+    assert_eq!(counter(&a, "bulk"), batches * BATCH);
+    // The oldest were forgotten with their log entry's record: a copy is a new proposal.
+    a.propose(first.expect("a proposal"))
+        .await
+        .expect("the oldest again");
+    assert_eq!(counter(&a, "bulk"), batches * BATCH + 1);
 }
