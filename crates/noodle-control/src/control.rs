@@ -224,6 +224,8 @@ const BATCH_BYTES_MAX: usize = 1 << 20;
 const BATCHES_IN_FLIGHT: usize = 4;
 /// How often a failed member tries to start again.
 const RESTART_PAUSE: Duration = Duration::from_secs(1);
+/// How often the supervisor looks whether openraft stopped the member.
+const SUPERVISE_PERIOD: Duration = Duration::from_millis(250);
 /// How long a proposal waits between looks for a leader.
 const LEADER_PAUSE: Duration = Duration::from_millis(50);
 
@@ -236,8 +238,8 @@ struct Inner {
     config: Arc<Config>,
     me: Member,
     cfg: ControlConfig,
-    /// The current member's metrics, relayed across restarts.
-    metrics: watch::Sender<Metrics>,
+    /// Raised each time the member is started again after a storage error.
+    generation: watch::Sender<u64>,
     /// Why the member stopped, while it is stopped after a storage error.
     failure: Mutex<Option<String>>,
     dead_since: Mutex<HashMap<RaftId, Instant>>,
@@ -256,7 +258,6 @@ impl Running {
         config: &Arc<Config>,
         store: &Store,
         transport: &Arc<dyn Transport>,
-        metrics: &watch::Sender<Metrics>,
     ) -> Result<Running, ControlError> {
         let network = Network {
             transport: transport.clone(),
@@ -272,17 +273,49 @@ impl Running {
         .map_err(|e| ControlError::Raft(e.to_string()))?;
         let (batches, queue) = mpsc::channel(QUEUE_MAX);
         tokio::spawn(batcher(raft.clone(), queue));
-        tokio::spawn(relay_metrics(raft.metrics(), metrics.clone()));
         Ok(Running { raft, batches })
     }
 }
 
-/// Copies one member's metrics into the channel that outlives restarts.
-async fn relay_metrics(mut from: watch::Receiver<Metrics>, to: watch::Sender<Metrics>) {
-    loop {
-        to.send_replace(from.borrow_and_update().clone());
-        if from.changed().await.is_err() {
-            return;
+/// The member's metrics (leader, membership, applied index), followed across restarts of the
+/// member: a watcher never loses its channel when the member is started again.
+pub struct MetricsWatch {
+    control: Control,
+    generation: u64,
+    rx: watch::Receiver<Metrics>,
+}
+
+impl MetricsWatch {
+    pub fn borrow(&self) -> watch::Ref<'_, Metrics> {
+        self.rx.borrow()
+    }
+
+    pub fn borrow_and_update(&mut self) -> watch::Ref<'_, Metrics> {
+        self.rx.borrow_and_update()
+    }
+
+    /// Waits for the metrics to change; an error once the control plane is shut down.
+    pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        let Err(closed) = self.rx.changed().await else {
+            return Ok(());
+        };
+        // This member stopped: for good, or to be started again after a storage error.
+        let mut generation = self.control.inner.generation.subscribe();
+        let mut stop = self.control.inner.stop.subscribe();
+        loop {
+            if *stop.borrow_and_update() {
+                return Err(closed);
+            }
+            let now = *generation.borrow_and_update();
+            if now != self.generation {
+                self.generation = now;
+                self.rx = self.control.raft().metrics();
+                return Ok(());
+            }
+            tokio::select! {
+                changed = generation.changed() => if changed.is_err() { return Err(closed) },
+                changed = stop.changed() => if changed.is_err() { return Err(closed) },
+            }
         }
     }
 }
@@ -318,8 +351,7 @@ impl Control {
         .map_err(|e| ControlError::Raft(e.to_string()))?;
         let config = Arc::new(config);
         let store = store.with_machines(machines);
-        let (metrics, _) = watch::channel(Metrics::new_initial(raft_id(&me.node_id)));
-        let running = Running::start(&me, &config, &store, &transport, &metrics).await?;
+        let running = Running::start(&me, &config, &store, &transport).await?;
         let control = Control {
             inner: Arc::new(Inner {
                 running: RwLock::new(Arc::new(running)),
@@ -328,7 +360,7 @@ impl Control {
                 config,
                 me,
                 cfg,
-                metrics,
+                generation: watch::channel(0).0,
                 failure: Mutex::default(),
                 dead_since: Mutex::default(),
                 stop: watch::channel(false).0,
@@ -361,42 +393,36 @@ impl Control {
 
     /// Watches the member: when openraft stops it for good (a storage error: a full or failing
     /// disk), reports it failed and starts it again from the database once a durable write
-    /// goes through, trying every [`RESTART_PAUSE`].
+    /// goes through, trying every [`RESTART_PAUSE`]. Looks every [`SUPERVISE_PERIOD`] rather
+    /// than on every change of the metrics, which come thousands of times a second under load.
     async fn supervise(self) {
         let mut stop = self.inner.stop.subscribe();
-        let mut metrics = self.inner.metrics.subscribe();
         loop {
-            let fatal = match &metrics.borrow_and_update().running_state {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(SUPERVISE_PERIOD) => {}
+            }
+            let fatal = match &self.raft().metrics().borrow().running_state {
                 Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
                 Err(e) => Some(e.to_string()),
             };
-            if let Some(error) = fatal {
-                tracing::error!(%error, "control-plane member stopped; it restarts once the disk takes writes");
-                self.set_failure(Some(error));
-                let old = self.running();
-                let _ = old.raft.shutdown().await;
-                drop(old);
-                loop {
-                    tokio::select! {
-                        _ = stop.changed() => return,
-                        _ = tokio::time::sleep(RESTART_PAUSE) => {}
-                    }
-                    match self.restart().await {
-                        Ok(()) => break,
-                        // The first error stays the reason shown; this one is why not yet.
-                        Err(e) => {
-                            tracing::debug!(error = %e, "control-plane member not restarted yet")
-                        }
-                    }
+            let Some(error) = fatal else { continue };
+            tracing::error!(%error, "control-plane member stopped; it restarts once the disk takes writes");
+            self.set_failure(Some(error));
+            let _ = self.raft().shutdown().await;
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    _ = tokio::time::sleep(RESTART_PAUSE) => {}
                 }
-                tracing::warn!("control-plane member restarted from its database");
-                self.set_failure(None);
-                continue;
+                match self.restart().await {
+                    Ok(()) => break,
+                    // The first error stays the reason shown; this one is why not yet.
+                    Err(e) => tracing::debug!(error = %e, "control-plane member not restarted yet"),
+                }
             }
-            tokio::select! {
-                _ = stop.changed() => return,
-                changed = metrics.changed() => if changed.is_err() { return },
-            }
+            tracing::warn!("control-plane member restarted from its database");
+            self.set_failure(None);
         }
     }
 
@@ -406,8 +432,9 @@ impl Control {
         let i = &self.inner;
         i.store.reopen()?;
         i.store.probe_write()?;
-        let running = Running::start(&i.me, &i.config, &i.store, &i.transport, &i.metrics).await?;
+        let running = Running::start(&i.me, &i.config, &i.store, &i.transport).await?;
         *i.running.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(running);
+        i.generation.send_modify(|g| *g += 1);
         Ok(())
     }
 
@@ -520,14 +547,19 @@ impl Control {
 
     /// Resolves once this member knows of a leader other than `leader`.
     async fn leader_other_than(&self, leader: RaftId) {
-        let mut metrics = self.inner.metrics.subscribe();
-        let moved = metrics
-            .wait_for(|m| m.current_leader.is_some_and(|l| l != leader))
-            .await
-            .is_ok();
-        if !moved {
-            // The channel lives as long as `self`; never resolve on a closed one.
-            std::future::pending::<()>().await;
+        let mut metrics = self.watch();
+        loop {
+            if metrics
+                .borrow_and_update()
+                .current_leader
+                .is_some_and(|l| l != leader)
+            {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                // Shut down: never resolve on a closed channel.
+                std::future::pending::<()>().await;
+            }
         }
     }
 
@@ -585,7 +617,6 @@ impl Control {
     /// different order in two runs of one noodle-sim seed.
     async fn applied_at_least(&self, index: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        // The member's own metrics, not the relayed copy: a read must not wait for the relay.
         let raft = self.raft();
         loop {
             let applied = raft.metrics().borrow().last_applied.map(|l| l.index);
@@ -648,7 +679,7 @@ impl Control {
     }
 
     pub fn status(&self) -> ControlStatus {
-        let m = self.inner.metrics.borrow().clone();
+        let m = self.raft().metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let name = |id: RaftId| {
             membership
@@ -685,10 +716,20 @@ impl Control {
         self.status().role == Role::Leader
     }
 
+    /// The current member's own metrics channel: it closes if the member is started again
+    /// (see [`Control::watch`] for one that follows).
+    pub fn member_metrics(&self) -> watch::Receiver<Metrics> {
+        self.raft().metrics()
+    }
+
     /// A receiver that changes whenever the member's metrics do (leader, membership, applied
     /// index), across restarts of the member.
-    pub fn watch(&self) -> watch::Receiver<Metrics> {
-        self.inner.metrics.subscribe()
+    pub fn watch(&self) -> MetricsWatch {
+        MetricsWatch {
+            control: self.clone(),
+            generation: *self.inner.generation.borrow(),
+            rx: self.raft().metrics(),
+        }
     }
 
     /// Leader only, called about once a second with the membership layer's view, in this

@@ -22,7 +22,8 @@ mod store;
 mod types;
 
 pub use control::{
-    Control, ControlConfig, ControlError, ControlStatus, Metrics, PeerHealth, Role, WireError,
+    Control, ControlConfig, ControlError, ControlStatus, Metrics, MetricsWatch, PeerHealth, Role,
+    WireError,
 };
 pub use machine::{
     Applied, MACHINE_NAME_BYTES_MAX, MachineTable, MachineView, Machines, Pairs, Rejection,

@@ -268,7 +268,7 @@ async fn node(shared: Arc<Shared>, i: usize) -> turmoil::Result {
         let mut state = shared.state();
         state.initialized |= founder;
         state.up[i] = true;
-        state.metrics[i] = Some(control.watch());
+        state.metrics[i] = Some(control.member_metrics());
         state.trace(now(), format!("{name} up"));
     }
     // LocalSet tasks, for the reason in `net`'s module comment.
