@@ -367,6 +367,12 @@ fn observe(host: &Host, clock: &EngineClock, engine: &mut Engine, seen: &mut Opt
     });
     let (active, newest) = match read {
         Ok(r) => r,
+        // A control plane stopped by a storage error says so itself; do not repeat it 5 times a
+        // second.
+        Err(e) if host.control.status().error.is_some() => {
+            tracing::debug!(error = %e, "cannot read the job queue");
+            return;
+        }
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the job queue");
             return;
