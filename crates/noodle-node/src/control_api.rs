@@ -224,20 +224,41 @@ async fn cap_create(
         }
         shared.check(&caller, wanted, "cap.create", &r.to_string())?;
     }
-    let root = shared
-        .authz
-        .root_key()
-        .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let spec = TokenSpec {
-        rights,
-        quotas,
-        ttl: Duration::from_secs(req.ttl_secs),
-        holder: req.holder.clone(),
+    let ttl = Duration::from_secs(req.ttl_secs);
+    let token = match &caller {
+        // The admin mints with the cluster's root key.
+        Caller::Admin => {
+            let root = shared
+                .authz
+                .root_key()
+                .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+            let spec = TokenSpec {
+                rights,
+                quotas,
+                ttl,
+                holder: req.holder.clone(),
+            };
+            noodle_caps::mint(&root, &spec).map_err(|e| bad_request(e.to_string()))?
+        }
+        // A token holder hands on a narrowing of its own token: the child keeps the parent's
+        // quotas and holder, expires no later, and is revoked with it. Nothing about it can
+        // be wider than the token that asked for it.
+        Caller::Token(parent) => {
+            if !quotas.is_empty() {
+                return Err(bad_request(
+                    "a token handed on keeps its parent's quotas: --quota is for tokens the admin mints",
+                ));
+            }
+            noodle_caps::attenuate(parent, &rights, Some(ttl))
+                .map_err(|e| bad_request(e.to_string()))?
+        }
     };
-    let token = noodle_caps::mint(&root, &spec).map_err(|e| bad_request(e.to_string()))?;
     let inspection = noodle_caps::inspect(&token)
         .map_err(|e| Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let target = format!("{} {}", inspection.id, req.allow.join(","));
+    let mut target = format!("{} {}", inspection.id, req.allow.join(","));
+    if let (Caller::Token(_), Some(holder)) = (&caller, &req.holder) {
+        target.push_str(&format!(" for {holder}"));
+    }
     let ok = CapResponse {
         token,
         id: inspection.id.clone(),

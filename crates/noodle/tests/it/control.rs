@@ -864,3 +864,103 @@ fn writes_through_a_follower_survive_the_leader_dying_and_apply_once() {
         assert!(verified && report.ok, "{}: {report:?}", node.name);
     }
 }
+
+/// A token holder's `cap create` hands on a narrowing of its own token: the child cannot
+/// outlive it, out-quota it, hold a right it lacks, or survive its revocation.
+#[test]
+fn a_token_hands_on_only_a_narrowing_of_itself() {
+    let node = Node::founder("delegation");
+    node.wait_ready(Duration::from_secs(10));
+    let parent = cap_create(
+        &node,
+        &[
+            "--allow",
+            "cap:create",
+            "--allow",
+            "config:read",
+            "--allow",
+            "config:write",
+            "--quota",
+            "cpus=2",
+            "--ttl",
+            "1h",
+            "--for",
+            "alice",
+        ],
+    );
+    let created = with_token(
+        &node,
+        &parent.token,
+        &[
+            "cap",
+            "create",
+            "--json",
+            "--allow",
+            "config:read",
+            "--ttl",
+            "10h",
+            "--for",
+            "bob",
+        ],
+    );
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let child: CapResponse = serde_json::from_slice(&created.stdout).expect("cap create --json");
+    assert!(
+        child.expires_at_unix <= parent.expires_at_unix,
+        "the child outlives its parent: {} > {}",
+        child.expires_at_unix,
+        parent.expires_at_unix
+    );
+    let inspected: serde_json::Value =
+        serde_json::from_str(&ok(&node, &["cap", "inspect", "--json", &child.token]))
+            .expect("cap inspect --json");
+    assert_eq!(inspected["quotas"][0]["name"], "cpus", "{inspected}");
+    assert_eq!(inspected["quotas"][0]["value"], 2, "{inspected}");
+    assert_eq!(inspected["holder"], "alice", "{inspected}");
+    assert!(
+        inspected["revocation_ids"]
+            .as_array()
+            .is_some_and(|ids| ids.iter().any(|id| id == &serde_json::json!(parent.id)))
+    );
+    // It reads, and it cannot write although its parent can.
+    ok(&node, &["config", "set", "colour", "blue"]);
+    let read = with_token(&node, &child.token, &["config", "get", "colour"]);
+    assert!(read.status.success(), "{}", text(&read.stderr));
+    let write = with_token(&node, &child.token, &["config", "set", "colour", "red"]);
+    refused(&write, "a write with a read-only child");
+    // No quota of its own, and no right its parent lacks.
+    let quota = with_token(
+        &node,
+        &parent.token,
+        &[
+            "cap",
+            "create",
+            "--allow",
+            "config:read",
+            "--quota",
+            "cpus=8",
+        ],
+    );
+    assert!(
+        refused(&quota, "a child with more cpus").contains("keeps its parent's quotas"),
+        "{}",
+        text(&quota.stderr)
+    );
+    let wider = with_token(
+        &node,
+        &parent.token,
+        &["cap", "create", "--allow", "policy:write"],
+    );
+    refused(&wider, "a child with a right its parent lacks");
+    // Revoking the parent revokes the child.
+    ok(&node, &["cap", "revoke", &parent.id]);
+    let after = eventually(Duration::from_secs(10), "the child refused", || {
+        let out = with_token(&node, &child.token, &["config", "get", "colour"]);
+        (!out.status.success()).then_some(out)
+    });
+    assert!(
+        text(&after.stderr).contains("revoked"),
+        "{}",
+        text(&after.stderr)
+    );
+}
