@@ -95,6 +95,12 @@ impl Client {
             .await
     }
 
+    /// A one-time dashboard login link (the local admin only).
+    pub async fn dashboard_link(&self) -> Result<crate::DashboardLink, ClientError> {
+        self.send_json::<(), _>(reqwest::Method::POST, "/v1/dashboard/code", None)
+            .await
+    }
+
     pub async fn config_list(&self) -> Result<ConfigList, ClientError> {
         self.get_json("/v1/config").await
     }

@@ -21,8 +21,15 @@ use std::collections::BTreeMap;
 pub const API_FILE: &str = "api.json";
 /// Name of the file in the data directory that holds the admin credential (mode 0600).
 pub const ADMIN_CREDENTIAL_FILE: &str = "admin.credential";
-/// Cookie the dashboard uses after a login with the admin credential.
+/// Cookie of a dashboard session (opened with a one-time login code, never the credential).
 pub const SESSION_COOKIE: &str = "noodle_session";
+
+/// `POST /v1/dashboard/code`: where a browser on this machine logs in once.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DashboardLink {
+    /// `/login?code=...`, relative to the API's address.
+    pub path: String,
+}
 
 /// What a node writes to [`API_FILE`] once its API is listening.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

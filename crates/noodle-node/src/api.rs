@@ -1,12 +1,17 @@
 //! The HTTP API (JSON), the dashboard and the metrics endpoint.
 //!
 //! Deny by default: a request presents either the node's admin credential (allowed everything,
-//! and only from this machine) or a capability token (`Authorization: Bearer <token>`); the
-//! browser gets the admin credential as an HttpOnly cookie from `/login?token=...` (the URL
-//! `noodle up` prints). Every handler names the right it needs as its first step and asks the
-//! one authoriser ([`noodle_host::api::check`]); denials go to the audit log. No route answers
-//! without a credential, `/metrics` included. Subsystems add their own routes; they are behind
-//! the same check of who calls.
+//! and only from this machine) or a capability token (`Authorization: Bearer <token>`); a
+//! browser presents a dashboard session (an HttpOnly cookie from `/login?code=...`, the one-time
+//! code in the URL `noodle up` and `noodle dashboard` print; see [`crate::session`]), which
+//! stands for the local admin and is never the credential. Every handler names the right it
+//! needs as its first step and asks the one authoriser ([`noodle_host::api::check`]); denials go
+//! to the audit log. No route answers without a credential, `/metrics` included. Subsystems add
+//! their own routes; they are behind the same check of who calls.
+//!
+//! A web page must not act through a browser that holds a session: a request that changes
+//! anything is refused when it comes from another origin (its `Origin` header names another
+//! site, or another service on this machine) or carries a body a plain HTML form could send.
 
 use crate::cluster::ClusterState;
 use crate::control::ControlPlane;
@@ -44,6 +49,7 @@ pub(crate) struct ApiState {
     pub(crate) credential: String,
     pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub(crate) subsystems: Vec<Arc<dyn RunningSubsystem>>,
+    pub(crate) sessions: Arc<crate::session::Sessions>,
 }
 
 type AppState = Arc<ApiState>;
@@ -82,6 +88,7 @@ pub(crate) async fn serve(state: AppState, listener: tokio::net::TcpListener) {
         .route("/v1/events/kinds", get(event_kinds))
         .route("/v1/events/stream", get(events_stream))
         .route("/v1/dashboard/stream", get(dashboard_stream))
+        .route("/v1/dashboard/code", post(dashboard_code))
         .route("/metrics", get(metrics))
         .with_state(state.clone());
     for s in &state.subsystems {
@@ -91,7 +98,8 @@ pub(crate) async fn serve(state: AppState, listener: tokio::net::TcpListener) {
         .route("/login", get(login))
         .with_state(state.clone())
         .merge(protected.route_layer(middleware::from_fn_with_state(state, identify)))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") });
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .layer(middleware::from_fn(same_origin_only));
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
     // Small answers (the end of a streamed body, an SSE event) must not wait for the client's
     // delayed ACK (Nagle): about 40 ms each on Linux.
@@ -110,12 +118,21 @@ fn credential_matches(state: &ApiState, presented: &str) -> bool {
     blake3::hash(presented.as_bytes()) == blake3::hash(state.credential.as_bytes())
 }
 
-fn presented_credential(headers: &HeaderMap) -> Option<String> {
+/// What a request presents: a bearer credential (the admin credential or a token), or a
+/// dashboard session cookie.
+enum Presented {
+    Bearer(String),
+    Session(String),
+}
+
+fn presented(headers: &HeaderMap) -> Option<Presented> {
     if let Some(value) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
     {
-        return value.strip_prefix("Bearer ").map(|s| s.trim().to_string());
+        return value
+            .strip_prefix("Bearer ")
+            .map(|s| Presented::Bearer(s.trim().to_string()));
     }
     headers
         .get_all(header::COOKIE)
@@ -124,56 +141,141 @@ fn presented_credential(headers: &HeaderMap) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == SESSION_COOKIE)
-        .map(|(_, v)| v.to_string())
+        .map(|(_, v)| Presented::Session(v.to_string()))
 }
 
-/// Tells who is calling: the admin credential (from this machine only) or a token. What the
-/// caller may do is decided per handler.
+fn refuse(status: StatusCode, message: &str) -> Response {
+    metrics::counter!("noodle_api_denied_total").increment(1);
+    error(status, message)
+}
+
+/// Tells who is calling: the admin credential or a dashboard session (from this machine only),
+/// or a token. What the caller may do is decided per handler.
 async fn identify(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let caller = match presented_credential(request.headers()) {
+    let local = peer.ip().is_loopback();
+    let caller = match presented(request.headers()) {
         None => {
-            metrics::counter!("noodle_api_denied_total").increment(1);
-            return error(
+            return refuse(
                 StatusCode::UNAUTHORIZED,
-                "missing credential: send `Authorization: Bearer <capability token or admin credential>` or open the URL `noodle up` printed",
+                "missing credential: send `Authorization: Bearer <capability token or admin credential>` or open the URL `noodle dashboard` prints",
             );
         }
-        Some(c) if credential_matches(&state, &c) => {
-            if !peer.ip().is_loopback() {
-                metrics::counter!("noodle_api_denied_total").increment(1);
-                return error(
+        Some(Presented::Session(s)) if local && state.sessions.is_live(&s) => Caller::Admin,
+        Some(Presented::Session(_)) => {
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "the dashboard session has expired or is unknown here: open the URL `noodle dashboard` prints",
+            );
+        }
+        Some(Presented::Bearer(c)) if credential_matches(&state, &c) => {
+            if !local {
+                return refuse(
                     StatusCode::UNAUTHORIZED,
                     "the admin credential is accepted only from this machine; remote callers need a capability token (`noodle cap create`)",
                 );
             }
             Caller::Admin
         }
-        Some(token) => Caller::Token(token),
+        Some(Presented::Bearer(token)) => Caller::Token(token),
     };
     request.extensions_mut().insert(caller);
     next.run(request).await
 }
 
-#[derive(serde::Deserialize)]
-struct LoginQuery {
-    token: String,
+/// Refuses what a web page could make a browser send: a request that may change something
+/// (not GET, HEAD or OPTIONS) from another origin, or with a body of a type an HTML form can
+/// send without asking (`text/plain`, `multipart/form-data`, `application/x-www-form-urlencoded`).
+async fn same_origin_only(request: Request, next: Next) -> Response {
+    use axum::http::Method;
+    let method = request.method();
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let ours = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|host| format!("http://{host}"));
+        if origin.to_str().ok() != ours.as_deref() {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "cross-origin request refused: the API takes changes only from its own pages and from clients that send no Origin",
+            );
+        }
+    }
+    let form_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .is_some_and(|v| {
+            matches!(
+                v.as_str(),
+                "text/plain" | "multipart/form-data" | "application/x-www-form-urlencoded"
+            )
+        });
+    if form_type {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the request body as application/json (or application/octet-stream for chunks)",
+        );
+    }
+    next.run(request).await
 }
 
-async fn login(State(state): State<AppState>, Query(q): Query<LoginQuery>) -> Response {
-    if !credential_matches(&state, &q.token) {
-        metrics::counter!("noodle_api_denied_total").increment(1);
-        return error(StatusCode::UNAUTHORIZED, "wrong credential");
+#[derive(serde::Deserialize)]
+struct LoginQuery {
+    code: String,
+}
+
+/// Trades a one-time login code for a dashboard session.
+async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<LoginQuery>,
+) -> Response {
+    if !peer.ip().is_loopback() {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "the dashboard login works only from this machine; remote callers need a capability token",
+        );
     }
+    let Some(session) = state.sessions.redeem(&q.code) else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "this login link was used already or has expired: run `noodle dashboard` for a new one",
+        );
+    };
     let cookie = format!(
-        "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-        q.token
+        "{SESSION_COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        crate::session::SESSION_TTL.as_secs()
     );
     ([(header::SET_COOKIE, cookie)], Redirect::to("/")).into_response()
+}
+
+/// `POST /v1/dashboard/code`: a one-time dashboard login link, for the local admin only (the
+/// session it opens is the admin's).
+async fn dashboard_code(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult {
+    if !matches!(caller, Caller::Admin) {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "only the local admin opens dashboard sessions; a token holder sends its token",
+        ));
+    }
+    let code = state.sessions.issue_code();
+    Ok(Json(noodle_api::DashboardLink {
+        path: format!("/login?code={code}"),
+    })
+    .into_response())
 }
 
 async fn dashboard(

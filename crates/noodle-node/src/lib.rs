@@ -18,6 +18,7 @@ mod join;
 mod membership;
 mod node;
 mod service;
+mod session;
 
 pub use control::{ControlPlaneError, LinkTransport};
 pub use datadir::{DataDir, DataDirError};

@@ -113,7 +113,7 @@ pub struct RunningNode {
     node_id: String,
     cluster_id: String,
     advertise: SocketAddr,
-    credential: String,
+    sessions: Arc<crate::session::Sessions>,
     api_url: String,
     link: Link,
     membership: mpsc::Sender<MembershipInput>,
@@ -439,6 +439,7 @@ pub async fn start(
         source,
     })?;
     let api_url = format!("http://{api_addr}");
+    let sessions = Arc::new(crate::session::Sessions::default());
     let state = Arc::new(ApiState {
         cluster: cluster.clone(),
         ca,
@@ -448,6 +449,7 @@ pub async fn start(
         credential: credential.clone(),
         metrics,
         subsystems: running,
+        sessions: sessions.clone(),
     });
     tokio::spawn(crate::api::serve(state, listener));
     dir.write_api_info(&noodle_api::ApiInfo {
@@ -464,7 +466,7 @@ pub async fn start(
         node_id: cluster.node_id.clone(),
         cluster_id: cluster.cluster_id.clone(),
         advertise,
-        credential,
+        sessions,
         api_url,
         link,
         membership: membership_tx,
@@ -486,9 +488,9 @@ impl RunningNode {
     pub fn api_url(&self) -> &str {
         &self.api_url
     }
-    /// The dashboard address with a one-click login.
+    /// The dashboard address with a one-time login code (valid for 15 minutes, once).
     pub fn dashboard_url(&self) -> String {
-        format!("{}/login?token={}", self.api_url, self.credential)
+        format!("{}/login?code={}", self.api_url, self.sessions.issue_code())
     }
 
     /// Leaves the cluster politely and stops.

@@ -74,7 +74,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the dashboard URL (with a one-click login).
+    /// Print the dashboard URL with a one-time login code (valid 15 minutes, once).
     Dashboard,
     Run(jobs_cli::RunArgs),
     Jobs(jobs_cli::JobsArgs),
@@ -402,9 +402,8 @@ async fn run(cli: Cli) -> Result<i32> {
         }
         Command::Dashboard => {
             let client = Client::from_data_dir(&data_dir)?;
-            let cred = std::fs::read_to_string(data_dir.join(noodle_api::ADMIN_CREDENTIAL_FILE))
-                .context("reading the admin credential")?;
-            outln!("{}/login?token={}", client.base_url(), cred.trim());
+            let link = client.dashboard_link().await?;
+            outln!("{}{}", client.base_url(), link.path);
             Ok(0)
         }
         Command::Bench { quick, json } => {

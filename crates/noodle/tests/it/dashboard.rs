@@ -60,7 +60,7 @@ fn dashboard_in_chromium_lists_every_node_and_goes_live() {
     );
     let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(
-        url.starts_with("http://127.0.0.1:") && url.contains("/login?token="),
+        url.starts_with("http://127.0.0.1:") && url.contains("/login?code="),
         "unexpected dashboard URL: {url}"
     );
 
