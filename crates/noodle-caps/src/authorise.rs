@@ -22,12 +22,14 @@ use std::time::{Duration, SystemTime};
 pub const VERIFIED_CACHE_ENTRIES_MAX: usize = 1024;
 
 /// The rules that apply after the cluster's policies. Rights without a prefix cover every
-/// resource of their subsystem and action; prefixed rights need a resource under the prefix.
+/// resource of their subsystem and action; prefixed rights need a resource under the prefix,
+/// segment by segment (the authoriser states `resource_under` for each ancestor of the
+/// resource, see [`datalog::resource_under_facts`]).
 const DEFAULT_POLICIES: &str = r#"
 allow if operation($s, $a), right($s, $a);
 allow if operation($s, $a), right($s, "*");
-allow if operation($s, $a), resource($r), right($s, $a, $p), $r.starts_with($p);
-allow if operation($s, $a), resource($r), right($s, "*", $p), $r.starts_with($p);
+allow if operation($s, $a), resource_under($p), right($s, $a, $p);
+allow if operation($s, $a), resource_under($p), right($s, "*", $p);
 deny if true;
 "#;
 
@@ -287,6 +289,9 @@ impl Authoriser {
             .fact(datalog::operation_fact(&req.subsystem, &req.action))?;
         if let Some(resource) = &req.resource {
             builder = builder.fact(datalog::resource_fact(resource))?;
+            for fact in datalog::resource_under_facts(resource) {
+                builder = builder.fact(fact)?;
+            }
         }
         for policy in ctx.policies {
             builder = builder.merge(policy.builder.clone());

@@ -24,7 +24,6 @@ const OPERATORS_PER_STATEMENT_MAX: usize = 512;
 pub(crate) const EFFECTIVE_RIGHTS_MAX: usize = 1024;
 
 const VAR_ACTION: &str = "a";
-const VAR_RESOURCE: &str = "r";
 const VAR_TIME: &str = "t";
 
 /// `right("jobs", "run")` or `right("fabric", "read", "/datasets/")`.
@@ -61,6 +60,27 @@ pub(crate) fn operation_fact(subsystem: &str, action: &str) -> Fact {
             Term::Str(action.to_string()),
         ],
     )
+}
+
+/// Most path segments of a resource whose ancestors the authoriser states; a prefix right
+/// deeper than this never matches (a refusal, never a grant).
+pub(crate) const RESOURCE_SEGMENTS_MAX: usize = 64;
+
+/// `resource_under(p)` for every prefix `p` a prefix right may name to cover `resource`:
+/// the resource itself and each ancestor at a `/`, with and without the slash. So a prefix
+/// matches whole path segments: `/app` covers `/app` and `/app/x`, never `/apple`.
+pub(crate) fn resource_under_facts(resource: &str) -> Vec<Fact> {
+    let under = |p: &str| Fact::new("resource_under".to_string(), vec![Term::Str(p.to_string())]);
+    let mut facts = vec![under(resource)];
+    for (at, _) in resource.match_indices('/').take(RESOURCE_SEGMENTS_MAX) {
+        if at > 0 {
+            facts.push(under(&resource[..at]));
+        }
+        if at + 1 < resource.len() {
+            facts.push(under(&resource[..=at]));
+        }
+    }
+    facts
 }
 
 /// `resource("/datasets/x")`.
@@ -108,8 +128,8 @@ pub(crate) fn expiry_check(expires_unix: u64) -> Check {
     }
 }
 
-/// `check if operation("config","read") or operation("fabric","read"), resource($r),
-/// $r.starts_with("/datasets/")`: one alternative per right, so the block passes only for
+/// `check if operation("config","read") or operation("fabric","read"),
+/// resource_under("/datasets/")`: one alternative per right, so the block passes only for
 /// requests that one of `allow` covers. Being a check, it can only ever take rights away.
 pub(crate) fn rights_check(allow: &[Right]) -> Check {
     let queries = allow
@@ -127,14 +147,11 @@ pub(crate) fn rights_check(allow: &[Right]) -> Check {
             match &right.prefix {
                 None => query(vec![operation], vec![]),
                 Some(prefix) => query(
-                    vec![operation, pred("resource", vec![var(VAR_RESOURCE)])],
-                    vec![Expression {
-                        ops: vec![
-                            Op::Value(var(VAR_RESOURCE)),
-                            Op::Value(Term::Str(prefix.clone())),
-                            Op::Binary(Binary::Prefix),
-                        ],
-                    }],
+                    vec![
+                        operation,
+                        pred("resource_under", vec![Term::Str(prefix.clone())]),
+                    ],
+                    vec![],
                 ),
             }
         })
@@ -411,28 +428,17 @@ fn match_right_query(q: &Rule) -> Option<Right> {
         return None;
     }
     let operation = q.body.first()?;
-    let (subsystem, action, action_var) =
-        match (operation.name.as_str(), operation.terms.as_slice()) {
-            ("operation", [Term::Str(s), Term::Str(a)]) => (s, a.as_str(), None),
-            ("operation", [Term::Str(s), Term::Variable(v)]) => (s, ANY_ACTION, Some(v)),
-            _ => return None,
-        };
+    let (subsystem, action) = match (operation.name.as_str(), operation.terms.as_slice()) {
+        ("operation", [Term::Str(s), Term::Str(a)]) => (s, a.as_str()),
+        ("operation", [Term::Str(s), Term::Variable(_)]) => (s, ANY_ACTION),
+        _ => return None,
+    };
     let prefix = match (&q.body[1..], q.expressions.as_slice()) {
         ([], []) => None,
-        ([resource], [expr]) => {
-            let resource_var = single_var(resource, "resource")?;
-            if action_var.is_some_and(|v| v == resource_var) {
-                return None;
-            }
-            match expr.ops.as_slice() {
-                [
-                    Op::Value(Term::Variable(v)),
-                    Op::Value(Term::Str(prefix)),
-                    Op::Binary(Binary::Prefix),
-                ] if v == resource_var => Some(prefix.as_str()),
-                _ => return None,
-            }
-        }
+        ([under], []) => match (under.name.as_str(), under.terms.as_slice()) {
+            ("resource_under", [Term::Str(prefix)]) => Some(prefix.as_str()),
+            _ => return None,
+        },
         _ => return None,
     };
     Right::new(subsystem, action, prefix).ok()

@@ -21,8 +21,15 @@ pub const POLICY_BYTES_MAX: usize = 16 * 1024;
 pub const POLICY_NAME_BYTES_MAX: usize = 64;
 /// Predicates only tokens (`right`, `quota`, `holder`) and the authoriser (`operation`,
 /// `resource`, `time`) may state.
-pub const RESERVED_PREDICATES: &[&str] =
-    &["right", "quota", "holder", "operation", "resource", "time"];
+pub const RESERVED_PREDICATES: &[&str] = &[
+    "right",
+    "quota",
+    "holder",
+    "operation",
+    "resource",
+    "resource_under",
+    "time",
+];
 
 /// Why a policy was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -137,6 +144,7 @@ impl Policy {
             datalog::time_fact(now),
             datalog::operation_fact("config", "read"),
             datalog::resource_fact("/"),
+            datalog::resource_under_facts("/").remove(0),
             datalog::right_fact(&crate::Right {
                 subsystem: "config".to_string(),
                 action: "read".to_string(),

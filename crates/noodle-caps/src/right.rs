@@ -48,6 +48,26 @@ pub struct Right {
     pub prefix: Option<String>,
 }
 
+/// Whether `path` is `prefix` or lies under it, segment by segment: `/app` covers `/app` and
+/// `/app/x` but not `/apple`; `/app/` covers `/app/x`. (Deeper than
+/// [`crate::datalog::RESOURCE_SEGMENTS_MAX`] segments, the authoriser refuses.)
+pub(crate) fn under(prefix: &str, path: &str) -> bool {
+    let Some(rest) = path.strip_prefix(prefix) else {
+        return false;
+    };
+    if rest.is_empty() {
+        return true;
+    }
+    // The slash that ends the prefix's last segment, counted from the start of the path.
+    let slashes = prefix.matches('/').count();
+    let (at_segment, nth_slash) = if prefix.ends_with('/') {
+        (true, slashes)
+    } else {
+        (rest.starts_with('/'), slashes + 1)
+    };
+    at_segment && nth_slash <= crate::datalog::RESOURCE_SEGMENTS_MAX
+}
+
 impl Right {
     /// A checked right.
     pub fn new(subsystem: &str, action: &str, prefix: Option<&str>) -> Result<Right, SpecError> {
@@ -90,7 +110,7 @@ impl Right {
             && match (&self.prefix, &other.prefix) {
                 (None, _) => true,
                 (Some(_), None) => false,
-                (Some(mine), Some(theirs)) => theirs.starts_with(mine.as_str()),
+                (Some(mine), Some(theirs)) => under(mine, theirs),
             }
     }
 
@@ -101,7 +121,7 @@ impl Right {
             && match (&self.prefix, &req.resource) {
                 (None, _) => true,
                 (Some(_), None) => false,
-                (Some(prefix), Some(resource)) => resource.starts_with(prefix.as_str()),
+                (Some(prefix), Some(resource)) => under(prefix, resource),
             }
     }
 
@@ -119,8 +139,8 @@ impl Right {
         };
         let prefix = match (&self.prefix, &other.prefix) {
             (None, p) | (p, None) => p.clone(),
-            (Some(a), Some(b)) if b.starts_with(a.as_str()) => Some(b.clone()),
-            (Some(a), Some(b)) if a.starts_with(b.as_str()) => Some(a.clone()),
+            (Some(a), Some(b)) if under(a, b) => Some(b.clone()),
+            (Some(a), Some(b)) if under(b, a) => Some(a.clone()),
             _ => return None,
         };
         Some(Right {

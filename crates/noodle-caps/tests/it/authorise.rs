@@ -1,7 +1,7 @@
 //! Authorisation of fresh tokens: each kind of right, forged, expired, revoked, malformed,
 //! oversized, and the verified-token cache.
 
-use crate::{at, authoriser, token, verdict};
+use crate::{at, authoriser, rights, token, verdict};
 use noodle_caps::{Authoriser, Context, Denied, RootKey, inspect};
 use std::collections::HashSet;
 
@@ -275,4 +275,61 @@ fn root_key_round_trips_and_hides_its_secret() {
     );
     assert!(RootKey::from_bytes(&[0; 31]).is_err());
     assert!(noodle_caps::PublicKey::from_bytes(&[1; 33]).is_err());
+}
+
+#[test]
+fn prefix_rights_match_whole_path_segments() {
+    let root = RootKey::generate();
+    let auth = authoriser(&root);
+    let ctx = Context::new(at(1));
+    let app = token(&root, &["fabric:read:/app"]);
+    let dir = token(&root, &["fabric:read:/app/"]);
+    let cases = [
+        // (token, resource, allowed)
+        (&app, "/app", true),
+        (&app, "/app/x", true),
+        (&app, "/app/x/y", true),
+        (&app, "/apple", false),
+        (&app, "/ap", false),
+        (&dir, "/app/x", true),
+        (&dir, "/app", false),
+        (&dir, "/apple", false),
+    ];
+    for (tok, resource, allowed) in cases {
+        let got = verdict(&auth, tok, &format!("fabric:read on {resource}"), &ctx);
+        assert_eq!(got == "allow", allowed, "{resource}: {got}");
+        // The plain model says the same.
+        let right: noodle_caps::Right = if std::ptr::eq(tok, &app) {
+            "fabric:read:/app".parse().unwrap()
+        } else {
+            "fabric:read:/app/".parse().unwrap()
+        };
+        assert_eq!(
+            right.allows(&noodle_caps::Request::new("fabric", "read").on(resource)),
+            allowed,
+            "model on {resource}"
+        );
+    }
+    // A narrowing to a sibling that only shares letters is a widening, and refused.
+    assert!(
+        noodle_caps::attenuate_at(&app, &rights(&["fabric:read:/apple"]), None, at(0)).is_err()
+    );
+    let child =
+        noodle_caps::attenuate_at(&app, &rights(&["fabric:read:/app/x"]), None, at(0)).unwrap();
+    assert_eq!(
+        verdict(&auth, &child, "fabric:read on /app/x/1", &ctx),
+        "allow"
+    );
+    assert_ne!(
+        verdict(&auth, &child, "fabric:read on /app/xy", &ctx),
+        "allow"
+    );
+    // Deeper than the authoriser looks: refused, never granted.
+    let deep: String = (0..70).map(|i| format!("/{i}")).collect();
+    let deep_prefix: String = (0..66).map(|i| format!("/{i}")).collect();
+    let deep_token = token(&root, &[&format!("fabric:read:{deep_prefix}")]);
+    assert_ne!(
+        verdict(&auth, &deep_token, &format!("fabric:read on {deep}"), &ctx),
+        "allow"
+    );
 }
