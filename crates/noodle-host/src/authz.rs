@@ -294,6 +294,30 @@ impl Authz {
     }
 }
 
+/// How often a long-lived answer (an event stream, a job's output) looks again whether its
+/// caller may still have it.
+pub const STREAM_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Ends `stream` once `caller` may no longer make `request` (its token was revoked, expired,
+/// or a policy now denies it), looking every [`STREAM_RECHECK`]. The admin's streams run on.
+pub fn while_allowed<S: futures_util::Stream + Send + 'static>(
+    stream: S,
+    authz: Arc<Authz>,
+    caller: Caller,
+    request: impl Into<Request>,
+) -> impl futures_util::Stream<Item = S::Item> + Send + 'static {
+    let request = request.into();
+    let denied = async move {
+        loop {
+            tokio::time::sleep(STREAM_RECHECK).await;
+            if authz.authorise(&caller, &request).is_err() {
+                return;
+            }
+        }
+    };
+    futures_util::StreamExt::take_until(stream, Box::pin(denied))
+}
+
 /// `token:1d323c47 (alice)`: how the audit log names a token's holder.
 fn token_actor(id: &str, holder: Option<&str>) -> String {
     let short = id.get(..8).unwrap_or(id);

@@ -20,7 +20,7 @@ mod cluster;
 mod events;
 mod subsystem;
 
-pub use authz::{Actor, Authz, Caller, Permission, verify_audit};
+pub use authz::{Actor, Authz, Caller, Permission, STREAM_RECHECK, verify_audit, while_allowed};
 pub use cluster::{Clock, ClusterView, SystemClock};
 pub use events::EventBus;
 pub use subsystem::{

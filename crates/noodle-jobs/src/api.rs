@@ -396,7 +396,13 @@ async fn output(
     }
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::convert::Infallible>>(PIECES_QUEUED);
     tokio::spawn(relay_output(state.clone(), id, q.follow, tx));
-    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let frames = noodle_host::while_allowed(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+        state.host.authz.clone(),
+        caller,
+        READ,
+    );
+    let body = Body::from_stream(frames);
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }
 

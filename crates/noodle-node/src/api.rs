@@ -26,7 +26,7 @@ use axum::{Json, Router};
 use futures_util::{Stream, StreamExt};
 use noodle_api::{EventsResponse, SESSION_COOKIE, StatusReport, TokenRequest};
 use noodle_host::api::{ApiResult, Refusal, check, error, parse_body};
-use noodle_host::{Authz, Caller, EventBus, Panel, Permission, RunningSubsystem};
+use noodle_host::{Authz, Caller, EventBus, Panel, Permission, RunningSubsystem, while_allowed};
 use noodle_security::ClusterCa;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -350,7 +350,13 @@ async fn events_stream(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult {
     state.check(&caller, Permission::CLUSTER_READ, "events", "")?;
-    Ok(Sse::new(event_stream(&state.events))
+    let events = while_allowed(
+        event_stream(&state.events),
+        state.authz.clone(),
+        caller,
+        Permission::CLUSTER_READ,
+    );
+    Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
 }
@@ -361,6 +367,7 @@ async fn dashboard_stream(
 ) -> ApiResult {
     state.check(&caller, Permission::CLUSTER_READ, "dashboard", "")?;
     let for_status = state.clone();
+    let for_stream = caller.clone();
     // Every second: the panels the caller may see, then the status.
     let statuses =
         IntervalStream::new(tokio::time::interval(DASHBOARD_PERIOD)).flat_map(move |_| {
@@ -375,12 +382,16 @@ async fn dashboard_stream(
             let all: Vec<SseEvent> = panels.chain(status).collect();
             futures_util::stream::iter(all.into_iter().map(Ok::<_, Infallible>))
         });
-    Ok(Sse::new(futures_util::stream::select(
-        statuses,
-        event_stream(&state.events),
-    ))
-    .keep_alive(KeepAlive::default())
-    .into_response())
+    let both = futures_util::stream::select(statuses, event_stream(&state.events));
+    let both = while_allowed(
+        both,
+        state.authz.clone(),
+        for_stream,
+        Permission::CLUSTER_READ,
+    );
+    Ok(Sse::new(both)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 async fn metrics(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult {

@@ -964,3 +964,53 @@ fn a_token_hands_on_only_a_narrowing_of_itself() {
         text(&after.stderr)
     );
 }
+
+/// A stream answered to a token (here `noodle events --follow`) ends once the token is revoked
+/// or expires: an open connection does not outlive the right it was opened with.
+#[test]
+fn streams_end_when_their_token_is_revoked_or_expires() {
+    use std::io::BufRead;
+    let node = Node::founder("streams");
+    node.wait_ready(Duration::from_secs(10));
+    let follow = |token: &str| {
+        let mut child = std::process::Command::new(crate::support::noodle_bin())
+            .arg("--data-dir")
+            .arg(&node.dir)
+            .args(["--token", token, "events", "--follow"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("noodle events --follow");
+        // The node's history comes first: the stream is open and the token was accepted.
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        let mut reader = std::io::BufReader::new(stdout);
+        reader.read_line(&mut line).expect("read an event");
+        assert!(!line.is_empty(), "the follower got no event");
+        // Keep draining so that the follower never blocks on a full pipe.
+        std::thread::spawn(move || for _ in reader.lines() {});
+        child
+    };
+    let revoked = cap_create(&node, &["--allow", "cluster:read"]);
+    // Expires long after the follower is up even on a slow machine, and is then refused.
+    let expiring = cap_create(&node, &["--allow", "cluster:read", "--ttl", "30s"]);
+    let kept = cap_create(&node, &["--allow", "cluster:read"]);
+    let mut a = follow(&revoked.token);
+    let mut b = follow(&expiring.token);
+    let mut c = follow(&kept.token);
+    ok(&node, &["cap", "revoke", &revoked.id]);
+    for (what, child) in [("revoked", &mut a), ("expired", &mut b)] {
+        let status = eventually(Duration::from_secs(60), what, || child.try_wait().unwrap());
+        assert!(
+            !status.success(),
+            "{what}: the follower ended without an error"
+        );
+    }
+    // A token that still holds its right keeps its stream.
+    assert!(
+        c.try_wait().unwrap().is_none(),
+        "a valid token's stream ended"
+    );
+    let _ = c.kill();
+    let _ = c.wait();
+}
