@@ -1,8 +1,9 @@
 //! Cluster-wide policies: named Datalog that every authorisation runs before the defaults.
 //!
-//! A policy is `allow if …`, `deny if …` and `check if …` statements, plus facts and rules that
-//! feed them. It may not define facts or rules for the predicates tokens and requests speak in
-//! (`right`, `operation`, …): a policy restricts or decides, it does not forge rights. Each policy
+//! A policy is `deny if …` and `check if …` statements, plus facts and rules that feed them.
+//! It may not define facts or rules for the predicates tokens and requests speak in (`right`,
+//! `operation`, …), nor `allow if`: a policy only restricts what tokens grant, it never grants
+//! or forges rights. Each policy
 //! is parsed once, when it is added, and dry-run against a sample request under the same
 //! limits as real authorisations, so Datalog that would always blow the limits is refused then
 //! rather than denying every call later.
@@ -42,6 +43,10 @@ pub enum PolicyError {
     Parse(String),
     #[error("policy may not state `{0}` facts or rules: they come only from tokens and requests")]
     Reserved(String),
+    #[error(
+        "policy may only deny or check (`deny if`, `check if`): `allow if` would grant what no token grants"
+    )]
+    Allows,
     #[error(
         "policy ran past the authorisation limits on a sample request ({0}); simplify its rules"
     )]
@@ -103,6 +108,14 @@ impl Policy {
         let parsed = biscuit_auth::parser::parse_source(source).map_err(|errors| {
             PolicyError::Parse(datalog::describe_parse_errors(source, &errors))
         })?;
+        // A cluster policy narrows what tokens grant; it never grants anything itself.
+        let allows = parsed.policies.iter().any(|(_, p)| {
+            let p: biscuit_auth::builder::Policy = p.clone().into();
+            p.kind == biscuit_auth::builder::PolicyKind::Allow
+        });
+        if allows {
+            return Err(PolicyError::Allows);
+        }
         let (checks, policies) = (parsed.checks.len(), parsed.policies.len());
         let stated = parsed
             .facts

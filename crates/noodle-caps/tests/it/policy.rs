@@ -66,21 +66,29 @@ fn policies_decide_before_the_defaults_and_are_named() {
 }
 
 #[test]
-fn an_allow_policy_cannot_be_smuggled_past_a_deny_in_tokens() {
-    // A cluster `allow` decides before the defaults; that is the operator's call, and it is
-    // still subject to every block's checks (here the child's narrowing).
+fn a_policy_cannot_allow_what_no_token_grants() {
+    // An `allow` would decide before the defaults and grant a request no token allows: a
+    // policy may only narrow.
+    for source in [
+        r#"allow if operation("audit", "read");"#,
+        r#"deny if operation("jobs", "run"); allow if true;"#,
+    ] {
+        assert_eq!(
+            Policy::parse("widening", source).map(|_| ()),
+            Err(PolicyError::Allows),
+            "{source}"
+        );
+    }
+    // Narrowing stays possible, and a token still gets exactly its own rights.
     let root = RootKey::generate();
     let auth = authoriser(&root);
-    let parent = token(&root, &["config:read", "audit:read"]);
-    let child =
-        noodle_caps::attenuate_at(&parent, &crate::rights(&["config:read"]), None, at(0)).unwrap();
-    let policies =
-        [Policy::parse("audit-for-all", r#"allow if operation("audit", "read");"#).unwrap()];
+    let tok = token(&root, &["config:read"]);
+    let policies = [Policy::parse("no-audit", r#"deny if operation("audit", "read");"#).unwrap()];
     let ctx = Context::new(at(1)).with_policies(&policies);
-    assert_eq!(verdict(&auth, &parent, "audit:read", &ctx), "allow");
+    assert_eq!(verdict(&auth, &tok, "config:read", &ctx), "allow");
     assert_eq!(
-        verdict(&auth, &child, "audit:read", &ctx),
-        "token does not allow audit:read"
+        verdict(&auth, &tok, "audit:read", &ctx),
+        "policy 'no-audit' denied audit:read"
     );
 }
 
@@ -90,7 +98,7 @@ fn bad_policies_are_refused_with_a_clear_error() {
         .map(|i| format!("edge({i}, {});\n", i + 1))
         .collect();
     let transitive = format!(
-        "{chain}path($x, $y) <- edge($x, $y);\npath($x, $z) <- path($x, $y), edge($y, $z);\nallow if path(0, 300);"
+        "{chain}path($x, $y) <- edge($x, $y);\npath($x, $z) <- path($x, $y), edge($y, $z);\ndeny if path(0, 300);"
     );
     let product = "n(0); n(1); n(2); n(3); n(4); n(5); n(6); n(7); n(8); n(9);
         big($a, $b, $c, $d) <- n($a), n($b), n($c), n($d);
