@@ -3,11 +3,12 @@
 #   chromium     headless browser for the dashboard test (crates/noodle/tests/it/dashboard.rs)
 #   fonts-dejavu-core  a font, so that the browser renders text on a bare machine
 #   iproute2     `ip netns` for the network-namespace tests
+#   python3, python3-yaml  a system interpreter and package that sandboxed jobs must still use
 # Idempotent: when everything is already installed it does nothing (no apt-get at all).
 # Run as root, or as a user with sudo. CI runs it before `cargo test`.
 set -euo pipefail
 
-packages=(chromium fonts-dejavu-core iproute2)
+packages=(chromium fonts-dejavu-core iproute2 python3 python3-yaml)
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'

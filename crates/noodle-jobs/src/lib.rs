@@ -27,6 +27,7 @@ pub mod state;
 mod subsystem;
 
 pub use engine::{ClusterView, Effect, Engine, EngineConfig, Reported, Signal};
+pub use process::sandbox::SandboxConfig;
 pub use runtime::JobsError;
 pub use state::{JobCommand, JobFile, JobRecord, JobSpec, JobState};
 pub use subsystem::{Jobs, JobsConfig, READ, RUN};

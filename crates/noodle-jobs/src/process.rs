@@ -29,8 +29,10 @@
 //! reaped.
 
 mod output;
+pub(crate) mod sandbox;
 
 pub(crate) use output::OutputLog;
+pub(crate) use sandbox::{Confinement, Sandbox};
 
 use noodle_api::output_frame::{STDERR, STDOUT};
 use rustix::fs::Access;
@@ -85,6 +87,8 @@ pub(crate) struct ProcessSpec {
     /// but for `PATH` (the node's), `HOME`, `TMPDIR` (`workdir/tmp`, created), and
     /// `LANG`/`LC_ALL` (`C.UTF-8`).
     pub(crate) env: Vec<(String, String)>,
+    /// `PATH` for the job, which also finds its program; `None` for the node's.
+    pub(crate) path: Option<OsString>,
     /// CPU slots: the job's CPU time is capped at this many CPUs (with a cgroup only).
     pub(crate) cpus: u32,
     /// Memory bound; 0 for none. With a cgroup it is `memory.max`, else an address-space rlimit.
@@ -136,6 +140,9 @@ struct Group {
     /// its pid may belong to someone else.
     finished: Mutex<bool>,
     cgroup: Option<JobCgroup>,
+    /// The job's own uid (sandboxed jobs on a root node): every process of it is killed when
+    /// the job finishes, before the uid is given back with this claim.
+    uid_claim: Option<sandbox::UidClaim>,
 }
 
 impl JobProcess {
@@ -144,7 +151,14 @@ impl JobProcess {
     /// Call it from an async task (a runtime worker thread), never from `spawn_blocking`: the
     /// kernel sends the parent-death signal when the *thread* that forked exits, and an idle
     /// blocking thread exits after a few seconds, which would kill the job.
-    pub(crate) fn spawn(spec: &ProcessSpec, log: Arc<OutputLog>) -> Result<JobProcess, SpawnError> {
+    ///
+    /// With a `confinement` (see [`sandbox`]), the child enters it before exec, and every
+    /// process of the job's uid is killed when the job ends.
+    pub(crate) fn spawn(
+        spec: &ProcessSpec,
+        log: Arc<OutputLog>,
+        confinement: Option<Confinement>,
+    ) -> Result<JobProcess, SpawnError> {
         let name = spec.command.first().ok_or(SpawnError::EmptyCommand)?;
         let io_error = |source: io::Error| SpawnError::Io {
             program: name.clone(),
@@ -155,9 +169,7 @@ impl JobProcess {
         // A relative working directory would make a relative program path ambiguous (the
         // parent's cwd or the child's?), so everything below uses the absolute one.
         let workdir = fs::canonicalize(&spec.workdir).map_err(io_error)?;
-        let path_var = std::env::var_os("PATH")
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| OsString::from(DEFAULT_PATH));
+        let path_var = spec.path.clone().unwrap_or_else(node_path);
         let program = resolve_program(name, &workdir, &path_var)?;
         // Listening before the child exists means no SIGCHLD of it can be missed.
         let sigchld = tokio::signal::unix::signal(SignalKind::child())
@@ -186,6 +198,26 @@ impl JobProcess {
                 None => wanted,
             }
         });
+        let (uid_claim, view, child_confinement) = match confinement {
+            Some(c) => (c.claim, c.view, Some(c.child)),
+            None => (None, None, None),
+        };
+        // What the job sees: in a view of its own, its directory is elsewhere and its `tmp`
+        // is `/tmp`.
+        let (program, home, tmpdir) = match view {
+            Some(view) => (
+                program
+                    .strip_prefix(&workdir)
+                    .map_or_else(|_| program.clone(), |rel| view.join(rel)),
+                view,
+                PathBuf::from("/tmp"),
+            ),
+            None => (program, workdir.clone(), tmp),
+        };
+        // The job owns its ends of the pipes, so that it may open `/dev/stdout` again.
+        let owner = uid_claim.as_ref().map(|c| c.uid);
+        let (out_rx, out_tx) = job_pipe(owner).map_err(io_error)?;
+        let (err_rx, err_tx) = job_pipe(owner).map_err(io_error)?;
         let setup = ChildSetup {
             parent: rustix::process::getpid(),
             address_space_bytes: if cgroup.is_some() {
@@ -195,6 +227,7 @@ impl JobProcess {
             },
             fallback_address_space_bytes: address_space_bytes,
             cgroup_procs,
+            confinement: child_confinement,
         };
 
         let mut command = Command::new(&program);
@@ -204,26 +237,26 @@ impl JobProcess {
             .current_dir(&workdir)
             .env_clear()
             .env("PATH", &path_var)
-            .env("HOME", &workdir)
-            .env("TMPDIR", &tmp)
+            .env("HOME", &home)
+            .env("TMPDIR", &tmpdir)
             .env("LANG", "C.UTF-8")
             .env("LC_ALL", "C.UTF-8")
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(Stdio::from(out_tx))
+            .stderr(Stdio::from(err_tx))
             .process_group(0)
             .kill_on_drop(false);
         // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
-        // calls are allowed: `ChildSetup::apply` makes raw syscalls through rustix (prctl,
-        // getppid, setrlimit, write) on values prepared before the fork, and neither allocates
-        // nor takes locks.
+        // calls are allowed: `ChildSetup::apply` makes raw syscalls through rustix and libc
+        // (prctl, getppid, setrlimit, setres[ug]id, unshare, open, write, landlock) on values
+        // prepared before the fork, and neither allocates nor takes locks.
         #[allow(unsafe_code)]
         unsafe {
             command.pre_exec(move || setup.apply());
         }
         let spawned = command.spawn();
-        drop(command); // closes the parent's copy of `cgroup.procs`
+        drop(command); // closes the parent's copies of `cgroup.procs` and the pipes' write ends
         let mut child = match spawned {
             Ok(child) => child,
             Err(error) => {
@@ -248,11 +281,12 @@ impl JobProcess {
             tracing::warn!(pid, cgroup = %cgroup.dir.display(), "job process did not join its cgroup; it runs under rlimits only");
         }
         let mut pumps = Vec::with_capacity(2);
-        if let Some(stdout) = child.stdout.take() {
-            pumps.push(handle.spawn(pump(stdout, STDOUT, log.clone())));
-        }
-        if let Some(stderr) = child.stderr.take() {
-            pumps.push(handle.spawn(pump(stderr, STDERR, log.clone())));
+        for (rx, kind) in [(out_rx, STDOUT), (err_rx, STDERR)] {
+            match tokio::net::unix::pipe::Receiver::from_owned_fd(rx.into()) {
+                Ok(rx) => pumps.push(handle.spawn(pump(rx, kind, log.clone()))),
+                // The job's writes to it fail (EPIPE) and the rest goes on.
+                Err(error) => tracing::warn!(pid, %error, "cannot read a job's output pipe"),
+            }
         }
         tracing::debug!(pid, program = %program.display(), "job process started");
         Ok(JobProcess {
@@ -263,6 +297,7 @@ impl JobProcess {
                     pgid,
                     finished: Mutex::new(false),
                     cgroup,
+                    uid_claim,
                 }),
                 handle,
             },
@@ -389,6 +424,9 @@ impl Group {
         let mut finished = self.finished.lock().unwrap_or_else(PoisonError::into_inner);
         if !*finished {
             self.send(Signal::KILL);
+            if let Some(claim) = &self.uid_claim {
+                claim.kill_all();
+            }
             *finished = true;
         }
     }
@@ -419,16 +457,13 @@ struct ChildSetup {
     fallback_address_space_bytes: Option<u64>,
     /// The job cgroup's `cgroup.procs`, open for writing.
     cgroup_procs: Option<OwnedFd>,
+    /// The job's sandbox.
+    confinement: Option<sandbox::ChildConfinement>,
 }
 
 impl ChildSetup {
     /// Runs in the child: async-signal-safe syscalls only, no allocation (errors are raw errnos).
     fn apply(&self) -> io::Result<()> {
-        rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-        // The node may have died between the fork and the line above: then no signal comes.
-        if rustix::process::getppid() != Some(self.parent) {
-            return Err(rustix::io::Errno::SRCH.into());
-        }
         rustix::process::setrlimit(
             Resource::Core,
             Rlimit {
@@ -452,8 +487,36 @@ impl ChildSetup {
                 },
             )?;
         }
+        if let Some(confinement) = &self.confinement {
+            confinement.enter_identity()?;
+        }
+        // After the identity change, which clears it.
+        rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+        // The node may have died since the fork: then no signal comes.
+        if rustix::process::getppid() != Some(self.parent) {
+            return Err(rustix::io::Errno::SRCH.into());
+        }
+        if let Some(confinement) = &self.confinement {
+            confinement.restrict()?;
+        }
         Ok(())
     }
+}
+
+/// The node's own `PATH` (a default when it has none).
+pub(crate) fn node_path() -> OsString {
+    std::env::var_os("PATH")
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| OsString::from(DEFAULT_PATH))
+}
+
+/// A pipe for the job's stdout or stderr (both ends close on exec), given to `owner`.
+fn job_pipe(owner: Option<u32>) -> io::Result<(io::PipeReader, io::PipeWriter)> {
+    let (rx, tx) = io::pipe()?;
+    if let Some(uid) = owner {
+        std::os::unix::fs::fchown(&tx, Some(uid), Some(uid))?;
+    }
+    Ok((rx, tx))
 }
 
 /// Copies one of the job's pipes into the log until it closes.

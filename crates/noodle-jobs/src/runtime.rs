@@ -21,7 +21,8 @@ use crate::JobsConfig;
 use crate::engine::{ClusterView, Effect, Engine, EngineConfig, Reported, Signal};
 use crate::events::Seen;
 use crate::machine;
-use crate::process::{JobProcess, OutputLog, ProcessSpec, SpawnError};
+use crate::process::sandbox::{DISK_WALK_ENTRIES, usage_within};
+use crate::process::{JobProcess, OutputLog, ProcessSpec, Sandbox, SpawnError};
 use crate::ship::Shipping;
 use crate::state::{JobCommand, JobRecord, JobState};
 use noodle_api::NodeState;
@@ -46,6 +47,8 @@ const INPUTS_MAX: usize = 4096;
 const KEPT_JOB_DIRS: usize = 1000;
 /// Attempts that end between two prunings of the job directories.
 const PRUNE_EVERY: u64 = 64;
+/// How often a sandboxed job's working directory is measured against its bound.
+const DISK_CHECK: Duration = Duration::from_secs(1);
 /// Chunk store size for shipped files.
 const SHIPPING_CAP_BYTES: u64 = 8 << 30;
 /// The exit code of a job that could not start for a reason of the node's (126, as a shell).
@@ -60,6 +63,9 @@ pub(crate) struct JobRuntime {
     dir: PathBuf,
     pub(crate) shipping: Shipping,
     cgroup: Option<PathBuf>,
+    /// How jobs are confined here: `Err` says why they cannot be (then none runs here);
+    /// `Ok(None)` when the operator opted out.
+    sandbox: Result<Option<Sandbox>, String>,
     logs: Mutex<HashMap<(u64, u64), Arc<OutputLog>>>,
     /// Attempts that ended here since the node started.
     ended: AtomicU64,
@@ -91,11 +97,29 @@ impl JobRuntime {
             Some(c) => tracing::info!(cgroup = %c.display(), "job limits: cgroup v2"),
             None => tracing::info!("job limits: rlimits (no writable cgroup v2)"),
         }
+        let sandbox = if cfg.sandbox.enabled {
+            match Sandbox::new(&cfg.sandbox, data_dir) {
+                Ok(sandbox) => {
+                    tracing::info!(?sandbox, "job sandbox ready");
+                    Ok(Some(sandbox))
+                }
+                Err(error) => {
+                    tracing::error!(%error, "jobs cannot be sandboxed here: this node runs none");
+                    Err(error.to_string())
+                }
+            }
+        } else {
+            tracing::warn!(
+                "JOBS ARE NOT SANDBOXED (--unsandboxed-jobs): every job runs as this node's user and can read its keys"
+            );
+            Ok(None)
+        };
         Ok(JobRuntime {
             cfg,
             dir,
             shipping,
             cgroup,
+            sandbox,
             logs: Mutex::default(),
             ended: AtomicU64::new(0),
         })
@@ -505,6 +529,17 @@ impl Attempt {
     async fn start_and_wait(&mut self, log: &Arc<OutputLog>) -> Input {
         let me = self.host.node_id.clone();
         let job = &self.job;
+        let sandbox = match &self.rt.sandbox {
+            Ok(sandbox) => sandbox.as_ref(),
+            Err(reason) => {
+                return self.start_failed(
+                    CANNOT_RUN,
+                    format!(
+                        "node {me} runs no jobs: it cannot sandbox them ({reason}); its operator may start it with --unsandboxed-jobs"
+                    ),
+                );
+            }
+        };
         let work = self.rt.attempt_dir(job.id, self.epoch).join("work");
         if let Err(e) = tokio::fs::create_dir_all(&work).await {
             return self.start_failed(
@@ -544,6 +579,11 @@ impl Attempt {
         if self.signal.borrow().is_some() {
             return self.start_failed(CANNOT_RUN, "stopped before it started".into());
         }
+        let confinement = match sandbox.map(|s| s.confine(&work, &self.gpus)).transpose() {
+            Ok(c) => c,
+            Err(e) => return self.start_failed(CANNOT_RUN, format!("node {me}: {e}")),
+        };
+        let disk_max = sandbox.map(Sandbox::disk_max_bytes);
         let visible = self
             .gpus
             .iter()
@@ -552,7 +592,7 @@ impl Attempt {
             .join(",");
         let spec = ProcessSpec {
             command: job.spec.command.clone(),
-            workdir: work,
+            workdir: work.clone(),
             env: vec![
                 ("NOODLE_JOB_ID".into(), job.id.to_string()),
                 ("NOODLE_JOB_EPOCH".into(), self.epoch.to_string()),
@@ -560,11 +600,15 @@ impl Attempt {
                 // The job sees only the GPUs it was given (none if it asked for none).
                 ("CUDA_VISIBLE_DEVICES".into(), visible),
             ],
+            path: sandbox.map(|s| s.job_path(&crate::process::node_path())),
             cpus: job.spec.cpus,
-            mem_bytes: job.spec.mem_bytes,
+            mem_bytes: match job.spec.mem_bytes {
+                0 => self.rt.cfg.default_mem_bytes,
+                asked => asked,
+            },
             cgroup_parent: self.rt.cgroup.clone(),
         };
-        let mut process = match JobProcess::spawn(&spec, log.clone()) {
+        let mut process = match JobProcess::spawn(&spec, log.clone(), confinement) {
             Ok(p) => p,
             Err(e) => {
                 let exit_code = match e {
@@ -585,9 +629,24 @@ impl Attempt {
         let grace = self.rt.cfg.kill_grace;
         let wait = process.wait();
         tokio::pin!(wait);
+        let mut disk_check = tokio::time::interval(DISK_CHECK);
+        let mut over_disk = false;
         let exit_code = loop {
             tokio::select! {
                 code = &mut wait => break code,
+                _ = disk_check.tick(), if disk_max.is_some() && !over_disk => {
+                    let (dir, max) = (work.clone(), disk_max.unwrap_or(u64::MAX));
+                    let within = tokio::task::spawn_blocking(move || usage_within(&dir, max).is_some())
+                        .await
+                        .unwrap_or(true);
+                    if !within {
+                        over_disk = true;
+                        log.notice(&format!(
+                            "node {me}: the job's working directory grew past its bound of {max} bytes (or {DISK_WALK_ENTRIES} files): the job was stopped"
+                        ));
+                        killer.kill();
+                    }
+                }
                 changed = self.signal.changed() => {
                     let signal = if changed.is_err() { Some(Signal::Kill) } else { *self.signal.borrow() };
                     match signal {

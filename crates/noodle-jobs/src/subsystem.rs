@@ -3,6 +3,7 @@
 //! the `/v1/jobs` and `/v1/chunks` routes) and its dashboard panel.
 
 use crate::machine::JobsMachine;
+use crate::process::sandbox::SandboxConfig;
 use crate::runtime::JobRuntime;
 use crate::state::{JobRecord, JobState};
 use bytes::Bytes;
@@ -32,6 +33,10 @@ pub struct JobsConfig {
     pub kill_grace: Duration,
     /// Output kept per job for `noodle logs` (beyond it, output is dropped and counted).
     pub output_max_bytes: u64,
+    /// Memory bound of a job that did not ask for one (`noodle run --mem`).
+    pub default_mem_bytes: u64,
+    /// How jobs are confined.
+    pub sandbox: SandboxConfig,
 }
 
 impl Default for JobsConfig {
@@ -40,6 +45,8 @@ impl Default for JobsConfig {
             lease: Duration::from_secs(10),
             kill_grace: Duration::from_secs(5),
             output_max_bytes: 16 << 20,
+            default_mem_bytes: 4 << 30,
+            sandbox: SandboxConfig::default(),
         }
     }
 }

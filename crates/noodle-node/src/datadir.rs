@@ -61,6 +61,23 @@ pub(crate) struct ClusterFile {
     pub peers: Vec<PeerRecord>,
 }
 
+/// Takes group and other rights off everything directly in `dir` (files written before the
+/// node set its umask): the directory itself may be made passable later.
+fn tighten_entries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        if let Ok(meta) = entry.path().symlink_metadata()
+            && !meta.is_symlink()
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            let mode = meta.permissions().mode() & 0o700;
+            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode));
+        }
+    }
+}
+
 /// An opened, locked data directory.
 #[derive(Debug)]
 pub struct DataDir {
@@ -78,6 +95,7 @@ impl DataDir {
         };
         std::fs::create_dir_all(path).map_err(unusable)?;
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700));
+        tighten_entries(path);
         let lock_path = path.join("lock");
         let mut lock = OpenOptions::new()
             .read(true)

@@ -156,11 +156,26 @@ fn advertise_addr(bound: SocketAddr, observed: Option<IpAddr>) -> SocketAddr {
 /// Starts a node: opens the data directory, creates or joins the cluster, binds the cluster
 /// port, starts the control plane and `subsystems` (each registers its state machine, event
 /// kinds, RPC methods, routes and panel), the background loops and the API.
+/// What the node process asks of the kernel before it touches its keys: every file it creates
+/// is its own alone (umask 077: the data directory may be made passable for jobs' own uids, so
+/// nothing in it may rely on the directory's mode), and it is not dumpable (no core file with
+/// its keys; its `/proc` files are root's, so a job or local user of the same uid cannot read
+/// its memory, environment or descriptors).
+fn harden_process() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    if let Err(error) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        tracing::warn!(%error, "cannot make the node undumpable");
+    }
+}
+
 pub async fn start(
     cfg: NodeConfig,
     subsystems: Vec<Box<dyn Subsystem>>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> Result<RunningNode, NodeError> {
+    harden_process();
     let dir = DataDir::open(&cfg.data_dir)?;
 
     // Identity: persistent node id and key.

@@ -154,6 +154,27 @@ struct UpArgs {
     /// Jobs: how long a cancelled job has after SIGTERM before it is killed.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     kill_grace: Duration,
+    /// Jobs: memory bound of a job that gives no `--mem`.
+    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = jobs_cli::parse_size)]
+    job_mem: u64,
+    /// Jobs: bound on one job's working directory (also the largest file it may write).
+    #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = jobs_cli::parse_size)]
+    job_disk: u64,
+    /// Jobs: processes (threads included) one job may have at once.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    job_processes: u64,
+    /// Jobs: a host path that jobs may read and execute from (a shared venv or conda
+    /// directory); repeatable. Jobs see nothing of the host but the system directories,
+    /// their own working directory and these paths.
+    #[arg(long = "job-ro", value_name = "PATH")]
+    job_ro: Vec<PathBuf>,
+    /// Jobs: a host path that jobs may also write to (a shared results directory); repeatable.
+    #[arg(long = "job-rw", value_name = "PATH")]
+    job_rw: Vec<PathBuf>,
+    /// Jobs: run them without the sandbox, as this node's own user. DANGEROUS: any job, from
+    /// any token holder, can then read this node's keys and act as the cluster's admin.
+    #[arg(long)]
+    unsandboxed_jobs: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -463,9 +484,26 @@ async fn up(data_dir: PathBuf, args: UpArgs) -> Result<i32> {
         bail!("--job-lease must be longer than 0s");
     }
     cfg.slots = args.slots;
+    if args.job_processes == 0 || args.job_disk == 0 || args.job_mem == 0 {
+        bail!("--job-processes, --job-disk and --job-mem must be more than 0");
+    }
+    if args.unsandboxed_jobs {
+        eprintln!(
+            "WARNING: --unsandboxed-jobs: jobs run as this node's user and can read its keys; \
+             anyone allowed to run a job here is this cluster's admin"
+        );
+    }
     let jobs = noodle_jobs::JobsConfig {
         lease: args.job_lease,
         kill_grace: args.kill_grace,
+        default_mem_bytes: args.job_mem,
+        sandbox: noodle_jobs::SandboxConfig {
+            enabled: !args.unsandboxed_jobs,
+            read_only: args.job_ro,
+            read_write: args.job_rw,
+            processes_max: args.job_processes,
+            disk_max_bytes: args.job_disk,
+        },
         ..noodle_jobs::JobsConfig::default()
     };
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()

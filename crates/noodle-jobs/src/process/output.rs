@@ -23,6 +23,7 @@ use noodle_api::output_frame::{HEADER_BYTES, NOTICE, PAYLOAD_MAX, STDERR, STDOUT
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -82,6 +83,7 @@ impl OutputLog {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o600)
             .open(path)?;
         Ok(Arc::new(OutputLog::new(
             path,

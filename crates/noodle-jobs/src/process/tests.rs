@@ -26,6 +26,7 @@ impl Job {
             command: command.iter().map(|s| s.to_string()).collect(),
             workdir: self.workdir(),
             env: Vec::new(),
+            path: None,
             cpus: 1,
             mem_bytes: 0,
             cgroup_parent: None,
@@ -39,7 +40,7 @@ impl Job {
     /// Runs `spec` to the end: exit code and frames.
     async fn run(&self, spec: &ProcessSpec) -> (i32, Vec<(u8, Vec<u8>)>) {
         let log = self.log(1 << 20);
-        let mut job = JobProcess::spawn(spec, log.clone()).expect("spawn");
+        let mut job = JobProcess::spawn(spec, log.clone(), None).expect("spawn");
         let code = tokio::time::timeout(Duration::from_secs(30), job.wait())
             .await
             .expect("job ends");
@@ -121,7 +122,7 @@ async fn output_and_exit_code_are_captured() {
 async fn missing_programs_are_named() {
     let job = Job::new();
     for program in ["definitely-not-a-program-xyz", "./nope"] {
-        match JobProcess::spawn(&job.spec(&[program]), job.log(1024)) {
+        match JobProcess::spawn(&job.spec(&[program]), job.log(1024), None) {
             Err(error @ SpawnError::NotFound { .. }) => {
                 assert_eq!(error.to_string(), format!("no such program `{program}`"));
             }
@@ -130,7 +131,7 @@ async fn missing_programs_are_named() {
         }
     }
     assert!(matches!(
-        JobProcess::spawn(&job.spec(&[]), job.log(1024)),
+        JobProcess::spawn(&job.spec(&[]), job.log(1024), None),
         Err(SpawnError::EmptyCommand)
     ));
 }
@@ -143,7 +144,7 @@ async fn programs_relative_to_the_workdir_run_and_must_be_executable() {
     fs::write(&script, "#!/bin/sh\necho \"hi $1\"\n").expect("script");
 
     fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).expect("chmod");
-    match JobProcess::spawn(&job.spec(&["./my_program"]), job.log(1024)) {
+    match JobProcess::spawn(&job.spec(&["./my_program"]), job.log(1024), None) {
         Err(error @ SpawnError::NotExecutable { .. }) => {
             assert!(error.to_string().contains("`./my_program`"), "{error}");
         }
@@ -166,6 +167,7 @@ async fn flood_of_output_is_bounded() {
     let mut process = JobProcess::spawn(
         &job.spec(&["sh", "-c", &format!("yes | head -c {total}")]),
         log.clone(),
+        None,
     )
     .expect("spawn");
     let code = tokio::time::timeout(Duration::from_secs(60), process.wait())
@@ -202,6 +204,7 @@ async fn terminate_kills_a_group_that_ignores_sigterm() {
     let mut process = JobProcess::spawn(
         &job.spec(&["sh", "-c", "trap '' TERM; sleep 60 & sleep 60"]),
         log,
+        None,
     )
     .expect("spawn");
     let pgid = process.pid() as i32;
@@ -242,6 +245,7 @@ async fn kill_reaches_background_processes() {
     let mut process = JobProcess::spawn(
         &job.spec(&["sh", "-c", "sleep 60 & echo $! > bg.pid; sleep 60"]),
         log,
+        None,
     )
     .expect("spawn");
     let pid_file = job.workdir().join("bg.pid");
@@ -380,7 +384,7 @@ async fn environment_is_clean() {
 async fn dropping_a_running_job_kills_it() {
     let job = Job::new();
     let log = job.log(1 << 20);
-    let process = JobProcess::spawn(&job.spec(&["sleep", "60"]), log.clone()).expect("spawn");
+    let process = JobProcess::spawn(&job.spec(&["sleep", "60"]), log.clone(), None).expect("spawn");
     let pid = process.pid() as i32;
     assert!(proc_stat(pid).is_some());
     drop(process);
@@ -402,7 +406,7 @@ fn jobs_die_with_the_thread_that_started_them() {
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            let process = JobProcess::spawn(&spec, log).expect("spawn");
+            let process = JobProcess::spawn(&spec, log, None).expect("spawn");
             let pid = process.pid() as i32;
             std::mem::forget(process);
             pid
@@ -449,4 +453,236 @@ fn cgroup_v2_root_needs_cgroup_v2() {
     // A job cgroup is only made inside a cgroup v2 file system.
     assert!(JobCgroup::create(&root, 1, 1 << 20).is_err());
     assert_eq!(fs::read_dir(&root).expect("dir").count(), 1);
+}
+
+/// A node's data directory with a secret in it and one job's working directory, as the
+/// runtime lays them out, with the sandbox of that node.
+struct Confined {
+    _tmp: tempfile::TempDir,
+    data: PathBuf,
+    work: PathBuf,
+    sandbox: Sandbox,
+}
+
+impl Confined {
+    fn new(cfg: sandbox::SandboxConfig) -> Confined {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // Like `/root`: nothing above the data directory is passable for other users.
+        fs::set_permissions(
+            tmp.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .expect("chmod");
+        let data = tmp.path().join("data");
+        let jobs = data.join("jobs");
+        let work = jobs.join("1.1").join("work");
+        fs::create_dir_all(&jobs).expect("jobs");
+        fs::write(data.join("secret"), "the capability root key").expect("secret");
+        fs::set_permissions(
+            data.join("secret"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod");
+        let sandbox = Sandbox::new(&cfg, &data).expect("this machine can sandbox jobs");
+        fs::create_dir_all(&work).expect("workdir");
+        Confined {
+            _tmp: tmp,
+            data,
+            work,
+            sandbox,
+        }
+    }
+
+    /// Runs `script` with `sh -c` in the sandbox: exit code, stdout, stderr.
+    async fn run(&self, script: &str) -> (i32, String, String) {
+        let spec = ProcessSpec {
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            workdir: self.work.clone(),
+            env: Vec::new(),
+            path: Some(self.sandbox.job_path(&node_path())),
+            cpus: 1,
+            mem_bytes: 0,
+            cgroup_parent: None,
+        };
+        let confinement = self.sandbox.confine(&self.work, &[]).expect("confine");
+        let log = OutputLog::create(&self.data.join("jobs/1.1/output.log"), 1 << 20).expect("log");
+        let mut job = JobProcess::spawn(&spec, log.clone(), Some(confinement)).expect("spawn");
+        let code = tokio::time::timeout(Duration::from_secs(60), job.wait())
+            .await
+            .expect("job ends");
+        let frames = read_all(&log, 1 << 20);
+        (code, stream(&frames, STDOUT), stream(&frames, STDERR))
+    }
+}
+
+/// The attack a `jobs:run` token allows: the job tries every file of the node it can name.
+#[tokio::test]
+async fn a_sandboxed_job_reaches_its_own_files_and_the_system_but_nothing_of_the_node() {
+    let jail = Confined::new(sandbox::SandboxConfig::default());
+    let node = std::process::id();
+    let data = jail.data.display();
+    let script = format!(
+        "id -u; id -G
+         cat {data}/secret && echo READ-SECRET
+         cat ../../../secret && echo READ-SECRET-RELATIVE
+         ls {data} && echo LISTED-DATA
+         cat /proc/{node}/environ && echo READ-NODE-ENVIRON
+         ls /proc/{node}/root/ && echo LISTED-NODE-ROOT
+         cat /proc/{node}/root{data}/secret && echo READ-SECRET-VIA-PROC
+         kill -0 {node} && echo SIGNALLED-NODE
+         echo x > /tmp/noodle-sandbox-escape-$$ && echo WROTE-TMP
+         ls /root && echo LISTED-ROOT-HOME
+         echo \"home=$HOME pwd=$(pwd) tmp=$TMPDIR\"
+         echo mine > mine && cat mine
+         echo tmp > \"$TMPDIR/t\" && cat \"$TMPDIR/t\"
+         head -c 1 /dev/urandom > /dev/null && echo DEV-OK
+         cat /etc/passwd > /dev/null && echo ETC-OK
+         python3 -c 'import yaml; print(\"yaml\", yaml.safe_load(\"k: v\")[\"k\"])'
+         echo to-stderr > /dev/stderr"
+    );
+    let (code, out, err) = jail.run(&script).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let mut lines = out.lines();
+    let uid: u32 = lines.next().and_then(|l| l.parse().ok()).expect("uid line");
+    assert!(sandbox::JOB_UIDS.contains(&uid), "ran as uid {uid}");
+    assert_eq!(
+        lines.next(),
+        Some(uid.to_string().as_str()),
+        "supplementary groups"
+    );
+    for escaped in [
+        "READ-SECRET",
+        "LISTED-DATA",
+        "READ-NODE-ENVIRON",
+        "LISTED-NODE-ROOT",
+        "SIGNALLED-NODE",
+        "LISTED-ROOT-HOME",
+    ] {
+        assert!(!out.contains(escaped), "{escaped}:\n{out}\n{err}");
+    }
+    // A system-wide Python package (python3-yaml, from scripts/install-test-deps.sh).
+    let view = format!(
+        "home={JOB_WORK} pwd={JOB_WORK} tmp=/tmp\n",
+        JOB_WORK = sandbox::JOB_WORK
+    );
+    for works in [
+        view.as_str(),
+        "mine\n",
+        "tmp\n",
+        "DEV-OK",
+        "ETC-OK",
+        "yaml v\n",
+        "WROTE-TMP",
+    ] {
+        assert!(out.contains(works), "{works}:\n{out}\n{err}");
+    }
+    assert!(err.contains("to-stderr"), "{err}");
+    assert!(!err.contains("the capability root key"), "{err}");
+    // Its `/tmp` was its own.
+    let escape = fs::read_dir(jail.work.join("tmp"))
+        .expect("the job's tmp")
+        .filter_map(|e| e.ok())
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("noodle-sandbox-escape-")
+        })
+        .expect("the job's /tmp file is in its own tmp");
+    assert!(!Path::new("/tmp").join(escape.file_name()).exists());
+}
+
+/// `no_new_privs`: a set-uid program does not run as its owner.
+#[tokio::test]
+async fn a_sandboxed_job_gains_nothing_from_set_uid_programs() {
+    let jail = Confined::new(sandbox::SandboxConfig::default());
+    let (code, out, err) = jail
+        .run("grep NoNewPrivs /proc/self/status; grep '^Uid' /proc/self/status")
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(!out.contains("\t0\t"), "root in some uid field: {out}");
+}
+
+/// A fork bomb meets the process limit, and what it left behind dies with the job (a process
+/// that left the job's process group included), before the uid is used again.
+#[tokio::test]
+async fn a_sandboxed_job_cannot_fork_without_bound_and_leaves_nothing_behind() {
+    let jail = Confined::new(sandbox::SandboxConfig {
+        processes_max: 8,
+        ..sandbox::SandboxConfig::default()
+    });
+    let (_, out, err) = jail
+        .run(
+            "setsid sleep 600 & echo escaped $!
+             i=0; while [ $i -lt 30 ]; do sleep 600 & i=$((i+1)); echo $i; done; echo tried",
+        )
+        .await;
+    assert!(
+        err.contains("fork") || err.contains("Resource temporarily unavailable"),
+        "{out}\n{err}"
+    );
+    let escaped: i32 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("escaped ")?.parse().ok())
+        .expect("the escaped pid");
+    let started = out.lines().filter_map(|l| l.parse::<u64>().ok()).max();
+    assert!(
+        started.is_some_and(|n| n < 8),
+        "{started:?} sleeps started under a limit of 8 processes"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || proc_stat(escaped)
+            .is_none_or(|(state, _)| state == 'Z'))
+        .await,
+        "the process that left the group still runs"
+    );
+}
+
+/// The work directory bound is also a file-size limit: no single file outgrows it.
+#[tokio::test]
+async fn a_sandboxed_job_cannot_write_a_file_past_its_disk_bound() {
+    let jail = Confined::new(sandbox::SandboxConfig {
+        disk_max_bytes: 1 << 20,
+        ..sandbox::SandboxConfig::default()
+    });
+    let (code, _, err) = jail
+        .run("head -c 4194304 /dev/zero > big; echo $? >&2")
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let size = fs::metadata(jail.work.join("big")).expect("big").len();
+    assert!(size <= 1 << 20, "{size} bytes written");
+}
+
+/// Paths the operator exposes are readable (or writable) by jobs; nothing else of the host.
+#[tokio::test]
+async fn operator_paths_are_exposed_as_configured() {
+    // Not under /tmp, which is the job's own.
+    let shared = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    fs::set_permissions(
+        shared.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    fs::write(shared.path().join("venv.txt"), "packages").expect("file");
+    let hidden = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    fs::set_permissions(
+        hidden.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    fs::write(hidden.path().join("other.txt"), "not for jobs").expect("file");
+    let jail = Confined::new(sandbox::SandboxConfig {
+        read_only: vec![shared.path().to_path_buf()],
+        ..sandbox::SandboxConfig::default()
+    });
+    let (_, out, err) = jail
+        .run(&format!(
+            "cat {s}/venv.txt; cat {h}/other.txt; echo x > {s}/new && echo WROTE",
+            s = shared.path().display(),
+            h = hidden.path().display()
+        ))
+        .await;
+    assert!(out.contains("packages"), "{out}\n{err}");
+    assert!(!out.contains("not for jobs"), "{out}");
+    assert!(!out.contains("WROTE"), "{out}");
 }

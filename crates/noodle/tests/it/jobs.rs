@@ -1,7 +1,10 @@
 //! `noodle run` end to end: real nodes, real processes, real files.
 
 use crate::control::{cap_create, with_token};
-use crate::support::{Node, cluster_with, eventually, noodle_bin, process_alive, wait_all_alive};
+use crate::support::{
+    Node, cluster_with, eventually, job_shared_dir, noodle_bin, patient, process_alive,
+    wait_all_alive,
+};
 use noodle_api::{JobInfo, JobList};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -53,6 +56,24 @@ fn detach(node: &Node, args: &[&str]) -> u64 {
         stderr(&out)
     );
     stdout(&out).trim().parse().expect("a job id")
+}
+
+/// The pid a job prints first on the stdout of `noodle run` (read on a thread, so that a
+/// job that never prints fails the test instead of hanging it).
+fn first_line_pid(out: std::process::ChildStdout) -> u32 {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = std::io::BufReader::new(out);
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut out, &mut line);
+        let _ = tx.send(line);
+        // Keep reading: `noodle run` must not meet a closed pipe.
+        let _ = std::io::copy(&mut out, &mut std::io::sink());
+    });
+    let line = rx
+        .recv_timeout(patient(Duration::from_secs(15)))
+        .expect("the job printed its pid");
+    line.trim().parse().expect("a pid")
 }
 
 fn host_name() -> String {
@@ -144,20 +165,16 @@ fn run_prints_output_returns_exit_codes_and_ctrl_c_cancels_the_remote_process() 
     }
 
     // Ctrl-C cancels the remote process.
-    let pid_file = tmp.path().join("sleep.pid");
-    let script = format!("echo $$ > {}; exec sleep 100", pid_file.display());
     let mut child = Command::new(noodle_bin())
         .arg("--data-dir")
         .arg(&a.dir)
-        .args(["run", "--", "sh", "-c", &script])
+        .args(["run", "--", "sh", "-c", "echo $$; exec sleep 100"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let pid: u32 = eventually(Duration::from_secs(15), "the remote sleep to start", || {
-        std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
-    });
+    let pid = first_line_pid(child.stdout.take().unwrap());
     assert!(process_alive(pid));
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -201,11 +218,12 @@ fn run_prints_output_returns_exit_codes_and_ctrl_c_cancels_the_remote_process() 
     assert!(stderr(&out).contains("dropped"), "{}", stderr(&out));
 
     // A job that ignores SIGTERM is killed after the grace period.
-    let pid_file = tmp.path().join("stubborn.pid");
-    let script = format!("trap '' TERM; echo $$ > {}; sleep 100", pid_file.display());
-    let id = detach(a, &["--", "sh", "-c", &script]);
+    let id = detach(a, &["--", "sh", "-c", "trap '' TERM; echo $$; sleep 100"]);
     let pid: u32 = eventually(Duration::from_secs(15), "the stubborn job to start", || {
-        std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
+        stdout(&a.cli(&["logs", &id.to_string()]))
+            .trim()
+            .parse()
+            .ok()
     });
     let out = a.cli(&["cancel", &id.to_string()]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -366,19 +384,23 @@ fn three_hundred_jobs_on_two_slots_per_node_never_run_more_than_two_per_node() {
 #[test]
 fn a_killed_executor_loses_its_jobs_and_a_job_with_retries_runs_elsewhere_once_at_a_time() {
     let lease = ["--job-lease", "3s"];
+    let shared = job_shared_dir(&["a", "b"]);
+    let shared = shared.path();
+    let shared_arg = shared.to_str().unwrap();
     let first = Node::start("node-0", &["--slots", "0", lease[0], lease[1]]);
     first.wait_ready(Duration::from_secs(10));
     let token = first.token(&[]);
     let victim = Node::start(
         "node-1",
-        &["--join", &token, "--slots", "2", lease[0], lease[1]],
+        &[
+            "--join", &token, "--slots", "2", lease[0], lease[1], "--job-rw", shared_arg,
+        ],
     );
     let mut nodes = vec![first, victim];
     wait_all_alive(&nodes, Duration::from_secs(15));
     let victim_id = nodes[1].node_id();
     wait_slots(&nodes[0], &nodes[1..], 2);
-    let tmp = tempfile::tempdir().unwrap();
-    let trace = |name: &str| tmp.path().join(name);
+    let trace = |name: &str| shared.join(name);
     let script = |file: &Path| {
         format!(
             "echo \"$NOODLE_NODE $NOODLE_JOB_EPOCH start $$ $(date +%s%N)\" >> {f}; sleep 8; echo \"$NOODLE_NODE $NOODLE_JOB_EPOCH end\" >> {f}",
@@ -415,7 +437,9 @@ fn a_killed_executor_loses_its_jobs_and_a_job_with_retries_runs_elsewhere_once_a
     // A third node joins, then node-1 dies with its jobs.
     nodes.push(Node::start(
         "node-2",
-        &["--join", &token, "--slots", "2", lease[0], lease[1]],
+        &[
+            "--join", &token, "--slots", "2", lease[0], lease[1], "--job-rw", shared_arg,
+        ],
     ));
     wait_all_alive(&nodes, Duration::from_secs(15));
     let other = nodes[2].node_id();

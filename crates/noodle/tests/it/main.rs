@@ -9,4 +9,5 @@ mod control;
 mod dashboard;
 mod jobs;
 mod netns;
+mod sandbox;
 mod support;

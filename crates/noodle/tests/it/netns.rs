@@ -215,7 +215,7 @@ fn a_partitioned_executor_stops_its_job_and_the_job_runs_once_elsewhere() {
     lab.spawn_job_node(0, None, 0, "4s");
     let token = lab.cli_ok(0, &["token", "create"]);
     let n2 = lab.spawn_job_node(1, Some(&token), 1, "4s");
-    let trace = lab.tmp.path().join("trace");
+    let trace = lab.shared.path().join("trace");
     let script = format!(
         "echo \"$NOODLE_NODE $NOODLE_JOB_EPOCH start $$ $(date +%s%N)\" >> {f}; sleep 12; \
          echo \"$NOODLE_NODE $NOODLE_JOB_EPOCH end\" >> {f}",
@@ -413,11 +413,15 @@ struct Lab {
     namespaces: Vec<String>,
     nodes: Vec<LabNode>,
     tmp: tempfile::TempDir,
+    /// Where the nodes' jobs may write (`--job-rw`): traces the test reads.
+    shared: tempfile::TempDir,
 }
 
 impl Lab {
     fn new() -> Lab {
         static SEQ: AtomicU32 = AtomicU32::new(0);
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let shared = crate::support::job_shared_dir(&["trace"]);
         Lab {
             tag: format!(
                 "ndl{}-{}",
@@ -426,7 +430,8 @@ impl Lab {
             ),
             namespaces: Vec::new(),
             nodes: Vec::new(),
-            tmp: tempfile::tempdir().expect("tempdir"),
+            tmp,
+            shared,
         }
     }
 
@@ -612,12 +617,20 @@ impl Lab {
     /// its slots. Returns the node's id.
     fn spawn_job_node(&mut self, i: usize, join: Option<&str>, slots: u32, lease: &str) -> String {
         let slots_arg = slots.to_string();
+        let shared = self
+            .shared
+            .path()
+            .to_str()
+            .expect("a UTF-8 path")
+            .to_string();
         let extra = [
             "--slots",
             slots_arg.as_str(),
             "--no-mdns",
             "--job-lease",
             lease,
+            "--job-rw",
+            &shared,
         ];
         self.spawn_node_with(i, join, "127.0.0.1:7071", &extra);
         if join.is_none() {

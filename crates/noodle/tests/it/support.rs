@@ -306,3 +306,20 @@ pub(crate) fn process_alive(pid: u32) -> bool {
             .starts_with('Z')
     })
 }
+
+/// A directory that sandboxed jobs may write to (`noodle up --job-rw DIR`), with `files` in
+/// it that jobs of any uid may append to: how a test watches jobs from outside. In `/var/tmp`,
+/// since `/tmp` is each job's own.
+pub(crate) fn job_shared_dir(files: &[&str]) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    let dir = tempfile::tempdir_in("/var/tmp").expect("shared dir");
+    mode(dir.path(), 0o777);
+    for f in files {
+        std::fs::write(dir.path().join(f), "").expect("shared file");
+        mode(&dir.path().join(f), 0o666);
+    }
+    dir
+}
