@@ -215,7 +215,26 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
         .join()
         .map_err(|_| BenchError::Panicked("jobs benchmark thread"))??;
 
-    let rows = vec![
+    // What the job sandbox adds to one job (`true`, spawned and reaped in this process, on a
+    // thread of its own: it runs its own runtime).
+    let spawns = if quick { 50 } else { 200 };
+    let spawn_dir = scratch.path().to_path_buf();
+    let (plain, sandboxed) = std::thread::spawn(move || {
+        let plain =
+            noodle_jobs::bench::spawn_true_us(&spawn_dir.join("spawn-plain"), false, spawns);
+        let sandboxed =
+            noodle_jobs::bench::spawn_true_us(&spawn_dir.join("spawn-sandboxed"), true, spawns);
+        (plain, sandboxed)
+    })
+    .join()
+    .map_err(|_| BenchError::Panicked("job spawn benchmark thread"))?;
+    let plain = limit_row("job_spawn_plain", "us", plain.map_err(BenchError::Failed)?);
+    let sandboxed = sandboxed.map(|s| row("job_spawn_sandboxed", "us", s, Some(&plain)));
+    if let Err(e) = &sandboxed {
+        eprintln!("noodle bench: no job_spawn_sandboxed row: {e}");
+    }
+
+    let mut rows = vec![
         row("link_rtt", "us", rtts, Some(&tcp_rtt)),
         row("link_bulk_throughput", "MB/s", bulk, Some(&tcp_bw)),
         row("link_pq_handshakes", "handshakes/s", handshakes, None),
@@ -239,11 +258,9 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
         ),
         row("run_true_latency", "ms", jobs.run_true_ms, None),
         row("tiny_jobs_per_node", "jobs/s", jobs.jobs_per_s, None),
-        memcpy,
-        tcp_bw,
-        tcp_rtt,
-        fsync,
     ];
+    rows.extend(sandboxed.ok());
+    rows.extend([plain, memcpy, tcp_bw, tcp_rtt, fsync]);
     Ok(rows)
 }
 

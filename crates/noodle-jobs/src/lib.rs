@@ -14,6 +14,7 @@
 //! (`panel`).
 
 mod api;
+pub mod bench;
 pub mod engine;
 pub mod events;
 pub mod machine;

@@ -32,7 +32,7 @@ mod output;
 pub(crate) mod sandbox;
 
 pub(crate) use output::OutputLog;
-pub(crate) use sandbox::{Confinement, Sandbox};
+pub(crate) use sandbox::{Confinement, Sandbox, SandboxConfig};
 
 use noodle_api::output_frame::{STDERR, STDOUT};
 use rustix::fs::Access;

@@ -437,6 +437,11 @@ impl ChildConfinement {
                 rustix::thread::set_thread_res_uid(uid, uid, uid)?;
             }
             EnterIdentity::Namespace { uid_map, gid_map } => {
+                // The node is not dumpable, which makes `/proc/self` root's: the id maps could
+                // not be written. The exec below resets it anyway.
+                rustix::process::set_dumpable_behavior(
+                    rustix::process::DumpableBehavior::Dumpable,
+                )?;
                 // SAFETY: the forked child has one thread, so no other thread can observe the
                 // credentials change half-way.
                 #[allow(unsafe_code)]

@@ -115,3 +115,62 @@ fn another_local_user_reads_nothing_of_the_node() {
         .collect();
     assert!(readable.is_empty(), "nobody can read {readable:?}");
 }
+
+/// A node that is not root confines each job in a user namespace of its own, under the same
+/// Landlock rules: the job reads nothing of the node's data directory, although it runs as the
+/// node's own uid.
+#[test]
+fn an_unprivileged_node_confines_its_jobs_in_a_user_namespace() {
+    let node = Node::start_as("node-0", 65534);
+    node.wait_ready(Duration::from_secs(15));
+    let runner = cap_create(
+        &node,
+        &["--allow", "jobs:run", "--allow", "jobs:read", "--ttl", "1h"],
+    )
+    .token;
+    let pid = node.child.as_ref().expect("running").id();
+    let mut script = attack_script(&node.dir, pid);
+    script.insert_str(
+        0,
+        "cat /proc/self/uid_map; grep NoNewPrivs /proc/self/status\n",
+    );
+    let out = with_token(&node, &runner, &["run", "--", "sh", "-c", &script]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = stdout.lines();
+    let map: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(map, ["65534", "65534", "1"], "{stdout}");
+    assert_eq!(lines.next(), Some("NoNewPrivs:\t1"), "{stdout}");
+    assert_eq!(
+        lines.collect::<Vec<_>>(),
+        ["done"],
+        "the job reached the node"
+    );
+}
+
+/// A job that fills its working directory past `--job-disk` with files each under the bound is
+/// stopped, and says why.
+#[test]
+fn a_job_that_fills_its_disk_bound_is_stopped() {
+    let node = Node::start("node-0", &["--job-disk", "2M"]);
+    node.wait_ready(Duration::from_secs(15));
+    let out = node.cli(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4; do head -c 1000000 /dev/zero > f$i; done; echo written; sleep 600",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(137), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "written\n");
+    assert!(stderr.contains("grew past its bound"), "{stderr}");
+}

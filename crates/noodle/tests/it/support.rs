@@ -51,6 +51,8 @@ pub(crate) struct Node {
     pub name: String,
     /// The `--listen` address every (re)start uses.
     pub listen: String,
+    /// Runs the node as this (unprivileged) uid, from this copy of the binary.
+    run_as: Option<(u32, PathBuf)>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -72,6 +74,7 @@ impl Node {
             child: None,
             name: name.to_string(),
             listen: "127.0.0.1:0".to_string(),
+            run_as: None,
             _tmp: None,
         };
         node.spawn(&[]);
@@ -87,9 +90,33 @@ impl Node {
             child: None,
             name: name.to_string(),
             listen: listen.to_string(),
+            run_as: None,
             _tmp: Some(tmp),
         };
         node.spawn(extra);
+        node
+    }
+
+    /// Starts a founder that runs as the unprivileged `uid` (the test runs as root), in a data
+    /// directory that `uid` owns, from a copy of the binary that `uid` can reach.
+    pub(crate) fn start_as(name: &str, uid: u32) -> Node {
+        let tmp = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let dir = tmp.path().join("data");
+        std::fs::create_dir(&dir).expect("data dir");
+        std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).expect("chown");
+        let bin = tmp.path().join("noodle");
+        if std::fs::hard_link(noodle_bin(), &bin).is_err() {
+            std::fs::copy(noodle_bin(), &bin).expect("copy the binary");
+        }
+        let mut node = Node {
+            dir,
+            child: None,
+            name: name.to_string(),
+            listen: "127.0.0.1:0".to_string(),
+            run_as: Some((uid, bin)),
+            _tmp: Some(tmp),
+        };
+        node.spawn(&[]);
         node
     }
 
@@ -100,7 +127,19 @@ impl Node {
         let mut up = UP_ON_LOOPBACK.to_vec();
         assert_eq!(up[1], "--listen");
         up[2] = &self.listen;
-        let child = Command::new(noodle_bin())
+        let mut command = match &self.run_as {
+            None => Command::new(noodle_bin()),
+            Some((uid, bin)) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .args(["--clear-groups", "--"])
+                    .arg(bin)
+                    .env("HOME", self.dir.parent().unwrap_or(&self.dir));
+                c
+            }
+        };
+        let child = command
             .arg("--data-dir")
             .arg(&self.dir)
             .args(&up)
