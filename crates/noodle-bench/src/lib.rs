@@ -231,7 +231,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
     let plain = limit_row("job_spawn_plain", "us", plain.map_err(BenchError::Failed)?);
     let sandboxed = sandboxed.map(|s| row("job_spawn_sandboxed", "us", s, Some(&plain)));
     if let Err(e) = &sandboxed {
-        eprintln!("noodle bench: no job_spawn_sandboxed row: {e}");
+        tracing::warn!(error = %e, "no job_spawn_sandboxed row");
     }
 
     let mut rows = vec![
