@@ -98,6 +98,21 @@ pub enum Denied {
     Evaluation(String),
 }
 
+impl Denied {
+    /// Whether the token itself is no credential here (unreadable, not this cluster's, expired
+    /// or revoked), as opposed to a valid token that does not allow the request.
+    pub fn is_bad_credential(&self) -> bool {
+        matches!(
+            self,
+            Denied::Oversized { .. }
+                | Denied::Malformed(_)
+                | Denied::Forged
+                | Denied::Revoked { .. }
+                | Denied::Expired { .. }
+        )
+    }
+}
+
 /// What an allowed request may go on with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
@@ -247,6 +262,27 @@ impl Authoriser {
         req: &Request,
         ctx: &Context<'_>,
     ) -> Result<Grant, Denied> {
+        let verified = self.valid(token, ctx)?;
+        let now = clock::unix_secs(ctx.now);
+        match self.run(&verified.biscuit, req, ctx, now) {
+            Ok(()) => Ok(Grant {
+                id: verified.ids.last().cloned().unwrap_or_default(),
+                holder: verified.holder.clone(),
+                quotas: verified.quotas.clone(),
+            }),
+            Err(BiscuitError::Format(e)) => Err(Denied::Malformed(e.to_string())),
+            Err(e) => Err(explain_failure(e, req, ctx.policies)),
+        }
+    }
+
+    /// Checks only that `token` is a credential here: readable, signed by this cluster, not
+    /// revoked, not expired (what [`Authoriser::authorise`] checks first). Every error is one
+    /// for which [`Denied::is_bad_credential`] holds.
+    pub fn authenticate(&self, token: &str, ctx: &Context<'_>) -> Result<(), Denied> {
+        self.valid(token, ctx).map(|_| ())
+    }
+
+    fn valid(&self, token: &str, ctx: &Context<'_>) -> Result<Arc<Verified>, Denied> {
         if token.len() > TOKEN_BYTES_MAX {
             return Err(Denied::Oversized {
                 size: token.len(),
@@ -263,16 +299,7 @@ impl Authoriser {
                 expired_at_unix: i64::try_from(expiry).unwrap_or(i64::MAX),
             });
         }
-
-        match self.run(&verified.biscuit, req, ctx, now) {
-            Ok(()) => Ok(Grant {
-                id: verified.ids.last().cloned().unwrap_or_default(),
-                holder: verified.holder.clone(),
-                quotas: verified.quotas.clone(),
-            }),
-            Err(BiscuitError::Format(e)) => Err(Denied::Malformed(e.to_string())),
-            Err(e) => Err(explain_failure(e, req, ctx.policies)),
-        }
+        Ok(verified)
     }
 
     /// One Datalog run: the request's facts, the cluster policies, the defaults, the token.

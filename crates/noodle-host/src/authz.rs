@@ -169,6 +169,22 @@ impl Authz {
         cached.1.clone()
     }
 
+    /// Checks that `caller` presents a credential of this cluster at all (a token that is
+    /// readable, signed by this cluster, not revoked, not expired), without recording anything.
+    pub fn authenticate(&self, caller: &Caller) -> Result<(), Denied> {
+        let Caller::Token(token) = caller else {
+            return Ok(());
+        };
+        let authoriser = self.authoriser()?;
+        self.control
+            .read_local(|v| {
+                let revoked = |id: &str| v.is_revoked(id).unwrap_or(true);
+                let ctx = Context::new(SystemTime::now()).with_revoked(&revoked);
+                Ok(authoriser.authenticate(token, &ctx))
+            })
+            .map_err(|e| Denied::Evaluation(e.to_string()))?
+    }
+
     /// Checks `caller` against `request`, without recording anything.
     pub fn authorise(&self, caller: &Caller, request: &Request) -> Result<Actor, Denied> {
         let right = describe(request);
@@ -244,11 +260,19 @@ impl Authz {
         };
         let actor = match caller {
             Caller::Admin => self.admin_actor(),
+            // Only a token of this cluster names its holder: what an unverified one claims is
+            // the caller's own words, so it is named by a hash of it instead.
             Caller::Token(t) => match noodle_caps::inspect(t) {
-                Ok(i) => token_actor(&i.id, i.holder.as_deref()),
-                Err(_) => "unreadable token".into(),
+                Ok(i) if self.authenticate(caller).is_ok() => {
+                    token_actor(&i.id, i.holder.as_deref())
+                }
+                _ => format!(
+                    "unverified token {}",
+                    &blake3::hash(t.as_bytes()).to_hex()[..8]
+                ),
             },
         };
+        let target = bounded(target, AUDIT_TARGET_CHARS_MAX);
         let mut why = reason.to_string();
         if suppressed > 0 {
             why.push_str(&format!(" ({suppressed} earlier denials not recorded)"));
@@ -257,7 +281,7 @@ impl Authz {
             crate::now_ms(),
             actor,
             action,
-            target,
+            &target,
             describe(request),
             Outcome::denied(why),
         );
@@ -319,6 +343,17 @@ pub fn while_allowed<S: futures_util::Stream + Send + 'static>(
 }
 
 /// `token:1d323c47 (alice)`: how the audit log names a token's holder.
+/// Longest target kept in a denial's audit record (a request path may be long).
+const AUDIT_TARGET_CHARS_MAX: usize = 256;
+
+/// `text` cut to `max` characters, with a mark where it was cut.
+fn bounded(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
 fn token_actor(id: &str, holder: Option<&str>) -> String {
     let short = id.get(..8).unwrap_or(id);
     match holder {

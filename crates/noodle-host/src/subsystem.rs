@@ -95,8 +95,8 @@ pub trait RunningSubsystem: Send + Sync + 'static {
     }
     /// Its HTTP routes. Every handler names the right it needs before it does anything
     /// ([`crate::api::check`]); the node has already told who calls (`Extension<Caller>`).
-    fn routes(self: Arc<Self>) -> axum::Router {
-        axum::Router::new()
+    fn routes(self: Arc<Self>) -> crate::api::Routes {
+        crate::api::Routes::new()
     }
     /// Its dashboard panel for `caller`, if it has one and the caller may see it.
     fn panel(&self, _caller: &Caller) -> Option<Panel> {

@@ -14,10 +14,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use noodle_api::{ChunkIds, JobList, JobSubmit, output_frame};
 use noodle_control::{DbError, Proposal, Response as Applied};
-use noodle_host::api::{ApiResult, Refusal, bad_request, check, control_error, parse_body};
+use noodle_host::api::{ApiResult, Refusal, Routes, bad_request, check, control_error, parse_body};
 use noodle_host::{Actor, Caller};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,8 +42,8 @@ const RETRY_PAUSE: Duration = Duration::from_millis(500);
 type AppState = Arc<JobsService>;
 
 /// The routes of the jobs subsystem.
-pub(crate) fn routes(state: AppState) -> Router {
-    Router::new()
+pub(crate) fn routes(state: AppState) -> Routes {
+    Routes::new()
         .route("/v1/jobs", get(list).post(submit))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel))

@@ -145,7 +145,7 @@ impl RunningSubsystem for JobsService {
         }
     }
 
-    fn routes(self: Arc<Self>) -> axum::Router {
+    fn routes(self: Arc<Self>) -> noodle_host::api::Routes {
         crate::api::routes(self)
     }
 

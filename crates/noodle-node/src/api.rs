@@ -25,7 +25,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::{Stream, StreamExt};
 use noodle_api::{EventsResponse, SESSION_COOKIE, StatusReport, TokenRequest};
-use noodle_host::api::{ApiResult, Refusal, check, error, parse_body};
+use noodle_host::api::{ApiResult, Refusal, Routes, check, error, parse_body};
 use noodle_host::{Authz, Caller, EventBus, Panel, Permission, RunningSubsystem, while_allowed};
 use noodle_security::ClusterCa;
 use std::convert::Infallible;
@@ -50,6 +50,8 @@ pub(crate) struct ApiState {
     pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub(crate) subsystems: Vec<Arc<dyn RunningSubsystem>>,
     pub(crate) sessions: Arc<crate::session::Sessions>,
+    /// The paths served behind authentication, set when the server starts (`/v1/routes`).
+    pub(crate) routes: std::sync::OnceLock<Vec<&'static str>>,
 }
 
 type AppState = Arc<ApiState>;
@@ -80,9 +82,10 @@ impl ApiState {
 }
 
 pub(crate) async fn serve(state: AppState, listener: tokio::net::TcpListener) {
-    let mut protected = Router::new()
+    let mut protected = Routes::new()
         .route("/", get(dashboard))
         .route("/v1/status", get(status))
+        .route("/v1/routes", get(routes))
         .route("/v1/tokens", post(create_token))
         .route("/v1/events", get(events))
         .route("/v1/events/kinds", get(event_kinds))
@@ -94,6 +97,9 @@ pub(crate) async fn serve(state: AppState, listener: tokio::net::TcpListener) {
     for s in &state.subsystems {
         protected = protected.merge(s.clone().routes());
     }
+    let (protected, paths) = protected.into_parts();
+    // Set once, before the server answers anything.
+    let _ = state.routes.set(paths);
     let app = Router::new()
         .route("/login", get(login))
         .with_state(state.clone())
@@ -181,7 +187,22 @@ async fn identify(
             }
             Caller::Admin
         }
-        Some(Presented::Bearer(token)) => Caller::Token(token),
+        Some(Presented::Bearer(token)) => {
+            let caller = Caller::Token(token);
+            // A token that is no credential here is refused before any handler reads the
+            // request (and so before it could learn anything from a 400).
+            if let Err(denied) = state.authz.authenticate(&caller)
+                && denied.is_bad_credential()
+            {
+                let path = request.uri().path().to_string();
+                let call = noodle_caps::Request::new("api", "call");
+                state
+                    .authz
+                    .record_denial(&caller, "authenticate", &path, &call, &denied);
+                return refuse(StatusCode::UNAUTHORIZED, &format!("denied: {denied}"));
+            }
+            caller
+        }
     };
     request.extensions_mut().insert(caller);
     next.run(request).await
@@ -231,6 +252,8 @@ async fn same_origin_only(request: Request, next: Next) -> Response {
 
 #[derive(serde::Deserialize)]
 struct LoginQuery {
+    /// Missing is refused like a wrong one.
+    #[serde(default)]
     code: String,
 }
 
@@ -266,6 +289,8 @@ async fn dashboard_code(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult {
     if !matches!(caller, Caller::Admin) {
+        // A token that is no credential here is told so (401) before anything else.
+        state.check(&caller, Permission::CLUSTER_READ, "dashboard.code", "")?;
         return Err(Refusal::new(
             StatusCode::FORBIDDEN,
             "only the local admin opens dashboard sessions; a token holder sends its token",
@@ -298,6 +323,12 @@ async fn dashboard(
 async fn status(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult {
     state.check(&caller, Permission::CLUSTER_READ, "status", "")?;
     Ok(Json(state.status()).into_response())
+}
+
+/// The paths this API serves behind authentication; `/login` is its one public route.
+async fn routes(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult {
+    state.check(&caller, Permission::CLUSTER_READ, "routes", "")?;
+    Ok(Json(state.routes.get().cloned().unwrap_or_default()).into_response())
 }
 
 async fn create_token(

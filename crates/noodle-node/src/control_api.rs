@@ -3,12 +3,12 @@
 //! Each handler first names the right it needs ([`check`]).
 
 use crate::control::ControlPlane;
+use axum::Extension;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
-use axum::{Extension, Router};
 use bytes::Bytes;
 use noodle_api::{
     AuditEntry, AuditPage, CapRequest as ApiCapRequest, CapResponse, ConfigEntry, ConfigList,
@@ -16,7 +16,7 @@ use noodle_api::{
 };
 use noodle_caps::{Policy, Quota, Request, Right, TokenSpec};
 use noodle_control::{Command, Response as Applied};
-use noodle_host::api::{ApiResult, Refusal, bad_request, check, control_error, parse_body};
+use noodle_host::api::{ApiResult, Refusal, Routes, bad_request, check, control_error, parse_body};
 use noodle_host::{Actor, Authz, Caller, Permission, RunningSubsystem};
 use noodle_link::{RemoteError, ServiceFuture};
 use std::net::SocketAddr;
@@ -55,8 +55,8 @@ impl RunningSubsystem for ControlApi {
         })
     }
 
-    fn routes(self: Arc<Self>) -> Router {
-        Router::new()
+    fn routes(self: Arc<Self>) -> Routes {
+        Routes::new()
             .route("/v1/config", get(config_list))
             .route(
                 "/v1/config/{*key}",

@@ -465,6 +465,7 @@ pub async fn start(
         metrics,
         subsystems: running,
         sessions: sessions.clone(),
+        routes: std::sync::OnceLock::new(),
     });
     tokio::spawn(crate::api::serve(state, listener));
     dir.write_api_info(&noodle_api::ApiInfo {

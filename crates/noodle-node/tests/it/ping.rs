@@ -95,8 +95,8 @@ impl RunningSubsystem for Running {
         echo.reverse();
         Box::pin(async move { Ok(echo) })
     }
-    fn routes(self: Arc<Self>) -> axum::Router {
-        axum::Router::new()
+    fn routes(self: Arc<Self>) -> noodle_host::api::Routes {
+        noodle_host::api::Routes::new()
             .route("/v1/ping", axum::routing::get(count))
             .route("/v1/ping/{node}", post(send))
             .with_state(self)

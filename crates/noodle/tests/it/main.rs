@@ -9,5 +9,6 @@ mod control;
 mod dashboard;
 mod jobs;
 mod netns;
+mod routes;
 mod sandbox;
 mod support;
