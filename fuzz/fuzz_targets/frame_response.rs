@@ -1,5 +1,3 @@
 #![no_main]
-//! Response frames as a caller reads them.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = noodle_link::frame::decode_response(data);
-});
+//! See `noodle_fuzz_targets::frame_response`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| noodle_fuzz_targets::frame_response(data));
