@@ -199,3 +199,42 @@ async fn certificate_less_client_cannot_use_the_cluster_protocol() {
     );
     assert!(svc.events.lock().unwrap().is_empty());
 }
+
+/// A member (a certificate of the cluster's CA) whose TLS offers only the classical X25519
+/// key exchange is refused: no link without the post-quantum hybrid.
+#[tokio::test]
+async fn a_peer_offering_only_classical_x25519_is_refused() {
+    let ca = ClusterCa::generate("it").unwrap();
+    let (a, svc) = node(&ca, "a");
+    let m = material(&ca, "classical");
+    let connect = |group: &'static dyn rustls::crypto::SupportedKxGroup| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert_der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::CryptoProvider {
+            kx_groups: vec![group],
+            ..rustls::crypto::aws_lc_rs::default_provider()
+        });
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![m.cert.clone()], m.key.clone_key())
+            .unwrap();
+        tls.alpn_protocols = vec![noodle_link::ALPN_CLUSTER.to_vec()];
+        let client = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+        ));
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(client);
+        ep.connect(a.local_addr(), CLUSTER_SERVER_NAME).unwrap()
+    };
+    let refused = connect(rustls::crypto::aws_lc_rs::kx_group::X25519)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("handshake"), "{refused}");
+    assert!(svc.events.lock().unwrap().is_empty());
+    // The same member with the hybrid group gets in: only the key exchange was refused.
+    connect(rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768)
+        .await
+        .expect("the post-quantum handshake");
+}
