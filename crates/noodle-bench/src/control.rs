@@ -19,12 +19,14 @@ pub(crate) struct Sizes {
     pub(crate) batch_runs: usize,
     pub(crate) batch_commits: usize,
     pub(crate) auth_runs: usize,
+    pub(crate) revocations: usize,
 }
 
 pub(crate) struct Samples {
     pub(crate) commit_us: Vec<f64>,
     pub(crate) batched_per_s: Vec<f64>,
     pub(crate) authorisations_per_s: Vec<f64>,
+    pub(crate) revocation_ms: Vec<f64>,
 }
 
 /// Proposals in flight at once in the batched run.
@@ -189,6 +191,29 @@ async fn bench(dir: &Path, s: Sizes) -> Result<Samples, BenchError> {
         authorisations_per_s.push(n as f64 / t.elapsed().as_secs_f64());
     }
 
+    // A revocation through the leader, until every other member refuses the token: what a
+    // refusal on another node waits for (it reads its own applied state).
+    let mut revocation_ms = Vec::with_capacity(s.revocations);
+    for r in 0..s.revocations {
+        let id = format!("bench-revoked-{r}");
+        let t = Instant::now();
+        leader
+            .propose(Proposal::new(Command::Revoke { id: id.clone() }))
+            .await?;
+        for follower in &controls[1..] {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !follower.read_local(|v| v.is_revoked(&id))? {
+                if Instant::now() >= deadline {
+                    return Err(BenchError::Failed(format!(
+                        "revocation {id} did not reach every member"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        }
+        revocation_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+
     for c in &controls {
         c.shutdown().await;
     }
@@ -199,5 +224,6 @@ async fn bench(dir: &Path, s: Sizes) -> Result<Samples, BenchError> {
         commit_us,
         batched_per_s,
         authorisations_per_s,
+        revocation_ms,
     })
 }

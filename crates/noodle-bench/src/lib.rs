@@ -181,6 +181,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
             batch_runs: 3,
             batch_commits: 5000,
             auth_runs: 5,
+            revocations: 20,
         }
     } else {
         control::Sizes {
@@ -188,6 +189,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
             batch_runs: 5,
             batch_commits: 20_000,
             auth_runs: 15,
+            revocations: 100,
         }
     };
     let control_dir = scratch.path().to_path_buf();
@@ -256,6 +258,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
             control.authorisations_per_s,
             None,
         ),
+        row("revocation_everywhere", "ms", control.revocation_ms, None),
         row("run_true_latency", "ms", jobs.run_true_ms, None),
         row("tiny_jobs_per_node", "jobs/s", jobs.jobs_per_s, None),
     ];

@@ -597,6 +597,17 @@ fn policy_applies_on_every_node_and_bad_datalog_is_refused() {
         });
         assert!(listed(node).policies.is_empty(), "{}", node.name);
     }
+
+    // A token revoked through one node is refused by every other node (how fast: `noodle
+    // bench`'s `revocation_everywhere`).
+    ok(&nodes[1], &["cap", "revoke", &reader.id]);
+    for node in &nodes {
+        let err = eventually(Duration::from_secs(10), "the revocation applied", || {
+            let out = read_on(node);
+            (!out.status.success()).then(|| refused(&out, "a revoked token"))
+        });
+        assert!(err.contains("token was revoked"), "{}: {err}", node.name);
+    }
 }
 
 #[test]
