@@ -6,8 +6,8 @@
 use crate::{
     ADMIN_CREDENTIAL_FILE, API_FILE, ApiError, ApiInfo, AuditPage, AuditVerifyReport, CapRequest,
     CapResponse, ChunkIds, ConfigEntry, ConfigList, ConfigValue, Event, EventsResponse, JobInfo,
-    JobList, JobSubmit, PolicyEntry, PolicyList, RevokeRequest, StatusReport, TokenRequest,
-    TokenResponse, output_frame,
+    JobList, JobSubmit, JoinTokenInfo, JoinTokenList, PolicyEntry, PolicyList, RevokeRequest,
+    StatusReport, TokenRequest, TokenResponse, output_frame,
 };
 use futures_util::StreamExt;
 use std::path::{Path, PathBuf};
@@ -92,6 +92,17 @@ impl Client {
 
     pub async fn create_token(&self, req: &TokenRequest) -> Result<TokenResponse, ClientError> {
         self.send_json(reqwest::Method::POST, "/v1/tokens", Some(req))
+            .await
+    }
+
+    /// The join tokens the cluster still accepts.
+    pub async fn join_tokens(&self) -> Result<JoinTokenList, ClientError> {
+        self.get_json("/v1/tokens").await
+    }
+
+    /// Revokes a join token (by the id `create_token` and `join_tokens` give).
+    pub async fn revoke_join_token(&self, id: &str) -> Result<JoinTokenInfo, ClientError> {
+        self.send_json::<(), _>(reqwest::Method::DELETE, &format!("/v1/tokens/{id}"), None)
             .await
     }
 

@@ -188,13 +188,39 @@ pub struct TokenRequest {
     pub ttl_secs: u64,
     /// Leave seed addresses out: the joiner must find the cluster by mDNS.
     pub no_addresses: bool,
+    /// How many nodes may join with it (default 1).
+    #[serde(default = "one")]
+    pub uses: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TokenResponse {
     pub token: String,
+    /// The token's id, for `noodle token ls` and `noodle token revoke`.
+    pub id: String,
+    pub uses: u32,
     pub expires_at_unix: u64,
     pub seeds: Vec<String>,
+}
+
+/// A join token the cluster still accepts (`GET /v1/tokens`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JoinTokenInfo {
+    pub id: String,
+    pub uses_left: u32,
+    pub expires_at_unix: u64,
+    pub created_at_ms: u64,
+    /// Who created it (an audit actor name).
+    pub created_by: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JoinTokenList {
+    pub tokens: Vec<JoinTokenInfo>,
 }
 
 /// Kind of a cluster event.

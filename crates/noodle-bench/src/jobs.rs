@@ -114,6 +114,7 @@ async fn bench(exe: &Path, scratch: &Path, s: Sizes) -> Result<Samples, BenchErr
         .create_token(&noodle_api::TokenRequest {
             ttl_secs: 600,
             no_addresses: false,
+            uses: 1,
         })
         .await?
         .token;

@@ -467,6 +467,11 @@ impl StateView {
         self.get(&key(REGISTER, k.as_bytes()))
     }
 
+    /// The registers whose key starts with `prefix`, as (the rest of the key, value), by key.
+    pub fn registers(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, DbError> {
+        self.names(&key(REGISTER, prefix.as_bytes()))
+    }
+
     pub fn is_revoked(&self, id: &str) -> Result<bool, DbError> {
         Ok(self.get(&key(REVOKED, id.as_bytes()))?.is_some())
     }

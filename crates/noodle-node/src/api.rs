@@ -16,16 +16,16 @@
 use crate::cluster::ClusterState;
 use crate::control::ControlPlane;
 use axum::Extension;
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use futures_util::{Stream, StreamExt};
-use noodle_api::{EventsResponse, SESSION_COOKIE, StatusReport, TokenRequest};
-use noodle_host::api::{ApiResult, Refusal, Routes, check, error, parse_body};
+use noodle_api::{EventsResponse, JoinTokenList, SESSION_COOKIE, StatusReport, TokenRequest};
+use noodle_host::api::{ApiResult, Refusal, Routes, check, control_error, error, parse_body};
 use noodle_host::{Authz, Caller, EventBus, Panel, Permission, RunningSubsystem, while_allowed};
 use noodle_security::ClusterCa;
 use std::convert::Infallible;
@@ -86,7 +86,8 @@ pub(crate) async fn serve(state: AppState, listener: tokio::net::TcpListener) {
         .route("/", get(dashboard))
         .route("/v1/status", get(status))
         .route("/v1/routes", get(routes))
-        .route("/v1/tokens", post(create_token))
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{id}", delete(revoke_token))
         .route("/v1/events", get(events))
         .route("/v1/events/kinds", get(event_kinds))
         .route("/v1/events/stream", get(events_stream))
@@ -336,7 +337,7 @@ async fn create_token(
     Extension(caller): Extension<Caller>,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    state.check(&caller, Permission::CLUSTER_ADMIT, "token.create", "")?;
+    let actor = state.check(&caller, Permission::CLUSTER_ADMIT, "token.create", "")?;
     let req: TokenRequest = parse_body(&body, "token request")?;
     if req.ttl_secs == 0 || req.ttl_secs > TOKEN_TTL_SECS_MAX {
         return Err(Refusal::new(
@@ -344,7 +345,58 @@ async fn create_token(
             format!("ttl must be between 1 s and {TOKEN_TTL_SECS_MAX} s"),
         ));
     }
-    Ok(Json(crate::join::create_token(&state.ca, &state.cluster, &req)).into_response())
+    let control = &state.plane.control;
+    let token = crate::join::create_token(
+        &state.ca,
+        &state.cluster,
+        control,
+        &state.authz,
+        &actor,
+        &req,
+    )
+    .await
+    .map_err(token_error)?;
+    Ok(Json(token).into_response())
+}
+
+async fn list_tokens(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult {
+    state.check(&caller, Permission::CLUSTER_ADMIT, "token.list", "")?;
+    let tokens = crate::join::list_tokens(&state.plane.control)
+        .await
+        .map_err(control_error)?;
+    Ok(Json(JoinTokenList { tokens }).into_response())
+}
+
+async fn revoke_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let actor = state.check(&caller, Permission::CLUSTER_ADMIT, "token.revoke", &id)?;
+    match crate::join::revoke_token(&state.plane.control, &state.authz, &actor, &id)
+        .await
+        .map_err(token_error)?
+    {
+        Some(revoked) => Ok(Json(revoked).into_response()),
+        None => Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no join token {id} (it was used up, revoked or never made; see `noodle token ls`)"
+            ),
+        )),
+    }
+}
+
+fn token_error(e: crate::join::TokenRequestError) -> Refusal {
+    use crate::join::TokenRequestError as E;
+    match e {
+        E::Invalid(why) => Refusal::new(StatusCode::BAD_REQUEST, why),
+        E::Control(e) => control_error(e),
+        E::Conflict(why) => Refusal::new(StatusCode::CONFLICT, why),
+    }
 }
 
 async fn events(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult {

@@ -2,26 +2,45 @@
 //!
 //! The joiner dials a seed (from the token, `--peer`, or mDNS) on the join ALPN, pinning the CA
 //! fingerprint from its token, and sends a [`JoinRequest`]. The member checks the token
-//! ([`noodle_security::JoinToken::verify`]) before it issues anything and answers with the
-//! cluster's material and the members it knows.
+//! ([`noodle_security::JoinToken::verify`]), spends one of its uses in the control plane (a join
+//! token is recorded there when it is created, single-use unless `--uses` says otherwise, and
+//! revocable), assigns the joiner its node id, and only then issues anything: the joiner's
+//! certificate, the cluster's material and the members it knows. Join attempts are limited per
+//! source address ([`JoinLimiter`]); refused ones become events with sanitised, bounded fields.
 
 use crate::cluster::ClusterState;
-use noodle_api::{EventKind, TokenRequest, TokenResponse};
-use noodle_host::EventBus;
+use noodle_api::{EventKind, JoinTokenInfo, TokenRequest, TokenResponse};
+use noodle_audit::{Outcome, Record};
+use noodle_control::{Command, Control, ControlError, Proposal, Response as Applied};
+use noodle_host::{Actor, EventBus};
 use noodle_link::{JoinPeer, RemoteError};
 use noodle_security::{ClusterCa, JoinToken, NodeKey};
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// Seeds a join token carries besides this node, at most.
 const TOKEN_SEEDS_MAX: usize = 7;
+/// Register prefix under which the control plane records the join tokens it accepts.
+const TOKEN_REGISTER: &str = "join-token/";
+/// Most unexpired join tokens the cluster holds at once.
+pub(crate) const JOIN_TOKENS_MAX: usize = 1000;
+/// Most nodes one join token may admit.
+pub(crate) const TOKEN_USES_MAX: u32 = 1000;
+/// Tries at spending a use when other joins change the same token meanwhile.
+const SPEND_TRIES: usize = 16;
+/// Longest node name a joiner may give (characters).
+const NAME_CHARS_MAX: usize = 64;
+/// Longest text of a joiner's that goes into an event.
+const EVENT_FIELD_CHARS_MAX: usize = 96;
 
 /// What a joiner sends.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct JoinRequest {
     pub token: String,
-    pub node_id: String,
+    /// The name the joiner goes by (its host name unless `--name`); the cluster derives its
+    /// node id from it.
     pub name: String,
     /// Raw P-256 public key to certify.
     pub public_key: Vec<u8>,
@@ -31,6 +50,8 @@ pub(crate) struct JoinRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct JoinResponse {
     pub cluster_id: String,
+    /// The node id the cluster assigned; the certificate names it.
+    pub node_id: String,
     pub ca_cert: Vec<u8>,
     pub ca_key_pem: String,
     pub node_cert: Vec<u8>,
@@ -58,20 +79,149 @@ pub enum JoinError {
     Failed { cluster: String, attempts: String },
 }
 
-/// Admission check on the member side: verifies the token and issues the joiner's certificate.
-pub(crate) fn admit(ca: &ClusterCa, req: &JoinRequest, now_unix: u64) -> Result<Vec<u8>, String> {
+/// What the control plane keeps of a join token (never the token itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct TokenRecord {
+    uses_left: u32,
+    expires_at_unix: u64,
+    created_at_ms: u64,
+    created_by: String,
+}
+
+fn register_key(id: &str) -> String {
+    format!("{TOKEN_REGISTER}{id}")
+}
+
+/// `text` with every control or non-ASCII character replaced and cut to `max` characters: what
+/// a joiner's own words may look like in an event or a log line.
+pub(crate) fn sanitised(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max)
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if text.chars().nth(max).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// Join attempts allowed per source address and in all per window: a fixed window, so the
+/// cost of an attacker who reaches the cluster port is bounded whatever it sends. Sans-IO: the
+/// caller passes the time.
+#[derive(Debug)]
+pub(crate) struct JoinLimiter {
+    window_start_ms: u64,
+    total: u32,
+    per_source: HashMap<IpAddr, u32>,
+}
+
+impl JoinLimiter {
+    pub(crate) const WINDOW_MS: u64 = 60_000;
+    pub(crate) const PER_SOURCE_MAX: u32 = 30;
+    pub(crate) const TOTAL_MAX: u32 = 600;
+    /// Distinct sources tracked per window (the map's bound).
+    pub(crate) const SOURCES_MAX: usize = 4096;
+
+    pub(crate) fn new() -> JoinLimiter {
+        JoinLimiter {
+            window_start_ms: 0,
+            total: 0,
+            per_source: HashMap::new(),
+        }
+    }
+
+    /// Counts an attempt from `source` at `now_ms`; false when it is over a limit.
+    pub(crate) fn allow(&mut self, source: IpAddr, now_ms: u64) -> bool {
+        if now_ms.saturating_sub(self.window_start_ms) >= Self::WINDOW_MS {
+            self.window_start_ms = now_ms;
+            self.total = 0;
+            self.per_source.clear();
+        }
+        if self.total >= Self::TOTAL_MAX {
+            return false;
+        }
+        if !self.per_source.contains_key(&source) && self.per_source.len() >= Self::SOURCES_MAX {
+            return false;
+        }
+        let count = self.per_source.entry(source).or_insert(0);
+        if *count >= Self::PER_SOURCE_MAX {
+            return false;
+        }
+        *count += 1;
+        self.total += 1;
+        true
+    }
+}
+
+/// Admission check on the member side, before anything is spent: the token is this cluster's
+/// and unexpired, and the joiner's name is usable.
+fn check_request(ca: &ClusterCa, req: &JoinRequest, now_unix: u64) -> Result<JoinToken, String> {
     let token = JoinToken::decode(&req.token).map_err(|e| e.to_string())?;
     token.verify(ca, now_unix).map_err(|e| e.to_string())?;
-    if req.node_id.is_empty()
-        || req.node_id.len() > 63
-        || rustls_pki_types::ServerName::try_from(req.node_id.as_str()).is_err()
-    {
-        return Err(format!("invalid node id `{}`", req.node_id));
+    if req.name.trim().is_empty() || req.name.chars().count() > NAME_CHARS_MAX {
+        return Err(format!(
+            "the node name must have 1 to {NAME_CHARS_MAX} characters"
+        ));
     }
-    let cert = ca
-        .issue_node_cert(&req.node_id, &req.public_key)
-        .map_err(|e| format!("cannot issue certificate: {e}"))?;
-    Ok(cert.to_vec())
+    Ok(token)
+}
+
+/// Spends one use of `token` in the control plane (deleting its record with the last one); the
+/// audit log records the admission under the token's id.
+async fn spend_use(
+    control: &Control,
+    token: &JoinToken,
+    joiner: &str,
+    now_ms: u64,
+) -> Result<(), String> {
+    let id = token.id_hex();
+    let key = register_key(&id);
+    for _ in 0..SPEND_TRIES {
+        let current = control
+            .read(|v| v.register(&key))
+            .await
+            .map_err(|e| format!("cannot check the join token now: {e}"))?;
+        let Some(bytes) = current else {
+            return Err(format!("join token {id} was used up or revoked"));
+        };
+        let mut record: TokenRecord = postcard::from_bytes(&bytes)
+            .map_err(|_| format!("join token {id} has an unreadable record"))?;
+        let new = if record.uses_left <= 1 {
+            None
+        } else {
+            record.uses_left -= 1;
+            Some(postcard::to_stdvec(&record).unwrap_or_default())
+        };
+        let audit = Record::new(
+            now_ms,
+            format!("join-token:{id}"),
+            "join.admit",
+            joiner,
+            "",
+            Outcome::Allowed,
+        );
+        let command = Command::Cas {
+            key: key.clone(),
+            expected: Some(bytes),
+            new,
+        };
+        match control.propose(Proposal::audited(command, audit)).await {
+            Ok(Applied::Done) => return Ok(()),
+            Ok(Applied::CasFailed { .. }) => continue,
+            Ok(other) => return Err(format!("the control plane answered {other:?}")),
+            Err(e) => return Err(format!("cannot spend the join token now: {e}")),
+        }
+    }
+    Err(format!(
+        "join token {id} is being used by many joiners at once; try again"
+    ))
 }
 
 /// Tries each seed in turn until one admits us.
@@ -79,13 +229,11 @@ pub(crate) async fn join(
     token: &JoinToken,
     token_text: &str,
     seeds: &[SocketAddr],
-    node_id: &str,
     name: &str,
     key: &NodeKey,
 ) -> Result<Admission, JoinError> {
     let request = JoinRequest {
         token: token_text.trim().to_string(),
-        node_id: node_id.to_string(),
         name: name.to_string(),
         public_key: key.public_key_raw(),
     };
@@ -105,6 +253,15 @@ pub(crate) async fn join(
                 Ok(_) => failures.push(format!("{seed}: answered for another cluster")),
                 Err(e) => failures.push(format!("{seed}: unreadable answer ({e})")),
             },
+            // A token that was used up, revoked or refused is refused by every member alike.
+            Err(noodle_link::LinkError::Remote { addr, source })
+                if source.code == RemoteError::FORBIDDEN =>
+            {
+                return Err(JoinError::Failed {
+                    cluster: token.cluster_id().to_string(),
+                    attempts: format!("{addr} refused: {}", source.message),
+                });
+            }
             Err(e) => failures.push(e.to_string()),
         }
     }
@@ -118,12 +275,66 @@ fn now_unix() -> u64 {
     noodle_host::now_ms() / 1000
 }
 
-/// Mints a join token; seeds are the alive members' cluster addresses unless left out.
-pub(crate) fn create_token(
+/// Why a join-token request is refused.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TokenRequestError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// The join tokens in the control plane, expired ones included, as (id, record).
+async fn token_records(control: &Control) -> Result<Vec<(String, TokenRecord)>, ControlError> {
+    let raw = control.read(|v| v.registers(TOKEN_REGISTER)).await?;
+    Ok(raw
+        .into_iter()
+        .filter_map(|(id, bytes)| Some((id, postcard::from_bytes(&bytes).ok()?)))
+        .collect())
+}
+
+/// Mints a join token and records it in the control plane; seeds are the alive members'
+/// cluster addresses unless left out. Expired records are removed on the way.
+pub(crate) async fn create_token(
     ca: &ClusterCa,
     cluster: &ClusterState,
+    control: &Control,
+    authz: &noodle_host::Authz,
+    actor: &Actor,
     req: &TokenRequest,
-) -> TokenResponse {
+) -> Result<TokenResponse, TokenRequestError> {
+    if req.uses == 0 || req.uses > TOKEN_USES_MAX {
+        return Err(TokenRequestError::Invalid(format!(
+            "--uses must be between 1 and {TOKEN_USES_MAX}"
+        )));
+    }
+    let now = now_unix();
+    let records = token_records(control).await?;
+    let (expired, live): (Vec<_>, Vec<_>) = records
+        .into_iter()
+        .partition(|(_, r)| r.expires_at_unix <= now);
+    if live.len() >= JOIN_TOKENS_MAX {
+        return Err(TokenRequestError::Invalid(format!(
+            "the cluster already holds {JOIN_TOKENS_MAX} unexpired join tokens; revoke some with `noodle token revoke`"
+        )));
+    }
+    if !expired.is_empty() {
+        let sweep = expired
+            .into_iter()
+            .map(|(id, r)| {
+                Proposal::new(Command::Cas {
+                    key: register_key(&id),
+                    expected: Some(postcard::to_stdvec(&r).unwrap_or_default()),
+                    new: None,
+                })
+            })
+            .collect();
+        if let Err(e) = control.propose(Proposal::new(Command::Batch(sweep))).await {
+            tracing::debug!(error = %e, "removing expired join tokens");
+        }
+    }
     let seeds: Vec<SocketAddr> = if req.no_addresses {
         Vec::new()
     } else {
@@ -137,53 +348,240 @@ pub(crate) fn create_token(
         );
         seeds
     };
-    let expires = now_unix().saturating_add(req.ttl_secs);
+    let expires = now.saturating_add(req.ttl_secs);
     let token = JoinToken::mint(ca, expires, seeds.clone());
-    TokenResponse {
-        token: token.encode(),
+    let id = token.id_hex();
+    let record = TokenRecord {
+        uses_left: req.uses,
         expires_at_unix: expires,
-        seeds: seeds.iter().map(ToString::to_string).collect(),
+        created_at_ms: noodle_host::now_ms(),
+        created_by: actor.name.clone(),
+    };
+    let command = Command::Cas {
+        key: register_key(&id),
+        expected: None,
+        new: Some(postcard::to_stdvec(&record).unwrap_or_default()),
+    };
+    match authz.write(actor, "token.create", &id, command).await? {
+        Applied::Done => Ok(TokenResponse {
+            token: token.encode(),
+            id,
+            uses: req.uses,
+            expires_at_unix: expires,
+            seeds: seeds.iter().map(ToString::to_string).collect(),
+        }),
+        other => Err(TokenRequestError::Conflict(format!(
+            "could not record the join token: {other:?}"
+        ))),
     }
 }
 
-/// Answers a joiner (member side): checks its token, issues its certificate, and tells it the
-/// cluster's material and the members this node knows.
-pub(crate) fn handle_join(
-    ca: &ClusterCa,
-    cluster: &ClusterState,
-    events: &EventBus,
-    peer: &JoinPeer,
-    body: &[u8],
-) -> Result<Vec<u8>, RemoteError> {
-    let req: JoinRequest = postcard::from_bytes(body)
-        .map_err(|_| RemoteError::new(RemoteError::BAD_REQUEST, "unreadable join request"))?;
-    match admit(ca, &req, now_unix()) {
-        Ok(node_cert) => {
-            let mut members = vec![(cluster.node_id.clone(), cluster.advertise)];
-            members.extend(cluster.live_members());
-            let response = JoinResponse {
-                cluster_id: cluster.cluster_id.clone(),
-                ca_cert: ca.cert_der().to_vec(),
-                ca_key_pem: ca.key_pem(),
-                node_cert,
-                observed_addr: peer.remote,
-                members,
-            };
-            events.emit(
-                EventKind::JOIN_ADMITTED,
-                &req.node_id,
-                format!("{} ({}) from {}", req.name, req.node_id, peer.remote),
-            );
-            Ok(postcard::to_stdvec(&response).unwrap_or_default())
+/// The unexpired join tokens, oldest first.
+pub(crate) async fn list_tokens(control: &Control) -> Result<Vec<JoinTokenInfo>, ControlError> {
+    let now = now_unix();
+    let mut tokens: Vec<JoinTokenInfo> = token_records(control)
+        .await?
+        .into_iter()
+        .filter(|(_, r)| r.expires_at_unix > now)
+        .map(|(id, r)| JoinTokenInfo {
+            id,
+            uses_left: r.uses_left,
+            expires_at_unix: r.expires_at_unix,
+            created_at_ms: r.created_at_ms,
+            created_by: r.created_by,
+        })
+        .collect();
+    tokens.sort_by_key(|t| t.created_at_ms);
+    Ok(tokens)
+}
+
+/// Revokes the join token `id`: no node admits anyone with it from then on.
+pub(crate) async fn revoke_token(
+    control: &Control,
+    authz: &noodle_host::Authz,
+    actor: &Actor,
+    id: &str,
+) -> Result<Option<JoinTokenInfo>, TokenRequestError> {
+    if id.is_empty() || id.len() > 32 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(TokenRequestError::Invalid(format!(
+            "`{}` is not a join token id (see `noodle token ls`)",
+            sanitised(id, 40)
+        )));
+    }
+    let key = register_key(id);
+    for _ in 0..SPEND_TRIES {
+        let Some(bytes) = control.read(|v| v.register(&key)).await? else {
+            return Ok(None);
+        };
+        let Ok(record) = postcard::from_bytes::<TokenRecord>(&bytes) else {
+            return Err(TokenRequestError::Conflict(format!(
+                "join token {id} has an unreadable record"
+            )));
+        };
+        let command = Command::Cas {
+            key: key.clone(),
+            expected: Some(bytes),
+            new: None,
+        };
+        match authz.write(actor, "token.revoke", id, command).await? {
+            Applied::Done => {
+                return Ok(Some(JoinTokenInfo {
+                    id: id.to_string(),
+                    uses_left: record.uses_left,
+                    expires_at_unix: record.expires_at_unix,
+                    created_at_ms: record.created_at_ms,
+                    created_by: record.created_by,
+                }));
+            }
+            Applied::CasFailed { .. } => continue,
+            other => {
+                return Err(TokenRequestError::Conflict(format!(
+                    "could not revoke the join token: {other:?}"
+                )));
+            }
         }
-        Err(reason) => {
-            metrics::counter!("noodle_join_refused_total").increment(1);
-            events.emit(
-                EventKind::JOIN_REFUSED,
-                &req.node_id,
-                format!("from {}: {reason}", peer.remote),
-            );
-            Err(RemoteError::new(RemoteError::FORBIDDEN, reason))
+    }
+    Err(TokenRequestError::Conflict(format!(
+        "join token {id} kept changing; try again"
+    )))
+}
+
+/// What the member side of a join needs.
+pub(crate) struct Admitter {
+    pub(crate) ca: std::sync::Arc<ClusterCa>,
+    pub(crate) cluster: std::sync::Arc<ClusterState>,
+    pub(crate) control: Control,
+    pub(crate) events: EventBus,
+    pub(crate) limiter: std::sync::Mutex<JoinLimiter>,
+}
+
+impl Admitter {
+    /// Answers a joiner: checks its token, spends one of its uses, assigns the node id, issues
+    /// its certificate, and tells it the cluster's material and the members this node knows.
+    pub(crate) async fn handle(
+        &self,
+        peer: &JoinPeer,
+        body: &[u8],
+    ) -> Result<Vec<u8>, RemoteError> {
+        let now = noodle_host::now_ms();
+        let allowed = self
+            .limiter
+            .lock()
+            .map(|mut l| l.allow(peer.remote.ip(), now))
+            .unwrap_or(false);
+        if !allowed {
+            // No event: a flood of attempts must not become a flood of events.
+            metrics::counter!("noodle_join_limited_total").increment(1);
+            return Err(RemoteError::new(
+                RemoteError::UNAVAILABLE,
+                "too many join attempts from this address; wait a minute",
+            ));
         }
+        let req: Option<JoinRequest> = postcard::from_bytes(body).ok();
+        match self.admit(req.as_ref(), peer, now).await {
+            Ok(response) => {
+                self.events.emit(
+                    EventKind::JOIN_ADMITTED,
+                    &response.node_id,
+                    format!(
+                        "{} ({}) from {}",
+                        sanitised(req.as_ref().map_or("", |r| &r.name), NAME_CHARS_MAX),
+                        response.node_id,
+                        peer.remote
+                    ),
+                );
+                Ok(postcard::to_stdvec(&response).unwrap_or_default())
+            }
+            Err(reason) => {
+                metrics::counter!("noodle_join_refused_total").increment(1);
+                let name = req
+                    .as_ref()
+                    .map_or(String::new(), |r| sanitised(&r.name, EVENT_FIELD_CHARS_MAX));
+                self.events.emit(
+                    EventKind::JOIN_REFUSED,
+                    &peer.remote.to_string(),
+                    format!(
+                        "{name} from {}: {}",
+                        peer.remote,
+                        sanitised(&reason, 2 * EVENT_FIELD_CHARS_MAX)
+                    ),
+                );
+                Err(RemoteError::new(RemoteError::FORBIDDEN, reason))
+            }
+        }
+    }
+
+    async fn admit(
+        &self,
+        req: Option<&JoinRequest>,
+        peer: &JoinPeer,
+        now_ms: u64,
+    ) -> Result<JoinResponse, String> {
+        let req = req.ok_or("unreadable join request")?;
+        let token = check_request(&self.ca, req, now_ms / 1000)?;
+        let node_id = noodle_security::node_id_for_host(&req.name);
+        let joiner = format!("{node_id} from {}", peer.remote);
+        spend_use(&self.control, &token, &joiner, now_ms).await?;
+        let node_cert = self
+            .ca
+            .issue_node_cert(&node_id, &req.public_key)
+            .map_err(|e| format!("cannot issue certificate: {e}"))?;
+        let cluster = &self.cluster;
+        let mut members = vec![(cluster.node_id.clone(), cluster.advertise)];
+        members.extend(cluster.live_members());
+        Ok(JoinResponse {
+            cluster_id: cluster.cluster_id.clone(),
+            node_id,
+            ca_cert: self.ca.cert_der().to_vec(),
+            ca_key_pem: self.ca.key_pem(),
+            node_cert: node_cert.to_vec(),
+            observed_addr: peer.remote,
+            members,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_gets_a_bounded_number_of_attempts_per_window() {
+        let mut l = JoinLimiter::new();
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let t0 = 5_000_000;
+        for _ in 0..JoinLimiter::PER_SOURCE_MAX {
+            assert!(l.allow(a, t0));
+        }
+        assert!(!l.allow(a, t0 + 1), "over the per-source limit");
+        assert!(l.allow(b, t0 + 1), "another source is not punished");
+        assert!(
+            !l.allow(a, t0 + JoinLimiter::WINDOW_MS - 1),
+            "still the same window"
+        );
+        assert!(l.allow(a, t0 + JoinLimiter::WINDOW_MS), "a new window");
+    }
+
+    #[test]
+    fn all_sources_together_are_bounded_and_so_is_the_map() {
+        let mut l = JoinLimiter::new();
+        let t0 = 1;
+        let mut allowed = 0u32;
+        for i in 0..(JoinLimiter::SOURCES_MAX as u32 + 1000) {
+            if l.allow(IpAddr::from(i.to_be_bytes()), t0) {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, JoinLimiter::TOTAL_MAX);
+        assert!(l.per_source.len() <= JoinLimiter::SOURCES_MAX);
+    }
+
+    #[test]
+    fn a_joiners_words_are_sanitised_and_bounded() {
+        assert_eq!(sanitised("host-1", 10), "host-1");
+        assert_eq!(sanitised("a\u{1b}[31mb\nc", 20), "a?[31mb?c");
+        assert_eq!(sanitised(&"x".repeat(100), 8), "xxxxxxxx…");
+        assert_eq!(sanitised("ünï", 8), "?n?");
     }
 }

@@ -179,16 +179,15 @@ pub async fn start(
     let dir = DataDir::open(&cfg.data_dir)?;
 
     // Identity: persistent node id and key.
-    let node_file: NodeFile = if dir.exists("node.json") {
+    // A new node's id is written once it is known: a joiner's is the one the cluster assigns.
+    let mut node_file: NodeFile = if dir.exists("node.json") {
         dir.read_json("node.json")?
     } else {
         let host = host_name();
-        let f = NodeFile {
+        NodeFile {
             node_id: noodle_security::node_id_for_host(&host),
             name: host,
-        };
-        dir.write_json("node.json", &f, false)?;
-        f
+        }
     };
     let name = cfg.name.clone().unwrap_or_else(|| node_file.name.clone());
     let key = if dir.exists("node.key") {
@@ -259,10 +258,11 @@ pub async fn start(
         if seeds.is_empty() {
             return Err(crate::JoinError::NoSeeds(token.cluster_id().to_string()).into());
         }
-        let admission =
-            crate::join::join(&token, text, &seeds, &node_file.node_id, &name, &key).await?;
+        let admission = crate::join::join(&token, text, &seeds, &name, &key).await?;
         let r = admission.response;
-        tracing::info!(via = %admission.via, cluster = %r.cluster_id, "admitted");
+        tracing::info!(via = %admission.via, cluster = %r.cluster_id, node = %r.node_id, "admitted");
+        // The cluster, not the joiner, names the node (its certificate says so).
+        node_file.node_id.clone_from(&r.node_id);
         let ca = ClusterCa::load(
             &r.cluster_id,
             CertificateDer::from(r.ca_cert.clone()),
@@ -272,6 +272,7 @@ pub async fn start(
         dir.write_file("ca.crt", &r.ca_cert, false)?;
         dir.write_file("ca.key", r.ca_key_pem.as_bytes(), true)?;
         dir.write_file("node.crt", &r.node_cert, false)?;
+        dir.write_json("node.json", &node_file, false)?;
         let peers: Vec<PeerRecord> = r
             .members
             .iter()
@@ -302,6 +303,9 @@ pub async fn start(
         founded = true;
         (cluster, ca)
     };
+    if !dir.exists("node.json") {
+        dir.write_json("node.json", &node_file, false)?;
+    }
     let node_cert = CertificateDer::from(dir.read_file("node.crt")?);
     let credential = dir.admin_credential()?;
 
@@ -392,7 +396,13 @@ pub async fn start(
     crate::service::check_prefixes(&running).map_err(NodeError::Subsystems)?;
     let _ = service.dispatch.set(Arc::new(Dispatch {
         cluster: cluster.clone(),
-        ca: ca.clone(),
+        admitter: Arc::new(crate::join::Admitter {
+            ca: ca.clone(),
+            cluster: cluster.clone(),
+            control: plane.control.clone(),
+            events: events.clone(),
+            limiter: std::sync::Mutex::new(crate::join::JoinLimiter::new()),
+        }),
         events: events.clone(),
         membership: membership_tx.clone(),
         subsystems: running.clone(),

@@ -10,7 +10,6 @@ use noodle_host::{EventBus, RunningSubsystem};
 use noodle_link::{
     JoinPeer, LinkEvent, RecvStream, RemoteError, SendStream, Service, ServiceFuture,
 };
-use noodle_security::ClusterCa;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use tokio::sync::mpsc;
@@ -22,7 +21,7 @@ const NODE_PING: &str = "node.ping";
 /// Everything requests are dispatched to, set once the node has started it all.
 pub(crate) struct Dispatch {
     pub(crate) cluster: Arc<ClusterState>,
-    pub(crate) ca: Arc<ClusterCa>,
+    pub(crate) admitter: Arc<crate::join::Admitter>,
     pub(crate) events: EventBus,
     pub(crate) membership: mpsc::Sender<MembershipInput>,
     pub(crate) subsystems: Vec<Arc<dyn RunningSubsystem>>,
@@ -87,11 +86,11 @@ impl Service for NodeService {
     }
 
     fn join(&self, peer: JoinPeer, body: Bytes) -> ServiceFuture {
-        let answer = match self.dispatch.get() {
-            Some(d) => crate::join::handle_join(&d.ca, &d.cluster, &d.events, &peer, &body),
-            None => Err(starting()),
+        let Some(d) = self.dispatch.get() else {
+            return Box::pin(async { Err(starting()) });
         };
-        Box::pin(async move { answer })
+        let admitter = d.admitter.clone();
+        Box::pin(async move { admitter.handle(&peer, &body).await })
     }
 
     fn datagram(&self, _from: SocketAddr, data: Bytes) {

@@ -179,16 +179,29 @@ struct UpArgs {
 
 #[derive(Subcommand, Debug)]
 enum TokenCommand {
-    /// Print a one-line join token.
+    /// Print a one-line join token (single-use unless --uses says otherwise).
     Create {
         /// How long the token stays valid.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// How many nodes may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
         /// Put no seed addresses in the token: joiners find the cluster by mDNS.
         #[arg(long)]
         no_addresses: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// List the join tokens the cluster still accepts.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a join token: no node admits anyone with it any more.
+    Revoke {
+        /// The token's id (from `noodle token ls` or `token create --json`).
+        id: String,
     },
 }
 
@@ -341,6 +354,65 @@ fn main() {
     std::process::exit(code);
 }
 
+async fn join_token(client: Client, command: TokenCommand) -> Result<i32> {
+    match command {
+        TokenCommand::Create {
+            ttl,
+            uses,
+            no_addresses,
+            json,
+        } => {
+            let resp = client
+                .create_token(&TokenRequest {
+                    ttl_secs: ttl.as_secs().max(1),
+                    no_addresses,
+                    uses,
+                })
+                .await?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&resp)?);
+            } else {
+                outln!("{}", resp.token);
+            }
+        }
+        TokenCommand::Ls { json } => {
+            let list = client.join_tokens().await?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.tokens.is_empty() {
+                outln!("no join tokens (create one with `noodle token create`)");
+            } else {
+                outln!(
+                    "{:<14} {:>9}  {:<20}  CREATED BY",
+                    "ID",
+                    "USES LEFT",
+                    "EXPIRES"
+                );
+                for t in &list.tokens {
+                    outln!(
+                        "{:<14} {:>9}  {:<20}  {}",
+                        t.id,
+                        t.uses_left,
+                        humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH + Duration::from_secs(t.expires_at_unix)
+                        ),
+                        t.created_by
+                    );
+                }
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            let revoked = client.revoke_join_token(&id).await?;
+            outln!(
+                "revoked join token {} ({} use(s) were left)",
+                revoked.id,
+                revoked.uses_left
+            );
+        }
+    }
+    Ok(0)
+}
+
 async fn run(cli: Cli) -> Result<i32> {
     let data_dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
     let token = cli.token.clone();
@@ -356,24 +428,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Policy(c) => control_cli::policy(client()?, c).await,
         Command::Audit(a) => control_cli::audit(client, a).await,
         Command::Up(args) => up(data_dir, *args).await,
-        Command::Token(TokenCommand::Create {
-            ttl,
-            no_addresses,
-            json,
-        }) => {
-            let resp = client()?
-                .create_token(&TokenRequest {
-                    ttl_secs: ttl.as_secs().max(1),
-                    no_addresses,
-                })
-                .await?;
-            if json {
-                outln!("{}", serde_json::to_string_pretty(&resp)?);
-            } else {
-                outln!("{}", resp.token);
-            }
-            Ok(0)
-        }
+        Command::Token(command) => join_token(client()?, command).await,
         Command::Status { json } => {
             let report = client()?.status().await?;
             if json {

@@ -212,6 +212,7 @@ async fn a_subsystem_from_outside_the_node_registers_rpc_route_event_and_state()
         .create_token(&TokenRequest {
             ttl_secs: 600,
             no_addresses: false,
+            uses: 1,
         })
         .await
         .expect("join token");

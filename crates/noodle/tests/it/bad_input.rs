@@ -339,3 +339,113 @@ fn a_full_disk_refuses_writes_and_the_control_plane_recovers_without_a_restart()
         "{events}"
     );
 }
+
+/// The parts of `noodle token create --json` a test needs.
+fn token_json(node: &Node, extra: &[&str]) -> (String, String) {
+    let mut args = vec!["token", "create", "--json"];
+    args.extend_from_slice(extra);
+    let out = node.cli(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let resp: noodle_api::TokenResponse = serde_json::from_slice(&out.stdout).unwrap();
+    (resp.token, resp.id)
+}
+
+fn join_tokens(node: &Node) -> Vec<noodle_api::JoinTokenInfo> {
+    let out = node.cli(&["token", "ls", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<noodle_api::JoinTokenList>(&out.stdout)
+        .unwrap()
+        .tokens
+}
+
+/// A join token admits as many nodes as it was made for (one unless `--uses`), can be revoked,
+/// and the cluster, not the joiner, names the node. A refused joiner's words reach the events
+/// sanitised and cut short.
+#[test]
+fn join_tokens_are_single_use_revocable_and_the_cluster_names_the_node() {
+    let founder = Node::founder("a");
+    founder.wait_ready(Duration::from_secs(10));
+    let (single, single_id) = token_json(&founder, &[]);
+    let listed = join_tokens(&founder);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (listed[0].id.as_str(), listed[0].uses_left),
+        (single_id.as_str(), 1)
+    );
+
+    // A hostile name is refused before the token is spent, and shows up sanitised.
+    let evil = format!("evil\u{1b}[31m{}", "x".repeat(200));
+    let hostile = tempfile::tempdir().unwrap();
+    let err = up_fails(hostile.path(), &["--join", &single, "--name", &evil]);
+    assert!(
+        err.contains("node name must have 1 to 64 characters"),
+        "{err}"
+    );
+    let out = founder.cli(&["events", "--json"]);
+    let refused: noodle_api::Event = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<noodle_api::Event>(l).ok())
+        .find(|e| e.kind == noodle_api::EventKind::JOIN_REFUSED)
+        .expect("a join_refused event");
+    let detail = &refused.detail;
+    assert!(detail.contains("evil?[31mxxx"), "{detail}");
+    assert!(
+        !detail.contains(&"x".repeat(120)),
+        "not cut short: {detail}"
+    );
+    assert!(!detail.contains('\u{1b}'), "{detail}");
+
+    // The first joiner gets in, under a node id the cluster chose, even when it takes the
+    // founder's name.
+    let b = Node::start("a", &["--join", &single]);
+    let nodes = [founder, b];
+    crate::support::wait_all_alive(&nodes, Duration::from_secs(15));
+    let [founder, b] = nodes;
+    assert_ne!(b.node_id(), founder.node_id());
+    assert!(b.node_id().starts_with("a-"), "{}", b.node_id());
+    assert!(
+        join_tokens(&founder).is_empty(),
+        "a used-up token is listed"
+    );
+
+    // The second is refused by the member: the token was used.
+    let late = tempfile::tempdir().unwrap();
+    let err = up_fails(late.path(), &["--join", &single]);
+    assert!(err.contains("used up or revoked"), "{err}");
+    assert!(!late.path().join("cluster.json").exists());
+
+    // A revoked token admits nobody.
+    let (double, double_id) = token_json(&founder, &["--uses", "2"]);
+    assert_eq!(join_tokens(&founder)[0].uses_left, 2);
+    let out = founder.cli(&["token", "revoke", &double_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(join_tokens(&founder).is_empty());
+    let err = up_fails(late.path(), &["--join", &double]);
+    assert!(err.contains("used up or revoked"), "{err}");
+    // Revoking it again, or something that is no token id, is one clear error.
+    let again = founder.cli(&["token", "revoke", &double_id]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no join token"));
+    let junk = founder.cli(&["token", "revoke", "zz"]);
+    assert!(String::from_utf8_lossy(&junk.stderr).contains("not a join token id"));
+    assert_eq!(founder.status().unwrap().nodes.len(), 2);
+
+    // Bounds on --uses.
+    for uses in ["0", "1001"] {
+        let out = founder.cli(&["token", "create", "--uses", uses]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--uses must be between 1 and 1000"));
+    }
+}

@@ -50,7 +50,7 @@ fn fresh_node_answers_status_alive() {
 fn three_nodes_join_and_all_links_are_post_quantum() {
     let first = Node::start("node-0", &["--label", "zone=a"]);
     first.wait_ready(Duration::from_secs(10));
-    let token = first.token(&[]);
+    let token = first.token(&["--uses", "2"]);
     let joined_at = Instant::now();
     let nodes = vec![
         first,

@@ -389,7 +389,7 @@ fn a_killed_executor_loses_its_jobs_and_a_job_with_retries_runs_elsewhere_once_a
     let shared_arg = shared.to_str().unwrap();
     let first = Node::start("node-0", &["--slots", "0", lease[0], lease[1]]);
     first.wait_ready(Duration::from_secs(10));
-    let token = first.token(&[]);
+    let token = first.token(&["--uses", "2"]);
     let victim = Node::start(
         "node-1",
         &[

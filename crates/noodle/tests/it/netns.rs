@@ -213,7 +213,7 @@ fn a_partitioned_executor_stops_its_job_and_the_job_runs_once_elsewhere() {
     let mut lab = Lab::new();
     lab.build_network();
     lab.spawn_job_node(0, None, 0, "4s");
-    let token = lab.cli_ok(0, &["token", "create"]);
+    let token = lab.cli_ok(0, &["token", "create", "--uses", "2"]);
     let n2 = lab.spawn_job_node(1, Some(&token), 1, "4s");
     let trace = lab.shared.path().join("trace");
     let script = format!(
@@ -609,7 +609,7 @@ impl Lab {
     }
 
     fn token_without_addresses(&self) -> String {
-        self.cli_ok(0, &["token", "create", "--no-addresses"])
+        self.cli_ok(0, &["token", "create", "--no-addresses", "--uses", "8"])
     }
 
     /// Starts node `i` to run jobs: `slots` job slots, job lease `lease`, no mDNS. The founder

@@ -296,7 +296,8 @@ pub(crate) fn cluster(n: usize) -> Vec<Node> {
 pub(crate) fn cluster_with(n: usize, extra: &[&str]) -> Vec<Node> {
     let first = Node::start("node-0", extra);
     first.wait_ready(Duration::from_secs(10));
-    let token = first.token(&[]);
+    let uses = n.saturating_sub(1).max(1).to_string();
+    let token = first.token(&["--uses", &uses]);
     let mut nodes = vec![first];
     for i in 1..n {
         let mut args = vec!["--join", token.as_str()];
