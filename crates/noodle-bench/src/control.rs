@@ -7,9 +7,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use noodle_caps::{Authoriser, Request, RootKey, TokenSpec};
 use noodle_control::{Command, Control, ControlConfig, Member, PeerHealth, Proposal, Store};
+use noodle_link::Peer;
 use noodle_link::{JoinPeer, LinkEvent, RemoteError, Service, ServiceFuture};
 use noodle_security::ClusterCa;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -39,7 +39,7 @@ struct RaftService {
 }
 
 impl Service for RaftService {
-    fn call(&self, _from: SocketAddr, method: &str, body: Bytes) -> ServiceFuture {
+    fn call(&self, _from: Peer, method: &str, body: Bytes) -> ServiceFuture {
         let control = self.control.get().cloned();
         let method = method.to_string();
         Box::pin(async move { serve_control(control.as_ref(), &method, &body).await })
@@ -47,7 +47,7 @@ impl Service for RaftService {
     fn join(&self, _peer: JoinPeer, _body: Bytes) -> ServiceFuture {
         Box::pin(async { Err(RemoteError::new(RemoteError::FORBIDDEN, "bench")) })
     }
-    fn datagram(&self, _from: SocketAddr, _data: Bytes) {}
+    fn datagram(&self, _from: &Peer, _data: Bytes) {}
     fn event(&self, _event: LinkEvent) {}
 }
 

@@ -18,6 +18,7 @@ mod jobs;
 pub use error::BenchError;
 
 use bytes::Bytes;
+use noodle_link::Peer;
 use noodle_link::{
     JoinPeer, Link, LinkConfig, LinkEvent, RemoteError, Service, ServiceFuture, TlsMaterial,
 };
@@ -376,20 +377,20 @@ fn link_bench(
 struct BenchService;
 
 impl Service for BenchService {
-    fn call(&self, _from: SocketAddr, _method: &str, body: Bytes) -> ServiceFuture {
+    fn call(&self, _from: Peer, _method: &str, body: Bytes) -> ServiceFuture {
         Box::pin(async move { Ok(body.to_vec()) })
     }
     fn join(&self, _peer: JoinPeer, _body: Bytes) -> ServiceFuture {
         Box::pin(async { Err(RemoteError::new(RemoteError::FORBIDDEN, "bench")) })
     }
-    fn datagram(&self, _from: SocketAddr, _data: Bytes) {}
+    fn datagram(&self, _from: &Peer, _data: Bytes) {}
     fn event(&self, _event: LinkEvent) {}
     fn is_stream(&self, method: &str) -> bool {
         method == "sink"
     }
     fn stream(
         &self,
-        _from: SocketAddr,
+        _from: Peer,
         _method: &str,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,

@@ -6,9 +6,9 @@ use crate::events::EventBus;
 use bytes::Bytes;
 use noodle_api::EventKind;
 use noodle_control::{Control, StateMachine};
+use noodle_link::Peer;
 use noodle_link::{Link, RecvStream, RemoteError, SendStream, ServiceFuture};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -76,7 +76,7 @@ pub trait RunningSubsystem: Send + Sync + 'static {
         &[]
     }
     /// Answers one request from a member (the certificate proved it is one).
-    fn call(&self, _from: SocketAddr, method: &str, _body: Bytes) -> ServiceFuture {
+    fn call(&self, _from: Peer, method: &str, _body: Bytes) -> ServiceFuture {
         not_found(method)
     }
     /// Whether `method` takes its body as a raw stream ([`RunningSubsystem::stream`]).
@@ -86,7 +86,7 @@ pub trait RunningSubsystem: Send + Sync + 'static {
     /// Serves a streaming method: the header has been read, the rest of `recv` is the body.
     fn stream(
         &self,
-        _from: SocketAddr,
+        _from: Peer,
         _method: &str,
         _send: SendStream,
         _recv: RecvStream,

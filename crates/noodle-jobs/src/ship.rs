@@ -669,7 +669,7 @@ async fn request_chunks(
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use noodle_link::{JoinPeer, LinkConfig, LinkEvent, Service, ServiceFuture, TlsMaterial};
+    use noodle_link::{JoinPeer, LinkConfig, LinkEvent, Peer, Service, ServiceFuture, TlsMaterial};
     use noodle_security::{ClusterCa, NodeKey};
     use std::collections::HashSet;
 
@@ -696,7 +696,7 @@ mod tests {
     }
 
     impl Service for Origin {
-        fn call(&self, _from: SocketAddr, method: &str, _body: Bytes) -> ServiceFuture {
+        fn call(&self, _from: Peer, method: &str, _body: Bytes) -> ServiceFuture {
             let m = format!("unknown method `{method}`");
             Box::pin(async move { Err(RemoteError::new(RemoteError::NOT_FOUND, m)) })
         }
@@ -705,7 +705,7 @@ mod tests {
         }
         fn stream(
             &self,
-            _from: SocketAddr,
+            _from: Peer,
             _method: &str,
             mut send: SendStream,
             mut recv: RecvStream,
@@ -729,7 +729,7 @@ mod tests {
         fn join(&self, _peer: JoinPeer, _body: Bytes) -> ServiceFuture {
             Box::pin(async { Err(RemoteError::new(RemoteError::FORBIDDEN, "test")) })
         }
-        fn datagram(&self, _from: SocketAddr, _data: Bytes) {}
+        fn datagram(&self, _from: &Peer, _data: Bytes) {}
         fn event(&self, _event: LinkEvent) {}
     }
 

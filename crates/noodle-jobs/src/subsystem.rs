@@ -12,8 +12,8 @@ use noodle_control::StateMachine;
 use noodle_host::{
     Caller, Host, Panel, Permission, RunningSubsystem, StartError, Subsystem, SubsystemFuture,
 };
+use noodle_link::Peer;
 use noodle_link::{RecvStream, RemoteError, SendStream, ServiceFuture};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,7 +113,7 @@ impl RunningSubsystem for JobsService {
         &["jobs.", "chunks."]
     }
 
-    fn call(&self, _from: SocketAddr, method: &str, _body: Bytes) -> ServiceFuture {
+    fn call(&self, _from: Peer, method: &str, _body: Bytes) -> ServiceFuture {
         noodle_host::not_found(method)
     }
 
@@ -123,7 +123,7 @@ impl RunningSubsystem for JobsService {
 
     fn stream(
         &self,
-        _from: SocketAddr,
+        _from: Peer,
         method: &str,
         send: SendStream,
         recv: RecvStream,

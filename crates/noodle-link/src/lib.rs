@@ -23,7 +23,8 @@ mod tls;
 
 pub use frame::{FrameError, RemoteError};
 pub use link::{
-    JoinPeer, Link, LinkConfig, LinkError, LinkEvent, LinkInfo, Service, ServiceFuture, join_call,
+    JoinPeer, Link, LinkConfig, LinkError, LinkEvent, LinkInfo, Peer, Service, ServiceFuture,
+    join_call,
 };
 pub use messages::{MessageError, recv_message, send_message};
 /// The two halves of a raw stream ([`Link::open_stream`], [`Service::stream`]).

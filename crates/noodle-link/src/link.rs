@@ -29,6 +29,8 @@ const SOCKET_BUFFER_BYTES: usize = 8 << 20;
 const JOIN_BYTES_MAX: usize = 64 * 1024;
 /// Datagrams waiting for a connection to be set up, over all peers.
 const PENDING_DATAGRAMS_MAX: usize = 256;
+/// QUIC close code for a peer this node refuses (no node id, or a removed node).
+const REFUSED_CODE: u32 = 403;
 
 /// Settings of a link; every timeout and size is bounded.
 #[derive(Debug, Clone)]
@@ -128,6 +130,15 @@ pub struct LinkInfo {
     pub kx_group: String,
 }
 
+/// A member on the other end of a connection: the node id its certificate names (verified
+/// against the cluster CA in the handshake) and its address. Handlers decide with the id who
+/// may call them; the address is only where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub node_id: String,
+}
+
 /// A joiner as seen by the node it dialled.
 #[derive(Debug, Clone)]
 pub struct JoinPeer {
@@ -139,11 +150,11 @@ pub type ServiceFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, RemoteError
 /// What the node plugs into the link: it answers requests and receives datagrams and events.
 pub trait Service: Send + Sync + 'static {
     /// Answers one request from a member.
-    fn call(&self, from: SocketAddr, method: &str, body: Bytes) -> ServiceFuture;
+    fn call(&self, from: Peer, method: &str, body: Bytes) -> ServiceFuture;
     /// Answers the join request of a certificate-less peer.
     fn join(&self, peer: JoinPeer, body: Bytes) -> ServiceFuture;
     /// A datagram from a member. Must not block.
-    fn datagram(&self, from: SocketAddr, data: Bytes);
+    fn datagram(&self, from: &Peer, data: Bytes);
     /// A link came up or went down. Must not block.
     fn event(&self, event: LinkEvent);
     /// True if `method` takes its body as a stream (see [`Service::stream`]).
@@ -153,7 +164,7 @@ pub trait Service: Send + Sync + 'static {
     /// Serves a streaming method: the header has been read, the rest of `recv` is the body.
     fn stream(
         &self,
-        _from: SocketAddr,
+        _from: Peer,
         _method: &str,
         _send: SendStream,
         _recv: RecvStream,
@@ -180,6 +191,8 @@ struct Inner {
     service: Arc<dyn Service>,
     conns: Mutex<HashMap<SocketAddr, Slot>>,
     pending_datagrams: Arc<Semaphore>,
+    /// Node ids whose connections are refused (nodes removed from the cluster).
+    refused: std::sync::RwLock<std::collections::HashSet<String>>,
 }
 
 /// The transport of one node. Cheap to clone.
@@ -284,6 +297,7 @@ impl Link {
             service,
             conns: Mutex::new(HashMap::new()),
             pending_datagrams: Arc::new(Semaphore::new(PENDING_DATAGRAMS_MAX)),
+            refused: Default::default(),
         });
         tokio::spawn(accept_loop(inner.clone()));
         Ok(Link { inner })
@@ -437,6 +451,43 @@ impl Link {
         }
     }
 
+    /// Refuses the nodes `node_ids` from now on (replacing the previous set): their open
+    /// connections are closed, and a connection from or to one of them is closed as soon as its
+    /// handshake names it.
+    pub fn refuse(&self, node_ids: impl IntoIterator<Item = String>) {
+        let refused: std::collections::HashSet<String> = node_ids.into_iter().collect();
+        let closing: Vec<(SocketAddr, Option<String>)> = {
+            let mut conns = self.inner.lock_conns();
+            let addrs: Vec<SocketAddr> = conns
+                .iter()
+                .filter(|(_, slot)| matches!(slot, Slot::Ready { peer_id: Some(id), .. } if refused.contains(id)))
+                .map(|(addr, _)| *addr)
+                .collect();
+            addrs
+                .into_iter()
+                .filter_map(|addr| match conns.remove(&addr) {
+                    Some(Slot::Ready { conn, peer_id, .. }) => {
+                        conn.close(REFUSED_CODE.into(), b"node removed from the cluster");
+                        Some((addr, peer_id))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        *self
+            .inner
+            .refused
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = refused;
+        for (addr, peer_id) in closing {
+            self.inner.service.event(LinkEvent::Down {
+                addr,
+                peer_id,
+                reason: "closed: node removed from the cluster".into(),
+            });
+        }
+    }
+
     /// Closes every connection and stops accepting; waits briefly for peers to be told.
     pub async fn shutdown(&self) {
         self.inner.endpoint.close(0u32.into(), b"shutdown");
@@ -498,11 +549,8 @@ impl Inner {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {:?}", self.cfg.connect_timeout)),
         };
-        match result {
-            Ok(conn) => {
-                self.clone().adopt(conn.clone());
-                Ok(conn)
-            }
+        match result.and_then(|conn| self.clone().adopt(conn.clone()).map(|()| conn)) {
+            Ok(conn) => Ok(conn),
             Err(e) => {
                 metrics::counter!("noodle_link_connect_failures_total").increment(1);
                 let mut conns = self.lock_conns();
@@ -514,11 +562,31 @@ impl Inner {
         }
     }
 
-    /// Makes `conn` the connection for its peer address and serves it until it closes.
-    fn adopt(self: Arc<Self>, conn: Connection) {
+    fn is_refused(&self, node_id: &str) -> bool {
+        self.refused
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(node_id)
+    }
+
+    /// Makes `conn` the connection for its peer address and serves it until it closes; closes
+    /// it instead when its certificate names no node or a refused one.
+    fn adopt(self: Arc<Self>, conn: Connection) -> Result<(), String> {
         let addr = conn.remote_address();
         let kx_group = kx_group_of(&conn);
-        let peer_id = peer_id_of(&conn);
+        let Some(node_id) = peer_id_of(&conn) else {
+            metrics::counter!("noodle_link_unauthenticated_total").increment(1);
+            conn.close(REFUSED_CODE.into(), b"certificate names no node");
+            return Err(format!("{addr}: its certificate names no node"));
+        };
+        if self.is_refused(&node_id) {
+            metrics::counter!("noodle_link_refused_total").increment(1);
+            conn.close(REFUSED_CODE.into(), b"node removed from the cluster");
+            return Err(format!(
+                "{addr}: node {node_id} was removed from the cluster"
+            ));
+        }
+        let peer_id = Some(node_id.clone());
         let was_up = {
             let mut conns = self.lock_conns();
             let was_up = matches!(conns.get(&addr), Some(Slot::Ready { conn, .. }) if conn.close_reason().is_none());
@@ -539,22 +607,28 @@ impl Inner {
                 kx_group,
             });
         }
-        tokio::spawn(self.drive(conn));
+        // A refusal that raced with this handshake: refuse() may have run between the check
+        // above and the insert.
+        if self.is_refused(&node_id) {
+            conn.close(REFUSED_CODE.into(), b"node removed from the cluster");
+        }
+        tokio::spawn(self.drive(conn, Peer { addr, node_id }));
+        Ok(())
     }
 
     /// Serves requests and datagrams arriving on `conn` until it closes.
-    async fn drive(self: Arc<Self>, conn: Connection) {
-        let addr = conn.remote_address();
+    async fn drive(self: Arc<Self>, conn: Connection, peer: Peer) {
+        let addr = peer.addr;
         let reason = loop {
             tokio::select! {
                 stream = conn.accept_bi() => match stream {
                     Ok((send, recv)) => {
-                        tokio::spawn(self.clone().serve_stream(addr, send, recv));
+                        tokio::spawn(self.clone().serve_stream(peer.clone(), send, recv));
                     }
                     Err(e) => break e,
                 },
                 datagram = conn.read_datagram() => match datagram {
-                    Ok(data) => self.service.datagram(addr, data),
+                    Ok(data) => self.service.datagram(&peer, data),
                     Err(e) => break e,
                 },
             }
@@ -577,12 +651,7 @@ impl Inner {
         }
     }
 
-    async fn serve_stream(
-        self: Arc<Self>,
-        from: SocketAddr,
-        mut send: SendStream,
-        mut recv: RecvStream,
-    ) {
+    async fn serve_stream(self: Arc<Self>, from: Peer, mut send: SendStream, mut recv: RecvStream) {
         let header = async {
             let mut len = [0u8; 2];
             recv.read_exact(&mut len)
@@ -598,7 +667,7 @@ impl Inner {
             Ok(Ok(h)) => h,
             Ok(Err(e)) => {
                 metrics::counter!("noodle_link_bad_frames_total").increment(1);
-                tracing::debug!(%from, error = %e, "dropping malformed request");
+                tracing::debug!(from = %from.addr, error = %e, "dropping malformed request");
                 let reply = frame::encode_response(&Err(RemoteError::new(
                     RemoteError::BAD_REQUEST,
                     e.to_string(),
@@ -682,7 +751,11 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
         }
     };
     match alpn_of(&conn).as_deref() {
-        Some(ALPN_CLUSTER) if conn.peer_identity().is_some() => inner.adopt(conn),
+        Some(ALPN_CLUSTER) if conn.peer_identity().is_some() => {
+            if let Err(why) = inner.adopt(conn) {
+                tracing::debug!(%remote, %why, "member connection refused");
+            }
+        }
         Some(ALPN_CLUSTER) => {
             metrics::counter!("noodle_link_unauthenticated_total").increment(1);
             tracing::debug!(%remote, "refusing member connection without a certificate");

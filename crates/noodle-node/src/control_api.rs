@@ -18,8 +18,8 @@ use noodle_caps::{Policy, Quota, Request, Right, TokenSpec};
 use noodle_control::{Command, Response as Applied};
 use noodle_host::api::{ApiResult, Refusal, Routes, bad_request, check, control_error, parse_body};
 use noodle_host::{Actor, Authz, Caller, Permission, RunningSubsystem};
+use noodle_link::Peer;
 use noodle_link::{RemoteError, ServiceFuture};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,7 +45,7 @@ impl RunningSubsystem for ControlApi {
         &["raft.", "control."]
     }
 
-    fn call(&self, _from: SocketAddr, method: &str, body: Bytes) -> ServiceFuture {
+    fn call(&self, _from: Peer, method: &str, body: Bytes) -> ServiceFuture {
         let control = self.plane.control.clone();
         let method = method.to_string();
         Box::pin(async move {

@@ -7,10 +7,10 @@ use crate::membership::{GOSSIP_SYNC, MembershipInput};
 use bytes::Bytes;
 use noodle_api::EventKind;
 use noodle_host::{EventBus, RunningSubsystem};
+use noodle_link::Peer;
 use noodle_link::{
     JoinPeer, LinkEvent, RecvStream, RemoteError, SendStream, Service, ServiceFuture,
 };
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use tokio::sync::mpsc;
 
@@ -65,7 +65,7 @@ fn starting() -> RemoteError {
 }
 
 impl Service for NodeService {
-    fn call(&self, from: SocketAddr, method: &str, body: Bytes) -> ServiceFuture {
+    fn call(&self, from: Peer, method: &str, body: Bytes) -> ServiceFuture {
         let Some(d) = self.dispatch.get() else {
             return Box::pin(async { Err(starting()) });
         };
@@ -93,7 +93,7 @@ impl Service for NodeService {
         Box::pin(async move { admitter.handle(&peer, &body).await })
     }
 
-    fn datagram(&self, _from: SocketAddr, data: Bytes) {
+    fn datagram(&self, _from: &Peer, data: Bytes) {
         if let Some(d) = self.dispatch.get()
             && d.membership
                 .try_send(MembershipInput::Datagram(data))
@@ -138,7 +138,7 @@ impl Service for NodeService {
 
     fn stream(
         &self,
-        from: SocketAddr,
+        from: Peer,
         method: &str,
         send: SendStream,
         recv: RecvStream,

@@ -2,11 +2,11 @@
 #![allow(clippy::unwrap_used)]
 
 use bytes::Bytes;
+use noodle_link::Peer;
 use noodle_link::{
     JoinPeer, Link, LinkConfig, LinkEvent, RemoteError, Service, ServiceFuture, TlsMaterial,
 };
 use noodle_security::{CLUSTER_SERVER_NAME, ClusterCa, NodeKey};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,11 +17,12 @@ struct Echo {
 }
 
 impl Service for Echo {
-    fn call(&self, _from: SocketAddr, method: &str, body: Bytes) -> ServiceFuture {
+    fn call(&self, from: Peer, method: &str, body: Bytes) -> ServiceFuture {
         let method = method.to_string();
         Box::pin(async move {
             match method.as_str() {
                 "echo" => Ok(body.to_vec()),
+                "whoami" => Ok(from.node_id.into_bytes()),
                 _ => Err(RemoteError::new(RemoteError::NOT_FOUND, "no such method")),
             }
         })
@@ -33,7 +34,7 @@ impl Service for Echo {
             Ok(out)
         })
     }
-    fn datagram(&self, _from: SocketAddr, data: Bytes) {
+    fn datagram(&self, _from: &Peer, data: Bytes) {
         self.datagrams.lock().unwrap().push(data);
     }
     fn event(&self, event: LinkEvent) {
@@ -97,6 +98,47 @@ async fn request_response_datagrams_and_pq_key_exchange() {
 
     let err = a.request(b.local_addr(), "nope", b"").await.unwrap_err();
     assert!(err.to_string().contains("no such method"), "{err}");
+}
+
+/// A handler learns the node id the caller's certificate names; a node this link refuses (one
+/// removed from the cluster) is cut off at once, cannot connect again in either direction, and
+/// is let in again only when the refusal is lifted.
+#[tokio::test]
+async fn a_refused_node_is_cut_off_in_both_directions() {
+    let ca = ClusterCa::generate("it").unwrap();
+    let (a, a_svc) = node(&ca, "a");
+    let (b, _) = node(&ca, "b");
+    let (c, _) = node(&ca, "c");
+    let who = b.request(a.local_addr(), "whoami", b"").await.unwrap();
+    assert_eq!(&who[..], b"b");
+    c.request(a.local_addr(), "echo", b"hi").await.unwrap();
+
+    a.refuse(["b".to_string()]);
+    assert!(
+        a.links().iter().all(|l| l.peer_id.as_deref() != Some("b")),
+        "{:?}",
+        a.links()
+    );
+    assert!(a_svc.events.lock().unwrap().iter().any(|e| matches!(
+        e,
+        LinkEvent::Down { peer_id: Some(id), reason, .. } if id == "b" && reason.contains("removed")
+    )));
+    let err = b.request(a.local_addr(), "echo", b"hi").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            noodle_link::LinkError::Connect { .. } | noodle_link::LinkError::Connection { .. }
+        ),
+        "{err}"
+    );
+    let err = a.request(b.local_addr(), "echo", b"hi").await.unwrap_err();
+    assert!(err.to_string().contains("removed from the cluster"), "{err}");
+    // Others are untouched.
+    c.request(a.local_addr(), "echo", b"hi").await.unwrap();
+
+    a.refuse(Vec::new());
+    let who = b.request(a.local_addr(), "whoami", b"").await.unwrap();
+    assert_eq!(&who[..], b"b");
 }
 
 #[tokio::test]

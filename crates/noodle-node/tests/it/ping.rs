@@ -16,9 +16,9 @@ use noodle_host::api::{ApiResult, Refusal, check, control_error};
 use noodle_host::{
     Caller, Host, Panel, Permission, RunningSubsystem, StartError, Subsystem, SubsystemFuture,
 };
+use noodle_link::Peer;
 use noodle_link::ServiceFuture;
 use noodle_node::{NodeConfig, RunningNode};
-use std::net::SocketAddr;
 use std::path::Path as FsPath;
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,14 +82,14 @@ impl RunningSubsystem for Running {
     fn rpc_prefixes(&self) -> &'static [&'static str] {
         &["ping."]
     }
-    fn call(&self, from: SocketAddr, method: &str, body: Bytes) -> ServiceFuture {
+    fn call(&self, from: Peer, method: &str, body: Bytes) -> ServiceFuture {
         if method != ECHO {
             return noodle_host::not_found(method);
         }
         self.host.events.emit(
             RECEIVED,
             &self.host.node_id,
-            format!("{} bytes from {from}", body.len()),
+            format!("{} bytes from {}", body.len(), from.node_id),
         );
         let mut echo = body.to_vec();
         echo.reverse();
@@ -276,10 +276,15 @@ async fn a_subsystem_from_outside_the_node_registers_rpc_route_event_and_state()
         assert!(kinds.contains(&"node_joined".to_string()), "{kinds:?}");
     }
     let events = admin_b.events().await.expect("events");
-    assert_eq!(
-        events.iter().filter(|e| e.kind == RECEIVED).count(),
-        2,
-        "{events:?}"
+    let received: Vec<_> = events.iter().filter(|e| e.kind == RECEIVED).collect();
+    assert_eq!(received.len(), 2, "{events:?}");
+    // The handler learns the caller's verified node id, not just its address.
+    let a_id = a.node_id().to_string();
+    assert!(
+        received
+            .iter()
+            .all(|e| e.detail.ends_with(&format!("from {a_id}"))),
+        "{received:?}"
     );
     // The state machine: the count is replicated to b.
     eventually("the count replicated to b", async || {
