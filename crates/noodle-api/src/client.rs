@@ -106,6 +106,16 @@ impl Client {
             .await
     }
 
+    /// Removes a node from the cluster for good; `node` is its id or its (unique) name.
+    pub async fn remove_node(&self, node: &str) -> Result<crate::RemovedNode, ClientError> {
+        self.send_json::<(), _>(
+            reqwest::Method::POST,
+            &format!("/v1/nodes/{node}/remove"),
+            None,
+        )
+        .await
+    }
+
     /// A one-time dashboard login link (the local admin only).
     pub async fn dashboard_link(&self) -> Result<crate::DashboardLink, ClientError> {
         self.send_json::<(), _>(reqwest::Method::POST, "/v1/dashboard/code", None)

@@ -207,6 +207,13 @@ pub struct TokenResponse {
     pub seeds: Vec<String>,
 }
 
+/// A node removed from the cluster (`POST /v1/nodes/{node}/remove`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RemovedNode {
+    pub id: String,
+    pub name: String,
+}
+
 /// A join token the cluster still accepts (`GET /v1/tokens`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct JoinTokenInfo {
@@ -241,6 +248,7 @@ impl EventKind {
     pub const LINK_DOWN: EventKind = EventKind::new("link_down");
     pub const JOIN_ADMITTED: EventKind = EventKind::new("join_admitted");
     pub const JOIN_REFUSED: EventKind = EventKind::new("join_refused");
+    pub const NODE_REMOVED: EventKind = EventKind::new("node_removed");
 
     /// A kind named `name` (lower-case words joined by `_`, starting with the subsystem's).
     pub const fn new(name: &'static str) -> EventKind {

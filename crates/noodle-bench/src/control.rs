@@ -27,6 +27,7 @@ pub(crate) struct Samples {
     pub(crate) batched_per_s: Vec<f64>,
     pub(crate) authorisations_per_s: Vec<f64>,
     pub(crate) revocation_ms: Vec<f64>,
+    pub(crate) removal_ms: Vec<f64>,
 }
 
 /// Proposals in flight at once in the batched run.
@@ -196,22 +197,28 @@ async fn bench(dir: &Path, s: Sizes) -> Result<Samples, BenchError> {
     let mut revocation_ms = Vec::with_capacity(s.revocations);
     for r in 0..s.revocations {
         let id = format!("bench-revoked-{r}");
-        let t = Instant::now();
-        leader
-            .propose(Proposal::new(Command::Revoke { id: id.clone() }))
-            .await?;
-        for follower in &controls[1..] {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !follower.read_local(|v| v.is_revoked(&id))? {
-                if Instant::now() >= deadline {
-                    return Err(BenchError::Failed(format!(
-                        "revocation {id} did not reach every member"
-                    )));
-                }
-                tokio::time::sleep(Duration::from_micros(200)).await;
-            }
-        }
-        revocation_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        revocation_ms.push(
+            everywhere(&controls, Command::Revoke { id: id.clone() }, |v| {
+                v.is_revoked(&id)
+            })
+            .await?,
+        );
+    }
+    // A node removal, until every other member has applied it: each node refuses the removed
+    // node's links on the same wake-up (`noodle-node`'s `removal::enforce`).
+    let mut removal_ms = Vec::with_capacity(s.revocations);
+    for r in 0..s.revocations {
+        let node_id = format!("bench-removed-{r}");
+        removal_ms.push(
+            everywhere(
+                &controls,
+                Command::RemoveNode {
+                    node_id: node_id.clone(),
+                },
+                |v| Ok(v.removed_nodes()?.contains(&node_id)),
+            )
+            .await?,
+        );
     }
 
     for c in &controls {
@@ -225,5 +232,29 @@ async fn bench(dir: &Path, s: Sizes) -> Result<Samples, BenchError> {
         batched_per_s,
         authorisations_per_s,
         revocation_ms,
+        removal_ms,
     })
+}
+
+/// Proposes `command` through the first member (the leader) and waits until every other member
+/// has applied it (`applied` holds in its local state); returns how long that took, in ms.
+async fn everywhere(
+    controls: &[Control],
+    command: Command,
+    applied: impl Fn(&noodle_control::StateView) -> Result<bool, noodle_control::DbError>,
+) -> Result<f64, BenchError> {
+    let t = Instant::now();
+    controls[0].propose(Proposal::new(command)).await?;
+    for follower in &controls[1..] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !follower.read_local(&applied)? {
+            if Instant::now() >= deadline {
+                return Err(BenchError::Failed(
+                    "a write did not reach every member within 10 s".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e3)
 }

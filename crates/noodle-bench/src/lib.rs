@@ -260,6 +260,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
             None,
         ),
         row("revocation_everywhere", "ms", control.revocation_ms, None),
+        row("node_remove_everywhere", "ms", control.removal_ms, None),
         row("run_true_latency", "ms", jobs.run_true_ms, None),
         row("tiny_jobs_per_node", "jobs/s", jobs.jobs_per_s, None),
     ];

@@ -745,9 +745,17 @@ impl Control {
             return Ok(());
         }
         let membership = m.membership_config.membership().clone();
+        // Removed nodes (`noodle node remove`) are never added again and leave at once.
+        let removed = self.read_local(|v| v.removed_nodes())?;
+        let removed_ids: BTreeSet<RaftId> = membership
+            .nodes()
+            .filter(|(_, m)| removed.contains(m.node()))
+            .map(|(id, _)| *id)
+            .collect();
         // Ordered: learners are added in this order, and a simulation seed must replay it.
         let alive: BTreeMap<RaftId, &PeerHealth> = peers
             .iter()
+            .filter(|p| !removed.contains(p.member.node()))
             .map(|p| (raft_id(&p.member.node_id), p))
             .collect();
         let my_id = raft_id(&self.inner.me.node_id);
@@ -796,6 +804,7 @@ impl Control {
             .nodes()
             .filter(|(_, m)| current.get(m.node()).is_some_and(|now| *now != m.node_id))
             .map(|(id, _)| *id)
+            .chain(removed_ids.iter().copied())
             .collect();
 
         let now = Instant::now();
@@ -846,7 +855,7 @@ impl Control {
         let mut next: BTreeSet<RaftId> = voters.difference(&long_dead).copied().collect();
         next.extend(candidates.into_iter().take(want.saturating_sub(next.len())));
         // A dead voter leaves only when a replacement takes its place: never shrink.
-        for id in &long_dead {
+        for id in long_dead.difference(&removed_ids) {
             if next.len() >= voters.len().min(want) {
                 break;
             }

@@ -36,6 +36,7 @@ use std::collections::{BTreeMap, HashMap};
 const CONFIG: &[u8] = b"c/";
 const REGISTER: &[u8] = b"r/";
 const REVOKED: &[u8] = b"v/";
+const REMOVED: &[u8] = b"x/";
 const POLICY: &[u8] = b"p/";
 const NODE: &[u8] = b"n/";
 const AUDIT: &[u8] = b"a/";
@@ -331,6 +332,7 @@ fn apply_command(
             }
         }
         Command::Revoke { id } => put(t, key(REVOKED, id.as_bytes()), &[])?,
+        Command::RemoveNode { node_id } => put(t, key(REMOVED, node_id.as_bytes()), &[])?,
         Command::PolicySet { name, source } => {
             let k = key(POLICY, name.as_bytes());
             let count = t
@@ -478,6 +480,11 @@ impl StateView {
 
     pub fn revoked(&self) -> Result<Vec<String>, DbError> {
         Ok(self.names(REVOKED)?.into_iter().map(|(k, _)| k).collect())
+    }
+
+    /// The nodes removed from the cluster (their base node ids).
+    pub fn removed_nodes(&self) -> Result<std::collections::BTreeSet<String>, DbError> {
+        Ok(self.names(REMOVED)?.into_iter().map(|(k, _)| k).collect())
     }
 
     /// Policies as (name, Datalog source), by name.

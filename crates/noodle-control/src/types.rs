@@ -143,6 +143,9 @@ pub enum Command {
     /// A subsystem's command, applied by its [`crate::StateMachine`] (jobs, later the
     /// fabric's metadata). This variant replaced `Job` at the same place in format 2.
     Machine { name: String, command: Vec<u8> },
+    /// Removes a node from the cluster for good (`noodle node remove`): every member refuses
+    /// its links, and it leaves the Raft membership.
+    RemoveNode { node_id: String },
 }
 
 /// The state machine's answer to one proposal.
@@ -260,6 +263,9 @@ impl Command {
             }
             Command::Revoke { id } if id.is_empty() || id.len() > 256 => {
                 Err("revocation id must be 1 to 256 characters".into())
+            }
+            Command::RemoveNode { node_id } if node_id.is_empty() || node_id.len() > 128 => {
+                Err("a node id must be 1 to 128 characters".into())
             }
             Command::Batch(ps) => {
                 if ps.iter().any(|p| matches!(p.command, Command::Batch(_))) {

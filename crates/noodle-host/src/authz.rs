@@ -28,6 +28,8 @@ impl Permission {
     pub const CLUSTER_READ: Permission = Permission::new("cluster", "read");
     /// Minting join tokens.
     pub const CLUSTER_ADMIT: Permission = Permission::new("cluster", "admit");
+    /// Removing a node from the cluster.
+    pub const CLUSTER_REMOVE: Permission = Permission::new("cluster", "remove");
     pub const CONFIG_READ: Permission = Permission::new("config", "read");
     pub const CONFIG_WRITE: Permission = Permission::new("config", "write");
     pub const CAP_CREATE: Permission = Permission::new("cap", "create");

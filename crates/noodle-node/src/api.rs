@@ -88,6 +88,7 @@ pub(crate) async fn serve(state: AppState, listener: tokio::net::TcpListener) {
         .route("/v1/routes", get(routes))
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{id}", delete(revoke_token))
+        .route("/v1/nodes/{node}/remove", post(remove_node))
         .route("/v1/events", get(events))
         .route("/v1/events/kinds", get(event_kinds))
         .route("/v1/events/stream", get(events_stream))
@@ -387,6 +388,21 @@ async fn revoke_token(
                 "no join token {id} (it was used up, revoked or never made; see `noodle token ls`)"
             ),
         )),
+    }
+}
+
+async fn remove_node(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(node): Path<String>,
+) -> ApiResult {
+    let actor = state.check(&caller, Permission::CLUSTER_REMOVE, "node.remove", &node)?;
+    use crate::removal::RemoveError as E;
+    match crate::removal::remove(&state.cluster, &state.authz, &actor, &node).await {
+        Ok(removed) => Ok(Json(removed).into_response()),
+        Err(E::Invalid(why)) => Err(Refusal::new(StatusCode::BAD_REQUEST, why)),
+        Err(E::NotFound(why)) => Err(Refusal::new(StatusCode::NOT_FOUND, why)),
+        Err(E::Control(e)) => Err(control_error(e)),
     }
 }
 

@@ -12,6 +12,15 @@ struct View {
     table: NodeTable,
     /// Latest membership snapshot: one entry per node id (newest incarnation).
     members: HashMap<String, (MemberId, NodeState)>,
+    /// Nodes removed from the cluster: their entries are dropped and never taken again.
+    removed: HashSet<String>,
+}
+
+impl View {
+    fn merge(&mut self, mut entries: Vec<NodeInfo>) {
+        entries.retain(|e| !self.removed.contains(&e.id));
+        self.table.merge(entries);
+    }
 }
 
 /// This node's view of the cluster.
@@ -33,6 +42,7 @@ impl ClusterState {
             view: Mutex::new(View {
                 table: NodeTable::new(me),
                 members: HashMap::new(),
+                removed: HashSet::new(),
             }),
         }
     }
@@ -63,20 +73,33 @@ impl ClusterState {
     pub(crate) fn exchange(&self, theirs: Vec<NodeInfo>) -> Vec<NodeInfo> {
         let mut view = self.lock();
         let answer = view.table.newer_than(&theirs);
-        view.table.merge(theirs);
+        view.merge(theirs);
         answer
     }
 
     pub(crate) fn merge(&self, entries: Vec<NodeInfo>) {
-        self.lock().table.merge(entries);
+        self.lock().merge(entries);
+    }
+
+    /// Forgets the nodes in `removed` (the control plane's list) and refuses their entries
+    /// from now on.
+    pub(crate) fn set_removed(&self, removed: &std::collections::BTreeSet<String>) {
+        let mut view = self.lock();
+        for id in removed {
+            view.table.remove(id);
+            view.members.remove(id);
+        }
+        view.removed = removed.iter().cloned().collect();
     }
 
     pub(crate) fn entries(&self) -> Vec<NodeInfo> {
         self.lock().table.entries()
     }
 
-    pub(crate) fn set_members(&self, members: HashMap<String, (MemberId, NodeState)>) {
-        self.lock().members = members;
+    pub(crate) fn set_members(&self, mut members: HashMap<String, (MemberId, NodeState)>) {
+        let mut view = self.lock();
+        members.retain(|id, _| !view.removed.contains(id));
+        view.members = members;
     }
 
     /// Members in a state `keep` accepts: (node id, cluster address), by id.

@@ -17,6 +17,7 @@ mod datadir;
 mod join;
 mod membership;
 mod node;
+mod removal;
 mod service;
 mod session;
 

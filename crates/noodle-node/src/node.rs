@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 const SOFTWARE: &str = concat!("noodle ", env!("CARGO_PKG_VERSION"));
 /// The node's own event kinds.
-const EVENT_KINDS: [EventKind; 9] = [
+const EVENT_KINDS: [EventKind; 10] = [
     EventKind::NODE_STARTED,
     EventKind::NODE_JOINED,
     EventKind::NODE_SUSPECTED,
@@ -35,6 +35,7 @@ const EVENT_KINDS: [EventKind; 9] = [
     EventKind::LINK_DOWN,
     EventKind::JOIN_ADMITTED,
     EventKind::JOIN_REFUSED,
+    EventKind::NODE_REMOVED,
 ];
 
 /// How a node is started (`noodle up`).
@@ -413,6 +414,12 @@ pub async fn start(
         cluster.node_id.clone(),
     ));
     tokio::spawn(crate::control::upkeep_loop(cluster.clone(), plane.clone()));
+    tokio::spawn(crate::removal::enforce(
+        plane.clone(),
+        link.clone(),
+        cluster.clone(),
+        events.clone(),
+    ));
 
     // Membership.
     let me_id = MemberId {

@@ -61,6 +61,9 @@ enum Command {
     /// Join tokens for other machines.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Nodes of the cluster.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// The cluster as one machine.
     Status {
         #[arg(long)]
@@ -202,6 +205,17 @@ enum TokenCommand {
     Revoke {
         /// The token's id (from `noodle token ls` or `token create --json`).
         id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCommand {
+    /// Evict a node for good: every node refuses its links, and it leaves the control plane.
+    Remove {
+        /// The node's id, or a name only one node has.
+        node: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -429,6 +443,19 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Audit(a) => control_cli::audit(client, a).await,
         Command::Up(args) => up(data_dir, *args).await,
         Command::Token(command) => join_token(client()?, command).await,
+        Command::Node(NodeCommand::Remove { node, json }) => {
+            let removed = client()?.remove_node(&node).await?;
+            if json {
+                outln!("{}", serde_json::to_string_pretty(&removed)?);
+            } else {
+                outln!(
+                    "removed node {} ({}): every node refuses its links",
+                    removed.id,
+                    removed.name
+                );
+            }
+            Ok(0)
+        }
         Command::Status { json } => {
             let report = client()?.status().await?;
             if json {

@@ -132,7 +132,10 @@ async fn a_refused_node_is_cut_off_in_both_directions() {
         "{err}"
     );
     let err = a.request(b.local_addr(), "echo", b"hi").await.unwrap_err();
-    assert!(err.to_string().contains("removed from the cluster"), "{err}");
+    assert!(
+        err.to_string().contains("removed from the cluster"),
+        "{err}"
+    );
     // Others are untouched.
     c.request(a.local_addr(), "echo", b"hi").await.unwrap();
 

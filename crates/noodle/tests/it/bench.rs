@@ -28,6 +28,7 @@ fn quick_bench_prints_link_and_limit_rows() {
         ("cap_authorisations", "authorisations/s", false),
         ("run_true_latency", "ms", false),
         ("revocation_everywhere", "ms", false),
+        ("node_remove_everywhere", "ms", false),
         ("tiny_jobs_per_node", "jobs/s", false),
         ("job_spawn_sandboxed", "us", true),
         ("job_spawn_plain", "us", false),

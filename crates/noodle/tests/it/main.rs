@@ -9,6 +9,7 @@ mod control;
 mod dashboard;
 mod jobs;
 mod netns;
+mod removal;
 mod routes;
 mod sandbox;
 mod support;
