@@ -40,10 +40,10 @@ struct RaftService {
 }
 
 impl Service for RaftService {
-    fn call(&self, _from: Peer, method: &str, body: Bytes) -> ServiceFuture {
+    fn call(&self, from: Peer, method: &str, body: Bytes) -> ServiceFuture {
         let control = self.control.get().cloned();
         let method = method.to_string();
-        Box::pin(async move { serve_control(control.as_ref(), &method, &body).await })
+        Box::pin(async move { serve_control(control.as_ref(), &from, &method, &body).await })
     }
     fn join(&self, _peer: JoinPeer, _body: Bytes) -> ServiceFuture {
         Box::pin(async { Err(RemoteError::new(RemoteError::FORBIDDEN, "bench")) })
@@ -55,6 +55,7 @@ impl Service for RaftService {
 /// Answers a member's control-plane request (`None` while the member starts).
 async fn serve_control(
     control: Option<&Control>,
+    from: &Peer,
     method: &str,
     body: &[u8],
 ) -> Result<Vec<u8>, RemoteError> {
@@ -64,9 +65,12 @@ async fn serve_control(
             "control plane is starting",
         ));
     };
-    control.serve(method, body).await.ok_or_else(|| {
-        RemoteError::new(RemoteError::NOT_FOUND, format!("unknown method `{method}`"))
-    })
+    control
+        .serve(&from.node_id, method, body)
+        .await
+        .ok_or_else(|| {
+            RemoteError::new(RemoteError::NOT_FOUND, format!("unknown method `{method}`"))
+        })
 }
 
 fn set(i: usize) -> Proposal {

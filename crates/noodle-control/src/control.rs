@@ -261,6 +261,7 @@ impl Running {
     ) -> Result<Running, ControlError> {
         let network = Network {
             transport: transport.clone(),
+            me: me.node_id.clone(),
         };
         let raft = Raft::new(
             raft_id(&me.node_id),
@@ -460,8 +461,9 @@ impl Control {
 
     /// Answers a control-plane request from a peer; `None` if `method` is not a control-plane
     /// method.
-    pub async fn serve(&self, method: &str, body: &[u8]) -> Option<Vec<u8>> {
-        network::serve(self, method, body).await
+    /// `caller` is the node the transport authenticated (the node id in its certificate).
+    pub async fn serve(&self, caller: &str, method: &str, body: &[u8]) -> Option<Vec<u8>> {
+        network::serve(self, caller, method, body).await
     }
 
     /// True for the request methods [`Control::serve`] answers.

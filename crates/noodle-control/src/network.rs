@@ -5,7 +5,7 @@
 //! method names and postcard bodies, and answers them on the receiving side ([`serve`]).
 
 use crate::control::WireError;
-use crate::types::{Member, RaftId, TypeConfig};
+use crate::types::{Member, RaftId, TypeConfig, base_node_id, raft_id};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -53,12 +53,15 @@ pub trait Transport: Send + Sync + 'static {
 
 pub(crate) struct Network {
     pub(crate) transport: Arc<dyn Transport>,
+    /// This member's id (with its incarnation), which every Raft message names as its sender.
+    pub(crate) me: String,
 }
 
 pub(crate) struct Peer {
     transport: Arc<dyn Transport>,
     target: RaftId,
     member: Member,
+    me: String,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -69,6 +72,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             transport: self.transport.clone(),
             target,
             member: node.clone(),
+            me: self.me.clone(),
         }
     }
 }
@@ -89,8 +93,9 @@ impl Peer {
     {
         // The request names the member it is for: an address can come to belong to another
         // node, or to a new incarnation of the same one, and Raft must never take that answer
-        // for the old member's.
-        let body = postcard::to_allocvec(&(&self.member.node_id, req))
+        // for the old member's. It names its sender too, which the receiver checks against the
+        // node the transport authenticated.
+        let body = postcard::to_allocvec(&(&self.member.node_id, &self.me, req))
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let answer = self
             .transport
@@ -148,35 +153,81 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_allocvec(v).unwrap_or_default()
 }
 
-/// Decodes a Raft request and checks that it is addressed to `me`, not to another member that
-/// used to have this address.
-fn raft_request<T: DeserializeOwned>(me: &str, body: &[u8]) -> Result<T, WireError> {
-    let (target, req): (String, T) = decode(body)?;
+/// Decodes a Raft request and checks who may send it:
+///
+/// - it is addressed to this member, not to another that used to have this address;
+/// - its sender is a member of the node `caller` (the node the transport authenticated: the
+///   name in its certificate), so no node speaks for another;
+/// - the leader or candidate the request claims to come from (`claimed`) is that sender;
+/// - the sender is a voter of this member's membership. Only a member that knows no membership
+///   yet (a new node before its first entries) takes a leader's word for it.
+fn raft_request<T: DeserializeOwned>(
+    control: &crate::Control,
+    caller: &str,
+    body: &[u8],
+    claimed: impl Fn(&T) -> Option<RaftId>,
+) -> Result<T, WireError> {
+    let me = control.me().node_id.as_str();
+    let (target, sender, req): (String, String, T) = decode(body)?;
     if target != me {
         return Err(WireError::Rejected(format!(
             "this address now belongs to control-plane member {me}, not {target}"
         )));
     }
+    let refuse = |why: String| {
+        metrics::counter!("noodle_control_refused_messages_total").increment(1);
+        tracing::debug!(%caller, %sender, %why, "refusing a Raft message");
+        Err(WireError::Rejected(why))
+    };
+    if base_node_id(&sender) != caller {
+        return refuse(format!("node {caller} may not speak for member {sender}"));
+    }
+    let sender_id = raft_id(&sender);
+    if claimed(&req) != Some(sender_id) {
+        return refuse(format!(
+            "member {sender} sent a message in another member's name"
+        ));
+    }
+    let metrics = control.raft().metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
+    let knows_membership = membership.nodes().next().is_some();
+    if knows_membership && !membership.voter_ids().any(|id| id == sender_id) {
+        return refuse(format!("member {sender} is not a voter"));
+    }
     Ok(req)
 }
 
-/// Answers one control-plane request from a peer. `None` if `method` is not ours.
-pub(crate) async fn serve(control: &crate::Control, method: &str, body: &[u8]) -> Option<Vec<u8>> {
+/// Answers one control-plane request from the node `caller` (authenticated by the transport).
+/// `None` if `method` is not ours.
+pub(crate) async fn serve(
+    control: &crate::Control,
+    caller: &str,
+    method: &str,
+    body: &[u8],
+) -> Option<Vec<u8>> {
     let raft = control.raft();
-    let me = control.me().node_id.as_str();
     Some(match method {
-        APPEND => match raft_request::<AppendEntriesRequest<TypeConfig>>(me, body) {
-            Ok(req) => encode(&Ok::<_, WireError>(raft.append_entries(req).await)),
-            Err(e) => encode(&Err::<(), _>(e)),
-        },
-        VOTE => match raft_request::<VoteRequest<RaftId>>(me, body) {
-            Ok(req) => encode(&Ok::<_, WireError>(raft.vote(req).await)),
-            Err(e) => encode(&Err::<(), _>(e)),
-        },
-        SNAPSHOT => match raft_request::<InstallSnapshotRequest<TypeConfig>>(me, body) {
-            Ok(req) => encode(&Ok::<_, WireError>(raft.install_snapshot(req).await)),
-            Err(e) => encode(&Err::<(), _>(e)),
-        },
+        APPEND => {
+            let leader = |r: &AppendEntriesRequest<TypeConfig>| r.vote.leader_id().voted_for();
+            match raft_request(control, caller, body, leader) {
+                Ok(req) => encode(&Ok::<_, WireError>(raft.append_entries(req).await)),
+                Err(e) => encode(&Err::<(), _>(e)),
+            }
+        }
+        VOTE => {
+            let candidate = |r: &VoteRequest<RaftId>| r.vote.leader_id().voted_for();
+            match raft_request(control, caller, body, candidate) {
+                Ok(req) => encode(&Ok::<_, WireError>(raft.vote(req).await)),
+                Err(e) => encode(&Err::<(), _>(e)),
+            }
+        }
+        SNAPSHOT => {
+            let leader = |r: &InstallSnapshotRequest<TypeConfig>| r.vote.leader_id().voted_for();
+            match raft_request(control, caller, body, leader) {
+                Ok(req) => encode(&Ok::<_, WireError>(raft.install_snapshot(req).await)),
+                Err(e) => encode(&Err::<(), _>(e)),
+            }
+        }
         PROPOSE => match decode::<crate::Proposal>(body) {
             Ok(p) => encode(&control.propose_here(p).await),
             Err(e) => encode(&Err::<crate::Response, _>(e)),

@@ -15,7 +15,8 @@ struct Net {
     members: Mutex<HashMap<String, Control>>,
 }
 
-struct Via(Arc<Net>);
+/// The transport of the member of node `.1` (the caller every request it sends names).
+struct Via(Arc<Net>, String);
 
 impl Transport for Via {
     fn call(
@@ -31,6 +32,7 @@ impl Transport for Via {
             .lock()
             .ok()
             .and_then(|m| m.get(&to.addr).cloned());
+        let caller = self.1.clone();
         Box::pin(async move {
             let Some(c) = target else {
                 return Err(TransportError::Unreachable(format!(
@@ -38,7 +40,7 @@ impl Transport for Via {
                     to_string(method)
                 )));
             };
-            match tokio::time::timeout(timeout, c.serve(method, &body)).await {
+            match tokio::time::timeout(timeout, c.serve(&caller, method, &body)).await {
                 Ok(Some(answer)) => Ok(answer),
                 Ok(None) => Err(TransportError::Failed(format!("unknown method {method}"))),
                 Err(_) => Err(TransportError::Failed("timed out".into())),
@@ -133,7 +135,7 @@ impl Cluster {
             me.clone(),
             cfg(),
             store,
-            Arc::new(Via(self.net.clone())),
+            Arc::new(Via(self.net.clone(), me.node().to_string())),
             machines,
         )
         .await
@@ -329,11 +331,11 @@ async fn concurrent_proposals_are_group_committed_and_all_answered() {
     let with_id = |id: u128, p: Proposal| Proposal { id, ..p };
     let forwarded = postcard::to_allocvec(&with_id(7, cas(None, "fwd"))).expect("encode");
     let first = a
-        .serve("control.propose", &forwarded)
+        .serve("node-9", "control.propose", &forwarded)
         .await
         .expect("served");
     let again = a
-        .serve("control.propose", &forwarded)
+        .serve("node-9", "control.propose", &forwarded)
         .await
         .expect("served");
     assert_eq!(first, again);
@@ -344,8 +346,14 @@ async fn concurrent_proposals_are_group_committed_and_all_answered() {
         "{answer:?}"
     );
     let fresh = postcard::to_allocvec(&with_id(8, cas(Some("1"), "3"))).expect("encode");
-    let done = a.serve("control.propose", &fresh).await.expect("served");
-    let resent = a.serve("control.propose", &fresh).await.expect("served");
+    let done = a
+        .serve("node-9", "control.propose", &fresh)
+        .await
+        .expect("served");
+    let resent = a
+        .serve("node-9", "control.propose", &fresh)
+        .await
+        .expect("served");
     assert_eq!(done, resent, "a resent copy was applied again");
     let answer: Result<Response, noodle_control::WireError> =
         postcard::from_bytes(&done).expect("answer");
@@ -513,4 +521,101 @@ async fn proposal_ids_beyond_the_newest_kept_are_forgotten_oldest_first() {
         .await
         .expect("the oldest again");
     assert_eq!(counter(&a, "bulk"), batches * BATCH + 1);
+}
+
+/// Sends `req` as a raw Raft message to `to`, from the node `caller` (what the transport
+/// authenticated) naming `sender` as the member it comes from; the answer's error, if any.
+async fn raw_raft<T: serde::Serialize>(
+    to: &Control,
+    caller: &str,
+    method: &str,
+    sender: &str,
+    req: &T,
+) -> Result<(), noodle_control::WireError> {
+    let body = postcard::to_allocvec(&(&to.me().node_id, sender, req)).expect("encode");
+    let answer = to
+        .serve(caller, method, &body)
+        .await
+        .expect("a Raft method");
+    // An accepted message answers `Ok(<openraft's answer>)`; only the refusal matters here.
+    match postcard::from_bytes::<Result<(), noodle_control::WireError>>(&answer) {
+        Ok(Err(e)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// A member may not disturb Raft: a learner (what a stolen worker is) can neither lead nor
+/// call an election, and no member can send a message in another member's name. Each attempt
+/// is refused and changes neither term nor leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_messages_come_only_from_voters_speaking_for_themselves() {
+    use openraft::raft::{AppendEntriesRequest, VoteRequest};
+    use openraft::{CommittedLeaderId, LogId, Vote};
+    let cl = Cluster::new();
+    let a = cl.start(0).await;
+    a.initialize().await.expect("initialize");
+    let b = cl.start(1).await;
+    let _c = cl.start(2).await;
+    let _d = cl.start(3).await;
+    let before = cl
+        .settle(4, |s| s.voters.len() == 3 && s.learners.len() == 1)
+        .await;
+    let learner = before.learners[0].clone();
+    let target = if learner == "node-1" { &a } else { &b };
+    let term = before.term;
+    let id = noodle_control::raft_id;
+    let high = Vote::new(term + 10, id(&learner));
+    let far = LogId::new(CommittedLeaderId::new(term + 10, id(&learner)), 1_000_000);
+    let append = |vote: Vote<u64>| AppendEntriesRequest::<noodle_control::TypeConfig> {
+        vote,
+        prev_log_id: None,
+        entries: Vec::new(),
+        leader_commit: None,
+    };
+
+    let refused = |r: Result<(), noodle_control::WireError>, why: &str| {
+        let e = r.expect_err("the message was accepted");
+        assert!(e.to_string().contains(why), "{e}");
+    };
+    // The learner claims leadership of a later term.
+    refused(
+        raw_raft(target, &learner, "raft.append", &learner, &append(high)).await,
+        "is not a voter",
+    );
+    // It calls an election.
+    let vote = VoteRequest::new(high, Some(far));
+    refused(
+        raw_raft(target, &learner, "raft.vote", &learner, &vote).await,
+        "is not a voter",
+    );
+    // It names a voter as the sender.
+    refused(
+        raw_raft(target, &learner, "raft.append", "node-0", &append(high)).await,
+        "may not speak for member node-0",
+    );
+    // A voter claims another voter's leadership.
+    let voter = before
+        .voters
+        .iter()
+        .find(|v| **v != target.me().node_id)
+        .expect("another voter")
+        .clone();
+    let other = if voter == "node-0" {
+        "node-2"
+    } else {
+        "node-0"
+    };
+    let forged = append(Vote::new(term + 10, id(other)));
+    refused(
+        raw_raft(target, &voter, "raft.append", &voter, &forged).await,
+        "in another member's name",
+    );
+
+    let after = cl.settle(4, |_| true).await;
+    assert_eq!((after.term, &after.leader), (term, &before.leader));
+    assert_eq!(target.status().term, term);
+    assert_eq!(
+        a.propose(set("still", "working")).await.expect("propose"),
+        Response::Done
+    );
 }

@@ -45,13 +45,16 @@ impl RunningSubsystem for ControlApi {
         &["raft.", "control."]
     }
 
-    fn call(&self, _from: Peer, method: &str, body: Bytes) -> ServiceFuture {
+    fn call(&self, from: Peer, method: &str, body: Bytes) -> ServiceFuture {
         let control = self.plane.control.clone();
         let method = method.to_string();
         Box::pin(async move {
-            control.serve(&method, &body).await.ok_or_else(|| {
-                RemoteError::new(RemoteError::NOT_FOUND, format!("unknown method `{method}`"))
-            })
+            control
+                .serve(&from.node_id, &method, &body)
+                .await
+                .ok_or_else(|| {
+                    RemoteError::new(RemoteError::NOT_FOUND, format!("unknown method `{method}`"))
+                })
         })
     }
 

@@ -287,6 +287,12 @@ async fn serve(mut stream: turmoil::net::TcpStream, control: Control) {
     let Ok((method, body)) = net::read_request(&mut stream).await else {
         return;
     };
+    // Who calls, as the node's link would tell from the certificate: here, the host's name.
+    let caller = stream
+        .peer_addr()
+        .ok()
+        .and_then(|a| turmoil::reverse_lookup(a.ip()))
+        .unwrap_or_default();
     let answer = if method == CLIENT_METHOD {
         let answer = match postcard::from_bytes(&body) {
             Ok(request) => answer(&control, request).await,
@@ -295,7 +301,7 @@ async fn serve(mut stream: turmoil::net::TcpStream, control: Control) {
         postcard::to_allocvec(&answer).map_err(|e| e.to_string())
     } else {
         control
-            .serve(&method, &body)
+            .serve(&caller, &method, &body)
             .await
             .ok_or_else(|| format!("unknown method {method:?}"))
     };
