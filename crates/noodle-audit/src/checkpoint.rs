@@ -33,6 +33,16 @@ impl AuditKey {
     pub fn public_key(&self) -> AuditPublicKey {
         AuditPublicKey(self.0.verifying_key())
     }
+
+    /// Signs `context || message`. Each use of a node's key names its own `context` (a
+    /// constant that no other use has as a prefix, like [`CHECKPOINT_CONTEXT`]), so a signature
+    /// made for one purpose never verifies for another.
+    pub fn sign_in_context(&self, context: &[u8], message: &[u8]) -> [u8; 64] {
+        let mut signed = Vec::with_capacity(context.len() + message.len());
+        signed.extend_from_slice(context);
+        signed.extend_from_slice(message);
+        self.0.sign(&signed).to_bytes()
+    }
 }
 
 impl fmt::Debug for AuditKey {
@@ -72,6 +82,17 @@ impl AuditPublicKey {
     /// The key's 32 bytes.
     pub fn to_bytes(&self) -> [u8; 32] {
         self.0.to_bytes()
+    }
+
+    /// Whether `signature` is this key's [`AuditKey::sign_in_context`] of `message`.
+    pub fn verifies_in_context(&self, context: &[u8], message: &[u8], signature: &[u8]) -> bool {
+        let Ok(signature) = <[u8; 64]>::try_from(signature) else {
+            return false;
+        };
+        let mut signed = Vec::with_capacity(context.len() + message.len());
+        signed.extend_from_slice(context);
+        signed.extend_from_slice(message);
+        self.verifies(&signed, &signature)
     }
 
     /// Whether `signature` is this key's signature over `message` (strict verification:

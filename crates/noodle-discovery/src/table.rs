@@ -15,6 +15,8 @@ pub const NODES_MAX: usize = 1024;
 pub const LABELS_MAX: usize = 32;
 pub const LINKS_MAX: usize = 256;
 const NAME_CHARS_MAX: usize = 64;
+/// An Ed25519 signature.
+const SIGNATURE_BYTES_MAX: usize = 64;
 const LABEL_KEY_CHARS_MAX: usize = 63;
 const LABEL_VALUE_CHARS_MAX: usize = 255;
 
@@ -44,6 +46,21 @@ pub struct NodeInfo {
     /// False while the node's control-plane member is stopped after a storage error: the
     /// leader then counts it as down (and replaces it if it stays down).
     pub control_up: bool,
+    /// The node's signature over the rest of the entry ([`NodeInfo::signed_bytes`]): only the
+    /// node itself can make a version of its entry that others take.
+    pub signature: Vec<u8>,
+}
+
+impl NodeInfo {
+    /// What the node signs: the entry without its signature.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let unsigned = NodeInfo {
+            signature: Vec::new(),
+            ..self.clone()
+        };
+        // Serialising plain data into a Vec cannot fail.
+        postcard::to_stdvec(&unsigned).unwrap_or_default()
+    }
 }
 
 /// Request and answer of one push-pull round.
@@ -84,6 +101,9 @@ fn check_label(key: &str, value: &str) -> Result<(), String> {
 fn validate(info: &NodeInfo) -> Result<(), String> {
     if info.id.is_empty() || info.id.len() > 63 {
         return Err("bad node id".into());
+    }
+    if info.signature.len() > SIGNATURE_BYTES_MAX {
+        return Err("signature too long".into());
     }
     if info.name.len() > NAME_CHARS_MAX || info.software.len() > NAME_CHARS_MAX {
         return Err("name too long".into());
@@ -126,6 +146,14 @@ impl NodeTable {
         }
     }
 
+    /// Lets `seal` finish this node's own entry without raising its version: its signature,
+    /// made after every change (and after `merge` moved the version).
+    pub fn seal_me(&mut self, seal: impl FnOnce(&mut NodeInfo)) {
+        if let Some(me) = self.nodes.get_mut(&self.me) {
+            seal(me);
+        }
+    }
+
     pub fn get(&self, id: &str) -> Option<&NodeInfo> {
         self.nodes.get(id)
     }
@@ -138,10 +166,15 @@ impl NodeTable {
         self.nodes.values().cloned().collect()
     }
 
-    /// Merges entries from a peer; returns the ids that changed. Invalid entries are skipped. An
-    /// entry about this node that is newer than ours means we restarted with an older clock:
-    /// our version jumps past it.
-    pub fn merge(&mut self, entries: Vec<NodeInfo>) -> Vec<String> {
+    /// Merges entries from a peer; returns the ids that changed. Invalid entries are skipped,
+    /// and so are those `authentic` refuses (asked only of entries that would be taken: it
+    /// checks the node's signature). An entry about this node that is newer than ours means we
+    /// restarted with an older clock: our version jumps past it.
+    pub fn merge(
+        &mut self,
+        entries: Vec<NodeInfo>,
+        authentic: impl Fn(&NodeInfo) -> bool,
+    ) -> Vec<String> {
         let mut changed = Vec::new();
         for entry in entries {
             if let Err(e) = validate(&entry) {
@@ -151,6 +184,8 @@ impl NodeTable {
             if entry.id == self.me {
                 if let Some(me) = self.nodes.get_mut(&self.me)
                     && entry.version >= me.version
+                    && entry.version < u64::MAX
+                    && authentic(&entry)
                 {
                     me.version = entry.version + 1;
                 }
@@ -160,6 +195,10 @@ impl NodeTable {
                 Some(old) => entry.version > old.version,
                 None => self.nodes.len() < NODES_MAX,
             };
+            if newer && !authentic(&entry) {
+                tracing::debug!(node = %entry.id, "skipping a node entry its node did not sign");
+                continue;
+            }
             if newer {
                 changed.push(entry.id.clone());
                 self.nodes.insert(entry.id.clone(), entry);
@@ -205,7 +244,12 @@ mod tests {
             control_incarnation: 0,
             job_slots: 1,
             control_up: true,
+            signature: Vec::new(),
         }
+    }
+
+    fn any(_: &NodeInfo) -> bool {
+        true
     }
 
     #[test]
@@ -215,19 +259,19 @@ mod tests {
         let mut c = NodeTable::new(info("c", 1));
         // a <-> b, then b <-> c: c learns a through b.
         let answer = b.newer_than(&a.entries());
-        b.merge(a.entries());
-        a.merge(answer);
+        b.merge(a.entries(), any);
+        a.merge(answer, any);
         let answer = c.newer_than(&b.entries());
-        c.merge(b.entries());
-        b.merge(answer);
+        c.merge(b.entries(), any);
+        b.merge(answer, any);
         assert_eq!(c.entries().len(), 3);
         assert_eq!(b.entries().len(), 3);
         a.update_me(50, |me| me.name = "renamed".into());
         assert_eq!(a.me().version, 50);
-        assert_eq!(c.merge(a.entries()), vec!["a".to_string()]);
+        assert_eq!(c.merge(a.entries(), any), vec!["a".to_string()]);
         assert_eq!(c.get("a").unwrap().name, "renamed");
         // Old versions change nothing.
-        assert!(c.merge(vec![info("a", 3)]).is_empty());
+        assert!(c.merge(vec![info("a", 3)], any).is_empty());
     }
 
     #[test]
@@ -235,9 +279,25 @@ mod tests {
         let mut a = NodeTable::new(info("a", 5));
         let mut stale = info("a", 9);
         stale.name = "impostor".into();
-        a.merge(vec![stale]);
+        a.merge(vec![stale], any);
         assert_eq!(a.me().name, "a");
         assert_eq!(a.me().version, 10);
+    }
+
+    #[test]
+    fn entries_the_check_refuses_are_skipped_and_never_pin_our_version() {
+        let mut a = NodeTable::new(info("a", 5));
+        let signed_by_b = |e: &NodeInfo| e.signature == b"b";
+        let mut forged = info("b", 7);
+        forged.signature = b"c".to_vec();
+        assert!(a.merge(vec![forged], signed_by_b).is_empty());
+        let mut real = info("b", 7);
+        real.signature = b"b".to_vec();
+        assert_eq!(a.merge(vec![real], signed_by_b), vec!["b".to_string()]);
+        // A forged entry about us cannot move our version to the end.
+        a.merge(vec![info("a", u64::MAX)], any);
+        a.merge(vec![info("a", 100)], |_| false);
+        assert_eq!(a.me().version, 5);
     }
 
     #[test]
@@ -247,7 +307,7 @@ mod tests {
         bad.labels.insert("bad key".into(), "v".into());
         let mut long = info("c", 1);
         long.id = "x".repeat(100);
-        assert!(a.merge(vec![bad, long]).is_empty());
+        assert!(a.merge(vec![bad, long], any).is_empty());
     }
 
     #[test]

@@ -41,6 +41,7 @@ fn main() {
         control_incarnation: 0,
         job_slots: 2,
         control_up: true,
+        signature: vec![7; 64],
     };
     let seeds: Vec<(&str, Vec<Vec<u8>>)> = vec![
         (

@@ -81,10 +81,13 @@ pub fn gossip_sync(data: &[u8]) {
             control_incarnation: 0,
             job_slots: 1,
             control_up: true,
+            signature: Vec::new(),
         };
         let mut table = noodle_discovery::NodeTable::new(me);
         let _ = table.newer_than(&msg.entries);
-        table.merge(msg.entries);
+        // The node checks signatures with a closure; here every entry passes, so the table's
+        // own bounds are what is tried.
+        table.merge(msg.entries, |_| true);
         assert!(table.iter().count() <= noodle_discovery::table::NODES_MAX);
     }
 }

@@ -3,6 +3,7 @@
 //! must be agreed on. Subsystems see it through [`noodle_host::ClusterView`].
 
 use noodle_api::{ControlInfo, LinkStatus, NodeState, NodeStatus, StatusReport, Totals};
+use noodle_audit::{AuditKey, AuditPublicKey};
 use noodle_discovery::{MemberId, NodeInfo, NodeTable};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -14,13 +15,36 @@ struct View {
     members: HashMap<String, (MemberId, NodeState)>,
     /// Nodes removed from the cluster: their entries are dropped and never taken again.
     removed: HashSet<String>,
+    /// Each node's signing key, from the control plane: an entry is taken only with its own
+    /// node's signature.
+    keys: HashMap<String, AuditPublicKey>,
 }
 
 impl View {
-    fn merge(&mut self, mut entries: Vec<NodeInfo>) {
+    /// Takes an entry only with its node's signature; an entry of a node whose key is not
+    /// registered yet (it joined a moment ago) only straight from that node (`from`).
+    fn merge(&mut self, mut entries: Vec<NodeInfo>, from: Option<&str>, own: &AuditKey) {
         entries.retain(|e| !self.removed.contains(&e.id));
-        self.table.merge(entries);
+        let keys = &self.keys;
+        let authentic = |e: &NodeInfo| match keys.get(&e.id) {
+            Some(key) => key.verifies_in_context(GOSSIP_CONTEXT, &e.signed_bytes(), &e.signature),
+            None => from == Some(e.id.as_str()),
+        };
+        let version = self.table.me().version;
+        self.table.merge(entries, authentic);
+        if self.table.me().version != version {
+            self.table.seal_me(|me| sign(me, own));
+        }
     }
+}
+
+/// What a node's signature over its gossiped entry starts with.
+const GOSSIP_CONTEXT: &[u8] = b"noodle gossip entry v1";
+
+fn sign(me: &mut NodeInfo, key: &AuditKey) {
+    me.signature = key
+        .sign_in_context(GOSSIP_CONTEXT, &me.signed_bytes())
+        .to_vec();
 }
 
 /// This node's view of the cluster.
@@ -29,21 +53,32 @@ pub(crate) struct ClusterState {
     pub(crate) cluster_id: String,
     /// The address peers reach this node at.
     pub(crate) advertise: SocketAddr,
+    /// Signs this node's own entry.
+    key: AuditKey,
     view: Mutex<View>,
 }
 
 impl ClusterState {
-    pub(crate) fn new(cluster_id: String, advertise: SocketAddr, mut me: NodeInfo) -> ClusterState {
+    pub(crate) fn new(
+        cluster_id: String,
+        advertise: SocketAddr,
+        mut me: NodeInfo,
+        key: AuditKey,
+    ) -> ClusterState {
         me.addr = advertise;
+        sign(&mut me, &key);
+        let own_key = key.public_key();
         ClusterState {
             node_id: me.id.clone(),
             cluster_id,
             advertise,
             view: Mutex::new(View {
+                keys: HashMap::from([(me.id.clone(), own_key)]),
                 table: NodeTable::new(me),
                 members: HashMap::new(),
                 removed: HashSet::new(),
             }),
+            key,
         }
     }
 
@@ -53,7 +88,9 @@ impl ClusterState {
 
     /// Changes this node's own entry (and raises its version).
     pub(crate) fn update_me(&self, now_ms: u64, change: impl FnOnce(&mut NodeInfo)) {
-        self.lock().table.update_me(now_ms, change);
+        let mut view = self.lock();
+        view.table.update_me(now_ms, change);
+        view.table.seal_me(|me| sign(me, &self.key));
     }
 
     /// Changes this node's own entry if `stale` says it must.
@@ -66,19 +103,33 @@ impl ClusterState {
         let mut view = self.lock();
         if stale(view.table.me()) {
             view.table.update_me(now_ms, change);
+            view.table.seal_me(|me| sign(me, &self.key));
         }
     }
 
-    /// Merges gossiped entries; returns what we know newer than `theirs`.
-    pub(crate) fn exchange(&self, theirs: Vec<NodeInfo>) -> Vec<NodeInfo> {
+    /// Merges the entries the node `from` (authenticated by the link) sent; returns what we
+    /// know newer than them.
+    pub(crate) fn exchange(&self, from: &str, theirs: Vec<NodeInfo>) -> Vec<NodeInfo> {
         let mut view = self.lock();
         let answer = view.table.newer_than(&theirs);
-        view.merge(theirs);
+        view.merge(theirs, Some(from), &self.key);
         answer
     }
 
+    /// Merges relayed entries (a peer's answer): only those their own node signed.
     pub(crate) fn merge(&self, entries: Vec<NodeInfo>) {
-        self.lock().merge(entries);
+        self.lock().merge(entries, None, &self.key);
+    }
+
+    /// The nodes' signing keys, as the control plane has them registered.
+    pub(crate) fn set_keys(&self, keys: &BTreeMap<String, [u8; 32]>) {
+        let mut view = self.lock();
+        view.keys = keys
+            .iter()
+            .filter_map(|(id, k)| Some((id.clone(), AuditPublicKey::from_bytes(*k).ok()?)))
+            .collect();
+        view.keys
+            .insert(self.node_id.clone(), self.key.public_key());
     }
 
     /// Forgets the nodes in `removed` (the control plane's list) and refuses their entries

@@ -156,8 +156,9 @@ pub(crate) fn open_local_state(dir: &DataDir) -> Result<LocalState, ControlPlane
     })
 }
 
-/// The audit key this node signs checkpoints with, created on first start.
-fn audit_key(dir: &DataDir) -> Result<AuditKey, DataDirError> {
+/// The key this node signs audit checkpoints and its gossiped entry with, created on first
+/// start.
+pub(crate) fn audit_key(dir: &DataDir) -> Result<AuditKey, DataDirError> {
     if dir.exists(AUDIT_KEY_FILE) {
         let bytes = dir.read_file(AUDIT_KEY_FILE)?;
         let secret: [u8; 32] = bytes
@@ -189,7 +190,6 @@ impl ControlPlane {
     /// voter of a new control plane.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn start(
-        dir: &DataDir,
         local: LocalState,
         node_id: &str,
         addr: String,
@@ -197,9 +197,9 @@ impl ControlPlane {
         found: bool,
         cfg: ControlConfig,
         machines: Machines,
+        audit_key: AuditKey,
     ) -> Result<ControlPlane, ControlPlaneError> {
         let me = Member::new(node_id, local.incarnation, addr);
-        let audit_key = audit_key(dir)?;
         let checkpoint_every = cfg.checkpoint_every;
         let transport = Arc::new(LinkTransport::new(link));
         let control = Control::start(me, cfg, local.store, transport, machines).await?;

@@ -41,10 +41,11 @@ pub(crate) struct Gossip {
     pub(crate) data_dir: Arc<DataDir>,
 }
 
-/// Answers a peer's gossip round: merges its entries, answers with what we know newer.
-pub(crate) fn answer_sync(cluster: &ClusterState, body: &[u8]) -> Option<Vec<u8>> {
+/// Answers the gossip round of the node `from`: merges its entries, answers with what we know
+/// newer.
+pub(crate) fn answer_sync(cluster: &ClusterState, from: &str, body: &[u8]) -> Option<Vec<u8>> {
     let msg: SyncMessage = postcard::from_bytes(body).ok()?;
-    let entries = cluster.exchange(msg.entries);
+    let entries = cluster.exchange(from, msg.entries);
     postcard::to_stdvec(&SyncMessage { entries }).ok()
 }
 

@@ -327,6 +327,7 @@ pub async fn start(
         links: Vec::new(),
         control_incarnation: local_control.incarnation,
         control_up: true,
+        signature: Vec::new(),
     };
 
     // Bind the cluster port.
@@ -339,7 +340,13 @@ pub async fn start(
     let service = Arc::new(NodeService::default());
     let link = Link::bind(LinkConfig::new(cfg.listen), &tls, service.clone())?;
     let advertise = advertise_addr(link.local_addr(), observed_ip);
-    let cluster = Arc::new(ClusterState::new(cluster.cluster_id, advertise, me));
+    let audit_key = crate::control::audit_key(&dir)?;
+    let cluster = Arc::new(ClusterState::new(
+        cluster.cluster_id,
+        advertise,
+        me,
+        audit_key.clone(),
+    ));
     let dir = Arc::new(dir);
     let events = EventBus::default();
     events.register(EVENT_KINDS);
@@ -358,7 +365,6 @@ pub async fn start(
     .map_err(|e| NodeError::Subsystems(e.to_string()))?;
     let plane = Arc::new(
         ControlPlane::start(
-            &dir,
             local_control,
             &cluster.node_id,
             advertise.to_string(),
@@ -366,6 +372,7 @@ pub async fn start(
             founded,
             cfg.control.clone(),
             machines,
+            audit_key,
         )
         .await?,
     );

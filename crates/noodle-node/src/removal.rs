@@ -1,7 +1,8 @@
 //! Removing a node from the cluster (`noodle node remove`): the control plane records it
 //! ([`Command::RemoveNode`]), its leader takes it out of the Raft membership, and every node,
 //! as soon as it applies the record, refuses the removed node's links
-//! ([`noodle_link::Link::refuse`]) and forgets its gossiped entry.
+//! ([`noodle_link::Link::refuse`]) and forgets its gossiped entry. The same follower hands the
+//! node table the nodes' registered signing keys.
 
 use crate::cluster::ClusterState;
 use crate::control::ControlPlane;
@@ -9,7 +10,7 @@ use noodle_api::{EventKind, NodeStatus, RemovedNode};
 use noodle_control::{Command, Response as Applied};
 use noodle_host::{Actor, Authz, EventBus};
 use noodle_link::Link;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +80,16 @@ pub(crate) async fn enforce(
     let control = &plane.control;
     let mut applied = control.watch();
     let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut keys_seen = BTreeMap::new();
     loop {
+        match control.read_local(|v| v.node_keys()) {
+            Ok(keys) if keys != keys_seen => {
+                cluster.set_keys(&keys);
+                keys_seen = keys;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "reading the node keys"),
+        }
         match control.read_local(|v| v.removed_nodes()) {
             Ok(removed) if removed != seen => {
                 link.refuse(removed.iter().cloned());

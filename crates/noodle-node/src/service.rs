@@ -71,10 +71,11 @@ impl Service for NodeService {
         };
         match method {
             GOSSIP_SYNC => {
-                let answer = crate::membership::answer_sync(&d.cluster, &body).ok_or_else(|| {
-                    metrics::counter!("noodle_gossip_bad_messages_total").increment(1);
-                    RemoteError::new(RemoteError::BAD_REQUEST, "unreadable gossip")
-                });
+                let answer = crate::membership::answer_sync(&d.cluster, &from.node_id, &body)
+                    .ok_or_else(|| {
+                        metrics::counter!("noodle_gossip_bad_messages_total").increment(1);
+                        RemoteError::new(RemoteError::BAD_REQUEST, "unreadable gossip")
+                    });
                 Box::pin(async move { answer })
             }
             NODE_PING => Box::pin(async move { Ok(body.to_vec()) }),

@@ -1,5 +1,5 @@
-//! `noodle node remove`: threat model point 4. A node's stolen data directory (its certificate
-//! and key) is refused by every other node once the node is removed.
+//! Threat model point 4, from a stolen member's data directory: what its certificate and keys
+//! can still do to the other nodes, and `noodle node remove`.
 
 use crate::support::{Node, cluster, eventually};
 use bytes::Bytes;
@@ -149,4 +149,54 @@ fn a_removed_node_is_refused_by_every_other_node() {
         audit.contains("node.remove") && audit.contains(&victim_id),
         "{audit}"
     );
+}
+
+/// A member cannot speak for another node in gossip: an entry about another node, sent with a
+/// stolen member's certificate, is not taken (whatever version it claims), and the real node's
+/// entry stays what that node said.
+#[test]
+fn a_member_cannot_forge_another_nodes_gossip_entry() {
+    let nodes = cluster(3);
+    let (thief_dir, target, other) = (&nodes[2].dir, &nodes[0], &nodes[1]);
+    let other_id = other.node_id();
+    let real_name = |node: &Node| {
+        node.status()
+            .unwrap()
+            .nodes
+            .into_iter()
+            .find(|n| n.id == other_id)
+            .map(|n| n.name)
+    };
+    let before = real_name(target).expect("the other node is known");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let thief = rt.block_on(async { stolen_link(thief_dir) });
+    let forged = noodle_discovery::NodeInfo {
+        id: other_id.clone(),
+        name: "pwned".into(),
+        addr: "127.0.0.1:9".parse().unwrap(),
+        version: u64::MAX - 1,
+        software: "forged".into(),
+        resources: Default::default(),
+        labels: Default::default(),
+        links: Vec::new(),
+        control_incarnation: 0,
+        job_slots: 1000,
+        control_up: true,
+        signature: vec![0; 64],
+    };
+    let msg = noodle_discovery::SyncMessage {
+        entries: vec![forged],
+    };
+    let body = postcard::to_stdvec(&msg).unwrap();
+    rt.block_on(thief.request(addr_of(target), "gossip.sync", &body))
+        .expect("the gossip round is answered");
+    // The real node keeps gossiping; its entry on the target stays its own.
+    let newer_real = eventually(Duration::from_secs(10), "another real gossip round", || {
+        let s = target.status()?;
+        let n = s.nodes.into_iter().find(|n| n.id == other_id)?;
+        (n.version != "forged").then_some(n)
+    });
+    assert_eq!(newer_real.name, before);
+    assert_ne!(newer_real.slots, 1000);
+    assert!(newer_real.updated_at_ms < u64::MAX - 1);
 }
