@@ -471,6 +471,10 @@ impl Control {
         method.starts_with("raft.") || method.starts_with("control.")
     }
 
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
     /// Checks a proposal's bounds, a subsystem command's with its own machine.
     fn validate(&self, proposal: &Proposal) -> Result<(), Rejection> {
         proposal.command.validate()?;

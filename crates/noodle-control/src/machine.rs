@@ -46,6 +46,18 @@ pub trait StateMachine: Send + Sync + 'static {
     /// that is invalid for the current state is answered [`Applied::Rejected`] and must change
     /// nothing.
     fn apply(&self, table: &mut MachineTable<'_, '_>, command: &[u8]) -> Result<Applied, DbError>;
+
+    /// Whether the node `caller` may forward `command` to the leader, judged on the leader's
+    /// state (`view`) before it is proposed. A node's own reports (a job it runs) are its to
+    /// make; another node's are not. The default takes every command.
+    fn may_forward(
+        &self,
+        _view: &MachineView<'_>,
+        _caller: &str,
+        _command: &[u8],
+    ) -> Result<(), Rejection> {
+        Ok(())
+    }
 }
 
 /// The state machines a control plane was started with, by name.

@@ -197,6 +197,53 @@ fn raft_request<T: DeserializeOwned>(
     Ok(req)
 }
 
+/// Whether the node `caller` may forward `command`: what a node proposes on its own behalf
+/// (its signing key, its checkpoints, a subsystem's reports) it may propose only for itself,
+/// and the capability root key is set only by the leader itself.
+fn may_forward(
+    control: &crate::Control,
+    caller: &str,
+    command: &crate::Command,
+) -> Result<(), WireError> {
+    use crate::Command;
+    let refuse = |why: String| {
+        metrics::counter!("noodle_control_refused_messages_total").increment(1);
+        tracing::debug!(%caller, %why, "refusing a forwarded proposal");
+        Err(WireError::Rejected(why))
+    };
+    match command {
+        Command::RegisterNode { node_id, .. } if node_id != caller => refuse(format!(
+            "node {caller} may not register a key for node {node_id}"
+        )),
+        Command::Checkpoint(cp) if cp.signer != caller => refuse(format!(
+            "node {caller} may not sign a checkpoint as {}",
+            cp.signer
+        )),
+        Command::SetRootKey { .. } => {
+            refuse(format!("node {caller} may not set the capability root key"))
+        }
+        Command::Batch(proposals) => proposals
+            .iter()
+            .try_for_each(|p| may_forward(control, caller, &p.command)),
+        Command::Machine { name, command } => {
+            let verdict = control
+                .read_local(|v| {
+                    Ok(control
+                        .store()
+                        .machines()
+                        .get(name)
+                        .and_then(|m| m.may_forward(&v.machine(name), caller, command)))
+                })
+                .map_err(|e| WireError::Failed(e.to_string()))?;
+            match verdict {
+                Ok(()) => Ok(()),
+                Err(why) => refuse(why.0),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Answers one control-plane request from the node `caller` (authenticated by the transport).
 /// `None` if `method` is not ours.
 pub(crate) async fn serve(
@@ -228,7 +275,9 @@ pub(crate) async fn serve(
                 Err(e) => encode(&Err::<(), _>(e)),
             }
         }
-        PROPOSE => match decode::<crate::Proposal>(body) {
+        PROPOSE => match decode::<crate::Proposal>(body)
+            .and_then(|p| may_forward(control, caller, &p.command).map(|()| p))
+        {
             Ok(p) => encode(&control.propose_here(p).await),
             Err(e) => encode(&Err::<crate::Response, _>(e)),
         },

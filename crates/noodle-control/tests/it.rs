@@ -619,3 +619,56 @@ async fn raft_messages_come_only_from_voters_speaking_for_themselves() {
         Response::Done
     );
 }
+
+/// A member forwards proposals to the leader, which takes one that speaks for another node
+/// (its key, its checkpoint) or sets the root key from no member: each is refused and nothing
+/// is written, while the same proposal for the member itself goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_may_forward_only_what_it_may_propose_for_itself() {
+    let cl = Cluster::new();
+    let a = cl.start(0).await;
+    a.initialize().await.expect("initialize");
+    let _b = cl.start(1).await;
+    cl.settle(2, |s| s.voters.len() == 1 && s.learners.len() == 1)
+        .await;
+    let forward = |p: Proposal| postcard::to_allocvec(&p).expect("encode");
+    let answer = |bytes: Vec<u8>| {
+        postcard::from_bytes::<Result<Response, noodle_control::WireError>>(&bytes)
+            .expect("an answer")
+    };
+    let register = |node: &str| {
+        Proposal::new(Command::RegisterNode {
+            node_id: node.into(),
+            audit_key: [9; 32],
+        })
+    };
+    for (p, why) in [
+        (register("node-0"), "may not register a key for node node-0"),
+        (
+            Proposal::new(Command::SetRootKey { key: vec![1; 32] }),
+            "may not set the capability root key",
+        ),
+        (
+            Proposal::new(Command::Batch(vec![register("node-2")])),
+            "may not register a key for node node-2",
+        ),
+    ] {
+        let got = answer(
+            a.serve("node-1", "control.propose", &forward(p))
+                .await
+                .expect("served"),
+        );
+        let e = got.expect_err("refused");
+        assert!(e.to_string().contains(why), "{e}");
+    }
+    let keys = a.read(|v| v.node_keys()).await.expect("read");
+    assert!(keys.values().all(|k| *k != [9; 32]), "{keys:?}");
+    let own = answer(
+        a.serve("node-1", "control.propose", &forward(register("node-1")))
+            .await
+            .expect("served"),
+    );
+    assert_eq!(own.expect("accepted"), Response::Done);
+    let keys = a.read(|v| v.node_keys()).await.expect("read");
+    assert_eq!(keys.get("node-1"), Some(&[9; 32]));
+}

@@ -57,6 +57,34 @@ impl StateMachine for JobsMachine {
         command.validate().map_err(Rejection)
     }
 
+    /// A report about a running job (started, ended, could not start) comes only from the
+    /// node the job is placed on.
+    fn may_forward(
+        &self,
+        view: &MachineView<'_>,
+        caller: &str,
+        command: &[u8],
+    ) -> Result<(), Rejection> {
+        let command: JobCommand = postcard::from_bytes(command)
+            .map_err(|e| Rejection(format!("unreadable job command: {e}")))?;
+        let (JobCommand::Started { id, .. }
+        | JobCommand::Ended { id, .. }
+        | JobCommand::StartFailed { id, .. }) = command
+        else {
+            return Ok(());
+        };
+        let record = view
+            .get(&job_key(JOB, id))
+            .map_err(|e| Rejection(e.to_string()))?
+            .and_then(|b| postcard::from_bytes::<JobRecord>(&b).ok());
+        match record.as_ref().and_then(|job| job.state.placement()) {
+            Some((node, _)) if node != caller => Err(Rejection(format!(
+                "node {caller} may not report on job {id}, which runs on node {node}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     fn apply(&self, t: &mut MachineTable<'_, '_>, command: &[u8]) -> Result<Applied, DbError> {
         let command: JobCommand = match postcard::from_bytes(command) {
             Ok(c) => c,

@@ -185,7 +185,10 @@ async fn flood_of_output_is_bounded() {
     let frames = read_all(&log, 1 << 20);
     let kept = stream(&frames, STDOUT).len() as u64;
     assert_eq!(kept + log.dropped(), total);
-    assert!(kept > max_bytes - 1024, "only {kept} bytes kept");
+    // The log is filled up to its bound, whatever sizes the pipe reads had: each read becomes
+    // a frame with its own header, so how much of the bound is payload depends on them.
+    assert!(file_len > max_bytes - 1024, "only {file_len} bytes of log");
+    assert!(kept > max_bytes / 2, "only {kept} bytes kept");
     let notices = stream(&frames, NOTICE);
     assert!(
         notices.contains(&format!("output beyond {max_bytes} bytes is dropped")),

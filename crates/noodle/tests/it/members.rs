@@ -200,3 +200,62 @@ fn a_member_cannot_forge_another_nodes_gossip_entry() {
     assert_ne!(newer_real.slots, 1000);
     assert!(newer_real.updated_at_ms < u64::MAX - 1);
 }
+
+/// A member cannot report on another node's job: an "ended" report for a job running
+/// elsewhere, forwarded to the leader with a stolen member certificate, is refused and the job
+/// runs on. (Raft itself refuses the same member anything but forwarding: see
+/// `noodle-control`'s tests.)
+#[test]
+fn a_member_cannot_report_on_another_nodes_job() {
+    let nodes = cluster(3);
+    let id = {
+        let out = nodes[0].cli(&["run", "--detach", "--", "sleep", "600"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let job = eventually(Duration::from_secs(30), "the job running", || {
+        let out = nodes[0].cli(&["jobs", "--json"]);
+        let list: noodle_api::JobList = serde_json::from_slice(&out.stdout).ok()?;
+        list.jobs
+            .into_iter()
+            .find(|j| j.id.to_string() == id && j.state == "running")
+    });
+    let runner = job.node.clone().expect("a node");
+    let thief = nodes
+        .iter()
+        .find(|n| n.node_id() != runner)
+        .expect("a node that does not run the job");
+    let leader_id = nodes[0].status().unwrap().control.unwrap().leader.unwrap();
+    let leader = nodes.iter().find(|n| n.node_id() == leader_id).unwrap();
+
+    let report = noodle_jobs::JobCommand::Ended {
+        id: job.id,
+        epoch: job.epoch,
+        exit_code: 0,
+        at_ms: 1,
+    };
+    let proposal = noodle_control::Proposal::machine("jobs", noodle_jobs::machine::encode(&report));
+    let body = postcard::to_stdvec(&proposal).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let link = rt.block_on(async { stolen_link(&thief.dir) });
+    let answer = rt
+        .block_on(link.request(addr_of(leader), "control.propose", &body))
+        .expect("answered");
+    let answer: Result<noodle_control::Response, noodle_control::WireError> =
+        postcard::from_bytes(&answer).unwrap();
+    let err = answer.expect_err("the forged report was accepted");
+    assert!(
+        err.to_string()
+            .contains(&format!("may not report on job {}", job.id)),
+        "{err}"
+    );
+    let out = nodes[0].cli(&["jobs", "--json"]);
+    let list: noodle_api::JobList = serde_json::from_slice(&out.stdout).unwrap();
+    let now = list.jobs.into_iter().find(|j| j.id == job.id).unwrap();
+    assert_eq!(now.state, "running");
+    nodes[0].cli(&["cancel", &id]);
+}
