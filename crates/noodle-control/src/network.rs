@@ -208,7 +208,7 @@ fn may_forward(
     use crate::Command;
     let refuse = |why: String| {
         metrics::counter!("noodle_control_refused_messages_total").increment(1);
-        tracing::debug!(%caller, %why, "refusing a forwarded proposal");
+        tracing::warn!(%caller, %why, "refusing a forwarded proposal");
         Err(WireError::Rejected(why))
     };
     match command {

@@ -6,15 +6,13 @@
 //! cluster's root key, not revoked, not expired, granting the right, and passing every cluster
 //! policy. Rights are typed ([`Permission`]): each subsystem declares its own as constants.
 
+use crate::denials::{DenialBook, DenialKey, Ended, Note};
 use noodle_api::AuditVerifyReport;
 use noodle_audit::{Outcome, Record};
 use noodle_caps::{Authoriser, Context, Denied, Policy, Request, RootKey};
 use noodle_control::{Command, Control, ControlError, DbError, Proposal, Response, StateView};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
-
-/// Denials recorded in the audit log per second at most; the rest are counted.
-const DENIALS_PER_SEC_MAX: u32 = 50;
 
 /// A right a request needs: `SUBSYSTEM:ACTION`, optionally on a resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,13 +77,6 @@ impl Actor {
     }
 }
 
-#[derive(Default)]
-struct DenialBudget {
-    second: u64,
-    used: u32,
-    suppressed: u64,
-}
-
 /// Policy sources as last read from the state, and what they parsed to.
 type ParsedPolicies = (Vec<(String, String)>, Arc<Vec<Policy>>);
 
@@ -100,7 +91,7 @@ pub struct Authz {
     node_name: String,
     authoriser: Mutex<Option<Cached>>,
     policies: Mutex<ParsedPolicies>,
-    denials: Mutex<DenialBudget>,
+    denials: Mutex<DenialBook>,
 }
 
 impl Authz {
@@ -235,8 +226,9 @@ impl Authz {
         })
     }
 
-    /// Records a denial in the audit log (at most [`DENIALS_PER_SEC_MAX`] a second; the rest
-    /// are counted in the next one recorded). Does not wait for the write.
+    /// Records a denial in the audit log: the first of its kind (actor, action, right, reason)
+    /// in a window at once, its repeats as one record with their count when the window ends
+    /// (see [`DenialBook`]). Does not wait for the write.
     pub fn record_denial(
         &self,
         caller: &Caller,
@@ -245,22 +237,76 @@ impl Authz {
         request: &Request,
         reason: &dyn std::fmt::Display,
     ) {
-        let suppressed = {
-            let mut b = self.denials.lock().unwrap_or_else(|e| e.into_inner());
-            let second = crate::now_ms() / 1000;
-            if b.second != second {
-                b.second = second;
-                b.used = 0;
-            }
-            if b.used >= DENIALS_PER_SEC_MAX {
-                b.suppressed += 1;
-                metrics::counter!("noodle_audit_denials_suppressed_total").increment(1);
-                return;
-            }
-            b.used += 1;
-            std::mem::take(&mut b.suppressed)
+        let key = DenialKey {
+            actor: self.denial_actor(caller),
+            action: action.to_string(),
+            right: describe(request),
+            reason: reason.to_string(),
         };
-        let actor = match caller {
+        let target = bounded(target, AUDIT_TARGET_CHARS_MAX);
+        let (note, ended) = self.denials.lock().unwrap_or_else(|e| e.into_inner()).note(
+            key.clone(),
+            &target,
+            crate::now_ms(),
+        );
+        self.record_ended(ended);
+        match note {
+            Note::Record => self.propose_denial(&key, &target, key.reason.clone()),
+            Note::Counted => {
+                metrics::counter!("noodle_audit_denials_aggregated_total").increment(1);
+            }
+        }
+    }
+
+    /// Records what each denial window left once it is over (every second), so a burst of
+    /// denials is recorded even when nothing follows it. Runs until the task is dropped.
+    pub async fn flush_denials_forever(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.flush_denials();
+        }
+    }
+
+    /// Records what the denial window left (repeats with their counts), if it is over.
+    fn flush_denials(&self) {
+        let ended = self
+            .denials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .roll(crate::now_ms());
+        self.record_ended(ended);
+    }
+
+    fn record_ended(&self, ended: Ended) {
+        let window_s = DenialBook::WINDOW_MS / 1000;
+        for (key, target, repeats) in ended.repeats {
+            let why = format!(
+                "{} (denied {repeats} more times within {window_s} s)",
+                key.reason
+            );
+            self.propose_denial(&key, &target, why);
+        }
+        if ended.untracked > 0 {
+            let key = DenialKey {
+                actor: format!("{} other callers", ended.untracked),
+                action: "denied".into(),
+                right: String::new(),
+                reason: String::new(),
+            };
+            let why = format!(
+                "{} more denials within {window_s} s, beyond the {} kinds recorded one by one",
+                ended.untracked,
+                DenialBook::KEYS_MAX
+            );
+            self.propose_denial(&key, "", why);
+        }
+    }
+
+    /// How the audit log names the caller of a denied request.
+    fn denial_actor(&self, caller: &Caller) -> String {
+        match caller {
             Caller::Admin => self.admin_actor(),
             // Only a token of this cluster names its holder: what an unverified one claims is
             // the caller's own words, so it is named by a hash of it instead.
@@ -273,18 +319,16 @@ impl Authz {
                     &blake3::hash(t.as_bytes()).to_hex()[..8]
                 ),
             },
-        };
-        let target = bounded(target, AUDIT_TARGET_CHARS_MAX);
-        let mut why = reason.to_string();
-        if suppressed > 0 {
-            why.push_str(&format!(" ({suppressed} earlier denials not recorded)"));
         }
+    }
+
+    fn propose_denial(&self, key: &DenialKey, target: &str, why: String) {
         let record = Record::new(
             crate::now_ms(),
-            actor,
-            action,
-            &target,
-            describe(request),
+            key.actor.clone(),
+            key.action.clone(),
+            target,
+            key.right.clone(),
             Outcome::denied(why),
         );
         let control = self.control.clone();

@@ -17,6 +17,7 @@
 pub mod api;
 mod authz;
 mod cluster;
+mod denials;
 mod events;
 mod subsystem;
 

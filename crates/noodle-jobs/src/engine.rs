@@ -171,6 +171,9 @@ struct Execution {
     /// The signal sent, if any (only the first is sent).
     signal: Option<Signal>,
     report: StartReport,
+    /// The process exited (exit code, when) while its start report was still on its way: the
+    /// end is reported once the start is, so the two are applied in order.
+    exited: Option<(i32, u64)>,
 }
 
 /// One node's job engine; see the module docs.
@@ -325,6 +328,7 @@ impl Engine {
                 gpus: gpus.clone(),
                 signal: None,
                 report: StartReport::NotSpawned,
+                exited: None,
             },
         );
         self.effects.push(Effect::Start {
@@ -486,8 +490,23 @@ impl Engine {
         }
     }
 
-    /// The process of `(id, epoch)` exited with `exit_code`.
+    /// The process of `(id, epoch)` exited with `exit_code`. If its start report is on its
+    /// way, the end waits for its answer: two reports proposed at once may be applied in either
+    /// order, and an end applied first would make the start look refused. (A start report
+    /// waiting to be retried is dropped: an end is taken from a placed job too.)
     pub fn process_exited(&mut self, now_ms: u64, id: u64, epoch: u64, exit_code: i32) {
+        if let Some(execution) = self.running.get_mut(&id).filter(|e| e.epoch == epoch)
+            && matches!(execution.report, StartReport::InFlight { .. })
+            && execution.signal.is_none()
+        {
+            execution.exited = Some((exit_code, now_ms));
+            return;
+        }
+        self.report_exit(now_ms, id, epoch, exit_code);
+    }
+
+    /// Reports the end of `(id, epoch)` as its signal says, and forgets the execution.
+    fn report_exit(&mut self, now_ms: u64, id: u64, epoch: u64, exit_code: i32) {
         let Some(execution) = self.end_execution(id, epoch) else {
             return;
         };
@@ -561,6 +580,17 @@ impl Engine {
             }
             // The control plane stays out of reach: stop, and report the job lost.
             Reported::NotDelivered => self.signal(id, Signal::Fence),
+        }
+        self.report_deferred_exit(id, epoch);
+    }
+
+    /// Reports an exit that waited for the start report's answer.
+    fn report_deferred_exit(&mut self, id: u64, epoch: u64) {
+        let Some(execution) = self.running.get(&id).filter(|e| e.epoch == epoch) else {
+            return;
+        };
+        if let Some((exit_code, at_ms)) = execution.exited {
+            self.report_exit(at_ms, id, epoch, exit_code);
         }
     }
 
@@ -651,6 +681,11 @@ impl Engine {
         }
         execution.signal = Some(signal);
         let epoch = execution.epoch;
+        if execution.exited.is_some() {
+            // Nothing left to signal: the end is reported as the signal says.
+            self.report_deferred_exit(id, epoch);
+            return;
+        }
         self.effects.push(Effect::Signal { id, epoch, signal });
     }
 

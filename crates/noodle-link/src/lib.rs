@@ -17,11 +17,13 @@
 //! directory.
 
 pub mod frame;
+mod gate;
 mod link;
 mod messages;
 mod tls;
 
 pub use frame::{FrameError, RemoteError};
+pub use gate::{HANDSHAKES_MAX, HANDSHAKES_PER_SOURCE_MAX};
 pub use link::{
     JoinPeer, Link, LinkConfig, LinkError, LinkEvent, LinkInfo, Peer, Service, ServiceFuture,
     join_call,

@@ -31,6 +31,11 @@ const JOIN_BYTES_MAX: usize = 64 * 1024;
 const PENDING_DATAGRAMS_MAX: usize = 256;
 /// QUIC close code for a peer this node refuses (no node id, or a removed node).
 const REFUSED_CODE: u32 = 403;
+/// Member connections one node may have to this one at once (one per address it dials from).
+const CONNECTIONS_PER_NODE_MAX: usize = 4;
+/// Bytes of request bodies one connection may have in memory at once, all its streams
+/// together; a stream waits for room (the peer's sending stalls) rather than grow it.
+const CONNECTION_BODY_BYTES_MAX: usize = 64 << 20;
 
 /// Settings of a link; every timeout and size is bounded.
 #[derive(Debug, Clone)]
@@ -193,6 +198,7 @@ struct Inner {
     pending_datagrams: Arc<Semaphore>,
     /// Node ids whose connections are refused (nodes removed from the cluster).
     refused: std::sync::RwLock<std::collections::HashSet<String>>,
+    handshakes: crate::gate::Handshakes,
 }
 
 /// The transport of one node. Cheap to clone.
@@ -298,6 +304,7 @@ impl Link {
             conns: Mutex::new(HashMap::new()),
             pending_datagrams: Arc::new(Semaphore::new(PENDING_DATAGRAMS_MAX)),
             refused: Default::default(),
+            handshakes: Default::default(),
         });
         tokio::spawn(accept_loop(inner.clone()));
         Ok(Link { inner })
@@ -589,6 +596,20 @@ impl Inner {
         let peer_id = Some(node_id.clone());
         let was_up = {
             let mut conns = self.lock_conns();
+            let others = conns
+                .iter()
+                .filter(|(a, slot)| {
+                    **a != addr
+                        && matches!(slot, Slot::Ready { peer_id: Some(id), conn, .. }
+                            if *id == node_id && conn.close_reason().is_none())
+                })
+                .count();
+            if others >= CONNECTIONS_PER_NODE_MAX {
+                drop(conns);
+                metrics::counter!("noodle_link_refused_total").increment(1);
+                conn.close(REFUSED_CODE.into(), b"too many connections from this node");
+                return Err(format!("{addr}: node {node_id} has too many connections"));
+            }
             let was_up = matches!(conns.get(&addr), Some(Slot::Ready { conn, .. }) if conn.close_reason().is_none());
             conns.insert(
                 addr,
@@ -619,11 +640,14 @@ impl Inner {
     /// Serves requests and datagrams arriving on `conn` until it closes.
     async fn drive(self: Arc<Self>, conn: Connection, peer: Peer) {
         let addr = peer.addr;
+        let budget = Arc::new(Semaphore::new(CONNECTION_BODY_BYTES_MAX));
         let reason = loop {
             tokio::select! {
                 stream = conn.accept_bi() => match stream {
                     Ok((send, recv)) => {
-                        tokio::spawn(self.clone().serve_stream(peer.clone(), send, recv));
+                        let serve =
+                            self.clone().serve_stream(peer.clone(), budget.clone(), send, recv);
+                        tokio::spawn(serve);
                     }
                     Err(e) => break e,
                 },
@@ -651,7 +675,13 @@ impl Inner {
         }
     }
 
-    async fn serve_stream(self: Arc<Self>, from: Peer, mut send: SendStream, mut recv: RecvStream) {
+    async fn serve_stream(
+        self: Arc<Self>,
+        from: Peer,
+        budget: Arc<Semaphore>,
+        mut send: SendStream,
+        mut recv: RecvStream,
+    ) {
         let header = async {
             let mut len = [0u8; 2];
             recv.read_exact(&mut len)
@@ -688,12 +718,7 @@ impl Inner {
         let deadline =
             Duration::from_millis(u64::from(header.deadline_ms)).min(self.cfg.request_timeout * 2);
         let result = tokio::time::timeout(deadline, async {
-            let body = recv
-                .read_to_end(self.cfg.body_bytes_max)
-                .await
-                .map_err(|e| {
-                    RemoteError::new(RemoteError::BAD_REQUEST, format!("request body: {e}"))
-                })?;
+            let (body, _held) = read_body(&mut recv, self.cfg.body_bytes_max, &budget).await?;
             self.service
                 .call(from, &header.method, Bytes::from(body))
                 .await
@@ -734,13 +759,60 @@ impl Inner {
     }
 }
 
+/// Reads a request body of at most `max` bytes, holding room for it in the connection's
+/// `budget` until the request is answered (the returned permit).
+async fn read_body(
+    recv: &mut RecvStream,
+    max: usize,
+    budget: &Arc<Semaphore>,
+) -> Result<(Vec<u8>, Option<tokio::sync::OwnedSemaphorePermit>), RemoteError> {
+    let bad = |detail: String| RemoteError::new(RemoteError::BAD_REQUEST, detail);
+    let mut body = Vec::new();
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    while let Some(chunk) = recv
+        .read_chunk(64 << 10, true)
+        .await
+        .map_err(|e| bad(format!("request body: {e}")))?
+    {
+        if body.len() + chunk.bytes.len() > max {
+            return Err(bad(format!("request body over {max} bytes")));
+        }
+        // Chunks are at most 64 KiB: the count fits in u32.
+        let permit = budget
+            .clone()
+            .acquire_many_owned(chunk.bytes.len() as u32)
+            .await
+            .map_err(|_| bad("the connection is closing".into()))?;
+        match &mut held {
+            Some(h) => h.merge(permit),
+            None => held = Some(permit),
+        }
+        body.extend_from_slice(&chunk.bytes);
+    }
+    Ok((body, held))
+}
+
+/// Accepts connections, at most [`crate::HANDSHAKES_MAX`] in their handshake at once
+/// ([`crate::HANDSHAKES_PER_SOURCE_MAX`] per source address); more are refused before any
+/// cryptography is done.
 async fn accept_loop(inner: Arc<Inner>) {
     while let Some(incoming) = inner.endpoint.accept().await {
-        tokio::spawn(handle_incoming(inner.clone(), incoming));
+        let Some(slot) = inner.handshakes.admit(incoming.remote_address().ip()) else {
+            metrics::counter!("noodle_link_handshakes_refused_total").increment(1);
+            incoming.refuse();
+            continue;
+        };
+        tokio::spawn(handle_incoming(inner.clone(), incoming, slot));
     }
 }
 
-async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
+/// Serves one incoming connection: `slot` is its place among the handshakes, given back once
+/// it has proven a member certificate (or its joiner was answered).
+async fn handle_incoming(
+    inner: Arc<Inner>,
+    incoming: quinn::Incoming,
+    slot: crate::gate::HandshakeSlot,
+) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(conn) => conn,
@@ -752,6 +824,7 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
     };
     match alpn_of(&conn).as_deref() {
         Some(ALPN_CLUSTER) if conn.peer_identity().is_some() => {
+            drop(slot);
             if let Err(why) = inner.adopt(conn) {
                 tracing::debug!(%remote, %why, "member connection refused");
             }

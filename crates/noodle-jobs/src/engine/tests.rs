@@ -192,6 +192,43 @@ fn the_start_report_is_retried_then_the_job_is_fenced() {
     assert_eq!(e.effects(), vec![propose(lost(1, 1, 650))]);
 }
 
+/// A process that ends while its start report is on its way: the end is reported after the
+/// start's answer (two reports proposed at once may be applied in either order, and an end
+/// applied first would make the start refused and the record lose its start time).
+#[test]
+fn an_end_waits_for_the_answer_to_the_start_report() {
+    let mut e = engine();
+    observe(&mut e, 0, &[placed(1, "a", 1)]);
+    e.process_started(10, 1, 1);
+    assert_eq!(e.effects(), vec![propose(started(1, 1, 10))]);
+    e.process_exited(12, 1, 1, 0);
+    assert_eq!(e.effects(), vec![], "the end waits");
+    e.reported(20, &started(1, 1, 10), Reported::Applied);
+    assert_eq!(e.effects(), vec![propose(ended(1, 1, 0, 12))]);
+    assert_eq!(e.running(), 0);
+
+    // Not delivered: the end goes now, and the start is not sent again.
+    let mut e = engine();
+    observe(&mut e, 0, &[placed(1, "a", 1)]);
+    e.process_started(10, 1, 1);
+    e.effects();
+    e.process_exited(12, 1, 1, 0);
+    e.reported(20, &started(1, 1, 10), Reported::NotDelivered);
+    assert_eq!(e.effects(), vec![propose(ended(1, 1, 0, 12))]);
+    e.tick(1_000);
+    assert_eq!(e.effects(), vec![]);
+
+    // Cancelled meanwhile: the start is refused, the process is gone, nothing more to say.
+    let mut e = engine();
+    observe(&mut e, 0, &[placed(2, "a", 1)]);
+    e.process_started(10, 2, 1);
+    e.effects();
+    e.process_exited(12, 2, 1, 0);
+    e.reported(20, &started(2, 1, 10), Reported::Refused);
+    assert_eq!(e.effects(), vec![]);
+    assert_eq!(e.running(), 0);
+}
+
 #[test]
 fn what_an_execution_reports_depends_on_how_it_ends() {
     // (start report's answer, signal sent, how it ends, the report)

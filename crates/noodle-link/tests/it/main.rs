@@ -283,3 +283,114 @@ async fn a_peer_offering_only_classical_x25519_is_refused() {
         .await
         .expect("the post-quantum handshake");
 }
+
+/// A client with no certificate, trusting `ca`, asking for `alpn`, from `bind`.
+fn anonymous_client(ca: &ClusterCa, alpn: &[u8], bind: &str) -> quinn::Endpoint {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert_der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::CryptoProvider {
+        kx_groups: vec![rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768],
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let client = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    ));
+    let mut ep = quinn::Endpoint::client(bind.parse().unwrap()).unwrap();
+    ep.set_default_client_config(client);
+    ep
+}
+
+/// Anyone who reaches the cluster port can hold only a bounded number of connections that
+/// have not proven a member certificate: joiners that handshake and then say nothing take up
+/// at most their source's share, another source still gets in, and the places come back.
+#[tokio::test]
+async fn idle_joiners_hold_a_bounded_number_of_handshakes() {
+    let ca = ClusterCa::generate("it").unwrap();
+    let (a, _) = node(&ca, "a");
+    let idle = anonymous_client(&ca, noodle_link::ALPN_JOIN, "127.0.0.1:0");
+    let mut held = Vec::new();
+    for _ in 0..noodle_link::HANDSHAKES_PER_SOURCE_MAX {
+        let conn = idle
+            .connect(a.local_addr(), CLUSTER_SERVER_NAME)
+            .unwrap()
+            .await
+            .expect("a place for this joiner");
+        held.push(conn);
+    }
+    let refused = idle
+        .connect(a.local_addr(), CLUSTER_SERVER_NAME)
+        .unwrap()
+        .await;
+    assert!(
+        refused.is_err(),
+        "a ninth idle joiner from one source got in"
+    );
+
+    let other = anonymous_client(&ca, noodle_link::ALPN_JOIN, "127.0.0.2:0");
+    other
+        .connect(a.local_addr(), CLUSTER_SERVER_NAME)
+        .unwrap()
+        .await
+        .expect("another source still gets in");
+
+    for conn in held {
+        conn.close(0u32.into(), b"bye");
+    }
+    // The node notices the closes and gives the places back; a joiner gets its answer.
+    let mut answered = None;
+    for _ in 0..600 {
+        if let Ok(answer) = noodle_link::join_call(
+            a.local_addr(),
+            ca.fingerprint(),
+            b"hi",
+            Duration::from_secs(5),
+        )
+        .await
+        {
+            answered = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(answered.as_deref(), Some(&b"joined:hi"[..]));
+}
+
+/// One node's certificate (a stolen one, used from many sockets) gets a bounded number of
+/// connections at once.
+#[tokio::test]
+async fn one_node_gets_a_bounded_number_of_connections() {
+    let ca = ClusterCa::generate("it").unwrap();
+    let (a, _) = node(&ca, "a");
+    let stolen = material(&ca, "b");
+    let mut links = Vec::new();
+    let mut answered = 0;
+    for _ in 0..6 {
+        let link = Link::bind(
+            LinkConfig::new("127.0.0.1:0".parse().unwrap()),
+            &stolen,
+            Arc::new(Echo::default()),
+        )
+        .unwrap();
+        if link.request(a.local_addr(), "echo", b"hi").await.is_ok() {
+            answered += 1;
+        }
+        links.push(link);
+    }
+    assert_eq!(
+        answered, 4,
+        "connections from one node beyond the bound were served"
+    );
+    assert_eq!(
+        a.links()
+            .iter()
+            .filter(|l| l.peer_id.as_deref() == Some("b"))
+            .count(),
+        4
+    );
+}

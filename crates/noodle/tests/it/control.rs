@@ -1042,3 +1042,31 @@ fn streams_end_when_their_token_is_revoked_or_expires() {
     let _ = c.kill();
     let _ = c.wait();
 }
+
+/// A caller cannot grow the audit log at will: the same denial, repeated, is recorded once
+/// (its repeats are counted into one more record when the window ends: `noodle-host`'s
+/// `denials` tests).
+#[test]
+fn repeated_denials_are_recorded_once() {
+    let node = Node::founder("a");
+    node.wait_ready(Duration::from_secs(10));
+    let before = audit_log(&node).len();
+    for _ in 0..30 {
+        let out = with_token(&node, "not-a-token", &["config", "get", "retries"]);
+        assert!(!out.status.success());
+    }
+    // The denials are proposed without waiting; a write after them, and the first denial,
+    // both in the log show it has caught up.
+    ok(&node, &["config", "set", "marker", "1"]);
+    let log = eventually(Duration::from_secs(10), "the marker and a denial", || {
+        let log = audit_log(&node);
+        let marker = log.iter().any(|e| e.target == "marker");
+        let denied = log[before..].iter().any(|e| e.outcome == "denied");
+        (marker && denied).then_some(log)
+    });
+    let denials: Vec<_> = log[before..]
+        .iter()
+        .filter(|e| e.outcome == "denied")
+        .collect();
+    assert_eq!(denials.len(), 1, "{denials:?}");
+}

@@ -106,7 +106,15 @@ fn run_prints_output_returns_exit_codes_and_ctrl_c_cancels_the_remote_process() 
     let first = jobs(a).into_iter().next().expect("the job is listed");
     assert_eq!(first.state, "succeeded", "{first:?}");
     assert_eq!(first.exit_code, Some(0));
-    assert!(first.node.is_some() && first.started_at.is_some() && first.ended_at.is_some());
+    assert!(
+        first.node.is_some() && first.started_at.is_some() && first.ended_at.is_some(),
+        "{first:?}\n{}",
+        nodes
+            .iter()
+            .map(|n| n.logs())
+            .collect::<Vec<_>>()
+            .join("\n=====\n")
+    );
 
     // `--on NODE` picks the node.
     // A job that asked for no GPU sees none.
