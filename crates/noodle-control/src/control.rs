@@ -244,6 +244,7 @@ struct Inner {
     failure: Mutex<Option<String>>,
     dead_since: Mutex<HashMap<RaftId, Instant>>,
     stop: watch::Sender<bool>,
+    gate: std::sync::OnceLock<Arc<dyn crate::ForwardGate>>,
 }
 
 /// One incarnation of the Raft member (a restart after a storage error makes a new one).
@@ -365,6 +366,7 @@ impl Control {
                 failure: Mutex::default(),
                 dead_since: Mutex::default(),
                 stop: watch::channel(false).0,
+                gate: std::sync::OnceLock::new(),
             }),
         };
         tokio::spawn(control.clone().supervise());
@@ -475,6 +477,25 @@ impl Control {
         &self.inner.store
     }
 
+    /// Sets the leader's check of forwarded proposals (once; later calls are ignored).
+    pub fn set_gate(&self, gate: Arc<dyn crate::ForwardGate>) {
+        let _ = self.inner.gate.set(gate);
+    }
+
+    pub(crate) fn gate(&self) -> Option<&Arc<dyn crate::ForwardGate>> {
+        self.inner.gate.get()
+    }
+
+    /// Whether a member of node `node` (any incarnation) is a voter here.
+    pub(crate) fn is_voter_node(&self, node: &str) -> bool {
+        let metrics = self.raft().metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        membership
+            .voter_ids()
+            .filter_map(|id| membership.get_node(&id))
+            .any(|m| m.node() == node)
+    }
+
     /// Checks a proposal's bounds, a subsystem command's with its own machine.
     fn validate(&self, proposal: &Proposal) -> Result<(), Rejection> {
         proposal.command.validate()?;
@@ -490,11 +511,25 @@ impl Control {
     /// member leads next, until the request deadline: the state machine applies a proposal id
     /// once, so the write happens exactly once.
     pub async fn propose(&self, proposal: Proposal) -> Result<Response, ControlError> {
+        self.propose_with(proposal, None).await
+    }
+
+    /// [`Control::propose`] for a write a person asked for with the capability token
+    /// `credential`: forwarded with it, so the leader authorises it again.
+    pub async fn propose_with(
+        &self,
+        proposal: Proposal,
+        credential: Option<String>,
+    ) -> Result<Response, ControlError> {
         self.validate(&proposal)?;
         let timeout = self.inner.cfg.request_timeout;
         let deadline = Instant::now() + timeout;
+        let forwarded = crate::Forwarded {
+            proposal: proposal.clone(),
+            credential,
+        };
         let body =
-            postcard::to_allocvec(&proposal).map_err(|e| ControlError::Raft(e.to_string()))?;
+            postcard::to_allocvec(&forwarded).map_err(|e| ControlError::Raft(e.to_string()))?;
         // Whether a copy may have reached a leader: then running out of time is not "no leader".
         let mut sent = false;
         loop {

@@ -33,6 +33,6 @@ pub use network::{Transport, TransportError, TransportFuture};
 pub use state::StateView;
 pub use store::{AppendDurability, DbError, Store};
 pub use types::{
-    Command, Member, Proposal, RaftId, Response, TypeConfig, base_node_id, limits, raft_id,
-    validate_config_key,
+    Command, ForwardGate, Forwarded, Member, Needs, Proposal, RaftId, Response, TypeConfig,
+    base_node_id, limits, raft_id, validate_config_key,
 };

@@ -47,6 +47,13 @@ pub trait StateMachine: Send + Sync + 'static {
     /// nothing.
     fn apply(&self, table: &mut MachineTable<'_, '_>, command: &[u8]) -> Result<Applied, DbError>;
 
+    /// What the leader needs to take `command` from a member that is not a voter: a person's
+    /// right for what people ask for, nothing more for a node's own reports (then
+    /// [`StateMachine::may_forward`] says whose they are). The default: only from voters.
+    fn forwarding(&self, _command: &[u8]) -> crate::Needs {
+        crate::Needs::Voter
+    }
+
     /// Whether the node `caller` may forward `command` to the leader, judged on the leader's
     /// state (`view`) before it is proposed. A node's own reports (a job it runs) are its to
     /// make; another node's are not. The default takes every command.

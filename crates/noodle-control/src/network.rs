@@ -197,6 +197,69 @@ fn raft_request<T: DeserializeOwned>(
     Ok(req)
 }
 
+/// Checks a proposal the node `caller` forwards: what a node may propose for itself, then the
+/// node's gate (the authoriser, with the credential it came with).
+fn admit(
+    control: &crate::Control,
+    caller: &str,
+    forwarded: crate::Forwarded,
+) -> Result<crate::Proposal, WireError> {
+    let mut proposal = forwarded.proposal;
+    may_forward(control, caller, &proposal.command)?;
+    if let Some(gate) = control.gate() {
+        let voter = control.is_voter_node(caller);
+        let mut needs = Vec::new();
+        what_it_needs(control, &proposal.command, &mut needs);
+        if let Err(why) = gate.check(
+            caller,
+            voter,
+            forwarded.credential.as_deref(),
+            &needs,
+            &mut proposal,
+        ) {
+            metrics::counter!("noodle_control_refused_messages_total").increment(1);
+            tracing::warn!(%caller, %why, "refusing a forwarded proposal");
+            return Err(WireError::Rejected(why));
+        }
+    }
+    Ok(proposal)
+}
+
+/// What the leader needs to take `command` from a member that is not a voter: the rights the
+/// API asks of a person for the same write.
+fn what_it_needs(control: &crate::Control, command: &crate::Command, out: &mut Vec<crate::Needs>) {
+    use crate::{Command, Needs};
+    let needs = match command {
+        Command::Nothing | Command::RegisterNode { .. } | Command::Checkpoint(_) => Needs::Node,
+        Command::ConfigSet { key, .. } | Command::ConfigUnset { key } => {
+            Needs::right("config", "write", Some(key))
+        }
+        // A join token's record: made by a person; its uses are spent by the member that
+        // admits a joiner (which holds the token's MAC key today).
+        Command::Cas { key, expected, .. } if key.starts_with("join-token/") => match expected {
+            None => Needs::right("cluster", "admit", None),
+            Some(_) => Needs::Node,
+        },
+        Command::Cas { .. } | Command::SetRootKey { .. } => Needs::Voter,
+        Command::Revoke { .. } => Needs::right("cap", "revoke", None),
+        Command::PolicySet { .. } | Command::PolicyRemove { .. } => {
+            Needs::right("policy", "write", None)
+        }
+        Command::RemoveNode { .. } => Needs::right("cluster", "remove", None),
+        Command::Machine { name, command } => match control.store().machines().get(name) {
+            Ok(machine) => machine.forwarding(command),
+            Err(_) => Needs::Voter,
+        },
+        Command::Batch(proposals) => {
+            for p in proposals {
+                what_it_needs(control, &p.command, out);
+            }
+            return;
+        }
+    };
+    out.push(needs);
+}
+
 /// Whether the node `caller` may forward `command`: what a node proposes on its own behalf
 /// (its signing key, its checkpoints, a subsystem's reports) it may propose only for itself,
 /// and the capability root key is set only by the leader itself.
@@ -275,9 +338,7 @@ pub(crate) async fn serve(
                 Err(e) => encode(&Err::<(), _>(e)),
             }
         }
-        PROPOSE => match decode::<crate::Proposal>(body)
-            .and_then(|p| may_forward(control, caller, &p.command).map(|()| p))
-        {
+        PROPOSE => match decode::<crate::Forwarded>(body).and_then(|f| admit(control, caller, f)) {
             Ok(p) => encode(&control.propose_here(p).await),
             Err(e) => encode(&Err::<crate::Response, _>(e)),
         },

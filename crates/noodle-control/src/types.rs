@@ -70,6 +70,55 @@ pub fn raft_id(node_id: &str) -> RaftId {
     u64::from_le_bytes(id)
 }
 
+/// A proposal a member sends the leader, with the capability token the write was made with
+/// when a person (not the node itself) asked for it: the leader authorises it again
+/// ([`ForwardGate`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Forwarded {
+    pub proposal: Proposal,
+    pub credential: Option<String>,
+}
+
+/// What the leader needs before it takes a command forwarded by a member that is not a voter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Needs {
+    /// Nothing more: what a node proposes for itself (its key, its reports; checked already).
+    Node,
+    /// A person's capability token granting `subsystem:action` (on `resource`).
+    Right {
+        subsystem: String,
+        action: String,
+        resource: Option<String>,
+    },
+    /// A voter: the leader's own work (placing jobs, the root key).
+    Voter,
+}
+
+impl Needs {
+    pub fn right(subsystem: &str, action: &str, resource: Option<&str>) -> Needs {
+        Needs::Right {
+            subsystem: subsystem.into(),
+            action: action.into(),
+            resource: resource.map(str::to_string),
+        }
+    }
+}
+
+/// The leader's check of a proposal another member forwards, after the checks of what a node
+/// may propose for itself. The node sets its authoriser here; without one, every forwarded
+/// proposal is taken. It may rewrite the proposal's audit record (to name the caller it
+/// verified), never its command.
+pub trait ForwardGate: Send + Sync + 'static {
+    fn check(
+        &self,
+        caller: &str,
+        caller_is_voter: bool,
+        credential: Option<&str>,
+        needs: &[Needs],
+        proposal: &mut Proposal,
+    ) -> Result<(), String>;
+}
+
 /// One write to the replicated state, with the audit record that describes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Proposal {

@@ -329,7 +329,14 @@ async fn concurrent_proposals_are_group_committed_and_all_answered() {
     // A forwarded proposal the transport sends twice (its connection broke after the first
     // copy went out) is applied once: the second copy gets the first copy's answer.
     let with_id = |id: u128, p: Proposal| Proposal { id, ..p };
-    let forwarded = postcard::to_allocvec(&with_id(7, cas(None, "fwd"))).expect("encode");
+    let fwd = |proposal: Proposal| {
+        postcard::to_allocvec(&noodle_control::Forwarded {
+            proposal,
+            credential: None,
+        })
+        .expect("encode")
+    };
+    let forwarded = fwd(with_id(7, cas(None, "fwd")));
     let first = a
         .serve("node-9", "control.propose", &forwarded)
         .await
@@ -345,7 +352,7 @@ async fn concurrent_proposals_are_group_committed_and_all_answered() {
         matches!(answer, Ok(Response::CasFailed { .. })),
         "{answer:?}"
     );
-    let fresh = postcard::to_allocvec(&with_id(8, cas(Some("1"), "3"))).expect("encode");
+    let fresh = fwd(with_id(8, cas(Some("1"), "3")));
     let done = a
         .serve("node-9", "control.propose", &fresh)
         .await
@@ -631,7 +638,13 @@ async fn a_member_may_forward_only_what_it_may_propose_for_itself() {
     let _b = cl.start(1).await;
     cl.settle(2, |s| s.voters.len() == 1 && s.learners.len() == 1)
         .await;
-    let forward = |p: Proposal| postcard::to_allocvec(&p).expect("encode");
+    let forward = |proposal: Proposal| {
+        postcard::to_allocvec(&noodle_control::Forwarded {
+            proposal,
+            credential: None,
+        })
+        .expect("encode")
+    };
     let answer = |bytes: Vec<u8>| {
         postcard::from_bytes::<Result<Response, noodle_control::WireError>>(&bytes)
             .expect("an answer")

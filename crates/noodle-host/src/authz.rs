@@ -68,6 +68,9 @@ pub struct Actor {
     pub right: String,
     /// Limits from the token (none for the admin credential).
     pub quotas: Vec<noodle_caps::Quota>,
+    /// The token it presented (none for the admin credential): a write it makes is forwarded
+    /// with it, and the leader authorises it again.
+    pub token: Option<String>,
 }
 
 impl Actor {
@@ -187,6 +190,7 @@ impl Authz {
                     name: self.admin_actor(),
                     right,
                     quotas: Vec::new(),
+                    token: None,
                 });
             }
             Caller::Token(t) => t,
@@ -207,6 +211,7 @@ impl Authz {
             name: token_actor(&grant.id, grant.holder.as_deref()),
             right,
             quotas: grant.quotas,
+            token: Some(token.clone()),
         })
     }
 
@@ -358,9 +363,81 @@ impl Authz {
             actor.right.clone(),
             Outcome::Allowed,
         );
-        self.control
-            .propose(Proposal::audited(command, record))
+        self.propose(actor, Proposal::audited(command, record))
             .await
+    }
+
+    /// Proposes a write `actor` was authorised for, with the token it presented, so that the
+    /// leader authorises it again when this node is not a voter.
+    pub async fn propose(
+        &self,
+        actor: &Actor,
+        proposal: Proposal,
+    ) -> Result<Response, ControlError> {
+        self.control
+            .propose_with(proposal, actor.token.clone())
+            .await
+    }
+}
+
+/// The leader's check of what a member that is not a voter forwards (voters hold the cluster's
+/// keys, so they are trusted with the writes they forward). A person's write must come with a
+/// capability token that grants it here too: the node's local admin credential is that node's,
+/// not the cluster's. The audit record then names the token's holder as verified here, and a
+/// node's own record says which node sent it.
+impl noodle_control::ForwardGate for Authz {
+    fn check(
+        &self,
+        caller: &str,
+        caller_is_voter: bool,
+        credential: Option<&str>,
+        needs: &[noodle_control::Needs],
+        proposal: &mut Proposal,
+    ) -> Result<(), String> {
+        use noodle_control::Needs;
+        if caller_is_voter {
+            return Ok(());
+        }
+        let mut verified = None;
+        for need in needs {
+            match need {
+                Needs::Node => {}
+                Needs::Voter => {
+                    return Err(format!(
+                        "node {caller} is not a voter: only a voter may propose this"
+                    ));
+                }
+                Needs::Right {
+                    subsystem,
+                    action,
+                    resource,
+                } => {
+                    let Some(token) = credential else {
+                        return Err(format!(
+                            "node {caller} is not a voter, so its local admin is not the cluster's: act with a capability token (--token)"
+                        ));
+                    };
+                    let mut request = Request::new(subsystem, action);
+                    if let Some(r) = resource {
+                        request = request.on(r);
+                    }
+                    let actor = self
+                        .authorise(&Caller::Token(token.to_string()), &request)
+                        .map_err(|denied| format!("the leader refuses the write: {denied}"))?;
+                    verified = Some(actor.name);
+                }
+            }
+        }
+        if let Some(record) = proposal.audit.as_mut() {
+            let own = format!("node:{caller}");
+            record.actor = match verified {
+                Some(name) => name,
+                None if record.actor == own => own,
+                None => format!("{} (as node {caller} says)", record.actor),
+            };
+            *record = record.clone().bounded();
+        }
+        Ok(())
     }
 }
 

@@ -135,8 +135,8 @@ impl JobsService {
             noodle_audit::Outcome::Allowed,
         ));
         self.host
-            .control
-            .propose(proposal)
+            .authz
+            .propose(actor, proposal)
             .await
             .map_err(control_error)
     }

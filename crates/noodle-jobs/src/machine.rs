@@ -57,8 +57,27 @@ impl StateMachine for JobsMachine {
         command.validate().map_err(Rejection)
     }
 
-    /// A report about a running job (started, ended, could not start) comes only from the
-    /// node the job is placed on.
+    /// From a member that is not a voter: a submission or a cancellation needs the person's
+    /// `jobs:run`; a report on a job is the node's own (see `may_forward`); placing a job is
+    /// the leader's work.
+    fn forwarding(&self, command: &[u8]) -> noodle_control::Needs {
+        use noodle_control::Needs;
+        match postcard::from_bytes::<JobCommand>(command) {
+            Ok(JobCommand::Submit { .. } | JobCommand::Cancel { .. }) => {
+                Needs::right("jobs", "run", None)
+            }
+            Ok(
+                JobCommand::Started { .. }
+                | JobCommand::Ended { .. }
+                | JobCommand::StartFailed { .. }
+                | JobCommand::Lost { .. },
+            ) => Needs::Node,
+            Ok(JobCommand::Place { .. }) | Err(_) => Needs::Voter,
+        }
+    }
+
+    /// A report about a job placed on a node (started, ended, could not start, lost by a node
+    /// that stopped it itself) comes only from that node.
     fn may_forward(
         &self,
         view: &MachineView<'_>,
@@ -69,7 +88,8 @@ impl StateMachine for JobsMachine {
             .map_err(|e| Rejection(format!("unreadable job command: {e}")))?;
         let (JobCommand::Started { id, .. }
         | JobCommand::Ended { id, .. }
-        | JobCommand::StartFailed { id, .. }) = command
+        | JobCommand::StartFailed { id, .. }
+        | JobCommand::Lost { id, .. }) = command
         else {
             return Ok(());
         };

@@ -331,7 +331,8 @@ pub(crate) async fn create_token(
                 })
             })
             .collect();
-        if let Err(e) = control.propose(Proposal::new(Command::Batch(sweep))).await {
+        let sweep = Proposal::new(Command::Batch(sweep));
+        if let Err(e) = authz.propose(actor, sweep).await {
             tracing::debug!(error = %e, "removing expired join tokens");
         }
     }

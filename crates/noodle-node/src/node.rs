@@ -380,6 +380,7 @@ pub async fn start(
         events.emit(crate::control::CONTROL_RECOVERED, &cluster.node_id, note);
     }
     let authz = Arc::new(Authz::new(plane.control.clone(), name.clone()));
+    plane.control.set_gate(authz.clone());
     tokio::spawn(authz.clone().flush_denials_forever());
 
     // Subsystems.

@@ -526,6 +526,10 @@ fn bad_tokens_are_refused_with_one_clear_error_and_audited() {
 #[test]
 fn policy_applies_on_every_node_and_bad_datalog_is_refused() {
     let nodes = cluster_with(3, &[]);
+    // Every node a voter: each one's admin may then write (a non-voter's may not).
+    agreed(&nodes.iter().collect::<Vec<_>>(), "three voters", |c| {
+        c.voters.len() == 3
+    });
     ok(&nodes[0], &["config", "set", "greeting", "hello"]);
     let reader = cap_create(&nodes[0], &["--allow", "config:read"]);
     let read_on = |node: &Node| with_token(node, &reader.token, &["config", "get", "greeting"]);

@@ -239,7 +239,11 @@ fn a_member_cannot_report_on_another_nodes_job() {
         at_ms: 1,
     };
     let proposal = noodle_control::Proposal::machine("jobs", noodle_jobs::machine::encode(&report));
-    let body = postcard::to_stdvec(&proposal).unwrap();
+    let body = postcard::to_stdvec(&noodle_control::Forwarded {
+        proposal,
+        credential: None,
+    })
+    .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let link = rt.block_on(async { stolen_link(&thief.dir) });
     let answer = rt
@@ -258,4 +262,85 @@ fn a_member_cannot_report_on_another_nodes_job() {
     let now = list.jobs.into_iter().find(|j| j.id == job.id).unwrap();
     assert_eq!(now.state, "running");
     nodes[0].cli(&["cancel", &id]);
+}
+
+/// People are not nodes, and a node cannot act for a person: a node that is not a voter
+/// forwards a person's write only with the person's token, which the leader authorises again.
+/// Its local admin credential is that node's, not the cluster's; a stolen non-voter directory
+/// forwards a write with no token, or with a token that does not grant it, and is refused.
+#[test]
+fn a_non_voter_forwards_a_write_only_with_a_token_that_grants_it() {
+    use crate::control::{cap_create, with_token};
+    let nodes = cluster(4);
+    let learner_id = eventually(
+        Duration::from_secs(30),
+        "three voters and a learner",
+        || {
+            let c = nodes[0].status()?.control?;
+            (c.voters.len() == 3 && c.learners.len() == 1).then(|| c.learners[0].clone())
+        },
+    );
+    let learner = nodes.iter().find(|n| n.node_id() == learner_id).unwrap();
+    let voter = nodes.iter().find(|n| n.node_id() != learner_id).unwrap();
+
+    // The learner's local admin: refused by the leader, with what to do instead.
+    let out = learner.cli(&["config", "set", "colour", "red"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a voter") && err.contains("--token"),
+        "{err}"
+    );
+    let out = learner.cli(&["run", "--detach", "--", "true"]);
+    assert!(
+        !out.status.success(),
+        "a job submitted as a non-voter's admin"
+    );
+
+    // A person's token works through the learner, and the audit log names its holder.
+    let writer = cap_create(voter, &["--allow", "config:write", "--for", "alice"]);
+    let out = with_token(learner, &writer.token, &["config", "set", "colour", "blue"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let audit = voter.cli(&["audit", "--json"]);
+    let audit = String::from_utf8_lossy(&audit.stdout).to_string();
+    let line = audit
+        .lines()
+        .find(|l| l.contains("\"config.set\"") && l.contains("colour"))
+        .unwrap_or_else(|| panic!("{audit}"));
+    assert!(line.contains("(alice)"), "{line}");
+
+    // The stolen learner directory, straight to the leader: no token, a token without the
+    // right, and a write dressed as the learner's own record.
+    let leader_id = voter.status().unwrap().control.unwrap().leader.unwrap();
+    let leader = nodes.iter().find(|n| n.node_id() == leader_id).unwrap();
+    let reader = cap_create(voter, &["--allow", "config:read"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let link = rt.block_on(async { stolen_link(&learner.dir) });
+    let set = noodle_control::Proposal::new(noodle_control::Command::ConfigSet {
+        key: "colour".into(),
+        value: "stolen".into(),
+    });
+    for (credential, why) in [
+        (None, "not a voter"),
+        (Some(reader.token.clone()), "does not allow config:write"),
+    ] {
+        let body = postcard::to_stdvec(&noodle_control::Forwarded {
+            proposal: set.clone(),
+            credential,
+        })
+        .unwrap();
+        let answer = rt
+            .block_on(link.request(addr_of(leader), "control.propose", &body))
+            .expect("answered");
+        let answer: Result<noodle_control::Response, noodle_control::WireError> =
+            postcard::from_bytes(&answer).unwrap();
+        let err = answer.expect_err("the forged write was accepted");
+        assert!(err.to_string().contains(why), "{err}");
+    }
+    let out = voter.cli(&["config", "get", "colour"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "blue");
 }
