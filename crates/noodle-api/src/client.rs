@@ -28,6 +28,9 @@ pub enum ClientError {
     Unreachable { url: String, detail: String },
     #[error("the node refused the request: {0}")]
     Api(String),
+    /// The credential is none of this cluster's (HTTP 401).
+    #[error("the node does not take this credential: {0}")]
+    Unauthenticated(String),
     #[error("{0}")]
     NotFound(String),
     #[error("unexpected answer from the node: {0}")]
@@ -354,6 +357,9 @@ impl Client {
         let body = resp.bytes().await.unwrap_or_default();
         match serde_json::from_slice::<ApiError>(&body) {
             Ok(e) if status == reqwest::StatusCode::NOT_FOUND => ClientError::NotFound(e.error),
+            Ok(e) if status == reqwest::StatusCode::UNAUTHORIZED => {
+                ClientError::Unauthenticated(e.error)
+            }
             Ok(e) => ClientError::Api(e.error),
             Err(_) => ClientError::Api(format!("HTTP {status}")),
         }

@@ -26,6 +26,7 @@ macro_rules! out {
 
 mod control_cli;
 mod jobs_cli;
+mod login;
 mod ship_cli;
 
 use anyhow::{Context, Result, bail};
@@ -64,6 +65,13 @@ enum Command {
     /// Nodes of the cluster.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Keep a capability token in your config directory; every command then uses it.
+    Login {
+        /// The token (from `noodle cap create` on a voter).
+        token: String,
+    },
+    /// Forget the token `noodle login` kept.
+    Logout,
     /// The cluster as one machine.
     Status {
         #[arg(long)]
@@ -429,7 +437,7 @@ async fn join_token(client: Client, command: TokenCommand) -> Result<i32> {
 
 async fn run(cli: Cli) -> Result<i32> {
     let data_dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
-    let token = cli.token.clone();
+    let token = cli.token.clone().or_else(login::saved_token);
     let client = || Client::connect(&data_dir, token.as_deref());
     match cli.command {
         Command::Run(a) => jobs_cli::run(client, a).await,
@@ -443,6 +451,8 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Audit(a) => control_cli::audit(client, a).await,
         Command::Up(args) => up(data_dir, *args).await,
         Command::Token(command) => join_token(client()?, command).await,
+        Command::Login { token } => login::login(&data_dir, &token).await,
+        Command::Logout => login::logout(),
         Command::Node(NodeCommand::Remove { node, json }) => {
             let removed = client()?.remove_node(&node).await?;
             if json {

@@ -466,7 +466,8 @@ fn bad_tokens_are_refused_with_one_clear_error_and_audited() {
         let out = with_token(&ours, &case.token, &["config", "set", "retries", "99"]);
         let err = refused(&out, case.what);
         assert!(
-            err.starts_with("error: the node refused the request: denied: ")
+            (err.starts_with("error: the node refused the request: denied: ")
+                || err.starts_with("error: the node does not take this credential: denied: "))
                 && err.contains(case.reason),
             "{}: {err}",
             case.what

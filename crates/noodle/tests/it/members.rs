@@ -343,4 +343,45 @@ fn a_non_voter_forwards_a_write_only_with_a_token_that_grants_it() {
     }
     let out = voter.cli(&["config", "get", "colour"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "blue");
+
+    // `noodle login` keeps a person's token in their own config directory; every command on
+    // the learner then uses it, until `noodle logout`. A token of no cluster is not kept.
+    let home = tempfile::tempdir().unwrap();
+    let as_person = |args: &[&str]| {
+        std::process::Command::new(crate::support::noodle_bin())
+            .env("XDG_CONFIG_HOME", home.path())
+            .env_remove("NOODLE_TOKEN")
+            .arg("--data-dir")
+            .arg(&learner.dir)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = as_person(&["login", "noodle-not-a-token"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not take this credential"));
+    assert!(!home.path().join("noodle/token").exists());
+    let out = as_person(&["login", &writer.token]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kept = home.path().join("noodle/token");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let out = as_person(&["config", "set", "colour", "green"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(as_person(&["logout"]).status.success());
+    let out = as_person(&["config", "set", "colour", "grey"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a voter"));
+    let out = voter.cli(&["config", "get", "colour"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "green");
 }

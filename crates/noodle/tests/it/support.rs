@@ -258,6 +258,9 @@ impl Drop for Node {
 
 pub(crate) fn cli(dir: &Path, args: &[&str]) -> Output {
     Command::new(noodle_bin())
+        // A token a person kept with `noodle login` on this machine must not change the tests.
+        .env("XDG_CONFIG_HOME", "/nonexistent/noodle-tests")
+        .env_remove("NOODLE_TOKEN")
         .arg("--data-dir")
         .arg(dir)
         .args(args)
