@@ -47,6 +47,8 @@ fn up(exe: &Path, dir: &Path, name: &str, extra: &[&str]) -> Result<UpProcess, B
     let log = std::fs::File::create(&log_path)
         .map_err(|e| BenchError::io(format!("creating {}", log_path.display()), e))?;
     let child = Command::new(exe)
+        // The founder keeps its owner token beside the bench's scratch directory.
+        .env("XDG_CONFIG_HOME", dir.with_extension("config"))
         .arg("--data-dir")
         .arg(dir)
         .args([

@@ -107,6 +107,8 @@ pub enum NodeError {
     Subsystems(String),
     #[error(transparent)]
     Start(#[from] noodle_host::StartError),
+    #[error("cannot mint the owner token: {0}")]
+    Owner(String),
 }
 
 /// A started node. Dropping it does not stop it; call [`RunningNode::shutdown`].
@@ -120,6 +122,7 @@ pub struct RunningNode {
     membership: mpsc::Sender<MembershipInput>,
     data_dir: Arc<DataDir>,
     mdns: Option<Mdns>,
+    owner_token: Option<String>,
 }
 
 fn host_name() -> String {
@@ -381,6 +384,11 @@ pub async fn start(
     }
     let authz = Arc::new(Authz::new(plane.control.clone(), name.clone()));
     plane.control.set_gate(authz.clone());
+    let owner_token = if founded {
+        Some(owner_token(&authz)?)
+    } else {
+        None
+    };
     tokio::spawn(authz.clone().flush_denials_forever());
 
     // Subsystems.
@@ -514,12 +522,50 @@ pub async fn start(
         membership: membership_tx,
         data_dir: dir,
         mdns,
+        owner_token,
     })
+}
+
+/// Rights of the founder's owner token: every action of every subsystem the cluster has.
+const OWNER_RIGHTS: [&str; 6] = [
+    "cluster:*",
+    "config:*",
+    "cap:*",
+    "policy:*",
+    "audit:*",
+    "jobs:*",
+];
+/// How long the owner token lives.
+const OWNER_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The founder's owner token, minted with the new cluster's root key: a person's credential
+/// for every machine, where a node's admin credential is only that node's.
+fn owner_token(authz: &Authz) -> Result<String, NodeError> {
+    let failed = |e: String| NodeError::Owner(e);
+    let rights = OWNER_RIGHTS
+        .iter()
+        .map(|r| {
+            r.parse()
+                .map_err(|e: noodle_caps::SpecError| failed(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let spec = noodle_caps::TokenSpec {
+        rights,
+        quotas: Vec::new(),
+        ttl: OWNER_TOKEN_TTL,
+        holder: Some("owner".into()),
+    };
+    let root = authz.root_key().map_err(|e| failed(e.to_string()))?;
+    noodle_caps::mint(&root, &spec).map_err(|e| failed(e.to_string()))
 }
 
 impl RunningNode {
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+    /// The owner token of a cluster this start founded (`None` on every later start).
+    pub fn owner_token(&self) -> Option<&str> {
+        self.owner_token.as_deref()
     }
     pub fn cluster_id(&self) -> &str {
         &self.cluster_id

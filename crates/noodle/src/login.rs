@@ -9,13 +9,51 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-/// `$XDG_CONFIG_HOME/noodle/token`, else `~/.config/noodle/token`.
-fn token_path() -> Option<PathBuf> {
+/// `$XDG_CONFIG_HOME/noodle`, else `~/.config/noodle`.
+fn config_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
-    Some(base.join("noodle").join("token"))
+    Some(base.join("noodle"))
+}
+
+/// Where `noodle login` keeps the token.
+fn token_path() -> Option<PathBuf> {
+    Some(config_dir()?.join("token"))
+}
+
+/// Writes `token` to `path` (mode 0600, its directory 0700), replacing it at once.
+fn write_private(path: &Path, token: &str) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    file.write_all(format!("{token}\n").as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Keeps the owner token of the cluster `cluster_id` this `noodle up` founded, in the person's
+/// config directory (`owner-<cluster>.token`): not used by commands on this machine, where the
+/// node's admin credential works; on another machine, `noodle login` it.
+pub(crate) fn keep_owner_token(cluster_id: &str, token: &str) -> Result<PathBuf> {
+    let path = config_dir()
+        .context("no HOME or XDG_CONFIG_HOME to keep the owner token in")?
+        .join(format!("owner-{cluster_id}.token"));
+    write_private(&path, token)?;
+    Ok(path)
 }
 
 /// The token `noodle login` kept, if any.
@@ -37,24 +75,7 @@ pub(crate) async fn login(data_dir: &Path, token: &str) -> Result<i32> {
         Err(e) => return Err(e.into()),
     }
     let path = token_path().context("no HOME or XDG_CONFIG_HOME to keep the token in")?;
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    file.write_all(format!("{token}\n").as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    write_private(&path, token)?;
     outln!(
         "logged in: every command uses this token unless --token or NOODLE_TOKEN says otherwise ({})",
         path.display()

@@ -613,6 +613,17 @@ async fn up(data_dir: PathBuf, args: UpArgs) -> Result<i32> {
     );
     outln!("  api        {}", node.api_url());
     outln!("  dashboard  {}", node.dashboard_url());
+    if let Some(token) = node.owner_token() {
+        // Printed once: the cluster was founded by this start.
+        outln!("  owner token (every right, for you on any machine: `noodle login TOKEN` there)");
+        outln!("    {token}");
+        match login::keep_owner_token(node.cluster_id(), token) {
+            Ok(path) => outln!("    kept in {}", path.display()),
+            Err(e) => {
+                eprintln!("warning: the owner token was not kept ({e:#}); copy it from above")
+            }
+        }
+    }
     outln!("next: `noodle token create` prints a join token for another machine");
     wait_for_signal().await;
     eprintln!("shutting down");

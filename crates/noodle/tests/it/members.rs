@@ -384,4 +384,33 @@ fn a_non_voter_forwards_a_write_only_with_a_token_that_grants_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a voter"));
     let out = voter.cli(&["config", "get", "colour"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "green");
+
+    // The founder's owner token, kept in the founder's config directory (not its data
+    // directory), is a person's credential on every node.
+    let founder = &nodes[0];
+    let cluster_id = founder.status().unwrap().cluster_id;
+    let kept = founder
+        .config_home()
+        .join(format!("noodle/owner-{cluster_id}.token"));
+    assert_eq!(
+        std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let owner = std::fs::read_to_string(&kept).unwrap();
+    let out = with_token(
+        learner,
+        owner.trim(),
+        &["config", "set", "colour", "owner's"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = founder.cli(&["cap", "inspect", owner.trim()]);
+    let said = String::from_utf8_lossy(&said.stdout).to_string();
+    assert!(
+        said.contains("Token for owner") && said.contains("do anything with jobs"),
+        "{said}"
+    );
 }

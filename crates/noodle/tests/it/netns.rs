@@ -519,6 +519,7 @@ impl Lab {
         cmd.args(extra);
         let child = cmd
             .env("NOODLE_LOG", "info,mdns_sd=debug")
+            .env("XDG_CONFIG_HOME", self.tmp.path().join("config"))
             .env_remove("NOODLE_JOIN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -147,11 +147,18 @@ impl Node {
             .arg(&self.name)
             .args(extra)
             .env("NOODLE_LOG", "info")
+            // Where a founder keeps its owner token: the test's own directory.
+            .env("XDG_CONFIG_HOME", self.config_home())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn noodle up");
         self.child = Some(child);
+    }
+
+    /// The founder's config directory (its owner token is in `noodle/owner-*.token`).
+    pub(crate) fn config_home(&self) -> PathBuf {
+        self.dir.with_extension("config")
     }
 
     fn log_path_for_spawn(&self) -> PathBuf {
@@ -259,7 +266,7 @@ impl Drop for Node {
 pub(crate) fn cli(dir: &Path, args: &[&str]) -> Output {
     Command::new(noodle_bin())
         // A token a person kept with `noodle login` on this machine must not change the tests.
-        .env("XDG_CONFIG_HOME", "/nonexistent/noodle-tests")
+        .env("XDG_CONFIG_HOME", "/proc/noodle-tests-have-no-config")
         .env_remove("NOODLE_TOKEN")
         .arg("--data-dir")
         .arg(dir)
