@@ -488,7 +488,8 @@ impl Control {
 
     /// Whether a member of node `node` (any incarnation) is a voter here.
     pub(crate) fn is_voter_node(&self, node: &str) -> bool {
-        let metrics = self.raft().metrics().borrow().clone();
+        let metrics = self.raft().metrics();
+        let metrics = metrics.borrow();
         let membership = metrics.membership_config.membership();
         membership
             .voter_ids()

@@ -188,10 +188,14 @@ fn raft_request<T: DeserializeOwned>(
             "member {sender} sent a message in another member's name"
         ));
     }
-    let metrics = control.raft().metrics().borrow().clone();
-    let membership = metrics.membership_config.membership();
-    let knows_membership = membership.nodes().next().is_some();
-    if knows_membership && !membership.voter_ids().any(|id| id == sender_id) {
+    let may_lead = {
+        let metrics = control.raft().metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let knows_membership = membership.nodes().next().is_some();
+        !knows_membership || membership.voter_ids().any(|id| id == sender_id)
+    };
+    if !may_lead {
         return refuse(format!("member {sender} is not a voter"));
     }
     Ok(req)
