@@ -70,5 +70,5 @@ pub use record::{FIELD_LEN_MAX, Outcome, Record, TRUNCATION_MARKER, bound_str};
 pub use render::{format_utc_ms, render_line};
 pub use verify::{
     CheckpointProblem, EntryProblem, PENDING_CHECKPOINTS_MAX, Verifier, VerifyError, VerifySummary,
-    verify, verify_encoded,
+    verify, verify_encoded, verify_encoded_from, verify_from,
 };

@@ -75,6 +75,10 @@ pub enum EntryProblem {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum CheckpointProblem {
+    /// The log was pruned at this entry, but the checkpoint that vouches for the pruned
+    /// entries is not there.
+    #[error("the log was pruned here, and the checkpoint that vouches for it is missing")]
+    PrunedWithoutCheckpoint,
     /// `upto_seq` is 0; a checkpoint covers at least one entry.
     #[error("checkpoint covers no entries (upto_seq 0)")]
     ZeroSeq,
@@ -185,6 +189,27 @@ impl<K: Fn(&str) -> Option<AuditPublicKey>> Verifier<K> {
             last_checkpoint_seq: None,
             pending: Vec::new(),
         }
+    }
+
+    /// A verifier for a log pruned up to `anchor`: the checkpoint's signature is checked
+    /// now, and the log continues after the entry it covers, whose hash it vouches for.
+    pub fn anchored(anchor: &Checkpoint, key_of: K) -> Result<Self, VerifyError> {
+        let fail = |problem| VerifyError::Checkpoint {
+            upto_seq: anchor.upto_seq,
+            signer: anchor.signer.clone(),
+            problem,
+        };
+        if anchor.upto_seq == 0 {
+            return Err(fail(CheckpointProblem::ZeroSeq));
+        }
+        let key = key_of(&anchor.signer).ok_or_else(|| fail(CheckpointProblem::UnknownSigner))?;
+        if !anchor.signature_verifies(&key) {
+            return Err(fail(CheckpointProblem::BadSignature));
+        }
+        let mut verifier = Verifier::starting_after(anchor.upto_seq, anchor.hash, key_of);
+        verifier.checkpoints = 1;
+        verifier.last_checkpoint_seq = Some(anchor.upto_seq);
+        Ok(verifier)
     }
 
     /// The last verified entry's sequence number and hash.
@@ -325,10 +350,29 @@ pub fn verify(
     checkpoints: &[Checkpoint],
     key_of: impl Fn(&str) -> Option<AuditPublicKey>,
 ) -> Result<VerifySummary, VerifyError> {
-    let mut ordered: Vec<&Checkpoint> = checkpoints.iter().collect();
+    verify_from(None, entries, checkpoints, key_of)
+}
+
+/// [`verify`] of a log whose entries up to a checkpoint were pruned: the verification starts
+/// at `anchor` (its signature checked first; its hash then stands for everything before it)
+/// and takes the entries after it. `None`: the whole log from entry 1.
+pub fn verify_from(
+    anchor: Option<&Checkpoint>,
+    entries: impl IntoIterator<Item = Entry>,
+    checkpoints: &[Checkpoint],
+    key_of: impl Fn(&str) -> Option<AuditPublicKey>,
+) -> Result<VerifySummary, VerifyError> {
+    // From an anchor, the checkpoints it supersedes (itself included) are not checked again.
+    let mut ordered: Vec<&Checkpoint> = checkpoints
+        .iter()
+        .filter(|c| anchor.is_none_or(|a| c.upto_seq > a.upto_seq))
+        .collect();
     ordered.sort_by_key(|c| c.upto_seq);
     let mut ordered = ordered.into_iter().peekable();
-    let mut verifier = Verifier::new(key_of);
+    let mut verifier = match anchor {
+        None => Verifier::new(key_of),
+        Some(anchor) => Verifier::anchored(anchor, key_of)?,
+    };
 
     for entry in entries {
         while let Some(checkpoint) = ordered.next_if(|c| c.upto_seq <= verifier.head().0) {
@@ -353,6 +397,16 @@ pub fn verify_encoded(
     checkpoints: &[Checkpoint],
     key_of: impl Fn(&str) -> Option<AuditPublicKey>,
 ) -> Result<VerifySummary, VerifyError> {
+    verify_encoded_from(None, entries, checkpoints, key_of)
+}
+
+/// [`verify_encoded`] from `anchor` (see [`verify_from`]).
+pub fn verify_encoded_from(
+    anchor: Option<&Checkpoint>,
+    entries: impl IntoIterator<Item = (u64, Vec<u8>)>,
+    checkpoints: &[Checkpoint],
+    key_of: impl Fn(&str) -> Option<AuditPublicKey>,
+) -> Result<VerifySummary, VerifyError> {
     let mut unreadable = None;
     let decoded = entries
         .into_iter()
@@ -368,7 +422,7 @@ pub fn verify_encoded(
                 None
             }
         });
-    let result = verify(decoded, checkpoints, key_of);
+    let result = verify_from(anchor, decoded, checkpoints, key_of);
     match unreadable {
         // Everything before the unreadable entry verified (or failed first, which wins).
         Some(e)

@@ -103,6 +103,8 @@ pub struct ControlConfig {
     pub replace_dead_after: Duration,
     /// The leader signs an audit checkpoint every this many entries.
     pub checkpoint_every: u64,
+    /// The audit entries kept at least; older ones are pruned up to a signed checkpoint.
+    pub audit_keep: u64,
 }
 
 impl Default for ControlConfig {
@@ -116,6 +118,7 @@ impl Default for ControlConfig {
             request_timeout: Duration::from_secs(5),
             replace_dead_after: Duration::from_secs(60),
             checkpoint_every: 64,
+            audit_keep: 1_000_000,
         }
     }
 }

@@ -30,7 +30,7 @@ pub use machine::{
     StateMachine,
 };
 pub use network::{Transport, TransportError, TransportFuture};
-pub use state::StateView;
+pub use state::{AUDIT_PRUNE_ENTRIES_MAX, StateView};
 pub use store::{AppendDurability, DbError, Store};
 pub use types::{
     Command, ForwardGate, Forwarded, Member, Needs, Proposal, RaftId, Response, TypeConfig,

@@ -244,7 +244,9 @@ fn what_it_needs(control: &crate::Control, command: &crate::Command, out: &mut V
             None => Needs::right("cluster", "admit", None),
             Some(_) => Needs::Node,
         },
-        Command::Cas { .. } | Command::SetRootKey { .. } => Needs::Voter,
+        Command::Cas { .. } | Command::SetRootKey { .. } | Command::PruneAudit { .. } => {
+            Needs::Voter
+        }
         Command::Revoke { .. } => Needs::right("cap", "revoke", None),
         Command::PolicySet { .. } | Command::PolicyRemove { .. } => {
             Needs::right("policy", "write", None)

@@ -44,6 +44,11 @@ const CHECKPOINT: &[u8] = b"k/";
 const APPLIED_ID: &[u8] = b"e/";
 const ROOT_KEY: &[u8] = b"m/root_key";
 const CHAIN: &[u8] = b"m/chain";
+/// The audit log's entries up to this sequence number were pruned (at a checkpoint).
+const AUDIT_PRUNED: &[u8] = b"m/audit_pruned";
+
+/// Most audit entries one [`Command::PruneAudit`] removes, so an apply stays short.
+pub const AUDIT_PRUNE_ENTRIES_MAX: u64 = 4096;
 const ANSWERS: &[u8] = b"m/answers";
 
 /// Proposal ids the state remembers (the newest), with their answers.
@@ -333,6 +338,34 @@ fn apply_command(
         }
         Command::Revoke { id } => put(t, key(REVOKED, id.as_bytes()), &[])?,
         Command::RemoveNode { node_id } => put(t, key(REMOVED, node_id.as_bytes()), &[])?,
+        Command::PruneAudit { upto_seq } => {
+            let pruned = get(t, AUDIT_PRUNED)?
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map_or(0, u64::from_be_bytes);
+            if upto_seq <= pruned || upto_seq - pruned > AUDIT_PRUNE_ENTRIES_MAX {
+                return Ok(Response::Rejected(format!(
+                    "the audit log is pruned up to #{pruned}; a prune goes at most {AUDIT_PRUNE_ENTRIES_MAX} entries further"
+                )));
+            }
+            if get(t, &seq_key(CHECKPOINT, upto_seq))?.is_none() {
+                return Ok(Response::Rejected(format!(
+                    "no signed checkpoint at #{upto_seq} to prune the audit log at"
+                )));
+            }
+            for seq in pruned + 1..=upto_seq {
+                t.remove(seq_key(AUDIT, seq).as_slice()).map_err(db_err)?;
+            }
+            // The checkpoints before the new anchor vouch for nothing that is kept.
+            let below: Vec<Vec<u8>> = t
+                .range(seq_key(CHECKPOINT, 0).as_slice()..seq_key(CHECKPOINT, upto_seq).as_slice())
+                .map_err(db_err)?
+                .map(|item| item.map(|(k, _)| k.value().to_vec()).map_err(db_err))
+                .collect::<Result<_, _>>()?;
+            for k in below {
+                t.remove(k.as_slice()).map_err(db_err)?;
+            }
+            put(t, AUDIT_PRUNED.to_vec(), &upto_seq.to_be_bytes())?;
+        }
         Command::PolicySet { name, source } => {
             let k = key(POLICY, name.as_bytes());
             let count = t
@@ -537,6 +570,14 @@ impl StateView {
     /// Subsystem `name`'s keys (see [`crate::StateMachine`]).
     pub fn machine(&self, name: &str) -> crate::MachineView<'_> {
         crate::MachineView::new(&self.txn, name)
+    }
+
+    /// The audit log's entries up to this sequence number were pruned (0: none).
+    pub fn audit_pruned(&self) -> Result<u64, DbError> {
+        Ok(self
+            .get(AUDIT_PRUNED)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map_or(0, u64::from_be_bytes))
     }
 
     /// The newest audit checkpoint, without reading the others.

@@ -195,6 +195,9 @@ pub enum Command {
     /// Removes a node from the cluster for good (`noodle node remove`): every member refuses
     /// its links, and it leaves the Raft membership.
     RemoveNode { node_id: String },
+    /// Forgets the audit entries up to `upto_seq`, where a signed checkpoint is: the checkpoint
+    /// stays and vouches for them, so the rest of the log still verifies from it.
+    PruneAudit { upto_seq: u64 },
 }
 
 /// The state machine's answer to one proposal.

@@ -685,3 +685,40 @@ async fn a_member_may_forward_only_what_it_may_propose_for_itself() {
     let keys = a.read(|v| v.node_keys()).await.expect("read");
     assert_eq!(keys.get("node-1"), Some(&[9; 32]));
 }
+
+/// The audit log is pruned only at a signed checkpoint, never backwards, and a bounded
+/// distance at a time: anything else is refused and prunes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_is_pruned_only_at_a_checkpoint() {
+    let cl = Cluster::new();
+    let a = cl.start(0).await;
+    a.initialize().await.expect("initialize");
+    let audited = |i: u64| {
+        let record = noodle_audit::Record::new(
+            i,
+            "admin@a",
+            "config.set",
+            "k",
+            "",
+            noodle_audit::Outcome::Allowed,
+        );
+        Proposal::audited(Command::Nothing, record)
+    };
+    for i in 0..6 {
+        a.propose(audited(i)).await.expect("propose");
+    }
+    let prune = |upto_seq| Proposal::new(Command::PruneAudit { upto_seq });
+    for (upto, why) in [
+        (3, "no signed checkpoint at #3"),
+        (0, "pruned up to #0"),
+        (noodle_control::AUDIT_PRUNE_ENTRIES_MAX + 1, "at most"),
+    ] {
+        match a.propose(prune(upto)).await.expect("answered") {
+            Response::Rejected(r) => assert!(r.contains(why), "{upto}: {r}"),
+            other => panic!("{upto}: {other:?}"),
+        }
+    }
+    let kept = a.read(|v| v.audit_entries(1, 100)).await.expect("read");
+    assert_eq!(kept.len(), 6);
+    assert_eq!(a.read(|v| v.audit_pruned()).await.expect("read"), 0);
+}

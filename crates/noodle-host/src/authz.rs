@@ -498,18 +498,29 @@ fn describe(r: &Request) -> String {
 pub fn verify_audit(v: &StateView) -> Result<AuditVerifyReport, DbError> {
     let keys = v.node_keys()?;
     let checkpoints = v.checkpoints()?;
+    // A pruned log verifies from the checkpoint it was pruned at.
+    let pruned = v.audit_pruned()?;
+    let anchor = checkpoints.iter().find(|c| c.upto_seq == pruned);
     let key_of = |signer: &str| {
         keys.get(signer)
             .and_then(|k| noodle_audit::AuditPublicKey::from_bytes(*k).ok())
     };
     // Streams the log in pages so a long one is never held in memory whole.
-    let mut from = 1;
+    let mut from = pruned + 1;
     let pages = std::iter::from_fn(|| {
         let page = v.audit_raw(from, 1024).ok()?;
         from = page.last()?.0 + 1;
         Some(page)
     });
-    let result = noodle_audit::verify_encoded(pages.flatten(), &checkpoints, key_of);
+    let result = if pruned > 0 && anchor.is_none() {
+        Err(noodle_audit::VerifyError::Checkpoint {
+            upto_seq: pruned,
+            signer: String::new(),
+            problem: noodle_audit::CheckpointProblem::PrunedWithoutCheckpoint,
+        })
+    } else {
+        noodle_audit::verify_encoded_from(anchor, pages.flatten(), &checkpoints, key_of)
+    };
     Ok(match result {
         Ok(s) => AuditVerifyReport {
             ok: true,

@@ -7,8 +7,8 @@ use noodle_api::{ControlInfo, EventKind};
 use noodle_audit::{AuditKey, Checkpoint};
 use noodle_caps::RootKey;
 use noodle_control::{
-    Command, Control, ControlConfig, ControlError, Machines, Member, PeerHealth, Proposal, Role,
-    Store, Transport, TransportError, TransportFuture, base_node_id,
+    AUDIT_PRUNE_ENTRIES_MAX, Command, Control, ControlConfig, ControlError, Machines, Member,
+    PeerHealth, Proposal, Role, Store, Transport, TransportError, TransportFuture, base_node_id,
 };
 use noodle_host::{EventBus, now_ms};
 use noodle_link::{Link, LinkError};
@@ -182,6 +182,7 @@ pub(crate) struct ControlPlane {
     audit_key: AuditKey,
     node_id: String,
     checkpoint_every: u64,
+    audit_keep: u64,
 }
 
 impl ControlPlane {
@@ -200,7 +201,7 @@ impl ControlPlane {
         audit_key: AuditKey,
     ) -> Result<ControlPlane, ControlPlaneError> {
         let me = Member::new(node_id, local.incarnation, addr);
-        let checkpoint_every = cfg.checkpoint_every;
+        let (checkpoint_every, audit_keep) = (cfg.checkpoint_every, cfg.audit_keep);
         let transport = Arc::new(LinkTransport::new(link));
         let control = Control::start(me, cfg, local.store, transport, machines).await?;
         // Only the founder of a new cluster starts a control plane; a node that set a damaged
@@ -220,6 +221,7 @@ impl ControlPlane {
             audit_key,
             node_id: node_id.to_string(),
             checkpoint_every,
+            audit_keep,
         })
     }
 
@@ -281,7 +283,29 @@ impl ControlPlane {
                 .propose(Proposal::new(Command::Checkpoint(cp)))
                 .await?;
         }
+        if leading && let Some(upto_seq) = self.prune_point(head)? {
+            self.control
+                .propose(Proposal::new(Command::PruneAudit { upto_seq }))
+                .await?;
+        }
         Ok(())
+    }
+
+    /// Where the leader prunes the audit log next: the newest checkpoint that leaves at least
+    /// `audit_keep` entries after it, at most [`AUDIT_PRUNE_ENTRIES_MAX`] past the last prune.
+    fn prune_point(&self, head: u64) -> Result<Option<u64>, ControlError> {
+        let Some(limit) = head.checked_sub(self.audit_keep) else {
+            return Ok(None);
+        };
+        let (pruned, checkpoints) = self
+            .control
+            .read_local(|v| Ok((v.audit_pruned()?, v.checkpoints()?)))?;
+        let reach = limit.min(pruned.saturating_add(AUDIT_PRUNE_ENTRIES_MAX));
+        Ok(checkpoints
+            .iter()
+            .map(|c| c.upto_seq)
+            .filter(|seq| *seq > pruned && *seq <= reach)
+            .max())
     }
 }
 

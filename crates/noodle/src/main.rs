@@ -154,6 +154,10 @@ struct UpArgs {
     /// Control plane: the leader signs an audit checkpoint every this many entries.
     #[arg(long, default_value_t = 64)]
     audit_checkpoint_every: u64,
+    /// Control plane: audit entries kept at least; older ones are pruned up to a signed
+    /// checkpoint, which still vouches for them.
+    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
+    audit_keep: u64,
     /// Jobs: CPU slots this node offers to `noodle run` (default: one per CPU; 0: it runs no
     /// jobs).
     #[arg(long, value_name = "N")]
@@ -572,6 +576,7 @@ async fn up(data_dir: PathBuf, args: UpArgs) -> Result<i32> {
         bail!("--audit-checkpoint-every must be at least 1");
     }
     cfg.control.checkpoint_every = args.audit_checkpoint_every;
+    cfg.control.audit_keep = args.audit_keep;
     if args.job_lease.is_zero() {
         bail!("--job-lease must be longer than 0s");
     }

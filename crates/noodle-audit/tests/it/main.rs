@@ -875,3 +875,39 @@ proptest! {
         }
     }
 }
+
+/// A log pruned up to a checkpoint verifies from that checkpoint: its signature stands for
+/// the entries before it, tampering after it is still found, and a forged anchor is refused.
+#[test]
+fn a_log_pruned_at_a_checkpoint_verifies_from_it() {
+    let (entries, checkpoints) = build(40, 8);
+    let anchor = checkpoints.iter().find(|c| c.upto_seq == 16).unwrap();
+    let kept = entries[16..].to_vec();
+    let summary = verify_from(Some(anchor), kept.clone(), &checkpoints, key_of).unwrap();
+    assert_eq!((summary.head_seq, summary.entries), (40, 24));
+    assert_eq!(summary.last_checkpoint_seq, Some(40));
+
+    let mut tampered = kept.clone();
+    tampered[3].record.target = "forged".into();
+    assert_eq!(
+        verify_from(Some(anchor), tampered, &checkpoints, key_of),
+        Err(entry_err(20, EntryProblem::HashMismatch))
+    );
+    // An anchor signed by a key the cluster does not know, or not covering the kept log.
+    let forged = Checkpoint::sign(16, anchor.hash, "node-a", 1, &key(9));
+    assert_eq!(
+        verify_from(Some(&forged), kept.clone(), &checkpoints, key_of),
+        Err(cp_err(16, "node-a", CheckpointProblem::BadSignature))
+    );
+    let elsewhere = checkpoints.iter().find(|c| c.upto_seq == 8).unwrap();
+    assert_eq!(
+        verify_from(Some(elsewhere), kept, &checkpoints, key_of),
+        Err(entry_err(
+            9,
+            EntryProblem::SequenceGap {
+                expected: 9,
+                found: 17
+            }
+        ))
+    );
+}

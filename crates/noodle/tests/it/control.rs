@@ -1075,3 +1075,57 @@ fn repeated_denials_are_recorded_once() {
         .collect();
     assert_eq!(denials.len(), 1, "{denials:?}");
 }
+
+/// The audit log keeps what `--audit-keep` says and prunes older entries behind a signed
+/// checkpoint: the rest still verifies from that checkpoint, and tampering with a kept entry
+/// is still found and named.
+#[test]
+fn the_audit_log_is_pruned_behind_a_signed_checkpoint_and_still_verifies() {
+    let mut node = Node::start(
+        "a",
+        &["--audit-checkpoint-every", "4", "--audit-keep", "10"],
+    );
+    node.wait_ready(Duration::from_secs(10));
+    let write = |range: std::ops::Range<u32>| {
+        for i in range {
+            ok(&node, &["config", "set", &format!("k{i}"), "v"]);
+        }
+    };
+    // The leader signs a checkpoint at the head (once 4 entries came since the last one) and
+    // prunes up to the newest checkpoint that leaves at least 10 entries after it.
+    write(0..20);
+    eventually(Duration::from_secs(30), "a checkpoint at #20", || {
+        let (_, report) = verify(&node);
+        (report.last_checkpoint_seq >= Some(20)).then_some(())
+    });
+    write(20..40);
+    let log = eventually(Duration::from_secs(30), "old entries pruned", || {
+        let log = audit_log(&node);
+        (log.first()?.seq > 1).then_some(log)
+    });
+    let first_kept = log[0].seq;
+    assert!(
+        log.len() >= 10,
+        "fewer entries kept than --audit-keep: {log:?}"
+    );
+    assert_eq!(
+        log.len() as u64,
+        log.last().unwrap().seq - first_kept + 1,
+        "no gaps"
+    );
+    let (verified, report) = verify(&node);
+    assert!(verified && report.ok, "{report:?}");
+    assert!(
+        report.head_seq >= 40 && report.entries < report.head_seq,
+        "{report:?}"
+    );
+
+    node.kill9();
+    let db = node.dir.join("control.redb");
+    tamper_with_audit_entry(&db, first_kept + 1);
+    let db_arg = db.to_str().expect("utf-8 path");
+    let out = node.cli(&["audit", "verify", "--db", db_arg, "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report: AuditVerifyReport = serde_json::from_slice(&out.stdout).expect("verify --json");
+    assert_eq!(report.bad_seq, Some(first_kept + 1), "{report:?}");
+}
