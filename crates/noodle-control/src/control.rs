@@ -248,6 +248,8 @@ struct Inner {
     dead_since: Mutex<HashMap<RaftId, Instant>>,
     stop: watch::Sender<bool>,
     gate: std::sync::OnceLock<Arc<dyn crate::ForwardGate>>,
+    /// The supervisor task: it holds the member (and so the database) until it ends.
+    supervisor: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// One incarnation of the Raft member (a restart after a storage error makes a new one).
@@ -370,9 +372,15 @@ impl Control {
                 dead_since: Mutex::default(),
                 stop: watch::channel(false).0,
                 gate: std::sync::OnceLock::new(),
+                supervisor: Mutex::default(),
             }),
         };
-        tokio::spawn(control.clone().supervise());
+        // Subscribed before the task starts, so a shutdown right after start is not missed.
+        let stop = control.inner.stop.subscribe();
+        let supervisor = tokio::spawn(control.clone().supervise(stop));
+        if let Ok(mut slot) = control.inner.supervisor.lock() {
+            *slot = Some(supervisor);
+        }
         Ok(control)
     }
 
@@ -401,8 +409,7 @@ impl Control {
     /// disk), reports it failed and starts it again from the database once a durable write
     /// goes through, trying every [`RESTART_PAUSE`]. Looks every [`SUPERVISE_PERIOD`] rather
     /// than on every change of the metrics, which come thousands of times a second under load.
-    async fn supervise(self) {
-        let mut stop = self.inner.stop.subscribe();
+    async fn supervise(self, mut stop: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
@@ -927,6 +934,11 @@ impl Control {
     pub async fn shutdown(&self) {
         self.inner.stop.send_replace(true);
         let _ = self.raft().shutdown().await;
+        // The supervisor holds the member until it sees the stop: wait for it to let go.
+        let supervisor = self.inner.supervisor.lock().ok().and_then(|mut s| s.take());
+        if let Some(supervisor) = supervisor {
+            let _ = supervisor.await;
+        }
         // openraft's state-machine worker ends a moment after the core; wait until it has let
         // go of the database so that the same file can be opened again right away.
         let deadline = Instant::now() + Duration::from_secs(5);

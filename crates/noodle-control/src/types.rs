@@ -84,11 +84,13 @@ pub struct Forwarded {
 pub enum Needs {
     /// Nothing more: what a node proposes for itself (its key, its reports; checked already).
     Node,
-    /// A person's capability token granting `subsystem:action` (on `resource`).
+    /// A person's capability token granting `subsystem:action` (on `resource`), whose quotas
+    /// allow `amounts` (quota name, amount asked: a job's `cpus`).
     Right {
         subsystem: String,
         action: String,
         resource: Option<String>,
+        amounts: Vec<(String, i64)>,
     },
     /// A voter: the leader's own work (placing jobs, the root key).
     Voter,
@@ -100,7 +102,16 @@ impl Needs {
             subsystem: subsystem.into(),
             action: action.into(),
             resource: resource.map(str::to_string),
+            amounts: Vec::new(),
         }
+    }
+
+    /// The same need, within the token's quotas for `amounts`.
+    pub fn within(mut self, amounts: &[(&str, i64)]) -> Needs {
+        if let Needs::Right { amounts: a, .. } = &mut self {
+            a.extend(amounts.iter().map(|(name, n)| ((*name).to_string(), *n)));
+        }
+        self
     }
 }
 

@@ -411,6 +411,7 @@ impl noodle_control::ForwardGate for Authz {
                     subsystem,
                     action,
                     resource,
+                    amounts,
                 } => {
                     let Some(token) = credential else {
                         return Err(format!(
@@ -424,6 +425,15 @@ impl noodle_control::ForwardGate for Authz {
                     let actor = self
                         .authorise(&Caller::Token(token.to_string()), &request)
                         .map_err(|denied| format!("the leader refuses the write: {denied}"))?;
+                    for (name, asked) in amounts {
+                        if let Some(limit) = actor.quota(name)
+                            && *asked > limit
+                        {
+                            return Err(format!(
+                                "the leader refuses the write: it asks for {asked} {name}; the token allows {limit}"
+                            ));
+                        }
+                    }
                     verified = Some(actor.name);
                 }
             }

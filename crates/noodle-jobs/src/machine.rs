@@ -63,9 +63,11 @@ impl StateMachine for JobsMachine {
     fn forwarding(&self, command: &[u8]) -> noodle_control::Needs {
         use noodle_control::Needs;
         match postcard::from_bytes::<JobCommand>(command) {
-            Ok(JobCommand::Submit { .. } | JobCommand::Cancel { .. }) => {
-                Needs::right("jobs", "run", None)
-            }
+            Ok(JobCommand::Submit { spec, .. }) => Needs::right("jobs", "run", None).within(&[
+                ("cpus", i64::from(spec.cpus)),
+                ("gpus", i64::from(spec.gpus)),
+            ]),
+            Ok(JobCommand::Cancel { .. }) => Needs::right("jobs", "run", None),
             Ok(
                 JobCommand::Started { .. }
                 | JobCommand::Ended { .. }

@@ -344,6 +344,39 @@ fn a_non_voter_forwards_a_write_only_with_a_token_that_grants_it() {
     let out = voter.cli(&["config", "get", "colour"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "blue");
 
+    // A token it was shown, replayed for a job bigger than the token's quota: refused too.
+    let runner = cap_create(voter, &["--allow", "jobs:run", "--quota", "cpus=1"]);
+    let submit = noodle_jobs::JobCommand::Submit {
+        spec: noodle_jobs::JobSpec {
+            command: vec!["true".into()],
+            cpus: 4,
+            mem_bytes: 0,
+            gpus: 0,
+            labels: Default::default(),
+            submitter: "stolen".into(),
+            retries: 0,
+            origin: learner_id.clone(),
+            files: Vec::new(),
+        },
+        at_ms: 1,
+    };
+    let body = postcard::to_stdvec(&noodle_control::Forwarded {
+        proposal: noodle_control::Proposal::machine("jobs", noodle_jobs::machine::encode(&submit)),
+        credential: Some(runner.token.clone()),
+    })
+    .unwrap();
+    let answer = rt
+        .block_on(link.request(addr_of(leader), "control.propose", &body))
+        .expect("answered");
+    let answer: Result<noodle_control::Response, noodle_control::WireError> =
+        postcard::from_bytes(&answer).unwrap();
+    let err = answer.expect_err("a job over the token's quota was accepted");
+    assert!(
+        err.to_string()
+            .contains("asks for 4 cpus; the token allows 1"),
+        "{err}"
+    );
+
     // `noodle login` keeps a person's token in their own config directory; every command on
     // the learner then uses it, until `noodle logout`. A token of no cluster is not kept.
     let home = tempfile::tempdir().unwrap();
