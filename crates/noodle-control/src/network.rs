@@ -201,6 +201,14 @@ fn raft_request<T: DeserializeOwned>(
     Ok(req)
 }
 
+/// Refuses a proposal the node `caller` forwarded, counted and logged: a member trying what
+/// it may not is worth an operator's look.
+fn refused_proposal<T>(caller: &str, why: String) -> Result<T, WireError> {
+    metrics::counter!("noodle_control_refused_messages_total").increment(1);
+    tracing::warn!(%caller, %why, "refusing a forwarded proposal");
+    Err(WireError::Rejected(why))
+}
+
 /// Checks a proposal the node `caller` forwards: what a node may propose for itself, then the
 /// node's gate (the authoriser, with the credential it came with).
 fn admit(
@@ -221,9 +229,7 @@ fn admit(
             &needs,
             &mut proposal,
         ) {
-            metrics::counter!("noodle_control_refused_messages_total").increment(1);
-            tracing::warn!(%caller, %why, "refusing a forwarded proposal");
-            return Err(WireError::Rejected(why));
+            return refused_proposal(caller, why);
         }
     }
     Ok(proposal)
@@ -275,11 +281,7 @@ fn may_forward(
     command: &crate::Command,
 ) -> Result<(), WireError> {
     use crate::Command;
-    let refuse = |why: String| {
-        metrics::counter!("noodle_control_refused_messages_total").increment(1);
-        tracing::warn!(%caller, %why, "refusing a forwarded proposal");
-        Err(WireError::Rejected(why))
-    };
+    let refuse = |why: String| refused_proposal(caller, why);
     match command {
         Command::RegisterNode { node_id, .. } if node_id != caller => refuse(format!(
             "node {caller} may not register a key for node {node_id}"

@@ -88,9 +88,7 @@ impl ClusterState {
 
     /// Changes this node's own entry (and raises its version).
     pub(crate) fn update_me(&self, now_ms: u64, change: impl FnOnce(&mut NodeInfo)) {
-        let mut view = self.lock();
-        view.table.update_me(now_ms, change);
-        view.table.seal_me(|me| sign(me, &self.key));
+        self.update_me_if(now_ms, |_| true, change);
     }
 
     /// Changes this node's own entry if `stale` says it must.

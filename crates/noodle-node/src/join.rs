@@ -88,6 +88,19 @@ struct TokenRecord {
     created_by: String,
 }
 
+impl TokenRecord {
+    /// What `noodle token ls` shows of the token `id`.
+    fn info(self, id: String) -> JoinTokenInfo {
+        JoinTokenInfo {
+            id,
+            uses_left: self.uses_left,
+            expires_at_unix: self.expires_at_unix,
+            created_at_ms: self.created_at_ms,
+            created_by: self.created_by,
+        }
+    }
+}
+
 fn register_key(id: &str) -> String {
     format!("{TOKEN_REGISTER}{id}")
 }
@@ -384,13 +397,7 @@ pub(crate) async fn list_tokens(control: &Control) -> Result<Vec<JoinTokenInfo>,
         .await?
         .into_iter()
         .filter(|(_, r)| r.expires_at_unix > now)
-        .map(|(id, r)| JoinTokenInfo {
-            id,
-            uses_left: r.uses_left,
-            expires_at_unix: r.expires_at_unix,
-            created_at_ms: r.created_at_ms,
-            created_by: r.created_by,
-        })
+        .map(|(id, r)| r.info(id))
         .collect();
     tokens.sort_by_key(|t| t.created_at_ms);
     Ok(tokens)
@@ -426,13 +433,7 @@ pub(crate) async fn revoke_token(
         };
         match authz.write(actor, "token.revoke", id, command).await? {
             Applied::Done => {
-                return Ok(Some(JoinTokenInfo {
-                    id: id.to_string(),
-                    uses_left: record.uses_left,
-                    expires_at_unix: record.expires_at_unix,
-                    created_at_ms: record.created_at_ms,
-                    created_by: record.created_by,
-                }));
+                return Ok(Some(record.info(id.to_string())));
             }
             Applied::CasFailed { .. } => continue,
             other => {

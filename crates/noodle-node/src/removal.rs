@@ -70,7 +70,8 @@ pub(crate) async fn remove(
 }
 
 /// Applies the control plane's list of removed nodes to this node's link and cluster view
-/// whenever it changes, as soon as this member has applied the change.
+/// whenever it changes, as soon as this member has applied the change; and the nodes'
+/// registered signing keys to the node table.
 pub(crate) async fn enforce(
     plane: Arc<ControlPlane>,
     link: Link,
@@ -79,38 +80,52 @@ pub(crate) async fn enforce(
 ) {
     let control = &plane.control;
     let mut applied = control.watch();
-    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut removed_seen: BTreeSet<String> = BTreeSet::new();
     let mut keys_seen = BTreeMap::new();
+    // The metrics change with every heartbeat; the state only when an entry is applied.
+    let mut applied_seen = None;
     loop {
-        match control.read_local(|v| v.node_keys()) {
-            Ok(keys) if keys != keys_seen => {
-                cluster.set_keys(&keys);
-                keys_seen = keys;
-            }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "reading the node keys"),
-        }
-        match control.read_local(|v| v.removed_nodes()) {
-            Ok(removed) if removed != seen => {
-                link.refuse(removed.iter().cloned());
-                cluster.set_removed(&removed);
-                for id in removed.difference(&seen) {
-                    if *id == cluster.node_id {
-                        tracing::error!("this node was removed from the cluster");
+        let last_applied = applied.borrow_and_update().last_applied;
+        if applied_seen.is_none() || last_applied != applied_seen {
+            applied_seen = last_applied;
+            match control.read_local(|v| Ok((v.node_keys()?, v.removed_nodes()?))) {
+                Ok((keys, removed)) => {
+                    if keys != keys_seen {
+                        cluster.set_keys(&keys);
+                        keys_seen = keys;
                     }
-                    events.emit(
-                        EventKind::NODE_REMOVED,
-                        id,
-                        "removed from the cluster: its links are refused",
-                    );
+                    if removed != removed_seen {
+                        apply_removed(&link, &cluster, &events, &removed, &removed_seen);
+                        removed_seen = removed;
+                    }
                 }
-                seen = removed;
+                Err(e) => tracing::debug!(error = %e, "reading the node keys and removed nodes"),
             }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "reading the removed nodes"),
         }
         if applied.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// Refuses the `removed` nodes' links and forgets them; says so for those not `seen` before.
+fn apply_removed(
+    link: &Link,
+    cluster: &ClusterState,
+    events: &EventBus,
+    removed: &BTreeSet<String>,
+    seen: &BTreeSet<String>,
+) {
+    link.refuse(removed.iter().cloned());
+    cluster.set_removed(removed);
+    for id in removed.difference(seen) {
+        if *id == cluster.node_id {
+            tracing::error!("this node was removed from the cluster");
+        }
+        events.emit(
+            EventKind::NODE_REMOVED,
+            id,
+            "removed from the cluster: its links are refused",
+        );
     }
 }

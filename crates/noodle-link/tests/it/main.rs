@@ -215,23 +215,7 @@ async fn certificate_less_client_cannot_use_the_cluster_protocol() {
     let ca = ClusterCa::generate("it").unwrap();
     let (a, svc) = node(&ca, "a");
     // A client with no certificate that trusts the CA and asks for the cluster ALPN.
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.cert_der().clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::CryptoProvider {
-        kx_groups: vec![rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768],
-        ..rustls::crypto::aws_lc_rs::default_provider()
-    });
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![noodle_link::ALPN_CLUSTER.to_vec()];
-    let client = quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
-    ));
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(client);
+    let ep = anonymous_client(&ca, noodle_link::ALPN_CLUSTER, "127.0.0.1:0");
     let conn = ep
         .connect(a.local_addr(), CLUSTER_SERVER_NAME)
         .unwrap()

@@ -43,6 +43,38 @@ fn stolen_link(dir: &std::path::Path) -> Link {
     .unwrap()
 }
 
+/// Waits until the cluster has three voters and one learner; the learner's node id.
+fn the_learner(nodes: &[Node]) -> String {
+    eventually(
+        Duration::from_secs(30),
+        "three voters and a learner",
+        || {
+            let c = nodes[0].status()?.control?;
+            (c.voters.len() == 3 && c.learners.len() == 1).then(|| c.learners[0].clone())
+        },
+    )
+}
+
+/// Forwards `proposal` to `to` over `link` as a member does (`control.propose`), with the
+/// person's `credential`: the leader's answer.
+fn forward(
+    rt: &tokio::runtime::Runtime,
+    link: &Link,
+    to: &Node,
+    proposal: noodle_control::Proposal,
+    credential: Option<String>,
+) -> Result<noodle_control::Response, noodle_control::WireError> {
+    let body = postcard::to_stdvec(&noodle_control::Forwarded {
+        proposal,
+        credential,
+    })
+    .unwrap();
+    let answer = rt
+        .block_on(link.request(addr_of(to), "control.propose", &body))
+        .expect("answered");
+    postcard::from_bytes(&answer).unwrap()
+}
+
 fn addr_of(node: &Node) -> SocketAddr {
     let me = node
         .status()
@@ -62,14 +94,7 @@ fn addr_of(node: &Node) -> SocketAddr {
 fn a_removed_node_is_refused_by_every_other_node() {
     let nodes = cluster(4);
     // Four nodes: three voters and a learner; the learner's directory is the stolen one.
-    let learner = eventually(
-        Duration::from_secs(30),
-        "three voters and a learner",
-        || {
-            let c = nodes[0].status()?.control?;
-            (c.voters.len() == 3 && c.learners.len() == 1).then(|| c.learners[0].clone())
-        },
-    );
+    let learner = the_learner(&nodes);
     let victim = nodes.iter().position(|n| n.node_id() == learner).unwrap();
     let victim_id = nodes[victim].node_id();
     let others: Vec<&Node> = nodes
@@ -239,19 +264,10 @@ fn a_member_cannot_report_on_another_nodes_job() {
         at_ms: 1,
     };
     let proposal = noodle_control::Proposal::machine("jobs", noodle_jobs::machine::encode(&report));
-    let body = postcard::to_stdvec(&noodle_control::Forwarded {
-        proposal,
-        credential: None,
-    })
-    .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let link = rt.block_on(async { stolen_link(&thief.dir) });
-    let answer = rt
-        .block_on(link.request(addr_of(leader), "control.propose", &body))
-        .expect("answered");
-    let answer: Result<noodle_control::Response, noodle_control::WireError> =
-        postcard::from_bytes(&answer).unwrap();
-    let err = answer.expect_err("the forged report was accepted");
+    let err =
+        forward(&rt, &link, leader, proposal, None).expect_err("the forged report was accepted");
     assert!(
         err.to_string()
             .contains(&format!("may not report on job {}", job.id)),
@@ -272,14 +288,7 @@ fn a_member_cannot_report_on_another_nodes_job() {
 fn a_non_voter_forwards_a_write_only_with_a_token_that_grants_it() {
     use crate::control::{cap_create, with_token};
     let nodes = cluster(4);
-    let learner_id = eventually(
-        Duration::from_secs(30),
-        "three voters and a learner",
-        || {
-            let c = nodes[0].status()?.control?;
-            (c.voters.len() == 3 && c.learners.len() == 1).then(|| c.learners[0].clone())
-        },
-    );
+    let learner_id = the_learner(&nodes);
     let learner = nodes.iter().find(|n| n.node_id() == learner_id).unwrap();
     let voter = nodes.iter().find(|n| n.node_id() != learner_id).unwrap();
 
@@ -328,17 +337,8 @@ fn a_non_voter_forwards_a_write_only_with_a_token_that_grants_it() {
         (None, "not a voter"),
         (Some(reader.token.clone()), "does not allow config:write"),
     ] {
-        let body = postcard::to_stdvec(&noodle_control::Forwarded {
-            proposal: set.clone(),
-            credential,
-        })
-        .unwrap();
-        let answer = rt
-            .block_on(link.request(addr_of(leader), "control.propose", &body))
-            .expect("answered");
-        let answer: Result<noodle_control::Response, noodle_control::WireError> =
-            postcard::from_bytes(&answer).unwrap();
-        let err = answer.expect_err("the forged write was accepted");
+        let err = forward(&rt, &link, leader, set.clone(), credential)
+            .expect_err("the forged write was accepted");
         assert!(err.to_string().contains(why), "{err}");
     }
     let out = voter.cli(&["config", "get", "colour"]);
@@ -360,17 +360,9 @@ fn a_non_voter_forwards_a_write_only_with_a_token_that_grants_it() {
         },
         at_ms: 1,
     };
-    let body = postcard::to_stdvec(&noodle_control::Forwarded {
-        proposal: noodle_control::Proposal::machine("jobs", noodle_jobs::machine::encode(&submit)),
-        credential: Some(runner.token.clone()),
-    })
-    .unwrap();
-    let answer = rt
-        .block_on(link.request(addr_of(leader), "control.propose", &body))
-        .expect("answered");
-    let answer: Result<noodle_control::Response, noodle_control::WireError> =
-        postcard::from_bytes(&answer).unwrap();
-    let err = answer.expect_err("a job over the token's quota was accepted");
+    let submit = noodle_control::Proposal::machine("jobs", noodle_jobs::machine::encode(&submit));
+    let err = forward(&rt, &link, leader, submit, Some(runner.token.clone()))
+        .expect_err("a job over the token's quota was accepted");
     assert!(
         err.to_string()
             .contains("asks for 4 cpus; the token allows 1"),
