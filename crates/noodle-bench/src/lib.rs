@@ -421,7 +421,7 @@ fn bench_link_with(
     let key = NodeKey::generate()?;
     let tls = TlsMaterial {
         ca: ca.cert_der().clone(),
-        cert: ca.issue_node_cert(name, &key.public_key_raw())?,
+        cert: ca.issue_node_cert(name, &key.public_key_raw(), noodle_security::NODE_CERT_TTL)?,
         key: key.private_key_der(),
     };
     Ok(Link::bind(

@@ -497,7 +497,7 @@ impl Control {
     }
 
     /// Whether a member of node `node` (any incarnation) is a voter here.
-    pub(crate) fn is_voter_node(&self, node: &str) -> bool {
+    pub fn is_voter_node(&self, node: &str) -> bool {
         let metrics = self.raft().metrics();
         let metrics = metrics.borrow();
         let membership = metrics.membership_config.membership();

@@ -47,10 +47,11 @@ pub trait StateMachine: Send + Sync + 'static {
     /// nothing.
     fn apply(&self, table: &mut MachineTable<'_, '_>, command: &[u8]) -> Result<Applied, DbError>;
 
-    /// What the leader needs to take `command` from a member that is not a voter: a person's
-    /// right for what people ask for, nothing more for a node's own reports (then
-    /// [`StateMachine::may_forward`] says whose they are). The default: only from voters.
-    fn forwarding(&self, _command: &[u8]) -> crate::Needs {
+    /// What the leader needs to take `command` from `caller`, a member that is not a voter,
+    /// judged on the leader's state (`view`): a person's right for what people ask for,
+    /// nothing more for a node's own reports (then [`StateMachine::may_forward`] says whose
+    /// they are) or for what the node may do to its own work. The default: only from voters.
+    fn forwarding(&self, _view: &MachineView<'_>, _caller: &str, _command: &[u8]) -> crate::Needs {
         crate::Needs::Voter
     }
 

@@ -221,7 +221,7 @@ fn admit(
     if let Some(gate) = control.gate() {
         let voter = control.is_voter_node(caller);
         let mut needs = Vec::new();
-        what_it_needs(control, &proposal.command, &mut needs);
+        what_it_needs(control, caller, &proposal.command, &mut needs);
         if let Err(why) = gate.check(
             caller,
             voter,
@@ -237,34 +237,41 @@ fn admit(
 
 /// What the leader needs to take `command` from a member that is not a voter: the rights the
 /// API asks of a person for the same write.
-fn what_it_needs(control: &crate::Control, command: &crate::Command, out: &mut Vec<crate::Needs>) {
+fn what_it_needs(
+    control: &crate::Control,
+    caller: &str,
+    command: &crate::Command,
+    out: &mut Vec<crate::Needs>,
+) {
     use crate::{Command, Needs};
     let needs = match command {
         Command::Nothing | Command::RegisterNode { .. } | Command::Checkpoint(_) => Needs::Node,
         Command::ConfigSet { key, .. } | Command::ConfigUnset { key } => {
             Needs::right("config", "write", Some(key))
         }
-        // A join token's record: made by a person; its uses are spent by the member that
-        // admits a joiner (which holds the token's MAC key today).
-        Command::Cas { key, expected, .. } if key.starts_with("join-token/") => match expected {
-            None => Needs::right("cluster", "admit", None),
-            Some(_) => Needs::Node,
-        },
-        Command::Cas { .. } | Command::SetRootKey { .. } | Command::PruneAudit { .. } => {
-            Needs::Voter
+        // A join token's record: made, and revoked, by a person. Its uses are spent by the
+        // voter that admits a joiner (only voters hold the CA key), which needs no token.
+        Command::Cas { key, .. } if key.starts_with("join-token/") => {
+            Needs::right("cluster", "admit", None)
         }
+        Command::Cas { .. }
+        | Command::SetRootKey { .. }
+        | Command::SetRootPublicKey { .. }
+        | Command::PruneAudit { .. } => Needs::Voter,
         Command::Revoke { .. } => Needs::right("cap", "revoke", None),
         Command::PolicySet { .. } | Command::PolicyRemove { .. } => {
             Needs::right("policy", "write", None)
         }
         Command::RemoveNode { .. } => Needs::right("cluster", "remove", None),
         Command::Machine { name, command } => match control.store().machines().get(name) {
-            Ok(machine) => machine.forwarding(command),
+            Ok(machine) => control
+                .read_local(|v| Ok(machine.forwarding(&v.machine(name), caller, command)))
+                .unwrap_or(Needs::Voter),
             Err(_) => Needs::Voter,
         },
         Command::Batch(proposals) => {
             for p in proposals {
-                what_it_needs(control, &p.command, out);
+                what_it_needs(control, caller, &p.command, out);
             }
             return;
         }
@@ -290,7 +297,7 @@ fn may_forward(
             "node {caller} may not sign a checkpoint as {}",
             cp.signer
         )),
-        Command::SetRootKey { .. } => {
+        Command::SetRootKey { .. } | Command::SetRootPublicKey { .. } => {
             refuse(format!("node {caller} may not set the capability root key"))
         }
         Command::Batch(proposals) => proposals

@@ -11,7 +11,7 @@
 //! | `k/` | sequence (8 bytes, big-endian) | encoded audit checkpoint |
 //! | `e/` | log-entry sequence (8 bytes, big-endian) | the ids of that entry's proposals and the answers they got (postcard `Vec<(u128, Response)>`) |
 //! | `s/<name>/` | the subsystem's own keys | its values (see [`crate::StateMachine`]) |
-//! | `m/` | `root_key`, `chain`, `answers` | capability root key, audit chain head, which `e/` records are kept and how many ids they hold |
+//! | `m/` | `root_public`, `chain`, `answers` | the capability root key's public half (`root_key`: the private key older versions kept), audit chain head, which `e/` records are kept and how many ids they hold |
 //!
 //! [`apply`] is a pure function of the table and the proposal: every node computes the same
 //! state and the same audit chain from the same log.
@@ -43,6 +43,7 @@ const AUDIT: &[u8] = b"a/";
 const CHECKPOINT: &[u8] = b"k/";
 const APPLIED_ID: &[u8] = b"e/";
 const ROOT_KEY: &[u8] = b"m/root_key";
+const ROOT_PUBLIC: &[u8] = b"m/root_public";
 const CHAIN: &[u8] = b"m/chain";
 /// The audit log's entries up to this sequence number were pruned (at a checkpoint).
 const AUDIT_PRUNED: &[u8] = b"m/audit_pruned";
@@ -336,6 +337,12 @@ fn apply_command(
                 put(t, ROOT_KEY.to_vec(), &root)?;
             }
         }
+        Command::SetRootPublicKey { key: public } => {
+            if get(t, ROOT_PUBLIC)?.is_none() {
+                put(t, ROOT_PUBLIC.to_vec(), &public)?;
+            }
+            t.remove(ROOT_KEY).map_err(db_err)?;
+        }
         Command::Revoke { id } => put(t, key(REVOKED, id.as_bytes()), &[])?,
         Command::RemoveNode { node_id } => put(t, key(REMOVED, node_id.as_bytes()), &[])?,
         Command::PruneAudit { upto_seq } => {
@@ -529,7 +536,14 @@ impl StateView {
             .collect())
     }
 
-    pub fn root_key(&self) -> Result<Option<Vec<u8>>, DbError> {
+    /// The public half of the capability root key, which every node verifies tokens with.
+    pub fn root_public_key(&self) -> Result<Option<Vec<u8>>, DbError> {
+        self.get(ROOT_PUBLIC)
+    }
+
+    /// The private root key a cluster made by an older version stored here, until the leader
+    /// moves it into its voters' files ([`Command::SetRootPublicKey`]).
+    pub fn legacy_root_key(&self) -> Result<Option<Vec<u8>>, DbError> {
         self.get(ROOT_KEY)
     }
 

@@ -183,7 +183,9 @@ pub enum Command {
         expected: Option<Vec<u8>>,
         new: Option<Vec<u8>>,
     },
-    /// Stores the cluster's capability root key unless one is stored already.
+    /// What clusters before the root key left the replicated state stored: the capability
+    /// root key itself. Nothing proposes it any more; old logs still apply it, and the first
+    /// [`Command::SetRootPublicKey`] forgets it.
     SetRootKey { key: Vec<u8> },
     /// Adds a token revocation id to the revocation list.
     Revoke { id: String },
@@ -209,6 +211,10 @@ pub enum Command {
     /// Forgets the audit entries up to `upto_seq`, where a signed checkpoint is: the checkpoint
     /// stays and vouches for them, so the rest of the log still verifies from it.
     PruneAudit { upto_seq: u64 },
+    /// Stores the public half of the cluster's capability root key unless one is stored
+    /// already, and forgets a private key an older version stored ([`Command::SetRootKey`]).
+    /// The private half never enters the log: only voters hold it, each in its own file.
+    SetRootPublicKey { key: Vec<u8> },
 }
 
 /// The state machine's answer to one proposal.
@@ -270,7 +276,7 @@ impl Proposal {
                 key.len() + expected.as_ref().map_or(0, Vec::len) + new.as_ref().map_or(0, Vec::len)
             }
             Command::PolicySet { name, source } => name.len() + source.len(),
-            Command::SetRootKey { key } => key.len(),
+            Command::SetRootKey { key } | Command::SetRootPublicKey { key } => key.len(),
             Command::Machine { name, command } => name.len() + command.len(),
             Command::Batch(ps) => ps.iter().map(Proposal::approx_bytes).sum(),
             _ => 128,
@@ -323,6 +329,9 @@ impl Command {
                     ));
                 }
                 Ok(())
+            }
+            Command::SetRootPublicKey { key } if key.is_empty() || key.len() > 256 => {
+                Err("a root public key must be 1 to 256 bytes".into())
             }
             Command::Revoke { id } if id.is_empty() || id.len() > 256 => {
                 Err("revocation id must be 1 to 256 characters".into())

@@ -722,3 +722,34 @@ async fn the_audit_log_is_pruned_only_at_a_checkpoint() {
     assert_eq!(kept.len(), 6);
     assert_eq!(a.read(|v| v.audit_pruned()).await.expect("read"), 0);
 }
+
+/// The replicated state keeps only the public half of the capability root key: the first one
+/// stays, and a private key an older version stored is forgotten when the public one arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_keeps_the_root_public_key_and_forgets_a_legacy_private_one() {
+    let cl = Cluster::new();
+    let a = cl.start(0).await;
+    a.initialize().await.expect("initialize");
+    let read = |c: &Control| {
+        c.read_local(|v| Ok((v.root_public_key()?, v.legacy_root_key()?)))
+            .expect("read")
+    };
+    // A cluster made by an older version: the private key in the state.
+    a.propose(Proposal::new(Command::SetRootKey { key: vec![1; 32] }))
+        .await
+        .expect("propose");
+    assert_eq!(read(&a), (None, Some(vec![1; 32])));
+    for key in [vec![2; 32], vec![3; 32]] {
+        a.propose(Proposal::new(Command::SetRootPublicKey { key }))
+            .await
+            .expect("propose");
+        assert_eq!(read(&a), (Some(vec![2; 32]), None), "the first stays");
+    }
+    match a
+        .propose(Proposal::new(Command::SetRootPublicKey { key: Vec::new() }))
+        .await
+    {
+        Err(e) => assert!(e.to_string().contains("1 to 256 bytes"), "{e}"),
+        Ok(other) => panic!("{other:?}"),
+    }
+}

@@ -13,7 +13,8 @@ fn main() {
     let token = noodle_fuzz_targets::sample_token();
     let ca = noodle_security::ClusterCa::generate("fuzz").expect("a CA");
     let join = noodle_security::JoinToken::mint(
-        &ca,
+        ca.cluster_id(),
+        ca.fingerprint(),
         1_800_000_000,
         vec!["127.0.0.1:7070".parse().unwrap()],
     );

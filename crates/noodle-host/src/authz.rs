@@ -9,7 +9,7 @@
 use crate::denials::{DenialBook, DenialKey, Ended, Note};
 use noodle_api::AuditVerifyReport;
 use noodle_audit::{Outcome, Record};
-use noodle_caps::{Authoriser, Context, Denied, Policy, Request, RootKey};
+use noodle_caps::{Authoriser, Context, Denied, Policy, PublicKey, Request, RootKey};
 use noodle_control::{Command, Control, ControlError, DbError, Proposal, Response, StateView};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -108,31 +108,37 @@ impl Authz {
         }
     }
 
-    fn root_bytes(&self) -> Result<Vec<u8>, Denied> {
-        self.control
-            .read_local(|v| v.root_key())
-            .map_err(|e| Denied::Evaluation(e.to_string()))?
-            .ok_or_else(|| {
-                Denied::Evaluation("the cluster has no capability root key yet".to_string())
-            })
-    }
-
-    /// The cluster's capability root key (for minting tokens).
-    pub fn root_key(&self) -> Result<RootKey, Denied> {
-        RootKey::from_bytes(&self.root_bytes()?).map_err(|e| Denied::Evaluation(e.to_string()))
+    /// The public half of the cluster's capability root key, from the replicated state (or
+    /// from the private key a cluster made by an older version still keeps there).
+    fn root_public(&self) -> Result<Vec<u8>, Denied> {
+        let evaluation = |e: String| Denied::Evaluation(e);
+        let (public, legacy) = self
+            .control
+            .read_local(|v| Ok((v.root_public_key()?, v.legacy_root_key()?)))
+            .map_err(|e| evaluation(e.to_string()))?;
+        match (public, legacy) {
+            (Some(public), _) => Ok(public),
+            (None, Some(private)) => Ok(RootKey::from_bytes(&private)
+                .map_err(|e| evaluation(e.to_string()))?
+                .public()
+                .to_bytes()),
+            (None, None) => Err(evaluation(
+                "the cluster has no capability root key yet".to_string(),
+            )),
+        }
     }
 
     /// The authoriser for the current root key (built once per key: it caches verified tokens).
     fn authoriser(&self) -> Result<Arc<Authoriser>, Denied> {
-        let root = self.root_bytes()?;
+        let root = self.root_public()?;
         let mut cached = self.authoriser.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = cached.as_ref()
             && c.root == root
         {
             return Ok(c.authoriser.clone());
         }
-        let key = RootKey::from_bytes(&root).map_err(|e| Denied::Evaluation(e.to_string()))?;
-        let authoriser = Arc::new(Authoriser::new(key.public()));
+        let key = PublicKey::from_bytes(&root).map_err(|e| Denied::Evaluation(e.to_string()))?;
+        let authoriser = Arc::new(Authoriser::new(key));
         *cached = Some(Cached {
             root,
             authoriser: authoriser.clone(),

@@ -60,9 +60,20 @@ impl StateMachine for JobsMachine {
     /// From a member that is not a voter: a submission or a cancellation needs the person's
     /// `jobs:run`; a report on a job is the node's own (see `may_forward`); placing a job is
     /// the leader's work.
-    fn forwarding(&self, command: &[u8]) -> noodle_control::Needs {
+    /// A person's right for what people ask for; a node's own reports; and a cancel of a job
+    /// running on the node that forwards it, which is that node's to stop (its local admin
+    /// manages its own work).
+    fn forwarding(
+        &self,
+        view: &MachineView<'_>,
+        caller: &str,
+        command: &[u8],
+    ) -> noodle_control::Needs {
         use noodle_control::Needs;
         match postcard::from_bytes::<JobCommand>(command) {
+            Ok(JobCommand::Cancel { id, .. }) if placed_on(view, id).as_deref() == Some(caller) => {
+                Needs::Node
+            }
             Ok(JobCommand::Submit { spec, .. }) => Needs::right("jobs", "run", None).within(&[
                 ("cpus", i64::from(spec.cpus)),
                 ("gpus", i64::from(spec.gpus)),
@@ -95,12 +106,8 @@ impl StateMachine for JobsMachine {
         else {
             return Ok(());
         };
-        let record = view
-            .get(&job_key(JOB, id))
-            .map_err(|e| Rejection(e.to_string()))?
-            .and_then(|b| postcard::from_bytes::<JobRecord>(&b).ok());
-        match record.as_ref().and_then(|job| job.state.placement()) {
-            Some((node, _)) if node != caller => Err(Rejection(format!(
+        match placed_on(view, id) {
+            Some(node) if node != caller => Err(Rejection(format!(
                 "node {caller} may not report on job {id}, which runs on node {node}"
             ))),
             _ => Ok(()),
@@ -218,4 +225,11 @@ impl JobsView<'_> {
 /// The jobs' records in `v`.
 pub fn view(v: &noodle_control::StateView) -> JobsView<'_> {
     JobsView(v.machine(NAME))
+}
+
+/// The node job `id` is placed on, in the leader's state.
+fn placed_on(view: &MachineView<'_>, id: u64) -> Option<String> {
+    let bytes = view.get(&job_key(JOB, id)).ok()??;
+    let job = postcard::from_bytes::<JobRecord>(&bytes).ok()?;
+    job.state.placement().map(|(node, _)| node.to_string())
 }

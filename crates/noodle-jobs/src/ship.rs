@@ -741,7 +741,11 @@ mod tests {
         let key = NodeKey::generate()?;
         let tls = TlsMaterial {
             ca: ca.cert_der().clone(),
-            cert: ca.issue_node_cert(name, &key.public_key_raw())?,
+            cert: ca.issue_node_cert(
+                name,
+                &key.public_key_raw(),
+                noodle_security::NODE_CERT_TTL,
+            )?,
             key: key.private_key_der(),
         };
         let mut cfg = LinkConfig::new("127.0.0.1:0".parse()?);

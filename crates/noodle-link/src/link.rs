@@ -9,6 +9,7 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use noodle_security::CLUSTER_SERVER_NAME;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -191,7 +192,11 @@ enum Slot {
 
 struct Inner {
     endpoint: Endpoint,
-    client: quinn::ClientConfig,
+    /// What the node dials with; replaced when its certificate is renewed.
+    client: std::sync::RwLock<quinn::ClientConfig>,
+    transport: Arc<quinn::TransportConfig>,
+    key: PrivateKeyDer<'static>,
+    ca: CertificateDer<'static>,
     cfg: LinkConfig,
     service: Arc<dyn Service>,
     conns: Mutex<HashMap<SocketAddr, Slot>>,
@@ -245,7 +250,7 @@ fn kx_group_of(conn: &Connection) -> String {
 fn peer_id_of(conn: &Connection) -> Option<String> {
     let chain = conn
         .peer_identity()?
-        .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+        .downcast::<Vec<CertificateDer<'static>>>()
         .ok()?;
     noodle_security::node_id_of_cert(chain.first()?)
 }
@@ -256,6 +261,30 @@ fn alpn_of(conn: &Connection) -> Option<Vec<u8>> {
         .and_then(|d| d.protocol)
 }
 
+/// The server and client configurations for `m`.
+fn configs(
+    m: &TlsMaterial,
+    transport: &Arc<quinn::TransportConfig>,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), LinkError> {
+    let server_tls = tls::server_config(m)?;
+    let server_quic = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
+        .map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_quic));
+    server.transport_config(transport.clone());
+    let mut client = tls::quic_client(tls::cluster_client_config(m)?)?;
+    client.transport_config(transport.clone());
+    Ok((server, client))
+}
+
+impl Inner {
+    fn client_config(&self) -> quinn::ClientConfig {
+        self.client
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
 impl Link {
     /// Binds the cluster port and starts accepting connections.
     pub fn bind(
@@ -263,15 +292,8 @@ impl Link {
         tls_material: &TlsMaterial,
         service: Arc<dyn Service>,
     ) -> Result<Link, LinkError> {
-        let server_tls = tls::server_config(tls_material)?;
-        let server_quic = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
-            .map_err(|e| TlsError::Quic(e.to_string()))?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_quic));
         let transport = Arc::new(transport_config(&cfg));
-        server.transport_config(transport.clone());
-        let mut client = tls::quic_client(tls::cluster_client_config(tls_material)?)?;
-        client.transport_config(transport);
-
+        let (server, client) = configs(tls_material, &transport)?;
         let socket = std::net::UdpSocket::bind(cfg.listen).map_err(|source| LinkError::Bind {
             addr: cfg.listen,
             source,
@@ -298,7 +320,10 @@ impl Link {
         })?;
         let inner = Arc::new(Inner {
             endpoint,
-            client,
+            client: std::sync::RwLock::new(client),
+            transport,
+            key: tls_material.key.clone_key(),
+            ca: tls_material.ca.clone(),
             cfg,
             service,
             conns: Mutex::new(HashMap::new()),
@@ -308,6 +333,21 @@ impl Link {
         });
         tokio::spawn(accept_loop(inner.clone()));
         Ok(Link { inner })
+    }
+
+    /// Presents `cert` (a renewed certificate for the same key) from now on, on new
+    /// connections in both directions; open connections keep the one they were made with.
+    pub fn set_certificate(&self, cert: CertificateDer<'static>) -> Result<(), LinkError> {
+        let inner = &self.inner;
+        let material = TlsMaterial {
+            ca: inner.ca.clone(),
+            cert,
+            key: inner.key.clone_key(),
+        };
+        let (server, client) = configs(&material, &inner.transport)?;
+        inner.endpoint.set_server_config(Some(server));
+        *inner.client.write().unwrap_or_else(|e| e.into_inner()) = client;
+        Ok(())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -430,7 +470,7 @@ impl Link {
         let conn = self
             .inner
             .endpoint
-            .connect_with(self.inner.client.clone(), addr, CLUSTER_SERVER_NAME)
+            .connect_with(self.inner.client_config(), addr, CLUSTER_SERVER_NAME)
             .map_err(|e| LinkError::Connect {
                 addr,
                 detail: e.to_string(),
@@ -548,7 +588,7 @@ impl Inner {
         let attempt = async {
             let connecting = self
                 .endpoint
-                .connect_with(self.client.clone(), addr, CLUSTER_SERVER_NAME)
+                .connect_with(self.client_config(), addr, CLUSTER_SERVER_NAME)
                 .map_err(|e| e.to_string())?;
             connecting.await.map_err(|e| e.to_string())
         };

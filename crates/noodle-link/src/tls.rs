@@ -68,6 +68,10 @@ pub(crate) fn server_config(m: &TlsMaterial) -> Result<rustls::ServerConfig, Tls
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![m.cert.clone(), m.ca.clone()], m.key.clone_key())?;
     cfg.alpn_protocols = vec![ALPN_CLUSTER.to_vec(), ALPN_JOIN.to_vec()];
+    // No resumption: a resumed session skips the certificate check, so an expired certificate
+    // would keep working for as long as its tickets did.
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
     Ok(cfg)
 }
 
@@ -78,6 +82,7 @@ pub(crate) fn cluster_client_config(m: &TlsMaterial) -> Result<rustls::ClientCon
         .with_root_certificates(roots(&m.ca)?)
         .with_client_auth_cert(vec![m.cert.clone(), m.ca.clone()], m.key.clone_key())?;
     cfg.alpn_protocols = vec![ALPN_CLUSTER.to_vec()];
+    cfg.resumption = rustls::client::Resumption::disabled();
     Ok(cfg)
 }
 

@@ -27,7 +27,6 @@ use futures_util::{Stream, StreamExt};
 use noodle_api::{EventsResponse, JoinTokenList, SESSION_COOKIE, StatusReport, TokenRequest};
 use noodle_host::api::{ApiResult, Refusal, Routes, check, control_error, error, parse_body};
 use noodle_host::{Authz, Caller, EventBus, Panel, Permission, RunningSubsystem, while_allowed};
-use noodle_security::ClusterCa;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,7 +41,7 @@ const DASHBOARD_PERIOD: Duration = Duration::from_secs(1);
 /// What the node's own handlers use.
 pub(crate) struct ApiState {
     pub(crate) cluster: Arc<ClusterState>,
-    pub(crate) ca: Arc<ClusterCa>,
+    pub(crate) keys: Arc<crate::keys::Keys>,
     pub(crate) events: EventBus,
     pub(crate) authz: Arc<Authz>,
     pub(crate) plane: Arc<ControlPlane>,
@@ -348,7 +347,7 @@ async fn create_token(
     }
     let control = &state.plane.control;
     let token = crate::join::create_token(
-        &state.ca,
+        &state.keys,
         &state.cluster,
         control,
         &state.authz,

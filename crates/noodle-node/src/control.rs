@@ -5,7 +5,6 @@ use crate::cluster::ClusterState;
 use crate::datadir::{DataDir, DataDirError};
 use noodle_api::{ControlInfo, EventKind};
 use noodle_audit::{AuditKey, Checkpoint};
-use noodle_caps::RootKey;
 use noodle_control::{
     AUDIT_PRUNE_ENTRIES_MAX, Command, Control, ControlConfig, ControlError, Machines, Member,
     PeerHealth, Proposal, Role, Store, Transport, TransportError, TransportFuture, base_node_id,
@@ -208,13 +207,6 @@ impl ControlPlane {
         // database aside waits to be added by the leader like any new member.
         if found && local.recovered.is_none() {
             control.initialize().await?;
-            // The cluster's capability root key exists from the first moment, so tokens can
-            // be minted as soon as `noodle up` returns (upkeep would add it a second later).
-            control
-                .propose(Proposal::new(Command::SetRootKey {
-                    key: RootKey::generate().to_bytes(),
-                }))
-                .await?;
         }
         Ok(ControlPlane {
             control,
@@ -245,28 +237,19 @@ impl ControlPlane {
         }
     }
 
-    /// One round of upkeep, about once a second: membership (leader), the capability root key
-    /// (leader, once), this node's audit key, and audit checkpoints (leader).
+    /// One round of upkeep, about once a second: membership (leader), this node's audit key,
+    /// and audit checkpoints (leader). The capability root key is [`crate::keys`]' business.
     async fn upkeep(&self, peers: &[PeerHealth]) -> Result<(), ControlError> {
         self.control.maintain_membership(peers).await?;
-        let (root, my_key, chain, last_checkpoint) = self.control.read_local(|v| {
+        let (my_key, chain, last_checkpoint) = self.control.read_local(|v| {
             let last = v.last_checkpoint()?.map_or(0, |c| c.upto_seq);
             Ok((
-                v.root_key()?,
                 v.node_keys()?.get(&self.node_id).copied(),
                 v.audit_chain()?,
                 last,
             ))
         })?;
         let leading = self.control.is_leader();
-        if leading && root.is_none() {
-            let key = RootKey::generate();
-            self.control
-                .propose(Proposal::new(Command::SetRootKey {
-                    key: key.to_bytes(),
-                }))
-                .await?;
-        }
         let public = self.audit_key.public_key().to_bytes();
         if my_key != Some(public) {
             self.control

@@ -32,6 +32,8 @@ const AUDIT_PAGE_MAX: u32 = 1000;
 pub(crate) struct ControlApi {
     pub(crate) plane: Arc<ControlPlane>,
     pub(crate) authz: Arc<Authz>,
+    /// The root key, which this node holds while it is a voter.
+    pub(crate) keys: Arc<crate::keys::Keys>,
 }
 
 type AppState = Arc<ControlApi>;
@@ -231,10 +233,13 @@ async fn cap_create(
     let token = match &caller {
         // The admin mints with the cluster's root key.
         Caller::Admin => {
-            let root = shared
-                .authz
-                .root_key()
-                .map_err(|e| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+            let root = shared.keys.root().ok_or_else(|| {
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this node holds no capability root key yet (only voters do, and a new \
+                     voter receives it within seconds): mint on a voter",
+                )
+            })?;
             let spec = TokenSpec {
                 rights,
                 quotas,

@@ -7,8 +7,9 @@
 //! | `lock` | held (flock) by the running node; holds its pid |
 //! | `node.json` | node id and name |
 //! | `node.key` | the node's private key (PEM) |
-//! | `node.crt` | the node's certificate, issued by the cluster CA (DER) |
-//! | `ca.crt`, `ca.key` | the cluster CA certificate (DER) and key (PEM) |
+//! | `node.crt` | the node's certificate, issued by the cluster CA (DER), short-lived and renewed |
+//! | `ca.crt` | the cluster CA certificate (DER) |
+//! | `ca.key`, `root.key` | voters only: the CA key (PEM) and the capability root key (raw) |
 //! | `cluster.json` | cluster id and the last known peers, for rejoining after a restart |
 //! | `api.json`, `admin.credential` | where the API listens and the credential clients present |
 
@@ -160,6 +161,22 @@ impl DataDir {
                 path: target.clone(),
                 source,
             }
+        })
+    }
+
+    /// Removes `name` if it exists, durably.
+    pub fn remove_file(&self, name: &str) -> Result<(), DataDirError> {
+        let target = self.path.join(name);
+        let remove = || -> std::io::Result<()> {
+            match std::fs::remove_file(&target) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                other => other?,
+            }
+            File::open(&self.path)?.sync_all()
+        };
+        remove().map_err(|source| DataDirError::Write {
+            path: target.clone(),
+            source,
         })
     }
 

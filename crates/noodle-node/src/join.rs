@@ -1,20 +1,24 @@
 //! The join protocol: a node with a token asks a member for a certificate.
 //!
 //! The joiner dials a seed (from the token, `--peer`, or mDNS) on the join ALPN, pinning the CA
-//! fingerprint from its token, and sends a [`JoinRequest`]. The member checks the token
-//! ([`noodle_security::JoinToken::verify`]), spends one of its uses in the control plane (a join
-//! token is recorded there when it is created, single-use unless `--uses` says otherwise, and
-//! revocable), assigns the joiner its node id, and only then issues anything: the joiner's
-//! certificate, the cluster's material and the members it knows. Join attempts are limited per
-//! source address ([`JoinLimiter`]); refused ones become events with sanitised, bounded fields.
+//! fingerprint from its token, and sends a [`JoinRequest`]. Only a voter holds the CA key, so a
+//! member that is not one hands the request to a voter (`node.admit`). The voter checks the
+//! token ([`noodle_security::JoinToken::verify`]) and the control plane's record of it (a join
+//! token is recorded there, by the hash of its secret, when it is created; single-use unless
+//! `--uses` says otherwise, and revocable), spends one of its uses, assigns the joiner its node
+//! id, and only then issues anything: the joiner's certificate, the CA certificate and the
+//! members it knows. Never a key of the cluster's. Join attempts are limited per source
+//! address ([`JoinLimiter`]); refused ones become events with sanitised, bounded fields.
 
 use crate::cluster::ClusterState;
+use crate::keys::Keys;
 use noodle_api::{EventKind, JoinTokenInfo, TokenRequest, TokenResponse};
 use noodle_audit::{Outcome, Record};
 use noodle_control::{Command, Control, ControlError, Proposal, Response as Applied};
 use noodle_host::{Actor, EventBus};
+use noodle_link::Link;
 use noodle_link::{JoinPeer, RemoteError};
-use noodle_security::{ClusterCa, JoinToken, NodeKey};
+use noodle_security::{JoinToken, NodeKey};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -53,7 +57,6 @@ pub(crate) struct JoinResponse {
     /// The node id the cluster assigned; the certificate names it.
     pub node_id: String,
     pub ca_cert: Vec<u8>,
-    pub ca_key_pem: String,
     pub node_cert: Vec<u8>,
     /// The joiner's address as the member saw it: tells a node bound to 0.0.0.0 its own IP.
     pub observed_addr: SocketAddr,
@@ -77,11 +80,44 @@ pub enum JoinError {
     NoSeeds(String),
     #[error("could not join cluster {cluster}: {attempts}")]
     Failed { cluster: String, attempts: String },
+    #[error("the cluster's answer to the join does not check out: {0}")]
+    BadAnswer(String),
+}
+
+/// A member hands a joiner's request to a voter.
+pub(crate) const NODE_ADMIT: &str = "node.admit";
+
+/// What a member that is not a voter sends a voter for a joiner.
+#[derive(Debug, Serialize, Deserialize)]
+struct ForwardedJoin {
+    request: JoinRequest,
+    /// The joiner's address as the member saw it.
+    joiner: SocketAddr,
+}
+
+/// The joiner's check of what it was given: the CA its token pins, and a certificate from
+/// that CA naming the node id it was assigned.
+pub(crate) fn check_admission(
+    r: &JoinResponse,
+    token: &JoinToken,
+    node_id: &str,
+) -> Result<(), JoinError> {
+    let bad = |why: &str| Err(JoinError::BadAnswer(why.to_string()));
+    if noodle_security::fingerprint(&r.ca_cert) != token.ca_fingerprint() {
+        return bad("the CA certificate is not the one the token pins");
+    }
+    if noodle_security::node_id_of_cert(&r.node_cert).as_deref() != Some(node_id) {
+        return bad("the certificate names another node");
+    }
+    Ok(())
 }
 
 /// What the control plane keeps of a join token (never the token itself).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct TokenRecord {
+    /// [`JoinToken::secret_hash`]: the token is checked against it, and cannot be rebuilt
+    /// from it.
+    secret_hash: [u8; 32],
     uses_left: u32,
     expires_at_unix: u64,
     created_at_ms: u64,
@@ -173,11 +209,13 @@ impl JoinLimiter {
     }
 }
 
-/// Admission check on the member side, before anything is spent: the token is this cluster's
-/// and unexpired, and the joiner's name is usable.
-fn check_request(ca: &ClusterCa, req: &JoinRequest, now_unix: u64) -> Result<JoinToken, String> {
+/// Admission check on the member side, before anything is spent: the token is meant for this
+/// cluster and unexpired, and the joiner's name is usable.
+fn check_request(keys: &Keys, req: &JoinRequest, now_unix: u64) -> Result<JoinToken, String> {
     let token = JoinToken::decode(&req.token).map_err(|e| e.to_string())?;
-    token.verify(ca, now_unix).map_err(|e| e.to_string())?;
+    token
+        .verify(keys.cluster_id(), keys.ca_fingerprint(), now_unix)
+        .map_err(|e| e.to_string())?;
     if req.name.trim().is_empty() || req.name.chars().count() > NAME_CHARS_MAX {
         return Err(format!(
             "the node name must have 1 to {NAME_CHARS_MAX} characters"
@@ -202,10 +240,18 @@ async fn spend_use(
             .await
             .map_err(|e| format!("cannot check the join token now: {e}"))?;
         let Some(bytes) = current else {
-            return Err(format!("join token {id} was used up or revoked"));
+            return Err(format!(
+                "join token {id} was used up or revoked, or this cluster never made it"
+            ));
         };
         let mut record: TokenRecord = postcard::from_bytes(&bytes)
             .map_err(|_| format!("join token {id} has an unreadable record"))?;
+        if !token.matches(&record.secret_hash) {
+            return Err(format!("join token {id} was not made by this cluster"));
+        }
+        if record.expires_at_unix <= now_ms / 1000 {
+            return Err(format!("join token {id} has expired"));
+        }
         let new = if record.uses_left <= 1 {
             None
         } else {
@@ -311,7 +357,7 @@ async fn token_records(control: &Control) -> Result<Vec<(String, TokenRecord)>, 
 /// Mints a join token and records it in the control plane; seeds are the alive members'
 /// cluster addresses unless left out. Expired records are removed on the way.
 pub(crate) async fn create_token(
-    ca: &ClusterCa,
+    keys: &Keys,
     cluster: &ClusterState,
     control: &Control,
     authz: &noodle_host::Authz,
@@ -363,9 +409,15 @@ pub(crate) async fn create_token(
         seeds
     };
     let expires = now.saturating_add(req.ttl_secs);
-    let token = JoinToken::mint(ca, expires, seeds.clone());
+    let token = JoinToken::mint(
+        keys.cluster_id(),
+        keys.ca_fingerprint(),
+        expires,
+        seeds.clone(),
+    );
     let id = token.id_hex();
     let record = TokenRecord {
+        secret_hash: token.secret_hash(),
         uses_left: req.uses,
         expires_at_unix: expires,
         created_at_ms: noodle_host::now_ms(),
@@ -450,7 +502,8 @@ pub(crate) async fn revoke_token(
 
 /// What the member side of a join needs.
 pub(crate) struct Admitter {
-    pub(crate) ca: std::sync::Arc<ClusterCa>,
+    pub(crate) keys: std::sync::Arc<Keys>,
+    pub(crate) link: Link,
     pub(crate) cluster: std::sync::Arc<ClusterState>,
     pub(crate) control: Control,
     pub(crate) events: EventBus,
@@ -458,29 +511,33 @@ pub(crate) struct Admitter {
 }
 
 impl Admitter {
-    /// Answers a joiner: checks its token, spends one of its uses, assigns the node id, issues
-    /// its certificate, and tells it the cluster's material and the members this node knows.
+    fn allowed(&self, source: IpAddr, now_ms: u64) -> Result<(), RemoteError> {
+        let allowed = self
+            .limiter
+            .lock()
+            .map(|mut l| l.allow(source, now_ms))
+            .unwrap_or(false);
+        if allowed {
+            return Ok(());
+        }
+        // No event: a flood of attempts must not become a flood of events.
+        metrics::counter!("noodle_join_limited_total").increment(1);
+        Err(RemoteError::new(
+            RemoteError::UNAVAILABLE,
+            "too many join attempts from this address; wait a minute",
+        ))
+    }
+
+    /// Answers a joiner: admits it here on a voter, through a voter otherwise.
     pub(crate) async fn handle(
         &self,
         peer: &JoinPeer,
         body: &[u8],
     ) -> Result<Vec<u8>, RemoteError> {
         let now = noodle_host::now_ms();
-        let allowed = self
-            .limiter
-            .lock()
-            .map(|mut l| l.allow(peer.remote.ip(), now))
-            .unwrap_or(false);
-        if !allowed {
-            // No event: a flood of attempts must not become a flood of events.
-            metrics::counter!("noodle_join_limited_total").increment(1);
-            return Err(RemoteError::new(
-                RemoteError::UNAVAILABLE,
-                "too many join attempts from this address; wait a minute",
-            ));
-        }
+        self.allowed(peer.remote.ip(), now)?;
         let req: Option<JoinRequest> = postcard::from_bytes(body).ok();
-        match self.admit(req.as_ref(), peer, now).await {
+        match self.admit(req.as_ref(), peer.remote, now).await {
             Ok(response) => {
                 self.events.emit(
                     EventKind::JOIN_ADMITTED,
@@ -513,33 +570,96 @@ impl Admitter {
         }
     }
 
+    /// `node.admit`: a member hands this voter a joiner's request.
+    pub(crate) async fn handle_forwarded(&self, body: &[u8]) -> Result<Vec<u8>, RemoteError> {
+        let now = noodle_host::now_ms();
+        let Ok(fwd) = postcard::from_bytes::<ForwardedJoin>(body) else {
+            return Err(RemoteError::new(
+                RemoteError::BAD_REQUEST,
+                "unreadable forwarded join request",
+            ));
+        };
+        self.allowed(fwd.joiner.ip(), now)?;
+        if self.keys.ca().is_none() {
+            return Err(RemoteError::new(
+                RemoteError::UNAVAILABLE,
+                "this node holds no CA key (only voters do)",
+            ));
+        }
+        match self.admit(Some(&fwd.request), fwd.joiner, now).await {
+            Ok(response) => Ok(postcard::to_stdvec(&response).unwrap_or_default()),
+            Err(reason) => Err(RemoteError::new(RemoteError::FORBIDDEN, reason)),
+        }
+    }
+
     async fn admit(
         &self,
         req: Option<&JoinRequest>,
-        peer: &JoinPeer,
+        joiner: SocketAddr,
         now_ms: u64,
     ) -> Result<JoinResponse, String> {
         let req = req.ok_or("unreadable join request")?;
-        let token = check_request(&self.ca, req, now_ms / 1000)?;
+        let token = check_request(&self.keys, req, now_ms / 1000)?;
+        if self.keys.ca().is_none() {
+            return self.through_a_voter(req, joiner).await;
+        }
         let node_id = noodle_security::node_id_for_host(&req.name);
-        let joiner = format!("{node_id} from {}", peer.remote);
-        spend_use(&self.control, &token, &joiner, now_ms).await?;
-        let node_cert = self
-            .ca
-            .issue_node_cert(&node_id, &req.public_key)
-            .map_err(|e| format!("cannot issue certificate: {e}"))?;
+        spend_use(
+            &self.control,
+            &token,
+            &format!("{node_id} from {joiner}"),
+            now_ms,
+        )
+        .await?;
+        let node_cert = self.keys.issue(&node_id, &req.public_key)?;
         let cluster = &self.cluster;
         let mut members = vec![(cluster.node_id.clone(), cluster.advertise)];
         members.extend(cluster.live_members());
         Ok(JoinResponse {
             cluster_id: cluster.cluster_id.clone(),
             node_id,
-            ca_cert: self.ca.cert_der().to_vec(),
-            ca_key_pem: self.ca.key_pem(),
-            node_cert: node_cert.to_vec(),
-            observed_addr: peer.remote,
+            ca_cert: self.keys.ca_cert().to_vec(),
+            node_cert,
+            observed_addr: joiner,
             members,
         })
+    }
+
+    /// Hands the request to the voters, the leader first, until one answers; a refusal is the
+    /// answer.
+    async fn through_a_voter(
+        &self,
+        req: &JoinRequest,
+        joiner: SocketAddr,
+    ) -> Result<JoinResponse, String> {
+        let body = postcard::to_stdvec(&ForwardedJoin {
+            request: req.clone(),
+            joiner,
+        })
+        .unwrap_or_default();
+        let mut failures = Vec::new();
+        for (id, addr) in crate::keys::reachable_voters(&self.control, &self.cluster) {
+            match self.link.request(addr, NODE_ADMIT, &body).await {
+                Ok(answer) => {
+                    return postcard::from_bytes(&answer)
+                        .map_err(|_| format!("voter {id} answered unreadably"));
+                }
+                Err(noodle_link::LinkError::Remote { source, .. })
+                    if source.code == RemoteError::FORBIDDEN =>
+                {
+                    return Err(source.message);
+                }
+                Err(e) => failures.push(format!("{id}: {e}")),
+            }
+        }
+        Err(format!(
+            "no voter could admit the joiner now: {}",
+            if failures.is_empty() {
+                "none is reachable".to_string()
+            } else {
+                failures.join("; ")
+            }
+        ))
     }
 }
 

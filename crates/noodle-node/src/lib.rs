@@ -15,6 +15,7 @@ mod control_api;
 mod dashboard;
 mod datadir;
 mod join;
+mod keys;
 mod membership;
 mod node;
 mod removal;
@@ -24,6 +25,7 @@ mod session;
 pub use control::{ControlPlaneError, LinkTransport};
 pub use datadir::{DataDir, DataDirError};
 pub use join::JoinError;
+pub use keys::CERT_TTL_MIN;
 pub use node::{NodeConfig, NodeError, RunningNode, start};
 
 /// Verifies the audit log of a control-plane database file of a stopped node (or a copy).

@@ -55,6 +55,8 @@ pub struct NodeConfig {
     pub control: noodle_control::ControlConfig,
     /// CPU slots this node offers to jobs; `None`: one per CPU.
     pub slots: Option<u32>,
+    /// How long the node certificates this node issues as a voter are valid.
+    pub cert_ttl: Duration,
 }
 
 impl NodeConfig {
@@ -72,6 +74,7 @@ impl NodeConfig {
             membership: MembershipConfig::default(),
             control: noodle_control::ControlConfig::default(),
             slots: None,
+            cert_ttl: noodle_security::NODE_CERT_TTL,
         }
     }
 }
@@ -210,7 +213,7 @@ pub async fn start(
     let mut observed_ip = None;
     let mut announce_to: Vec<PeerRecord> = Vec::new();
     let mut founded = false;
-    let (cluster, ca) = if dir.exists("cluster.json") {
+    let cluster = if dir.exists("cluster.json") {
         let cluster: ClusterFile = dir.read_json("cluster.json")?;
         if let Some(text) = &cfg.join {
             let token = JoinToken::decode(text).map_err(crate::JoinError::from)?;
@@ -226,19 +229,8 @@ pub async fn start(
                 cluster.cluster_id
             );
         }
-        let ca_cert = CertificateDer::from(dir.read_file("ca.crt")?);
-        let ca_key = dir.read_file("ca.key")?;
-        let ca = ClusterCa::load(
-            &cluster.cluster_id,
-            ca_cert,
-            &String::from_utf8_lossy(&ca_key),
-        )
-        .map_err(|e| DataDirError::Corrupt {
-            path: dir.path().join("ca.key"),
-            detail: e.to_string(),
-        })?;
         announce_to.clone_from(&cluster.peers);
-        (cluster, ca)
+        cluster
     } else if let Some(text) = &cfg.join {
         let token = JoinToken::decode(text).map_err(crate::JoinError::from)?;
         token
@@ -267,14 +259,10 @@ pub async fn start(
         tracing::info!(via = %admission.via, cluster = %r.cluster_id, node = %r.node_id, "admitted");
         // The cluster, not the joiner, names the node (its certificate says so).
         node_file.node_id.clone_from(&r.node_id);
-        let ca = ClusterCa::load(
-            &r.cluster_id,
-            CertificateDer::from(r.ca_cert.clone()),
-            &r.ca_key_pem,
-        )?;
+        crate::join::check_admission(&r, &token, &node_file.node_id)?;
         observed_ip = Some(r.observed_addr.ip());
+        // The CA certificate and this node's own certificate: never a key of the cluster's.
         dir.write_file("ca.crt", &r.ca_cert, false)?;
-        dir.write_file("ca.key", r.ca_key_pem.as_bytes(), true)?;
         dir.write_file("node.crt", &r.node_cert, false)?;
         dir.write_json("node.json", &node_file, false)?;
         let peers: Vec<PeerRecord> = r
@@ -291,11 +279,11 @@ pub async fn start(
         };
         dir.write_json("cluster.json", &cluster, false)?;
         announce_to = peers;
-        (cluster, ca)
+        cluster
     } else {
         let cluster_id = uuid::Uuid::new_v4().simple().to_string();
         let ca = ClusterCa::generate(&cluster_id)?;
-        let cert = ca.issue_node_cert(&node_file.node_id, &key.public_key_raw())?;
+        let cert = ca.issue_node_cert(&node_file.node_id, &key.public_key_raw(), cfg.cert_ttl)?;
         dir.write_file("ca.crt", ca.cert_der(), false)?;
         dir.write_file("ca.key", ca.key_pem().as_bytes(), true)?;
         dir.write_file("node.crt", &cert, false)?;
@@ -305,12 +293,11 @@ pub async fn start(
         };
         dir.write_json("cluster.json", &cluster, false)?;
         founded = true;
-        (cluster, ca)
+        cluster
     };
     if !dir.exists("node.json") {
         dir.write_json("node.json", &node_file, false)?;
     }
-    let node_cert = CertificateDer::from(dir.read_file("node.crt")?);
     let credential = dir.admin_credential()?;
 
     let local_control = crate::control::open_local_state(&dir)?;
@@ -334,12 +321,19 @@ pub async fn start(
     };
 
     // Bind the cluster port.
+    let dir = Arc::new(dir);
+    let keys = Arc::new(crate::keys::Keys::load(
+        dir.clone(),
+        &node_file.node_id,
+        &cluster.cluster_id,
+        key.public_key_raw(),
+        cfg.cert_ttl,
+    )?);
     let tls = TlsMaterial {
-        ca: ca.cert_der().clone(),
-        cert: node_cert,
+        ca: keys.ca_cert().clone(),
+        cert: CertificateDer::from(dir.read_file("node.crt")?),
         key: key.private_key_der(),
     };
-    let ca = Arc::new(ca);
     let service = Arc::new(NodeService::default());
     let link = Link::bind(LinkConfig::new(cfg.listen), &tls, service.clone())?;
     let advertise = advertise_addr(link.local_addr(), observed_ip);
@@ -350,10 +344,10 @@ pub async fn start(
         me,
         audit_key.clone(),
     ));
-    let dir = Arc::new(dir);
     let events = EventBus::default();
     events.register(EVENT_KINDS);
     events.register(crate::control::EVENT_KINDS);
+    events.register(crate::keys::EVENT_KINDS);
     for s in &subsystems {
         events.register(s.event_kinds());
     }
@@ -385,7 +379,11 @@ pub async fn start(
     let authz = Arc::new(Authz::new(plane.control.clone(), name.clone()));
     plane.control.set_gate(authz.clone());
     let owner_token = if founded {
-        Some(owner_token(&authz)?)
+        let root = keys
+            .found_root(&plane.control)
+            .await
+            .map_err(|e| NodeError::Owner(format!("cannot make the cluster's root key: {e}")))?;
+        Some(owner_token(&root)?)
     } else {
         None
     };
@@ -407,6 +405,7 @@ pub async fn start(
         vec![Arc::new(crate::control_api::ControlApi {
             plane: plane.clone(),
             authz: authz.clone(),
+            keys: keys.clone(),
         })];
     for s in subsystems {
         running.push(s.start(host.clone()).await?);
@@ -415,7 +414,8 @@ pub async fn start(
     let _ = service.dispatch.set(Arc::new(Dispatch {
         cluster: cluster.clone(),
         admitter: Arc::new(crate::join::Admitter {
-            ca: ca.clone(),
+            keys: keys.clone(),
+            link: link.clone(),
             cluster: cluster.clone(),
             control: plane.control.clone(),
             events: events.clone(),
@@ -431,6 +431,13 @@ pub async fn start(
         cluster.node_id.clone(),
     ));
     tokio::spawn(crate::control::upkeep_loop(cluster.clone(), plane.clone()));
+    tokio::spawn(crate::keys::upkeep_loop(
+        keys.clone(),
+        plane.clone(),
+        link.clone(),
+        cluster.clone(),
+        events.clone(),
+    ));
     tokio::spawn(crate::removal::enforce(
         plane.clone(),
         link.clone(),
@@ -491,7 +498,7 @@ pub async fn start(
     let sessions = Arc::new(crate::session::Sessions::default());
     let state = Arc::new(ApiState {
         cluster: cluster.clone(),
-        ca,
+        keys,
         events: events.clone(),
         authz,
         plane,
@@ -540,7 +547,7 @@ const OWNER_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The founder's owner token, minted with the new cluster's root key: a person's credential
 /// for every machine, where a node's admin credential is only that node's.
-fn owner_token(authz: &Authz) -> Result<String, NodeError> {
+fn owner_token(root: &noodle_caps::RootKey) -> Result<String, NodeError> {
     let failed = |e: String| NodeError::Owner(e);
     let rights = OWNER_RIGHTS
         .iter()
@@ -555,8 +562,7 @@ fn owner_token(authz: &Authz) -> Result<String, NodeError> {
         ttl: OWNER_TOKEN_TTL,
         holder: Some("owner".into()),
     };
-    let root = authz.root_key().map_err(|e| failed(e.to_string()))?;
-    noodle_caps::mint(&root, &spec).map_err(|e| failed(e.to_string()))
+    noodle_caps::mint(root, &spec).map_err(|e| failed(e.to_string()))
 }
 
 impl RunningNode {

@@ -79,6 +79,19 @@ impl Service for NodeService {
                 Box::pin(async move { answer })
             }
             NODE_PING => Box::pin(async move { Ok(body.to_vec()) }),
+            crate::join::NODE_ADMIT => {
+                let admitter = d.admitter.clone();
+                Box::pin(async move { admitter.handle_forwarded(&body).await })
+            }
+            crate::keys::NODE_KEYS => {
+                let a = &d.admitter;
+                let answer = a.keys.answer_handover(&a.control, &d.events, &from.node_id);
+                Box::pin(async move { answer })
+            }
+            crate::keys::NODE_RENEW => {
+                let answer = d.admitter.keys.answer_renew(&from.node_id, &body);
+                Box::pin(async move { answer })
+            }
             _ => match d.owner(method) {
                 Some(s) => s.call(from, method, body),
                 None => noodle_host::not_found(method),

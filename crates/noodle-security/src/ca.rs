@@ -16,6 +16,10 @@ use sha2::{Digest, Sha256};
 /// second SAN, the node id.
 pub const CLUSTER_SERVER_NAME: &str = "cluster.noodle";
 
+/// How long a node certificate is valid unless the issuing voter is told otherwise
+/// (`noodle up --cert-ttl`); a node renews its certificate once half of it has passed.
+pub const NODE_CERT_TTL: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
+
 /// Node keys and the CA key are ECDSA P-256.
 static KEY_ALG: &SignatureAlgorithm = &rcgen::PKCS_ECDSA_P256_SHA256;
 
@@ -50,6 +54,25 @@ pub fn node_id_of_cert(cert_der: &[u8]) -> Option<String> {
         GeneralName::DNSName(dns) if *dns != CLUSTER_SERVER_NAME => Some(dns.to_string()),
         _ => None,
     })
+}
+
+/// How far before its issue a certificate's validity starts, for clocks a little behind.
+const CERT_BACKDATE_SECS: i64 = 3600;
+
+/// Whether the certificate `cert_der` has less than half its life left at `now_unix` (or does
+/// not parse): time to ask for a new one.
+pub fn renewal_due(cert_der: &[u8], now_unix: i64) -> bool {
+    cert_validity(cert_der).is_none_or(|(from, until)| {
+        let lifetime = until - from - CERT_BACKDATE_SECS;
+        until - now_unix <= lifetime / 2
+    })
+}
+
+/// When a certificate starts and stops being valid (Unix seconds), if it parses.
+pub fn cert_validity(cert_der: &[u8]) -> Option<(i64, i64)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
 }
 
 /// A node's (or the CA's) private key.
@@ -138,7 +161,11 @@ impl ClusterCa {
         // Sign a throwaway certificate and check it against the stored root: this catches a key
         // or certificate that was swapped or corrupted on disk.
         let probe = NodeKey::generate()?;
-        let cert = ca.issue_node_cert("probe", &probe.public_key_raw())?;
+        let cert = ca.issue_node_cert(
+            "probe",
+            &probe.public_key_raw(),
+            std::time::Duration::from_secs(60),
+        )?;
         verify_chain(&ca.cert_der, &cert)
             .map_err(|e| CertError::Invalid(format!("CA key does not match certificate: {e}")))?;
         Ok(ca)
@@ -160,20 +187,13 @@ impl ClusterCa {
         fingerprint(&self.cert_der)
     }
 
-    /// Key for the MAC of join tokens: derived from the CA key, so every member can check tokens
-    /// and nobody without the CA key can mint one.
-    pub fn join_key(&self) -> [u8; 32] {
-        blake3::derive_key(
-            "noodle 2026-11 join token mac v1",
-            &self.key.key.serialize_der(),
-        )
-    }
-
-    /// Issues the certificate of node `node_id` for the raw P-256 public key `public_key_raw`.
+    /// Issues the certificate of node `node_id` for the raw P-256 public key `public_key_raw`,
+    /// valid for `ttl` from now.
     pub fn issue_node_cert(
         &self,
         node_id: &str,
         public_key_raw: &[u8],
+        ttl: std::time::Duration,
     ) -> Result<CertificateDer<'static>, CertError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
@@ -191,8 +211,8 @@ impl ClusterCa {
         ];
         params.use_authority_key_identifier_extension = true;
         let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::hours(1);
-        params.not_after = now + time::Duration::days(3650);
+        params.not_before = now - time::Duration::seconds(CERT_BACKDATE_SECS);
+        params.not_after = now + time::Duration::seconds(ttl.as_secs().min(i64::MAX as u64) as i64);
         let issuer = Issuer::new(ca_params(&self.cluster_id), &self.key.key);
         let cert = params.signed_by(&RawPublicKey(public_key_raw.to_vec()), &issuer)?;
         Ok(cert.der().clone())
@@ -242,14 +262,25 @@ pub(crate) fn verify_chain(
 mod tests {
     use super::*;
 
+    const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+
     #[test]
     fn issued_cert_chains_to_ca_and_names_node() {
         let ca = ClusterCa::generate("c1").unwrap();
         let node = NodeKey::generate().unwrap();
         let cert = ca
-            .issue_node_cert("host-abc", &node.public_key_raw())
+            .issue_node_cert("host-abc", &node.public_key_raw(), DAY)
             .unwrap();
         verify_chain(ca.cert_der(), &cert).unwrap();
+        let (_, expiry) = cert_validity(&cert).unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert!((now + 86_400 - 5..=now + 86_400 + 5).contains(&expiry));
+        assert_eq!(cert_validity(b"not a certificate"), None);
+        // Half its life: time to renew, not before.
+        assert!(!renewal_due(&cert, now));
+        assert!(!renewal_due(&cert, now + 43_000));
+        assert!(renewal_due(&cert, now + 43_300));
+        assert!(renewal_due(b"not a certificate", now));
         assert_eq!(node_id_of_cert(&cert).as_deref(), Some("host-abc"));
         assert_eq!(node_id_of_cert(b"not a certificate"), None);
         let ee = webpki::EndEntityCert::try_from(&cert).unwrap();
@@ -264,7 +295,9 @@ mod tests {
         let ca = ClusterCa::generate("c2").unwrap();
         let again = ClusterCa::load("c2", ca.cert_der().clone(), &ca.key_pem()).unwrap();
         let node = NodeKey::generate().unwrap();
-        let cert = again.issue_node_cert("n", &node.public_key_raw()).unwrap();
+        let cert = again
+            .issue_node_cert("n", &node.public_key_raw(), DAY)
+            .unwrap();
         verify_chain(ca.cert_der(), &cert).unwrap();
         // A key from another CA is detected.
         let foreign = ClusterCa::generate("c2").unwrap();

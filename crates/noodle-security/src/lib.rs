@@ -5,13 +5,15 @@
 //! the node (`noodle-node`) stores it in the data directory.
 //!
 //! Architecture invariant: a certificate is issued only after [`JoinToken::verify`] accepted the
-//! token against the cluster's own CA (fingerprint, cluster id, MAC and expiry).
+//! token for the cluster's own CA (fingerprint, cluster id, expiry) and the control plane's
+//! record of the token matched its secret ([`JoinToken::matches`]) and had a use left.
 
 mod ca;
 mod token;
 
 pub use ca::{
-    CLUSTER_SERVER_NAME, ClusterCa, NodeKey, fingerprint, node_id_for_host, node_id_of_cert,
+    CLUSTER_SERVER_NAME, ClusterCa, NODE_CERT_TTL, NodeKey, cert_validity, fingerprint,
+    node_id_for_host, node_id_of_cert, renewal_due,
 };
 pub use token::{JoinToken, TOKEN_PREFIX, TokenError};
 

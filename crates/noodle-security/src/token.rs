@@ -3,9 +3,11 @@
 //! Text form: `noodle1.` followed by URL-safe base64 of `postcard(body) ++ check`, where `check`
 //! is the first 4 bytes of blake3 of the body, so a token mangled by copy and paste is told apart
 //! from a forged one. The body carries the cluster id, the CA fingerprint the joiner pins, seed
-//! addresses, an expiry and a MAC keyed by the cluster (see `ClusterCa::join_key`).
+//! addresses, an expiry and a random 32-byte secret. The cluster keeps only the secret's hash
+//! (see [`JoinToken::secret_hash`]), so a token is checked against the control plane's record
+//! of it and no node holds a key that could make one: whoever steals a member's data directory
+//! finds hashes, not tokens.
 
-use crate::ClusterCa;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
@@ -16,6 +18,8 @@ pub const TOKEN_PREFIX: &str = "noodle1.";
 const TOKEN_CHARS_MAX: usize = 4096;
 const SEEDS_MAX: usize = 32;
 const CHECK_BYTES: usize = 4;
+/// The token format this code writes and reads (1 carried a MAC keyed by the CA key).
+const VERSION: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
@@ -25,78 +29,104 @@ pub enum TokenError {
     TooLong(usize),
     #[error("join token is corrupt: {0}")]
     Corrupt(&'static str),
+    #[error(
+        "join token was made by an older noodle (format {0}); create a new one with `noodle token create`"
+    )]
+    OldFormat(u8),
     #[error("join token expired {0} s ago; create a new one with `noodle token create`")]
     Expired(u64),
     #[error("join token is for cluster {token}, this node is in cluster {ours}")]
     ForeignCluster { token: String, ours: String },
     #[error("join token pins a different cluster CA than this cluster's")]
     ForeignCa,
-    #[error("join token signature does not verify: it was not made by this cluster")]
-    BadMac,
 }
 
-/// The signed content of a join token.
+/// The content of a join token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Body {
     version: u8,
     cluster_id: String,
     ca_fingerprint: [u8; 32],
-    token_id: [u8; 16],
+    secret: [u8; 32],
     expires_at_unix: u64,
     seeds: Vec<SocketAddr>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Wire {
+/// A decoded join token. Decoding checks only its form; [`JoinToken::verify`] checks it is
+/// meant for a cluster, and the cluster's record of [`JoinToken::secret_hash`] that it was made
+/// there and is not used up.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinToken {
     body: Body,
-    mac: [u8; 32],
 }
 
-/// A decoded join token. Decoding checks only its form; [`JoinToken::verify`] checks it belongs
-/// to a cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JoinToken {
-    wire: Wire,
+impl std::fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("JoinToken")
+            .field("id", &self.id_hex())
+            .field("cluster_id", &self.body.cluster_id)
+            .field("expires_at_unix", &self.body.expires_at_unix)
+            .field("seeds", &self.body.seeds)
+            .finish()
+    }
 }
 
 impl JoinToken {
-    /// Mints a token for `ca`'s cluster, valid until `expires_at_unix`.
-    pub fn mint(ca: &ClusterCa, expires_at_unix: u64, seeds: Vec<SocketAddr>) -> JoinToken {
+    /// Makes a token for the cluster `cluster_id` whose CA certificate has `ca_fingerprint`,
+    /// valid until `expires_at_unix`. It admits nobody until the cluster records its
+    /// [`JoinToken::secret_hash`].
+    pub fn mint(
+        cluster_id: &str,
+        ca_fingerprint: [u8; 32],
+        expires_at_unix: u64,
+        seeds: Vec<SocketAddr>,
+    ) -> JoinToken {
         let mut seeds = seeds;
         seeds.truncate(SEEDS_MAX);
-        let body = Body {
-            version: 1,
-            cluster_id: ca.cluster_id().to_string(),
-            ca_fingerprint: ca.fingerprint(),
-            token_id: rand::random(),
-            expires_at_unix,
-            seeds,
-        };
-        let mac = mac_of(&ca.join_key(), &body);
         JoinToken {
-            wire: Wire { body, mac },
+            body: Body {
+                version: VERSION,
+                cluster_id: cluster_id.to_string(),
+                ca_fingerprint,
+                secret: rand::random(),
+                expires_at_unix,
+                seeds,
+            },
         }
     }
 
     pub fn cluster_id(&self) -> &str {
-        &self.wire.body.cluster_id
+        &self.body.cluster_id
     }
 
     pub fn ca_fingerprint(&self) -> [u8; 32] {
-        self.wire.body.ca_fingerprint
+        self.body.ca_fingerprint
     }
 
     pub fn seeds(&self) -> &[SocketAddr] {
-        &self.wire.body.seeds
+        &self.body.seeds
     }
 
     pub fn expires_at_unix(&self) -> u64 {
-        self.wire.body.expires_at_unix
+        self.body.expires_at_unix
     }
 
-    /// Short id for logs and the audit trail; never enough to rebuild the token.
+    /// What the cluster records of the token: a hash of its secret, which does not give the
+    /// secret back.
+    pub fn secret_hash(&self) -> [u8; 32] {
+        blake3::derive_key("noodle 2026-12 join token secret v2", &self.body.secret)
+    }
+
+    /// Whether `recorded` is this token's [`JoinToken::secret_hash`] (in constant time).
+    pub fn matches(&self, recorded: &[u8; 32]) -> bool {
+        blake3::Hash::from(self.secret_hash()) == blake3::Hash::from(*recorded)
+    }
+
+    /// Short id for `noodle token ls`, logs and the audit trail, taken from the secret's hash:
+    /// never enough to rebuild the token.
     pub fn id_hex(&self) -> String {
-        self.wire.body.token_id[..6]
+        self.secret_hash()[..8]
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
@@ -104,36 +134,37 @@ impl JoinToken {
 
     /// Fails if the token has expired at `now_unix`; joiners check this before dialling anyone.
     pub fn check_expiry(&self, now_unix: u64) -> Result<(), TokenError> {
-        let exp = self.wire.body.expires_at_unix;
+        let exp = self.body.expires_at_unix;
         if now_unix >= exp {
             return Err(TokenError::Expired(now_unix - exp));
         }
         Ok(())
     }
 
-    /// Checks that `ca` minted this token and that it is still valid at `now_unix`.
-    pub fn verify(&self, ca: &ClusterCa, now_unix: u64) -> Result<(), TokenError> {
-        let body = &self.wire.body;
-        if body.cluster_id != ca.cluster_id() {
+    /// Checks that the token is meant for the cluster `cluster_id` with this CA and is still
+    /// valid at `now_unix`. Whether the cluster made it is for its record to say.
+    pub fn verify(
+        &self,
+        cluster_id: &str,
+        ca_fingerprint: [u8; 32],
+        now_unix: u64,
+    ) -> Result<(), TokenError> {
+        let body = &self.body;
+        if body.cluster_id != cluster_id {
             return Err(TokenError::ForeignCluster {
                 token: body.cluster_id.clone(),
-                ours: ca.cluster_id().to_string(),
+                ours: cluster_id.to_string(),
             });
         }
-        if body.ca_fingerprint != ca.fingerprint() {
+        if body.ca_fingerprint != ca_fingerprint {
             return Err(TokenError::ForeignCa);
-        }
-        // blake3::Hash compares in constant time.
-        let expected = blake3::Hash::from(mac_of(&ca.join_key(), body));
-        if expected != blake3::Hash::from(self.wire.mac) {
-            return Err(TokenError::BadMac);
         }
         self.check_expiry(now_unix)
     }
 
     pub fn encode(&self) -> String {
         // Serialising plain data into a Vec cannot fail.
-        let mut bytes = postcard::to_stdvec(&self.wire).unwrap_or_default();
+        let mut bytes = postcard::to_stdvec(&self.body).unwrap_or_default();
         let check = blake3::hash(&bytes);
         bytes.extend_from_slice(&check.as_bytes()[..CHECK_BYTES]);
         format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes))
@@ -155,24 +186,22 @@ impl JoinToken {
         if blake3::hash(payload).as_bytes()[..CHECK_BYTES] != *check {
             return Err(TokenError::Corrupt("checksum mismatch"));
         }
-        let (wire, rest): (Wire, _) = postcard::take_from_bytes(payload)
+        // The version comes first in every format.
+        match payload.first() {
+            Some(&VERSION) => {}
+            Some(&v) if v < VERSION => return Err(TokenError::OldFormat(v)),
+            _ => return Err(TokenError::Corrupt("unknown token version")),
+        }
+        let (body, rest): (Body, _) = postcard::take_from_bytes(payload)
             .map_err(|_| TokenError::Corrupt("unreadable content"))?;
         if !rest.is_empty() {
             return Err(TokenError::Corrupt("trailing bytes"));
         }
-        if wire.body.version != 1 {
-            return Err(TokenError::Corrupt("unknown token version"));
-        }
-        if wire.body.seeds.len() > SEEDS_MAX {
+        if body.seeds.len() > SEEDS_MAX {
             return Err(TokenError::Corrupt("too many seed addresses"));
         }
-        Ok(JoinToken { wire })
+        Ok(JoinToken { body })
     }
-}
-
-fn mac_of(key: &[u8; 32], body: &Body) -> [u8; 32] {
-    let bytes = postcard::to_stdvec(body).unwrap_or_default();
-    *blake3::keyed_hash(key, &bytes).as_bytes()
 }
 
 #[cfg(test)]
@@ -181,44 +210,65 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn ca() -> ClusterCa {
-        ClusterCa::generate("cluster-a").unwrap()
+    const FP: [u8; 32] = [7; 32];
+
+    fn mint(expires: u64) -> JoinToken {
+        JoinToken::mint("cluster-a", FP, expires, vec![])
     }
 
     #[test]
     fn round_trip_and_verify() {
-        let ca = ca();
         let seeds = vec!["127.0.0.1:7070".parse().unwrap()];
-        let t = JoinToken::mint(&ca, 1_000, seeds.clone());
+        let t = JoinToken::mint("cluster-a", FP, 1_000, seeds.clone());
         let decoded = JoinToken::decode(&t.encode()).unwrap();
         assert_eq!(decoded, t);
         assert_eq!(decoded.seeds(), &seeds[..]);
-        decoded.verify(&ca, 999).unwrap();
-        assert_eq!(decoded.verify(&ca, 1_005), Err(TokenError::Expired(5)));
+        decoded.verify("cluster-a", FP, 999).unwrap();
+        assert_eq!(
+            decoded.verify("cluster-a", FP, 1_005),
+            Err(TokenError::Expired(5))
+        );
+        assert!(decoded.matches(&t.secret_hash()));
+        // The id names the token and nothing in what the cluster records gives the secret.
+        assert_eq!(decoded.id_hex().len(), 16);
+        assert!(!format!("{t:?}").contains(&format!("{:?}", t.body.secret)));
     }
 
     #[test]
     fn foreign_and_forged_tokens_are_refused() {
-        let ca = ca();
-        let other = ClusterCa::generate("cluster-b").unwrap();
-        let t = JoinToken::mint(&other, u64::MAX, vec![]);
+        let t = JoinToken::mint("cluster-b", FP, u64::MAX, vec![]);
         assert!(matches!(
-            t.verify(&ca, 0),
+            t.verify("cluster-a", FP, 0),
             Err(TokenError::ForeignCluster { .. })
         ));
         // Same cluster id, different CA.
-        let twin = ClusterCa::generate("cluster-a").unwrap();
-        let t = JoinToken::mint(&twin, u64::MAX, vec![]);
-        assert_eq!(t.verify(&ca, 0), Err(TokenError::ForeignCa));
-        // Right CA, changed body: the MAC fails.
-        let mut t = JoinToken::mint(&ca, 10, vec![]);
-        t.wire.body.expires_at_unix = u64::MAX;
-        assert_eq!(t.verify(&ca, 100), Err(TokenError::BadMac));
+        assert_eq!(
+            t.verify("cluster-b", [8; 32], 0),
+            Err(TokenError::ForeignCa)
+        );
+        // A token made up by someone else matches no record the cluster holds: each token's
+        // secret is its own, and a changed secret no longer matches.
+        let real = mint(10);
+        let forged = mint(10);
+        assert!(!forged.matches(&real.secret_hash()));
+        let mut changed = real.clone();
+        changed.body.secret[0] ^= 1;
+        assert!(!changed.matches(&real.secret_hash()));
+        assert_ne!(changed.id_hex(), real.id_hex());
+    }
+
+    #[test]
+    fn an_old_format_token_is_named_as_such() {
+        let mut bytes = vec![1u8, 0, 0];
+        let check = blake3::hash(&bytes);
+        bytes.extend_from_slice(&check.as_bytes()[..CHECK_BYTES]);
+        let text = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
+        assert_eq!(JoinToken::decode(&text), Err(TokenError::OldFormat(1)));
     }
 
     #[test]
     fn malformed_text_is_refused_with_a_reason() {
-        let good = JoinToken::mint(&ca(), 5, vec![]).encode();
+        let good = mint(5).encode();
         // Change one character in the middle (the last one also carries padding bits, so
         // changing it can make the text invalid base64 instead).
         let mut chars: Vec<char> = good.chars().collect();

@@ -158,6 +158,10 @@ struct UpArgs {
     /// checkpoint, which still vouches for them.
     #[arg(long, default_value_t = 1_000_000, value_name = "N")]
     audit_keep: u64,
+    /// Node certificates this node issues as a voter are valid this long; every node renews
+    /// its own once half of it has passed, so a node away for longer must join again.
+    #[arg(long, default_value = "14d", value_parser = humantime::parse_duration)]
+    cert_ttl: Duration,
     /// Jobs: CPU slots this node offers to `noodle run` (default: one per CPU; 0: it runs no
     /// jobs).
     #[arg(long, value_name = "N")]
@@ -577,6 +581,13 @@ async fn up(data_dir: PathBuf, args: UpArgs) -> Result<i32> {
     }
     cfg.control.checkpoint_every = args.audit_checkpoint_every;
     cfg.control.audit_keep = args.audit_keep;
+    if args.cert_ttl < noodle_node::CERT_TTL_MIN {
+        bail!(
+            "--cert-ttl must be at least {}",
+            humantime::format_duration(noodle_node::CERT_TTL_MIN)
+        );
+    }
+    cfg.cert_ttl = args.cert_ttl;
     if args.job_lease.is_zero() {
         bail!("--job-lease must be longer than 0s");
     }

@@ -46,7 +46,9 @@ fn material(ca: &ClusterCa, node: &str) -> TlsMaterial {
     let key = NodeKey::generate().unwrap();
     TlsMaterial {
         ca: ca.cert_der().clone(),
-        cert: ca.issue_node_cert(node, &key.public_key_raw()).unwrap(),
+        cert: ca
+            .issue_node_cert(node, &key.public_key_raw(), noodle_security::NODE_CERT_TTL)
+            .unwrap(),
         key: key.private_key_der(),
     }
 }
@@ -377,4 +379,64 @@ async fn one_node_gets_a_bounded_number_of_connections() {
             .count(),
         4
     );
+}
+
+/// A certificate is short-lived: once it has expired, no member accepts it (either way), and a
+/// node that was given a renewed one (`set_certificate`) dials and is dialled again as itself.
+#[tokio::test]
+async fn an_expired_certificate_is_refused_and_a_renewed_one_is_taken() {
+    let ca = ClusterCa::generate("it").unwrap();
+    let (b, _) = node(&ca, "b");
+    let key = NodeKey::generate().unwrap();
+    let short = TlsMaterial {
+        ca: ca.cert_der().clone(),
+        cert: ca
+            .issue_node_cert("a", &key.public_key_raw(), Duration::from_secs(2))
+            .unwrap(),
+        key: key.private_key_der(),
+    };
+    let a = Link::bind(
+        LinkConfig::new("127.0.0.1:0".parse().unwrap()),
+        &short,
+        Arc::new(Echo::default()),
+    )
+    .unwrap();
+    let whoami = |from: &Link, to: &Link| {
+        let (from, to) = (from.clone(), to.local_addr());
+        async move { from.request(to, "whoami", b"").await }
+    };
+    assert_eq!(&whoami(&a, &b).await.unwrap()[..], b"a");
+    // Wait for the certificate's end (a condition on the clock, not a guess at speed).
+    let (_, expiry) = noodle_security::cert_validity(&short.cert).unwrap();
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        <= expiry
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    a.disconnect(b.local_addr());
+    b.disconnect(a.local_addr());
+    let err = whoami(&a, &b).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            noodle_link::LinkError::Connect { .. } | noodle_link::LinkError::Connection { .. }
+        ),
+        "{err}"
+    );
+    assert!(
+        whoami(&b, &a).await.is_err(),
+        "b does not take a's expired certificate"
+    );
+
+    let renewed = ca
+        .issue_node_cert("a", &key.public_key_raw(), noodle_security::NODE_CERT_TTL)
+        .unwrap();
+    a.set_certificate(renewed).unwrap();
+    assert_eq!(&whoami(&a, &b).await.unwrap()[..], b"a");
+    a.disconnect(b.local_addr());
+    b.disconnect(a.local_addr());
+    assert_eq!(&whoami(&b, &a).await.unwrap()[..], b"b");
 }

@@ -170,6 +170,14 @@ fn three_nodes_elect_a_leader_then_five_voters_and_a_dead_voter_is_replaced() {
         |c| c.voters.len() == 5,
     );
     assert_eq!(five.voters, ids, "{five:?}");
+    // Every voter holds the cluster's keys: the founder made them, the others were handed them.
+    for node in &nodes {
+        eventually(
+            Duration::from_secs(20),
+            "every voter holding the keys",
+            || crate::members::holds_keys(node).then_some(()),
+        );
+    }
 
     // A sixth node stays a learner: five voters is the most.
     let mut args = vec!["--join", token.as_str()];
@@ -187,6 +195,10 @@ fn three_nodes_elect_a_leader_then_five_voters_and_a_dead_voter_is_replaced() {
     eventually(Duration::from_secs(10), "the sixth node's role", || {
         (control(&nodes[5])?.role == "learner").then_some(())
     });
+    assert!(
+        !crate::members::holds_keys(&nodes[5]),
+        "a learner holds the keys"
+    );
 
     // SIGKILL a voter that is not the leader: the learner takes its place once it has been
     // dead for 2 s.
@@ -214,6 +226,23 @@ fn three_nodes_elect_a_leader_then_five_voters_and_a_dead_voter_is_replaced() {
         "replaced after {took:?}, before --voter-replace-after 2s"
     );
     eprintln!("dead voter replaced {took:?} after SIGKILL");
+
+    // The promoted learner is handed the keys; the dead voter, back as a learner, deletes its
+    // copies.
+    eventually(
+        Duration::from_secs(20),
+        "the new voter holding the keys",
+        || crate::members::holds_keys(&nodes[5]).then_some(()),
+    );
+    assert!(crate::members::holds_keys(&nodes[victim]));
+    nodes[victim].spawn(UP);
+    eventually(
+        Duration::from_secs(30),
+        "the demoted node without keys",
+        || (!crate::members::holds_keys(&nodes[victim])).then_some(()),
+    );
+    let events = nodes[victim].cli(&["events", "--json"]);
+    assert!(String::from_utf8_lossy(&events.stdout).contains("keys_discarded"));
 }
 
 #[test]

@@ -369,6 +369,30 @@ fn a_non_voter_forwards_a_write_only_with_a_token_that_grants_it() {
         "{err}"
     );
 
+    // The learner's local admin manages the learner's own work: it cancels a job running on
+    // the learner, not one running on a voter.
+    let running_on = |on: &str| {
+        let out = voter.cli(&["run", "--detach", "--on", on, "--", "sleep", "600"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        eventually(Duration::from_secs(30), "the job running", || {
+            (job_state(voter, &id)? == "running").then_some(())
+        });
+        id
+    };
+    let elsewhere = running_on(&voter.node_id());
+    let out = learner.cli(&["cancel", &elsewhere]);
+    assert!(!out.status.success(), "the learner cancelled a voter's job");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a voter"));
+    let here = running_on(&learner_id);
+    let out = learner.cli(&["cancel", &here]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually(Duration::from_secs(30), "the learner's job cancelled", || {
+        (job_state(voter, &here)? == "cancelled").then_some(())
+    });
+    assert_eq!(job_state(voter, &elsewhere).as_deref(), Some("running"));
+    voter.cli(&["cancel", &elsewhere]);
+
     // `noodle login` keeps a person's token in their own config directory; every command on
     // the learner then uses it, until `noodle logout`. A token of no cluster is not kept.
     let home = tempfile::tempdir().unwrap();
@@ -438,4 +462,228 @@ fn a_non_voter_forwards_a_write_only_with_a_token_that_grants_it() {
         said.contains("Token for owner") && said.contains("do anything with jobs"),
         "{said}"
     );
+}
+
+/// The state of job `id` as `node` lists it.
+fn job_state(node: &Node, id: &str) -> Option<String> {
+    let out = node.cli(&["jobs", "--json"]);
+    let list: noodle_api::JobList = serde_json::from_slice(&out.stdout).ok()?;
+    list.jobs
+        .into_iter()
+        .find(|j| j.id.to_string() == id)
+        .map(|j| j.state)
+}
+
+/// Whether a node's data directory holds the cluster's two keys.
+pub(crate) fn holds_keys(node: &Node) -> bool {
+    node.dir.join("ca.key").exists() && node.dir.join("root.key").exists()
+}
+
+/// Every file under `dir`, with its bytes.
+fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            out.push((path, bytes));
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Threat point 4: a non-voter's stolen data directory holds no key that mints anything. Only
+/// voters hold the CA key and the capability root key; the replicated state (which every
+/// member keeps, in its log and its database) has only the root key's public half. So the
+/// learner's directory, searched byte for byte, holds neither key in any form, and a voter
+/// refuses to hand the keys to the learner's certificate. A token minted with any other key is
+/// refused by every node.
+#[test]
+fn a_non_voters_stolen_directory_holds_no_key_that_mints() {
+    let nodes = cluster(4);
+    let learner_id = the_learner(&nodes);
+    let learner = nodes.iter().find(|n| n.node_id() == learner_id).unwrap();
+    let voters: Vec<&Node> = nodes.iter().filter(|n| n.node_id() != learner_id).collect();
+    // Voters that joined were handed the keys; the founder made them.
+    for v in &voters {
+        eventually(Duration::from_secs(20), "a voter holding the keys", || {
+            holds_keys(v).then_some(())
+        });
+    }
+    // Some writes, so that the log and the state have had time to carry anything they would.
+    let writer = crate::control::cap_create(voters[0], &["--allow", "config:write"]);
+    for i in 0..5 {
+        let out = crate::control::with_token(
+            learner,
+            &writer.token,
+            &["config", "set", &format!("k{i}"), "v"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    eventually(Duration::from_secs(10), "the writes on the learner", || {
+        let out = learner.cli(&["config", "get", "k4"]);
+        out.status.success().then_some(())
+    });
+
+    let founder = &nodes[0];
+    let root = std::fs::read(founder.dir.join("root.key")).unwrap();
+    let ca_pem = String::from_utf8(std::fs::read(founder.dir.join("ca.key")).unwrap()).unwrap();
+    let ca_der = noodle_security::NodeKey::from_pem(&ca_pem)
+        .unwrap()
+        .private_key_der();
+    let ca_body: String = ca_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let ca_lines: Vec<&str> = ca_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() >= 32)
+        .collect();
+    for key in ["ca.key", "root.key"] {
+        assert!(!learner.dir.join(key).exists(), "the learner has {key}");
+    }
+    let files = files_under(&learner.dir);
+    assert!(files.iter().any(|(p, _)| p.ends_with("control.redb")));
+    for (path, bytes) in &files {
+        let mut found = Vec::new();
+        if contains(bytes, &root) {
+            found.push("the root key");
+        }
+        if contains(bytes, ca_der.secret_der()) || contains(bytes, ca_body.as_bytes()) {
+            found.push("the CA key");
+        }
+        if ca_lines.iter().any(|l| contains(bytes, l.as_bytes())) {
+            found.push("a line of the CA key");
+        }
+        assert!(found.is_empty(), "{} holds {found:?}", path.display());
+    }
+    // Nor does any voter's replicated state: the root key is in its own file only.
+    for v in &voters {
+        let db = std::fs::read(v.dir.join("control.redb")).unwrap();
+        assert!(!contains(&db, &root), "{}", v.dir.display());
+    }
+
+    // The thief asks the voters for the keys with the learner's certificate: refused.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let thief = rt.block_on(async { stolen_link(&learner.dir) });
+    for v in &voters {
+        let err = rt
+            .block_on(thief.request(addr_of(v), "node.keys", b""))
+            .expect_err("a voter handed the keys to a learner");
+        assert!(err.to_string().contains("voters only"), "{err}");
+    }
+    // A token the thief mints with a key of its own is refused everywhere.
+    let forged = noodle_caps::mint(
+        &noodle_caps::RootKey::generate(),
+        &noodle_caps::TokenSpec {
+            rights: vec!["config:write".parse().unwrap()],
+            quotas: Vec::new(),
+            ttl: Duration::from_secs(3600),
+            holder: Some("thief".into()),
+        },
+    )
+    .unwrap();
+    for node in &nodes {
+        let out = crate::control::with_token(node, &forged, &["config", "set", "colour", "x"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not signed by this cluster"), "{err}");
+    }
+    let out = voters[0].cli(&["config", "get", "colour"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains('x'));
+}
+
+/// Joins go through voters: a learner holds no CA key, so it hands a joiner's request to a
+/// voter, which checks the token and issues the certificate; the joiner gets the CA
+/// certificate and its own, never a key.
+#[test]
+fn a_joiner_is_admitted_through_a_learner_and_given_no_key() {
+    let nodes = cluster(4);
+    let learner_id = the_learner(&nodes);
+    let learner = nodes.iter().find(|n| n.node_id() == learner_id).unwrap();
+    // A token with no seeds: the joiner dials the learner only.
+    let token = learner_token(&nodes[0]);
+    let joiner = Node::start(
+        "joiner",
+        &["--join", &token, "--peer", &addr_of(learner).to_string()],
+    );
+    joiner.wait_ready(Duration::from_secs(20));
+    assert!(!holds_keys(learner), "the learner holds the keys");
+    let cert = std::fs::read(joiner.dir.join("node.crt")).unwrap();
+    assert_eq!(
+        noodle_security::node_id_of_cert(&cert),
+        Some(joiner.node_id())
+    );
+    let events = learner.cli(&["events", "--json"]);
+    let events = String::from_utf8_lossy(&events.stdout).to_string();
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("join_admitted") && l.contains(&joiner.node_id())),
+        "{events}"
+    );
+    // The same token again, through the learner: used up, refused by the voter, and said so.
+    let again = Node::start(
+        "again",
+        &["--join", &token, "--peer", &addr_of(learner).to_string()],
+    );
+    let log = eventually(Duration::from_secs(20), "the second join refused", || {
+        let log = again.logs();
+        log.contains("used up").then_some(log)
+    });
+    assert!(log.contains("revoked"), "{log}");
+}
+
+/// A single-use join token with no seed addresses in it.
+fn learner_token(voter: &Node) -> String {
+    voter.token(&["--no-addresses"])
+}
+
+/// Certificates are short-lived and renewed: with `--cert-ttl 60s`, the voter renews its own
+/// and the learner gets a new one from the voter once half the time has passed. After the
+/// first certificates have expired, a restarted learner (which dials with the certificate it
+/// stored, and checks the one the voter now presents) is a member as before.
+#[test]
+fn certificates_are_renewed_before_they_expire() {
+    let mut nodes = crate::support::cluster_with(2, &["--cert-ttl", "60s"]);
+    let first: Vec<Vec<u8>> = nodes
+        .iter()
+        .map(|n| std::fs::read(n.dir.join("node.crt")).unwrap())
+        .collect();
+    for (node, cert) in nodes.iter().zip(&first) {
+        let renewed = eventually(Duration::from_secs(90), "a renewed certificate", || {
+            let now = std::fs::read(node.dir.join("node.crt")).ok()?;
+            (now != *cert).then_some(now)
+        });
+        let (_, until) = noodle_security::cert_validity(&renewed).unwrap();
+        let (_, before) = noodle_security::cert_validity(cert).unwrap();
+        assert!(until > before);
+        assert_eq!(
+            noodle_security::node_id_of_cert(&renewed),
+            Some(node.node_id())
+        );
+        let events = node.cli(&["events", "--json"]);
+        assert!(String::from_utf8_lossy(&events.stdout).contains("cert_renewed"));
+    }
+    // Wait out the first certificates.
+    let (_, expired) = noodle_security::cert_validity(&first[1]).unwrap();
+    while std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        <= expired + 1
+    {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    nodes[1].kill9();
+    nodes[1].spawn(&["--cert-ttl", "60s"]);
+    crate::support::wait_all_alive(&nodes, Duration::from_secs(20));
+    let out = nodes[1].cli(&["status", "--json"]);
+    assert!(out.status.success());
 }
