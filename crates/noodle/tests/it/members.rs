@@ -156,6 +156,13 @@ fn a_removed_node_is_refused_by_every_other_node() {
             "{events}"
         );
     }
+    // What the thief holds mints nothing: the learner never had the cluster's keys.
+    for key in ["ca.key", "root.key"] {
+        assert!(
+            !nodes[victim].dir.join(key).exists(),
+            "the removed node has {key}"
+        );
+    }
     // Refused for good: a fresh connection from the stolen directory gets nowhere either.
     for addr in &addrs {
         let err = ping(*addr).unwrap_err();
@@ -373,7 +380,11 @@ fn a_non_voter_forwards_a_write_only_with_a_token_that_grants_it() {
     // the learner, not one running on a voter.
     let running_on = |on: &str| {
         let out = voter.cli(&["run", "--detach", "--on", on, "--", "sleep", "600"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
         eventually(Duration::from_secs(30), "the job running", || {
             (job_state(voter, &id)? == "running").then_some(())
@@ -386,10 +397,16 @@ fn a_non_voter_forwards_a_write_only_with_a_token_that_grants_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a voter"));
     let here = running_on(&learner_id);
     let out = learner.cli(&["cancel", &here]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    eventually(Duration::from_secs(30), "the learner's job cancelled", || {
-        (job_state(voter, &here)? == "cancelled").then_some(())
-    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the learner's job cancelled",
+        || (job_state(voter, &here)? == "cancelled").then_some(()),
+    );
     assert_eq!(job_state(voter, &elsewhere).as_deref(), Some("running"));
     voter.cli(&["cancel", &elsewhere]);
 
