@@ -283,6 +283,14 @@ impl Keys {
         Ok(())
     }
 
+    /// How long ago this node's certificate expired, if it has.
+    pub(crate) fn cert_expired_ago(&self) -> Option<i64> {
+        let cert = self.node_cert.read().unwrap_or_else(|e| e.into_inner());
+        let (_, until) = cert_validity(&cert)?;
+        let ago = unix_now() - until;
+        (ago > 0).then_some(ago)
+    }
+
     /// Whether this node's certificate is past half its life.
     fn renewal_due(&self) -> bool {
         let cert = self.node_cert.read().unwrap_or_else(|e| e.into_inner());

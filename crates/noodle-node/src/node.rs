@@ -112,6 +112,12 @@ pub enum NodeError {
     Start(#[from] noodle_host::StartError),
     #[error("cannot mint the owner token: {0}")]
     Owner(String),
+    #[error(
+        "this node's certificate expired {0} s ago, and only a voter can issue a new one: join \
+         again (`noodle token create` on a member, then `noodle up --join TOKEN` with a new data \
+         directory)"
+    )]
+    CertificateExpired(i64),
 }
 
 /// A started node. Dropping it does not stop it; call [`RunningNode::shutdown`].
@@ -329,6 +335,12 @@ pub async fn start(
         key.public_key_raw(),
         cfg.cert_ttl,
     )?);
+    // A voter renews its own certificate; any other node needs a valid one to reach a voter.
+    if let Some(ago) = keys.cert_expired_ago()
+        && keys.ca().is_none()
+    {
+        return Err(NodeError::CertificateExpired(ago));
+    }
     let tls = TlsMaterial {
         ca: keys.ca_cert().clone(),
         cert: CertificateDer::from(dir.read_file("node.crt")?),

@@ -449,3 +449,34 @@ fn join_tokens_are_single_use_revocable_and_the_cluster_names_the_node() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("--uses must be between 1 and 1000"));
     }
 }
+
+/// A node that is not a voter and whose certificate expired (away longer than `--cert-ttl`)
+/// does not start as if nothing happened: one error says to join again.
+#[test]
+fn a_non_voter_with_an_expired_certificate_is_told_to_join_again() {
+    let mut nodes = crate::support::cluster(2);
+    let founder = &nodes[0];
+    let read = |dir: &Path, name: &str| std::fs::read(dir.join(name)).unwrap();
+    let ca = noodle_security::ClusterCa::load(
+        &founder.status().unwrap().cluster_id,
+        read(&founder.dir, "ca.crt").into(),
+        &String::from_utf8(read(&founder.dir, "ca.key")).unwrap(),
+    )
+    .unwrap();
+    let learner = nodes[1].dir.clone();
+    let id = nodes[1].node_id();
+    nodes[1].kill9();
+    let key =
+        noodle_security::NodeKey::from_pem(&String::from_utf8(read(&learner, "node.key")).unwrap())
+            .unwrap();
+    let expired = ca
+        .issue_node_cert(&id, &key.public_key_raw(), Duration::ZERO)
+        .unwrap();
+    std::fs::write(learner.join("node.crt"), expired).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let err = up_fails(&learner, &[]);
+    assert!(
+        err.contains("certificate expired") && err.contains("join"),
+        "{err}"
+    );
+}
