@@ -1,0 +1,18 @@
+//! The memory fabric: one replicated, versioned, queryable store for the whole cluster.
+//!
+//! Sans-IO cores, each with its own tests:
+//! - [`path`]: what a fabric path and a prefix are;
+//! - [`hlc`]: hybrid logical time, which orders versions across nodes;
+//! - [`placement`]: which nodes hold a chunk's copies (weighted rendezvous hashing over free
+//!   disk, spread over failure domains);
+//! - [`machine`]: the fabric's part of the replicated state (paths, versions, tags, replica
+//!   locations), applied by the control plane. Chunks and bulk bytes never go through Raft.
+
+pub mod hlc;
+pub mod machine;
+pub mod path;
+pub mod placement;
+
+pub use hlc::{Hlc, HlcClock};
+pub use path::{ObjectPath, PathError, Prefix};
+pub use placement::{Candidate, place};

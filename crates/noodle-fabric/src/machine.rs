@@ -1,0 +1,392 @@
+//! The fabric's part of the replicated state, as the control plane's state machine `fabric`
+//! ([`FabricMachine`]), and a reader over it ([`FabricView`]). Metadata only: which versions
+//! a path has, their manifests (by chunk id), sizes, tags and the nodes that hold their
+//! chunks. Pure: the same commands give the same records on every node.
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `v/` + path + `\0` + version id | a [`Version`] (postcard); every version, tombstones too |
+//! | `h/` + path | the [`VersionId`] the path shows now (the newest, tombstone or not) |
+//! | `t/` + tag key + `\0` + tag value + `\0` + path | empty: the path's current version has the tag |
+//!
+//! Versions are ordered by [`VersionId`] (hybrid-logical time, then the writing node), so two
+//! nodes writing one path at once both keep their version, and every node agrees on which one
+//! the path shows.
+
+use crate::hlc::Hlc;
+use crate::path::{ObjectPath, Prefix};
+use noodle_control::{Applied, DbError, MachineTable, MachineView, Rejection, StateMachine};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The state machine's name, the fabric subsystem's.
+pub const NAME: &str = "fabric";
+
+const VERSION: &[u8] = b"v/";
+const HEAD: &[u8] = b"h/";
+const TAG: &[u8] = b"t/";
+
+/// Bounds on what a command may carry.
+pub mod limits {
+    pub const TAGS_MAX: usize = 32;
+    pub const TAG_KEY_BYTES_MAX: usize = 64;
+    pub const TAG_VALUE_BYTES_MAX: usize = 256;
+    pub const REPLICAS_MAX: usize = 16;
+    pub const NODE_ID_BYTES_MAX: usize = 128;
+    pub const CREATOR_BYTES_MAX: usize = 256;
+    /// Versions one read returns at most.
+    pub const VERSIONS_LISTED_MAX: usize = 1000;
+}
+
+/// Which version: its time, then the node that wrote it (ties between nodes).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct VersionId {
+    pub hlc: Hlc,
+    pub node: String,
+}
+
+impl VersionId {
+    fn key(&self) -> Vec<u8> {
+        [&self.hlc.to_key()[..], self.node.as_bytes()].concat()
+    }
+}
+
+/// What a version holds: an object's content, or nothing (a tombstone: `rm`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Content {
+    /// The chunk id of the object's manifest (`noodle_chunks::Manifest`).
+    pub manifest: [u8; 32],
+    pub size: u64,
+    /// Nodes that hold every chunk of it.
+    pub replicas: Vec<String>,
+}
+
+/// One version of one path. Immutable once written, except for where its chunks are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    pub id: VersionId,
+    /// Who wrote it (the audit actor).
+    pub creator: String,
+    pub tags: BTreeMap<String, String>,
+    /// `None`: the path was removed at this version.
+    pub content: Option<Content>,
+}
+
+/// A change to the fabric's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FabricCommand {
+    /// A new version of `path` (content or tombstone), once its chunks are durable where
+    /// `content.replicas` says.
+    Write { path: String, version: Version },
+    /// Where the chunks of a version are now (after repair).
+    SetReplicas {
+        path: String,
+        id: VersionId,
+        replicas: Vec<String>,
+    },
+}
+
+/// Encodes a command for [`noodle_control::Proposal::machine`].
+pub fn encode(command: &FabricCommand) -> Vec<u8> {
+    // Our own in-memory type into a Vec: cannot fail.
+    postcard::to_allocvec(command).unwrap_or_default()
+}
+
+fn db(e: impl std::fmt::Display) -> DbError {
+    DbError(e.to_string())
+}
+
+fn version_key(path: &str, id: &VersionId) -> Vec<u8> {
+    [VERSION, path.as_bytes(), b"\0", &id.key()].concat()
+}
+
+fn head_key(path: &str) -> Vec<u8> {
+    [HEAD, path.as_bytes()].concat()
+}
+
+fn tag_key(key: &str, value: &str, path: &str) -> Vec<u8> {
+    [
+        TAG,
+        key.as_bytes(),
+        b"\0",
+        value.as_bytes(),
+        b"\0",
+        path.as_bytes(),
+    ]
+    .concat()
+}
+
+fn check_replicas(replicas: &[String]) -> Result<(), String> {
+    if replicas.len() > limits::REPLICAS_MAX
+        || replicas
+            .iter()
+            .any(|r| r.is_empty() || r.len() > limits::NODE_ID_BYTES_MAX)
+    {
+        return Err(format!(
+            "at most {} replicas, each a node id of 1 to {} bytes",
+            limits::REPLICAS_MAX,
+            limits::NODE_ID_BYTES_MAX
+        ));
+    }
+    Ok(())
+}
+
+fn check_node(node: &str) -> Result<(), String> {
+    if node.is_empty() || node.len() > limits::NODE_ID_BYTES_MAX {
+        return Err("a version's node id must be 1 to 128 bytes".into());
+    }
+    Ok(())
+}
+
+/// Checks a tag's key and value.
+pub fn check_tag(key: &str, value: &str) -> Result<(), String> {
+    let bad = |s: &str| s.contains('\0') || s.chars().any(char::is_control);
+    if key.is_empty() || key.len() > limits::TAG_KEY_BYTES_MAX || bad(key) || key.contains('=') {
+        return Err(format!(
+            "a tag key is 1 to {} bytes without `=` or control characters",
+            limits::TAG_KEY_BYTES_MAX
+        ));
+    }
+    if value.len() > limits::TAG_VALUE_BYTES_MAX || bad(value) {
+        return Err(format!(
+            "a tag value is at most {} bytes without control characters",
+            limits::TAG_VALUE_BYTES_MAX
+        ));
+    }
+    Ok(())
+}
+
+fn check(command: &FabricCommand) -> Result<(), String> {
+    match command {
+        FabricCommand::Write { path, version } => {
+            ObjectPath::parse(path).map_err(|e| e.to_string())?;
+            check_node(&version.id.node)?;
+            if version.creator.len() > limits::CREATOR_BYTES_MAX {
+                return Err("a version's creator is at most 256 bytes".into());
+            }
+            if version.tags.len() > limits::TAGS_MAX {
+                return Err(format!("at most {} tags", limits::TAGS_MAX));
+            }
+            for (k, v) in &version.tags {
+                check_tag(k, v)?;
+            }
+            if let Some(content) = &version.content {
+                check_replicas(&content.replicas)?;
+                if content.replicas.is_empty() {
+                    return Err("a version with content is held by at least one node".into());
+                }
+            } else if !version.tags.is_empty() {
+                return Err("a removal carries no tags".into());
+            }
+            Ok(())
+        }
+        FabricCommand::SetReplicas { path, id, replicas } => {
+            ObjectPath::parse(path).map_err(|e| e.to_string())?;
+            check_node(&id.node)?;
+            check_replicas(replicas)
+        }
+    }
+}
+
+fn decode(command: &[u8]) -> Result<FabricCommand, Rejection> {
+    postcard::from_bytes(command).map_err(|e| Rejection(format!("unreadable fabric command: {e}")))
+}
+
+fn read_version(bytes: &[u8]) -> Result<Version, DbError> {
+    postcard::from_bytes(bytes).map_err(db)
+}
+
+/// Applies fabric commands; see the module documentation for the keys.
+#[derive(Debug, Default)]
+pub struct FabricMachine;
+
+impl StateMachine for FabricMachine {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn validate(&self, command: &[u8]) -> Result<(), Rejection> {
+        check(&decode(command)?).map_err(Rejection)
+    }
+
+    fn apply(&self, t: &mut MachineTable<'_, '_>, command: &[u8]) -> Result<Applied, DbError> {
+        let command = match decode(command) {
+            Ok(c) => c,
+            Err(e) => return Ok(Applied::Rejected(e)),
+        };
+        if let Err(e) = check(&command) {
+            return Ok(Applied::Rejected(Rejection(e)));
+        }
+        match command {
+            FabricCommand::Write { path, version } => {
+                let key = version_key(&path, &version.id);
+                if t.get(&key)?.is_some() {
+                    // Written already (a proposal sent again): versions are immutable.
+                    return Ok(Applied::Done);
+                }
+                t.insert(&key, &postcard::to_allocvec(&version).map_err(db)?)?;
+                let head = match t.get(&head_key(&path))? {
+                    Some(b) => Some(postcard::from_bytes::<VersionId>(&b).map_err(db)?),
+                    None => None,
+                };
+                // The path shows the newest version; an older one arriving late is kept but
+                // does not take the path back.
+                if head.as_ref().is_none_or(|h| version.id > *h) {
+                    if let Some(old) = head
+                        && let Some(bytes) = t.get(&version_key(&path, &old))?
+                    {
+                        for (k, v) in read_version(&bytes)?.tags {
+                            t.remove(&tag_key(&k, &v, &path))?;
+                        }
+                    }
+                    for (k, v) in &version.tags {
+                        t.insert(&tag_key(k, v, &path), &[])?;
+                    }
+                    t.insert(
+                        &head_key(&path),
+                        &postcard::to_allocvec(&version.id).map_err(db)?,
+                    )?;
+                }
+                Ok(Applied::Done)
+            }
+            FabricCommand::SetReplicas { path, id, replicas } => {
+                let key = version_key(&path, &id);
+                let Some(bytes) = t.get(&key)? else {
+                    return Ok(Applied::Rejected(Rejection(format!(
+                        "{path} has no version {}.{} of node {}",
+                        id.hlc.wall_ms, id.hlc.logical, id.node
+                    ))));
+                };
+                let mut version = read_version(&bytes)?;
+                let Some(content) = version.content.as_mut() else {
+                    return Ok(Applied::Rejected(Rejection(format!(
+                        "that version of {path} is a removal: it has no chunks"
+                    ))));
+                };
+                if replicas.is_empty() {
+                    return Ok(Applied::Rejected(Rejection(
+                        "a version with content is held by at least one node".into(),
+                    )));
+                }
+                content.replicas = replicas;
+                t.insert(&key, &postcard::to_allocvec(&version).map_err(db)?)?;
+                Ok(Applied::Done)
+            }
+        }
+    }
+}
+
+/// Reads the fabric's records at one applied index.
+pub struct FabricView<'v> {
+    view: MachineView<'v>,
+}
+
+/// The fabric's records in `state`.
+pub fn view<'v>(state: &'v noodle_control::StateView) -> FabricView<'v> {
+    FabricView {
+        view: state.machine(NAME),
+    }
+}
+
+impl FabricView<'_> {
+    /// The version `path` shows now, unless it was removed.
+    pub fn head(&self, path: &ObjectPath) -> Result<Option<Version>, DbError> {
+        let Some(id) = self.view.get(&head_key(path.as_str()))? else {
+            return Ok(None);
+        };
+        let id: VersionId = postcard::from_bytes(&id).map_err(db)?;
+        match self.view.get(&version_key(path.as_str(), &id))? {
+            Some(b) => Ok(Some(read_version(&b)?).filter(|v| v.content.is_some())),
+            None => Ok(None),
+        }
+    }
+
+    /// A path's versions, newest first (removals included), at most `limit`.
+    pub fn versions(&self, path: &ObjectPath, limit: usize) -> Result<Vec<Version>, DbError> {
+        let under = [VERSION, path.as_str().as_bytes(), b"\0"].concat();
+        let limit = limit.min(limits::VERSIONS_LISTED_MAX);
+        self.view
+            .scan(&under, b"", limit, true)?
+            .iter()
+            .map(|(_, v)| read_version(v))
+            .collect()
+    }
+
+    /// The objects under `prefix` (not removed), in path order, after `after` if given, at
+    /// most `limit`.
+    pub fn list(
+        &self,
+        prefix: &Prefix,
+        after: Option<&ObjectPath>,
+        limit: usize,
+    ) -> Result<Vec<(ObjectPath, Version)>, DbError> {
+        let under = [HEAD, prefix.as_str().as_bytes()].concat();
+        let mut out = Vec::new();
+        let mut from: Vec<u8> = after
+            .map(|a| {
+                let rest = a.as_str().strip_prefix(prefix.as_str()).unwrap_or_default();
+                [rest.as_bytes(), b"\0"].concat()
+            })
+            .unwrap_or_default();
+        // Removed paths are skipped, so read in pages until `limit` objects are found.
+        loop {
+            let page = self.view.scan(&under, &from, limit.max(16), false)?;
+            let done = page.len() < limit.max(16);
+            for (rest, _) in &page {
+                let text = format!("{prefix}{}", String::from_utf8_lossy(rest));
+                let Ok(path) = ObjectPath::parse(&text) else {
+                    continue;
+                };
+                if let Some(v) = self.head(&path)? {
+                    out.push((path, v));
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            match page.last() {
+                Some((last, _)) if !done => from = [last.as_slice(), b"\0"].concat(),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Paths whose current version has tag `key` (with `value`, if given), under `prefix`, in
+    /// path order, at most `limit`.
+    pub fn tagged(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        prefix: &Prefix,
+        limit: usize,
+    ) -> Result<Vec<ObjectPath>, DbError> {
+        let under = match value {
+            Some(v) => [TAG, key.as_bytes(), b"\0", v.as_bytes(), b"\0"].concat(),
+            None => [TAG, key.as_bytes(), b"\0"].concat(),
+        };
+        let mut out = Vec::new();
+        let mut from = Vec::new();
+        loop {
+            let page = self.view.scan(&under, &from, 256, false)?;
+            for (rest, _) in &page {
+                // `value \0 path` when only the key was given, else `path`.
+                let path = match value {
+                    Some(_) => rest.as_slice(),
+                    None => rest.splitn(2, |b| *b == 0).nth(1).unwrap_or_default(),
+                };
+                if let Ok(path) = ObjectPath::parse(&String::from_utf8_lossy(path))
+                    && path.is_under(prefix)
+                {
+                    out.push(path);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            match page.last() {
+                Some((last, _)) if page.len() == 256 => from = [last.as_slice(), b"\0"].concat(),
+                _ => return Ok(out),
+            }
+        }
+    }
+}
