@@ -5,6 +5,8 @@
 //! - [`hlc`]: hybrid logical time, which orders versions across nodes;
 //! - [`placement`]: which nodes hold a chunk's copies (weighted rendezvous hashing over free
 //!   disk, spread over failure domains);
+//! - [`replication`]: where a new version goes, when its write is acknowledged, and what
+//!   repair copies where; [`sim`] runs it through node deaths, disk loss and corruption;
 //! - [`machine`]: the fabric's part of the replicated state (paths, versions, tags, replica
 //!   locations), applied by the control plane. Chunks and bulk bytes never go through Raft.
 
@@ -12,6 +14,8 @@ pub mod hlc;
 pub mod machine;
 pub mod path;
 pub mod placement;
+pub mod replication;
+pub mod sim;
 
 pub use hlc::{Hlc, HlcClock};
 pub use path::{ObjectPath, PathError, Prefix};
