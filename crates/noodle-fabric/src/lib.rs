@@ -1,6 +1,7 @@
 //! The memory fabric: one replicated, versioned, queryable store for the whole cluster.
 //!
-//! Sans-IO cores, each with its own tests:
+//! [`chunks`] is a node's chunk store and how chunks move between nodes (jobs ship their files
+//! with it too). Sans-IO cores, each with its own tests:
 //! - [`path`]: what a fabric path and a prefix are;
 //! - [`hlc`]: hybrid logical time, which orders versions across nodes;
 //! - [`placement`]: which nodes hold a chunk's copies (weighted rendezvous hashing over free
@@ -10,6 +11,7 @@
 //! - [`machine`]: the fabric's part of the replicated state (paths, versions, tags, replica
 //!   locations), applied by the control plane. Chunks and bulk bytes never go through Raft.
 
+pub mod chunks;
 pub mod hlc;
 pub mod machine;
 pub mod path;

@@ -59,7 +59,7 @@ pub(crate) fn routes(state: AppState) -> Routes {
         .with_state(state)
 }
 
-fn ship_error(e: crate::ship::ShipError) -> Refusal {
+fn ship_error(e: noodle_fabric::chunks::StoreError) -> Refusal {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     Refusal::new(status, e.to_string())
 }

@@ -22,7 +22,7 @@ mod output;
 mod panel;
 mod process;
 mod runtime;
-mod ship;
+
 pub mod sim;
 pub mod state;
 mod subsystem;

@@ -23,11 +23,11 @@ use crate::events::Seen;
 use crate::machine;
 use crate::process::sandbox::{DISK_WALK_ENTRIES, usage_within};
 use crate::process::{JobProcess, OutputLog, ProcessSpec, Sandbox, SpawnError};
-use crate::ship::Shipping;
 use crate::state::{JobCommand, JobRecord, JobState};
 use noodle_api::NodeState;
 use noodle_audit::{Outcome, Record};
 use noodle_control::{Control, Proposal, Response};
+use noodle_fabric::chunks::ChunkStore as Shipping;
 use noodle_host::Host;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -90,8 +90,12 @@ impl JobRuntime {
             path: dir.clone(),
             source,
         })?;
-        let shipping = Shipping::open(data_dir, SHIPPING_CAP_BYTES)
-            .map_err(|e| JobsError::Shipping(e.to_string()))?;
+        let shipping = Shipping::open(
+            data_dir,
+            SHIPPING_CAP_BYTES,
+            noodle_fabric::chunks::METHOD_GET,
+        )
+        .map_err(|e| JobsError::Shipping(e.to_string()))?;
         let cgroup = crate::process::cgroup_v2_root();
         match &cgroup {
             Some(c) => tracing::info!(cgroup = %c.display(), "job limits: cgroup v2"),

@@ -118,7 +118,7 @@ impl RunningSubsystem for JobsService {
     }
 
     fn is_stream(&self, method: &str) -> bool {
-        method == crate::output::METHOD || method == crate::ship::METHOD_GET
+        method == crate::output::METHOD || method == noodle_fabric::chunks::METHOD_GET
     }
 
     fn stream(
@@ -133,7 +133,7 @@ impl RunningSubsystem for JobsService {
             crate::output::METHOD => Box::pin(async move {
                 crate::output::serve(|id, epoch| runtime.output_log(id, epoch), send, recv).await;
             }),
-            crate::ship::METHOD_GET => Box::pin(async move {
+            noodle_fabric::chunks::METHOD_GET => Box::pin(async move {
                 runtime.shipping.serve_get(send, recv).await;
             }),
             _ => Box::pin(async move {

@@ -1,7 +1,9 @@
-//! File shipping for `noodle run --file`, node side: the chunk API behind `POST /v1/chunks/missing`
-//! and `PUT /v1/chunks/{id}`, the `chunks.get` stream other members open (a list of ids in,
-//! the chunks out, one message each), and [`Shipping::materialize`], which makes a job's files
-//! appear in its working directory.
+//! A node's chunk store and how chunks move between nodes: what a client uploads
+//! ([`ChunkStore::missing`], [`ChunkStore::put`]: `noodle run --file`'s `/v1/chunks`, the
+//! fabric's `noodle put`), the raw stream other members open to fetch chunks (a list of ids
+//! in, the chunks out, one message each: [`ChunkStore::serve_get`]), fetching the chunks of a
+//! manifest from another node ([`ChunkStore::fetch`]), and [`ChunkStore::materialize`], which
+//! makes a file appear in a directory (a job's files in its working directory).
 //!
 //! The storage model is `noodle-chunks`: files are manifests of blake3-named chunks, so what a
 //! node already has is never shipped again, and every byte that arrives is checked against its
@@ -9,9 +11,9 @@
 //! outside the job's working directory and never trust a length, count or name from the network
 //! without bounding it first.
 //!
-//! Every call that touches the disk is blocking except [`Shipping::materialize`], which moves its
-//! file work to `spawn_blocking`. [`Shipping`] is cheap to clone so that callers can do the same
-//! with [`Shipping::missing`], [`Shipping::put`] and [`Shipping::read_get`].
+//! Every call that touches the disk is blocking except [`ChunkStore::materialize`], which moves its
+//! file work to `spawn_blocking`. [`ChunkStore`] is cheap to clone so that callers can do the same
+//! with [`ChunkStore::missing`], [`ChunkStore::put`] and [`ChunkStore::read_get`].
 //!
 //! The store keeps manifests beside chunks; an uploaded object longer than a chunk is accepted
 //! only if it decodes as a manifest.
@@ -32,16 +34,16 @@ use noodle_chunks::{
 use noodle_link::{Link, RecvStream, RemoteError, SendStream, recv_message, send_message};
 
 /// The raw-stream method a member answers with the chunks it holds.
-pub(crate) const METHOD_GET: &str = "chunks.get";
+pub const METHOD_GET: &str = "chunks.get";
 /// Bytes of one `chunks.get` request at most: a count (at most 5 bytes) and 32 bytes per id.
 const GET_REQUEST_BYTES_MAX: usize = 5 + GET_IDS_MAX * 32;
-/// Ids in one [`Shipping::missing`] call.
-pub(crate) const MISSING_IDS_MAX: usize = 100_000;
+/// Ids in one [`ChunkStore::missing`] call.
+pub const MISSING_IDS_MAX: usize = 100_000;
 /// Ids in one `chunks.get` request.
-pub(crate) const GET_IDS_MAX: usize = 64;
+pub const GET_IDS_MAX: usize = 64;
 /// Chunk bytes in one `chunks.get` answer: well under the link's 16 MiB frame limit, with room
 /// for the encoding. A single chunk (4 MiB) or manifest (under 10 MiB) always fits alone.
-pub(crate) const GET_ANSWER_BYTES_MAX: usize = 12 << 20;
+pub const GET_ANSWER_BYTES_MAX: usize = 12 << 20;
 /// `chunks.get` requests one materialisation keeps in flight: enough to fill a link while one
 /// answer is being verified and written, with at most 48 MiB of answers in memory.
 const FETCH_IN_FLIGHT: usize = 4;
@@ -59,7 +61,7 @@ const STORE_DIR: &str = "chunks";
 
 /// Why a shipping call failed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ShipError {
+pub enum StoreError {
     /// The caller's input is invalid (bad id, name, size, or bytes that do not match their id).
     #[error("{0}")]
     BadRequest(String),
@@ -75,26 +77,26 @@ pub(crate) enum ShipError {
     Chunk(#[from] ChunkError),
 }
 
-impl ShipError {
+impl StoreError {
     /// The HTTP status the API answers this error with.
-    pub(crate) fn http_status(&self) -> u16 {
+    pub fn http_status(&self) -> u16 {
         match self {
-            ShipError::BadRequest(_) => 400,
-            ShipError::Missing(_) => 404,
-            ShipError::Unreachable(_) => 502,
-            ShipError::Chunk(ChunkError::StoreFull { .. }) => 507,
-            ShipError::Chunk(
+            StoreError::BadRequest(_) => 400,
+            StoreError::Missing(_) => 404,
+            StoreError::Unreachable(_) => 502,
+            StoreError::Chunk(ChunkError::StoreFull { .. }) => 507,
+            StoreError::Chunk(
                 ChunkError::HashMismatch { .. }
                 | ChunkError::ChunkTooLarge { .. }
                 | ChunkError::Manifest(_),
             ) => 400,
-            ShipError::Io { .. } | ShipError::Chunk(_) => 500,
+            StoreError::Io { .. } | StoreError::Chunk(_) => 500,
         }
     }
 }
 
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ShipError + '_ {
-    move |source| ShipError::Io {
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
         path: path.to_owned(),
         source,
     }
@@ -104,11 +106,11 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ShipError + '_ {
 /// task dies.
 async fn blocking<T: Send + 'static>(
     path: &Path,
-    f: impl FnOnce() -> Result<T, ShipError> + Send + 'static,
-) -> Result<T, ShipError> {
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ShipError::Io {
+        .map_err(|e| StoreError::Io {
             path: path.to_owned(),
             source: io::Error::other(format!("blocking task failed: {e}")),
         })?
@@ -116,25 +118,32 @@ async fn blocking<T: Send + 'static>(
 
 /// The chunk store of this node. Cheap to clone.
 #[derive(Debug, Clone)]
-pub(crate) struct Shipping {
+pub struct ChunkStore {
     store: Arc<Store>,
+    /// The raw-stream method the node's members answer with this store's chunks.
+    method: &'static str,
 }
 
-impl Shipping {
+impl ChunkStore {
     /// Opens the store at `<data_dir>/chunks`, holding at most `cap_bytes`. Blocking: it scans
     /// the store once.
-    pub(crate) fn open(data_dir: &Path, cap_bytes: u64) -> Result<Shipping, ShipError> {
+    pub fn open(
+        data_dir: &Path,
+        cap_bytes: u64,
+        method: &'static str,
+    ) -> Result<ChunkStore, StoreError> {
         let store = Store::open(data_dir.join(STORE_DIR), cap_bytes)?;
-        Ok(Shipping {
+        Ok(ChunkStore {
             store: Arc::new(store),
+            method,
         })
     }
 
     /// API: which of `ids` (hex) this node lacks, each once, in first-seen order. At most
     /// [`MISSING_IDS_MAX`] ids; a malformed one is refused by name. Blocking (a `stat` per id).
-    pub(crate) fn missing(&self, ids: &[String]) -> Result<Vec<String>, ShipError> {
+    pub fn missing(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
         if ids.len() > MISSING_IDS_MAX {
-            return Err(ShipError::BadRequest(format!(
+            return Err(StoreError::BadRequest(format!(
                 "{} chunk ids asked for, more than {MISSING_IDS_MAX} per request",
                 ids.len()
             )));
@@ -143,7 +152,7 @@ impl Shipping {
             .iter()
             .map(|s| s.parse::<ChunkId>())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ShipError::BadRequest(e.to_string()))?;
+            .map_err(|e| StoreError::BadRequest(e.to_string()))?;
         Ok(self
             .store
             .missing(&parsed)
@@ -155,18 +164,18 @@ impl Shipping {
     /// API: stores one uploaded chunk or manifest. `bytes` must hash to `id_hex` and be at most
     /// [`MAX_CHUNK_BYTES`], or at most [`MAX_MANIFEST_BYTES`] if they are a manifest. Blocking
     /// (hashes, writes and fsyncs up to a few MiB).
-    pub(crate) fn put(&self, id_hex: &str, bytes: &[u8]) -> Result<(), ShipError> {
+    pub fn put(&self, id_hex: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let id = id_hex
             .parse::<ChunkId>()
-            .map_err(|e| ShipError::BadRequest(e.to_string()))?;
+            .map_err(|e| StoreError::BadRequest(e.to_string()))?;
         if bytes.len() > MAX_OBJECT_BYTES {
-            return Err(ShipError::BadRequest(format!(
+            return Err(StoreError::BadRequest(format!(
                 "chunk {id} is {} bytes, more than {MAX_OBJECT_BYTES}",
                 bytes.len()
             )));
         }
         if ChunkId::of(bytes) != id {
-            return Err(ShipError::BadRequest(format!(
+            return Err(StoreError::BadRequest(format!(
                 "chunk does not match its id {id}"
             )));
         }
@@ -175,11 +184,11 @@ impl Shipping {
     }
 
     /// Stores bytes already known to hash to `id`. Returns whether they were written.
-    fn put_verified(&self, id: &ChunkId, bytes: &[u8]) -> Result<bool, ShipError> {
+    fn put_verified(&self, id: &ChunkId, bytes: &[u8]) -> Result<bool, StoreError> {
         if bytes.len() > MAX_CHUNK_BYTES {
             // Only a manifest may be this long: refuse anything else rather than keep it.
             Manifest::decode(bytes).map_err(|e| {
-                ShipError::BadRequest(format!(
+                StoreError::BadRequest(format!(
                     "chunk {id} is {} bytes, more than {MAX_CHUNK_BYTES}, and not a manifest: {e}",
                     bytes.len()
                 ))
@@ -205,7 +214,7 @@ impl Shipping {
     /// What a `chunks.get` stream answers: `body` is a postcard `Vec<[u8; 32]>` of at most
     /// [`GET_IDS_MAX`] ids; the answer is their bytes, in the same order, at most
     /// [`GET_ANSWER_BYTES_MAX`] in all. Blocking (reads up to 12 MiB).
-    pub(crate) fn read_get(&self, body: &[u8]) -> Result<Vec<Vec<u8>>, RemoteError> {
+    pub fn read_get(&self, body: &[u8]) -> Result<Vec<Vec<u8>>, RemoteError> {
         let bad = |m: String| RemoteError::new(RemoteError::BAD_REQUEST, m);
         // Refuse more than the bound before decoding anything.
         if body.len() > GET_REQUEST_BYTES_MAX {
@@ -266,7 +275,7 @@ impl Shipping {
 
     /// Serves a `chunks.get` stream for another member: one request message (the ids), then
     /// the answer ([`send_get_answer`]).
-    pub(crate) async fn serve_get(&self, mut send: SendStream, mut recv: RecvStream) {
+    pub async fn serve_get(&self, mut send: SendStream, mut recv: RecvStream) {
         let answer = match recv_message(&mut recv, GET_REQUEST_BYTES_MAX).await {
             Ok(Some(body)) => {
                 let ship = self.clone();
@@ -288,22 +297,22 @@ impl Shipping {
     /// Every chunk is verified against its id before it is stored; the file is written
     /// atomically, so a failed call leaves no partial file. Returns the bytes fetched over the
     /// network: 0 when everything was already here.
-    pub(crate) async fn materialize(
+    pub async fn materialize(
         &self,
         link: &Link,
         origin: SocketAddr,
         file: &JobFile,
         workdir: &Path,
-    ) -> Result<u64, ShipError> {
+    ) -> Result<u64, StoreError> {
         let started = Instant::now();
         let rel = validate_name(&file.name)?;
         let manifest_id = file.manifest.parse::<ChunkId>().map_err(|e| {
-            ShipError::BadRequest(format!("job file {:?}: bad manifest id: {e}", file.name))
+            StoreError::BadRequest(format!("job file {:?}: bad manifest id: {e}", file.name))
         })?;
         let dest = workdir.join(rel);
         let (manifest, mut fetched_bytes) = self.manifest(link, origin, manifest_id).await?;
         if manifest.size() != file.bytes {
-            return Err(ShipError::BadRequest(format!(
+            return Err(StoreError::BadRequest(format!(
                 "job file {:?} says {} bytes but its manifest {manifest_id} describes {}",
                 file.name,
                 file.bytes,
@@ -316,7 +325,7 @@ impl Shipping {
             fetched_bytes += self.fetch_missing(link, origin, &manifest).await?;
             match self.assemble(&manifest, &dest, file.executable).await {
                 Ok(()) => break,
-                Err(ShipError::Chunk(ChunkError::Corrupt { id, .. }))
+                Err(StoreError::Chunk(ChunkError::Corrupt { id, .. }))
                     if attempt < ASSEMBLE_ATTEMPTS =>
                 {
                     tracing::warn!(chunk = %id, "stored chunk is corrupt; fetching it again");
@@ -324,7 +333,7 @@ impl Shipping {
                     blocking(&dest, move || Ok(ship.remove(&id)?)).await?;
                 }
                 // A chunk that went away between the fetch and the assembly: fetch again.
-                Err(ShipError::Chunk(ChunkError::Missing(ids))) if attempt < ASSEMBLE_ATTEMPTS => {
+                Err(StoreError::Chunk(ChunkError::Missing(ids))) if attempt < ASSEMBLE_ATTEMPTS => {
                     tracing::warn!(
                         chunks = ids.len(),
                         "chunks went missing before assembly; fetching them again"
@@ -346,6 +355,21 @@ impl Shipping {
         Ok(fetched_bytes)
     }
 
+    /// Makes this store hold the manifest `id` and every chunk of it, fetching from `origin`
+    /// over `link` whatever it lacks, each verified against its id and stored durably. Returns
+    /// the manifest and the bytes fetched.
+    pub async fn fetch(
+        &self,
+        link: &Link,
+        origin: SocketAddr,
+        id: ChunkId,
+    ) -> Result<(Manifest, u64), StoreError> {
+        let (manifest, mut fetched) = self.manifest(link, origin, id).await?;
+        let manifest = Arc::new(manifest);
+        fetched += self.fetch_missing(link, origin, &manifest).await?;
+        Ok((Arc::unwrap_or_clone(manifest), fetched))
+    }
+
     /// The manifest `id`, from the store or else from `origin` (then kept). Returns it and the
     /// bytes fetched for it.
     async fn manifest(
@@ -353,7 +377,7 @@ impl Shipping {
         link: &Link,
         origin: SocketAddr,
         id: ChunkId,
-    ) -> Result<(Manifest, u64), ShipError> {
+    ) -> Result<(Manifest, u64), StoreError> {
         let label = PathBuf::from(format!("manifest {id}"));
         let ship = self.clone();
         let local = blocking(&label, move || {
@@ -375,7 +399,7 @@ impl Shipping {
         let (bytes, fetched_bytes) = match local {
             Some(bytes) => (bytes, 0),
             None => {
-                let mut answer = request_chunks(link, origin, &[id]).await?;
+                let mut answer = request_chunks(link, origin, &[id], self.method).await?;
                 let ship = self.clone();
                 let bytes = blocking(&label, move || {
                     let bytes = answer.pop().unwrap_or_default();
@@ -392,7 +416,7 @@ impl Shipping {
             }
         };
         let manifest = Manifest::decode(&bytes).map_err(|e: ManifestError| {
-            ShipError::BadRequest(format!("{id} does not name a manifest: {e}"))
+            StoreError::BadRequest(format!("{id} does not name a manifest: {e}"))
         })?;
         Ok((manifest, fetched_bytes))
     }
@@ -404,7 +428,7 @@ impl Shipping {
         link: &Link,
         origin: SocketAddr,
         manifest: &Arc<Manifest>,
-    ) -> Result<u64, ShipError> {
+    ) -> Result<u64, StoreError> {
         let label = PathBuf::from(format!("manifest {}", manifest.id()));
         let ship = self.clone();
         let m = manifest.clone();
@@ -430,9 +454,9 @@ impl Shipping {
         link: &Link,
         origin: SocketAddr,
         batch: Vec<(ChunkId, u32)>,
-    ) -> Result<u64, ShipError> {
+    ) -> Result<u64, StoreError> {
         let ids: Vec<ChunkId> = batch.iter().map(|&(id, _)| id).collect();
-        let entries = request_chunks(link, origin, &ids).await?;
+        let entries = request_chunks(link, origin, &ids, self.method).await?;
         let ship = self.clone();
         let label = PathBuf::from(format!("chunks from {origin}"));
         blocking(&label, move || {
@@ -466,7 +490,7 @@ impl Shipping {
         manifest: &Arc<Manifest>,
         dest: &Path,
         executable: bool,
-    ) -> Result<(), ShipError> {
+    ) -> Result<(), StoreError> {
         let ship = self.clone();
         let manifest = manifest.clone();
         let path = dest.to_owned();
@@ -483,22 +507,22 @@ impl Shipping {
 }
 
 #[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) -> Result<(), ShipError> {
+fn set_mode(path: &Path, mode: u32) -> Result<(), StoreError> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_at(path))
 }
 
 #[cfg(not(unix))]
-fn set_mode(_path: &Path, _mode: u32) -> Result<(), ShipError> {
+fn set_mode(_path: &Path, _mode: u32) -> Result<(), StoreError> {
     Ok(())
 }
 
 /// Checks a job file name and returns it as a relative path: components separated by `/`, none
 /// empty, `.` or `..`, none longer than 255 bytes, no NUL, not absolute.
-pub(crate) fn validate_name(name: &str) -> Result<PathBuf, ShipError> {
+pub fn validate_name(name: &str) -> Result<PathBuf, StoreError> {
     let bad = |why: &str| {
         let shown: String = name.chars().take(80).collect();
-        ShipError::BadRequest(format!("job file name {shown:?} {why}"))
+        StoreError::BadRequest(format!("job file name {shown:?} {why}"))
     };
     if name.is_empty() {
         return Err(bad("is empty"));
@@ -558,10 +582,7 @@ fn plan_batches(manifest: &Manifest, missing: &[ChunkId]) -> Vec<Vec<(ChunkId, u
 
 /// Answers a `chunks.get` stream: a status message (postcard `Result<u32, (u16, String)>`: how
 /// many chunks follow, or why none do), then one message per chunk, in the order asked.
-pub(crate) async fn send_get_answer(
-    send: &mut SendStream,
-    answer: Result<Vec<Vec<u8>>, RemoteError>,
-) {
+pub async fn send_get_answer(send: &mut SendStream, answer: Result<Vec<Vec<u8>>, RemoteError>) {
     let status: Result<u32, (u16, String)> = match &answer {
         Ok(chunks) => Ok(chunks.len() as u32),
         Err(e) => Err((e.code, e.message.clone())),
@@ -584,12 +605,13 @@ pub(crate) async fn send_get_answer(
 async fn get_chunks_once(
     link: &Link,
     origin: SocketAddr,
+    method: &str,
     request: &[u8],
     count: usize,
 ) -> Result<Vec<Vec<u8>>, GetError> {
     let broken = |e: &dyn std::fmt::Display| GetError::Broken(e.to_string());
     let (mut send, mut recv) = link
-        .open_stream(origin, METHOD_GET)
+        .open_stream(origin, method)
         .await
         .map_err(|e| broken(&e))?;
     send_message(&mut send, request)
@@ -645,19 +667,20 @@ async fn request_chunks(
     link: &Link,
     origin: SocketAddr,
     ids: &[ChunkId],
-) -> Result<Vec<Vec<u8>>, ShipError> {
+    method: &str,
+) -> Result<Vec<Vec<u8>>, StoreError> {
     let request = postcard::to_allocvec(ids)
-        .map_err(|e| ShipError::Unreachable(format!("cannot encode a chunks.get request: {e}")))?;
+        .map_err(|e| StoreError::Unreachable(format!("cannot encode a chunks.get request: {e}")))?;
     let mut attempt = 1;
     loop {
-        let err = match get_chunks_once(link, origin, &request, ids.len()).await {
+        let err = match get_chunks_once(link, origin, method, &request, ids.len()).await {
             Ok(chunks) => return Ok(chunks),
-            Err(GetError::Missing(m)) => return Err(ShipError::Missing(m)),
-            Err(GetError::Refused(m)) => return Err(ShipError::Unreachable(m)),
+            Err(GetError::Missing(m)) => return Err(StoreError::Missing(m)),
+            Err(GetError::Refused(m)) => return Err(StoreError::Unreachable(m)),
             Err(GetError::Broken(e)) => e,
         };
         if attempt >= FETCH_ATTEMPTS {
-            return Err(ShipError::Unreachable(format!("{origin}: {err}")));
+            return Err(StoreError::Unreachable(format!("{origin}: {err}")));
         }
         tracing::debug!(error = %err, attempt, "chunks.get failed; trying again");
         tokio::time::sleep(FETCH_BACKOFF * 2u32.pow(attempt - 1)).await;
@@ -688,10 +711,10 @@ mod tests {
         out
     }
 
-    /// Answers `chunks.get` from a [`Shipping`]; when `forge` is set, flips a byte in every chunk
+    /// Answers `chunks.get` from a [`ChunkStore`]; when `forge` is set, flips a byte in every chunk
     /// longer than 1 KiB (manifests of small files stay intact, so the chunk check is what trips).
     struct Origin {
-        ship: Shipping,
+        ship: ChunkStore,
         forge: bool,
     }
 
@@ -756,7 +779,7 @@ mod tests {
 
     /// Puts `data` into `ship` as a file (chunks and manifest) and returns its manifest.
     fn put_file(
-        ship: &Shipping,
+        ship: &ChunkStore,
         dir: &Path,
         data: &[u8],
     ) -> Result<Manifest, Box<dyn std::error::Error>> {
@@ -786,7 +809,7 @@ mod tests {
     async fn ship_over_real_links() -> TestResult {
         let tmp = tempfile::tempdir()?;
         let ca = ClusterCa::generate("ship-test")?;
-        let origin_ship = Shipping::open(&tmp.path().join("origin"), CAP_BYTES)?;
+        let origin_ship = ChunkStore::open(&tmp.path().join("origin"), CAP_BYTES, METHOD_GET)?;
         let data = random_bytes(b"ship", 5_000_000);
         let manifest = put_file(&origin_ship, tmp.path(), &data)?;
         assert!(
@@ -812,13 +835,13 @@ mod tests {
             }),
         )?;
         let idle = Arc::new(Origin {
-            ship: Shipping::open(&tmp.path().join("idle"), CAP_BYTES)?,
+            ship: ChunkStore::open(&tmp.path().join("idle"), CAP_BYTES, METHOD_GET)?,
             forge: false,
         });
         let exec = link(&ca, "exec", idle)?;
 
         // First run: everything is fetched, the file is exact and executable.
-        let ship = Shipping::open(&tmp.path().join("exec"), CAP_BYTES)?;
+        let ship = ChunkStore::open(&tmp.path().join("exec"), CAP_BYTES, METHOD_GET)?;
         let workdir = tmp.path().join("job1");
         let file = job_file("bin/prog", &manifest, true);
         let fetched = ship
@@ -844,7 +867,7 @@ mod tests {
         assert_eq!(mode_of(&workdir2.join("data.csv"))?, 0o644);
 
         // A forging origin: the first bad chunk is refused and no file appears.
-        let fresh = Shipping::open(&tmp.path().join("fresh"), CAP_BYTES)?;
+        let fresh = ChunkStore::open(&tmp.path().join("fresh"), CAP_BYTES, METHOD_GET)?;
         let workdir3 = tmp.path().join("job3");
         let err = fresh
             .materialize(&exec, forger.local_addr(), &file, &workdir3)
@@ -852,7 +875,7 @@ mod tests {
             .err()
             .ok_or("a forged chunk was accepted")?;
         assert!(
-            matches!(err, ShipError::Chunk(ChunkError::HashMismatch { .. })),
+            matches!(err, StoreError::Chunk(ChunkError::HashMismatch { .. })),
             "{err}"
         );
         assert!(!workdir3.join("bin/prog").exists());
@@ -878,7 +901,7 @@ mod tests {
             .err()
             .ok_or("materialized without a chunk")?;
         assert!(
-            matches!(&err, ShipError::Missing(m) if m.contains(&lost.to_hex())),
+            matches!(&err, StoreError::Missing(m) if m.contains(&lost.to_hex())),
             "{err}"
         );
 
@@ -889,7 +912,7 @@ mod tests {
             .await
             .err()
             .ok_or("`../x` was accepted")?;
-        assert!(matches!(err, ShipError::BadRequest(_)), "{err}");
+        assert!(matches!(err, StoreError::BadRequest(_)), "{err}");
         assert!(!tmp.path().join("x").exists());
 
         exec.shutdown().await;
@@ -900,7 +923,12 @@ mod tests {
 
     /// The node's job loop spawns materialisation as a task: its future must be `Send`.
     #[allow(dead_code)]
-    fn ship_materialize_is_send(ship: &Shipping, link: &Link, origin: SocketAddr, file: &JobFile) {
+    fn ship_materialize_is_send(
+        ship: &ChunkStore,
+        link: &Link,
+        origin: SocketAddr,
+        file: &JobFile,
+    ) {
         fn send<T: Send>(_: &T) {}
         send(&ship.materialize(link, origin, file, Path::new("/nonexistent")));
     }
@@ -933,7 +961,7 @@ mod tests {
             &long_path,
         ] {
             assert!(
-                matches!(validate_name(bad), Err(ShipError::BadRequest(_))),
+                matches!(validate_name(bad), Err(StoreError::BadRequest(_))),
                 "{bad:?} accepted"
             );
         }
@@ -943,7 +971,7 @@ mod tests {
     #[test]
     fn ship_api_missing_and_put() -> TestResult {
         let tmp = tempfile::tempdir()?;
-        let ship = Shipping::open(tmp.path(), CAP_BYTES)?;
+        let ship = ChunkStore::open(tmp.path(), CAP_BYTES, METHOD_GET)?;
         let data = b"hello chunk".to_vec();
         let id = ChunkId::of(&data).to_hex();
         let other = ChunkId::of(b"other").to_hex();
@@ -962,13 +990,13 @@ mod tests {
             .err()
             .ok_or("bad hex accepted")?;
         assert!(
-            matches!(&err, ShipError::BadRequest(m) if m.contains("nothex")),
+            matches!(&err, StoreError::BadRequest(m) if m.contains("nothex")),
             "{err}"
         );
         let too_many = vec![id.clone(); MISSING_IDS_MAX + 1];
         assert!(matches!(
             ship.missing(&too_many),
-            Err(ShipError::BadRequest(_))
+            Err(StoreError::BadRequest(_))
         ));
 
         let err = ship
@@ -976,25 +1004,25 @@ mod tests {
             .err()
             .ok_or("mismatched chunk accepted")?;
         assert!(
-            matches!(&err, ShipError::BadRequest(m) if m.contains("does not match its id")),
+            matches!(&err, StoreError::BadRequest(m) if m.contains("does not match its id")),
             "{err}"
         );
         assert!(matches!(
             ship.put("zz", &data),
-            Err(ShipError::BadRequest(_))
+            Err(StoreError::BadRequest(_))
         ));
         let huge = vec![0u8; MAX_OBJECT_BYTES + 1];
         let huge_id = ChunkId::of(&huge).to_hex();
         assert!(matches!(
             ship.put(&huge_id, &huge),
-            Err(ShipError::BadRequest(_))
+            Err(StoreError::BadRequest(_))
         ));
         // Longer than a chunk but not a manifest: refused.
         let big = vec![7u8; MAX_CHUNK_BYTES + 1];
         let big_id = ChunkId::of(&big).to_hex();
         assert!(matches!(
             ship.put(&big_id, &big),
-            Err(ShipError::BadRequest(_))
+            Err(StoreError::BadRequest(_))
         ));
         Ok(())
     }
@@ -1002,7 +1030,7 @@ mod tests {
     #[test]
     fn ship_large_manifest_is_kept_in_the_store() -> TestResult {
         let tmp = tempfile::tempdir()?;
-        let ship = Shipping::open(tmp.path(), CAP_BYTES)?;
+        let ship = ChunkStore::open(tmp.path(), CAP_BYTES, METHOD_GET)?;
         // A manifest longer than a chunk: 130 000 minimum-size chunks (never stored).
         let n = 130_000u32;
         let len = noodle_chunks::MIN_CHUNK_BYTES as u32;
@@ -1021,13 +1049,13 @@ mod tests {
         assert!(answer == vec![bytes.clone()]);
         // Survives a restart, and counts against the cap.
         drop(ship);
-        let ship = Shipping::open(tmp.path(), CAP_BYTES)?;
+        let ship = ChunkStore::open(tmp.path(), CAP_BYTES, METHOD_GET)?;
         assert!(ship.missing(&[id.to_hex()])?.is_empty());
         assert!(ship.store.total_bytes() >= bytes.len() as u64);
-        let small = Shipping::open(&tmp.path().join("small"), 1 << 20)?;
+        let small = ChunkStore::open(&tmp.path().join("small"), 1 << 20, METHOD_GET)?;
         assert!(matches!(
             small.put(&id.to_hex(), &bytes),
-            Err(ShipError::Chunk(ChunkError::StoreFull { .. }))
+            Err(StoreError::Chunk(ChunkError::StoreFull { .. }))
         ));
         Ok(())
     }
@@ -1035,7 +1063,7 @@ mod tests {
     #[test]
     fn ship_read_get_bounds_and_order() -> TestResult {
         let tmp = tempfile::tempdir()?;
-        let ship = Shipping::open(tmp.path(), CAP_BYTES)?;
+        let ship = ChunkStore::open(tmp.path(), CAP_BYTES, METHOD_GET)?;
         let a = random_bytes(b"a", 4 << 20);
         let b = random_bytes(b"b", 300);
         let (ia, ib) = (ChunkId::of(&a), ChunkId::of(&b));
