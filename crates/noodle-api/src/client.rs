@@ -40,9 +40,9 @@ pub enum ClientError {
 /// A client bound to one node's API.
 #[derive(Debug, Clone)]
 pub struct Client {
-    base: String,
-    credential: String,
-    http: reqwest::Client,
+    pub(crate) base: String,
+    pub(crate) credential: String,
+    pub(crate) http: reqwest::Client,
 }
 
 impl Client {
@@ -245,23 +245,33 @@ impl Client {
         })
     }
 
-    /// Which of these chunks the node does not have yet.
-    pub async fn chunks_missing(&self, ids: Vec<String>) -> Result<Vec<String>, ClientError> {
+    /// Which of these chunks the node does not have yet, for `to`.
+    pub async fn chunks_missing(
+        &self,
+        to: &ChunkRoute,
+        ids: Vec<String>,
+    ) -> Result<Vec<String>, ClientError> {
         let r: ChunkIds = self
             .send_json(
                 reqwest::Method::POST,
-                "/v1/chunks/missing",
+                &to.url("missing"),
                 Some(&ChunkIds { ids }),
             )
             .await?;
         Ok(r.ids)
     }
 
-    /// Stores one chunk (or manifest) on the node; the node checks that `id` is its blake3.
-    pub async fn put_chunk(&self, id: &str, bytes: Vec<u8>) -> Result<(), ClientError> {
+    /// Stores one chunk (or manifest) on the node, for `to`; the node checks that `id` is its
+    /// blake3.
+    pub async fn put_chunk(
+        &self,
+        to: &ChunkRoute,
+        id: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), ClientError> {
         let resp = self
             .http
-            .put(format!("{}/v1/chunks/{id}", self.base))
+            .put(format!("{}{}", self.base, to.url(id)))
             .bearer_auth(&self.credential)
             .timeout(Duration::from_secs(60))
             .body(bytes)
@@ -274,7 +284,7 @@ impl Client {
         Ok(())
     }
 
-    async fn send_json<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+    pub(crate) async fn send_json<B: serde::Serialize, T: serde::de::DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -320,7 +330,10 @@ impl Client {
         Ok(Box::pin(resp.bytes_stream()))
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+    pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<T, ClientError> {
         let resp = self
             .http
             .get(format!("{}{}", self.base, path))
@@ -332,14 +345,14 @@ impl Client {
         Self::decode(resp).await
     }
 
-    fn unreachable(&self, e: reqwest::Error) -> ClientError {
+    pub(crate) fn unreachable(&self, e: reqwest::Error) -> ClientError {
         ClientError::Unreachable {
             url: self.base.clone(),
             detail: e.without_url().to_string(),
         }
     }
 
-    async fn decode<T: serde::de::DeserializeOwned>(
+    pub(crate) async fn decode<T: serde::de::DeserializeOwned>(
         resp: reqwest::Response,
     ) -> Result<T, ClientError> {
         if !resp.status().is_success() {
@@ -352,7 +365,7 @@ impl Client {
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
-    async fn error_of(resp: reqwest::Response) -> ClientError {
+    pub(crate) async fn error_of(resp: reqwest::Response) -> ClientError {
         let status = resp.status();
         let body = resp.bytes().await.unwrap_or_default();
         match serde_json::from_slice::<ApiError>(&body) {
@@ -445,6 +458,29 @@ impl OutputStream {
                     None if self.buf.is_empty() => return Ok(None),
                     None => return Err(ClientError::Protocol("output ended mid-frame".into())),
                 },
+            }
+        }
+    }
+}
+
+/// Where uploaded chunks go: a job's files (`/v1/chunks`, right `jobs:run`), or an object of
+/// the fabric (`/v1/fabric/chunks`, right `fabric:write` on its path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkRoute {
+    Jobs,
+    Fabric { path: String },
+}
+
+impl ChunkRoute {
+    /// The route of `tail` (`missing`, or a chunk id).
+    fn url(&self, tail: &str) -> String {
+        match self {
+            ChunkRoute::Jobs => format!("/v1/chunks/{tail}"),
+            ChunkRoute::Fabric { path } => {
+                format!(
+                    "/v1/fabric/chunks/{tail}?path={}",
+                    crate::fabric::query_escape(path)
+                )
             }
         }
     }

@@ -7,11 +7,12 @@
 //! the node's internals, and never prints: progress goes to callbacks.
 
 mod client;
+pub mod fabric;
 mod follow;
 pub mod format;
 pub mod upload;
 
-pub use client::{Client, ClientError, EventStream, OutputStream};
+pub use client::{ChunkRoute, Client, ClientError, EventStream, OutputStream};
 pub use follow::{JobEvent, JobFollow, WAIT_POLL};
 
 use serde::{Deserialize, Serialize};

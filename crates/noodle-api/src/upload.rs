@@ -1,6 +1,6 @@
-//! Shipping a local file to the node (`noodle run --file`, SDKs, agents): chunks the file, asks
-//! the node which chunks it lacks, uploads only those (then the manifest), and names the result
-//! as a [`JobFile`].
+//! Shipping a local file to the node (`noodle run --file`, `noodle put`, SDKs, agents): chunks
+//! the file, asks the node which chunks it lacks, uploads only those (then the manifest), and
+//! returns the file's manifest.
 //!
 //! A file is read twice, streaming, never whole: once to cut and hash it into a manifest, once to
 //! re-read the chunks the node lacks. Every re-read chunk is hashed again, so a file that changes
@@ -21,7 +21,7 @@ use futures_util::stream::FuturesUnordered;
 use noodle_chunks::{ChunkError, ChunkId, Chunker, Manifest};
 use tokio::sync::mpsc;
 
-use crate::{Client, ClientError, JobFile};
+use crate::{ChunkRoute, Client, ClientError};
 
 /// Ids per `chunks_missing` call: about 700 KB of JSON, well under the node's limits.
 const MISSING_IDS_PER_CALL: usize = 10_000;
@@ -109,16 +109,15 @@ struct Planned {
 }
 
 /// Chunks the local file at `path`, uploads what the node of `client` lacks and returns the
-/// [`JobFile`] named `name` (its name in the job's working directory). Reports its progress to
-/// `progress`, which may be called from a blocking thread. A file that changes or disappears
-/// while it is read is refused with an error naming it.
+/// file's manifest, stored on the node for `to`. Reports its progress to `progress`, which may
+/// be called from a blocking thread. A file that changes or disappears while it is read is
+/// refused with an error naming it.
 pub async fn upload_file(
     client: &Client,
+    to: &ChunkRoute,
     path: &Path,
-    name: &str,
-    executable: bool,
     progress: impl Fn(UploadProgress) + Send + Sync + 'static,
-) -> Result<JobFile, UploadError> {
+) -> Result<Manifest, UploadError> {
     let progress: Arc<dyn Fn(UploadProgress) + Send + Sync> = Arc::new(progress);
     let size = tokio::fs::metadata(path)
         .await
@@ -158,7 +157,7 @@ pub async fn upload_file(
     for batch in ids.chunks(MISSING_IDS_PER_CALL) {
         let asked: HashSet<ChunkId> = batch.iter().copied().collect();
         let answer = client
-            .chunks_missing(batch.iter().map(ChunkId::to_hex).collect())
+            .chunks_missing(to, batch.iter().map(ChunkId::to_hex).collect())
             .await
             .map_err(UploadError::AskMissing)?;
         for hex in answer {
@@ -196,7 +195,7 @@ pub async fn upload_file(
 
     // Pass 2: re-read, verify and upload the missing chunks, then the manifest, so that a node
     // holding the manifest (almost always) holds its chunks too.
-    upload_chunks(client, path, plan, &mut |len| {
+    upload_chunks(client, to, path, plan, &mut |len| {
         done_bytes += len;
         progress(UploadProgress::Uploading {
             done_bytes,
@@ -207,7 +206,7 @@ pub async fn upload_file(
     if upload_manifest {
         let len = manifest_bytes.len() as u64;
         client
-            .put_chunk(&manifest.id().to_hex(), manifest_bytes)
+            .put_chunk(to, &manifest.id().to_hex(), manifest_bytes)
             .await
             .map_err(|source| UploadError::PutManifest {
                 path: path.to_owned(),
@@ -219,12 +218,7 @@ pub async fn upload_file(
             total_bytes,
         });
     }
-    Ok(JobFile {
-        name: name.to_owned(),
-        manifest: manifest.id().to_hex(),
-        executable,
-        bytes: manifest.size(),
-    })
+    Ok(manifest)
 }
 
 /// Pass 1: the file's manifest, telling `hashed` the bytes hashed so far after every chunk.
@@ -293,6 +287,7 @@ fn changed(path: &Path) -> UploadError {
 /// chunk the node took.
 async fn upload_chunks(
     client: &Client,
+    to: &ChunkRoute,
     path: &Path,
     plan: Vec<Planned>,
     uploaded: &mut (dyn FnMut(u64) + Send),
@@ -331,7 +326,7 @@ async fn upload_chunks(
                 Some(Ok((id, data))) => in_flight.push(async move {
                     let len = data.len() as u64;
                     client
-                        .put_chunk(&id.to_hex(), data)
+                        .put_chunk(to, &id.to_hex(), data)
                         .await
                         .map_err(|source| UploadError::PutChunk {
                             id,

@@ -197,17 +197,17 @@ impl ChunkStore {
         Ok(self.store.put(id, bytes)?)
     }
 
-    fn has(&self, id: &ChunkId) -> bool {
+    pub fn has(&self, id: &ChunkId) -> bool {
         self.store.has(id)
     }
 
     /// Reads and verifies a stored chunk or manifest.
-    fn get(&self, id: &ChunkId) -> Result<Vec<u8>, ChunkError> {
+    pub fn get(&self, id: &ChunkId) -> Result<Vec<u8>, ChunkError> {
         self.store.get(id)
     }
 
     /// Removes a chunk found corrupt.
-    fn remove(&self, id: &ChunkId) -> Result<(), ChunkError> {
+    pub fn remove(&self, id: &ChunkId) -> Result<(), ChunkError> {
         self.store.remove(id).map(|_| ())
     }
 
@@ -372,7 +372,7 @@ impl ChunkStore {
 
     /// The manifest `id`, from the store or else from `origin` (then kept). Returns it and the
     /// bytes fetched for it.
-    async fn manifest(
+    pub async fn manifest(
         &self,
         link: &Link,
         origin: SocketAddr,
@@ -449,7 +449,7 @@ impl ChunkStore {
     }
 
     /// Fetches, verifies and stores one batch. Returns its bytes.
-    async fn fetch_batch(
+    pub async fn fetch_batch(
         &self,
         link: &Link,
         origin: SocketAddr,

@@ -11,6 +11,7 @@
 //! - [`machine`]: the fabric's part of the replicated state (paths, versions, tags, replica
 //!   locations), applied by the control plane. Chunks and bulk bytes never go through Raft.
 
+mod api;
 pub mod chunks;
 pub mod hlc;
 pub mod machine;
@@ -18,7 +19,9 @@ pub mod path;
 pub mod placement;
 pub mod replication;
 pub mod sim;
+mod subsystem;
 
 pub use hlc::{Hlc, HlcClock};
 pub use path::{ObjectPath, PathError, Prefix};
 pub use placement::{Candidate, place};
+pub use subsystem::{Fabric, FabricConfig, READ, WRITE};

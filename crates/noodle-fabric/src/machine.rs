@@ -15,7 +15,7 @@
 
 use crate::hlc::Hlc;
 use crate::path::{ObjectPath, Prefix};
-use noodle_control::{Applied, DbError, MachineTable, MachineView, Rejection, StateMachine};
+use noodle_control::{Applied, DbError, MachineTable, MachineView, Needs, Rejection, StateMachine};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -207,6 +207,36 @@ impl StateMachine for FabricMachine {
 
     fn validate(&self, command: &[u8]) -> Result<(), Rejection> {
         check(&decode(command)?).map_err(Rejection)
+    }
+
+    /// From a node that is not a voter: a new version only with a person's token that may
+    /// write its path; where a version's copies are, from the node that wrote it, with no
+    /// token (its own bookkeeping).
+    fn forwarding(&self, _view: &MachineView<'_>, _caller: &str, command: &[u8]) -> Needs {
+        match decode(command) {
+            Ok(FabricCommand::Write { path, .. }) => Needs::right("fabric", "write", Some(&path)),
+            Ok(FabricCommand::SetReplicas { .. }) => Needs::Node,
+            Err(_) => Needs::Voter,
+        }
+    }
+
+    /// A node writes versions, and records their copies, in its own name only.
+    fn may_forward(
+        &self,
+        _view: &MachineView<'_>,
+        caller: &str,
+        command: &[u8],
+    ) -> Result<(), Rejection> {
+        let writer = match decode(command)? {
+            FabricCommand::Write { version, .. } => version.id.node,
+            FabricCommand::SetReplicas { id, .. } => id.node,
+        };
+        if writer != caller {
+            return Err(Rejection(format!(
+                "node {caller} may not write a version in the name of node {writer}"
+            )));
+        }
+        Ok(())
     }
 
     fn apply(&self, t: &mut MachineTable<'_, '_>, command: &[u8]) -> Result<Applied, DbError> {

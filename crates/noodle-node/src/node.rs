@@ -546,13 +546,14 @@ pub async fn start(
 }
 
 /// Rights of the founder's owner token: every action of every subsystem the cluster has.
-const OWNER_RIGHTS: [&str; 6] = [
+const OWNER_RIGHTS: [&str; 7] = [
     "cluster:*",
     "config:*",
     "cap:*",
     "policy:*",
     "audit:*",
     "jobs:*",
+    "fabric:*",
 ];
 /// How long the owner token lives.
 const OWNER_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);

@@ -2,7 +2,9 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use noodle_api::{Client, ClientError, JobEvent, JobFollow, JobInfo, JobSubmit, output_frame};
+use noodle_api::{
+    ChunkRoute, Client, ClientError, JobEvent, JobFollow, JobInfo, JobSubmit, output_frame,
+};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -166,10 +168,16 @@ pub(crate) async fn run(
     }
     let mut files = Vec::with_capacity(ships.len());
     for s in &ships {
-        let file = crate::ship_cli::upload(&client, &s.path, &s.name, s.executable, !args.json)
-            .await
-            .with_context(|| format!("shipping {}", s.path.display()))?;
-        files.push(file);
+        let manifest =
+            crate::ship_cli::upload(&client, &ChunkRoute::Jobs, &s.path, &s.name, !args.json)
+                .await
+                .with_context(|| format!("shipping {}", s.path.display()))?;
+        files.push(noodle_api::JobFile {
+            name: s.name.clone(),
+            manifest: manifest.id().to_hex(),
+            executable: s.executable,
+            bytes: manifest.size(),
+        });
     }
     let submit = JobSubmit {
         command,

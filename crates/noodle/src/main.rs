@@ -25,6 +25,7 @@ macro_rules! out {
 }
 
 mod control_cli;
+mod fabric_cli;
 mod jobs_cli;
 mod login;
 mod ship_cli;
@@ -92,6 +93,18 @@ enum Command {
     Logs(jobs_cli::LogsArgs),
     Wait(jobs_cli::WaitArgs),
     Cancel(jobs_cli::CancelArgs),
+    /// Store a file in the memory fabric as a new version of PATH.
+    Put(fabric_cli::PutArgs),
+    /// Read an object of the fabric into a file.
+    Get(fabric_cli::GetArgs),
+    /// List the fabric's objects under a prefix.
+    Ls(fabric_cli::LsArgs),
+    /// An object's versions, newest first.
+    Versions(fabric_cli::PathArgs),
+    /// Remove an object (its old versions stay).
+    Rm(fabric_cli::PathArgs),
+    /// Find objects by tag.
+    Query(fabric_cli::QueryArgs),
     /// Cluster-wide configuration, kept by the control plane.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -453,6 +466,12 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Logs(a) => jobs_cli::logs(client()?, a).await,
         Command::Wait(a) => jobs_cli::wait(client()?, a).await,
         Command::Cancel(a) => jobs_cli::cancel(client()?, a).await,
+        Command::Put(a) => fabric_cli::put(client()?, a).await,
+        Command::Get(a) => fabric_cli::get(client()?, a).await,
+        Command::Ls(a) => fabric_cli::ls(client()?, a).await,
+        Command::Versions(a) => fabric_cli::versions(client()?, a).await,
+        Command::Rm(a) => fabric_cli::rm(client()?, a).await,
+        Command::Query(a) => fabric_cli::query(client()?, a).await,
         Command::Config(c) => control_cli::config(client()?, c).await,
         Command::Cap(c) => control_cli::cap(client, c).await,
         Command::Policy(c) => control_cli::policy(client()?, c).await,
@@ -618,8 +637,12 @@ async fn up(data_dir: PathBuf, args: UpArgs) -> Result<i32> {
         .install_recorder()
         .ok();
     // The subsystems this node runs besides its own (membership, control plane, API).
-    let subsystems: Vec<Box<dyn noodle_host::Subsystem>> =
-        vec![Box::new(noodle_jobs::Jobs::new(jobs))];
+    let subsystems: Vec<Box<dyn noodle_host::Subsystem>> = vec![
+        Box::new(noodle_jobs::Jobs::new(jobs)),
+        Box::new(noodle_fabric::Fabric::new(
+            noodle_fabric::FabricConfig::default(),
+        )),
+    ];
     let node = noodle_node::start(cfg, subsystems, metrics).await?;
     outln!("noodle node {} is up", node.node_id());
     outln!("  cluster    {}", node.cluster_id());

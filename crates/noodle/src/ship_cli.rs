@@ -7,21 +7,22 @@ use std::sync::{Arc, OnceLock};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use noodle_api::upload::{UploadError, UploadProgress, upload_file};
-use noodle_api::{Client, JobFile};
+use noodle_api::{ChunkRoute, Client};
+use noodle_chunks::Manifest;
 
 /// Files at least this large get a progress bar (when asked for).
 const PROGRESS_MIN_BYTES: u64 = 8 << 20;
 
-/// Ships the local file at `path` as `name` (see [`upload_file`]). Shows a progress bar on
-/// stderr for files of at least 8 MiB when `progress` is true (and stderr is a terminal); prints
-/// nothing otherwise.
+/// Ships the local file at `path` (called `name` on the bar) for `to` (see [`upload_file`]).
+/// Shows a progress bar on stderr for files of at least 8 MiB when `progress` is true (and
+/// stderr is a terminal); prints nothing otherwise.
 pub(crate) async fn upload(
     client: &Client,
+    to: &ChunkRoute,
     path: &Path,
     name: &str,
-    executable: bool,
     progress: bool,
-) -> Result<JobFile, UploadError> {
+) -> Result<Manifest, UploadError> {
     let bar = Arc::new(OnceLock::<ProgressBar>::new());
     let uploading = Arc::new(AtomicBool::new(false));
     let on_progress = {
@@ -50,7 +51,7 @@ pub(crate) async fn upload(
             }
         }
     };
-    let result = upload_file(client, path, name, executable, on_progress).await;
+    let result = upload_file(client, to, path, on_progress).await;
     if let Some(bar) = bar.get() {
         match &result {
             Ok(_) => bar.finish_and_clear(),

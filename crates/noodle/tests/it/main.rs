@@ -7,6 +7,7 @@ mod browser;
 mod cluster;
 mod control;
 mod dashboard;
+mod fabric;
 mod jobs;
 mod members;
 mod netns;

@@ -1,0 +1,275 @@
+//! The memory fabric's API types and client calls: `noodle put`, `get`, `ls`, `versions`, `rm`
+//! and `query` (routes under `/v1/fabric`), and [`download`], which writes an object to a
+//! local file one verified chunk at a time.
+
+use crate::{Client, ClientError};
+use noodle_chunks::{ChunkId, Manifest};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+/// `PUT /v1/fabric/objects/PATH`: make the uploaded file (its manifest) the path's new version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FabricPut {
+    /// The manifest's chunk id (hex), uploaded before with [`crate::ChunkRoute::Fabric`].
+    pub manifest: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// One version of one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FabricObject {
+    pub path: String,
+    /// The version's id: `WALL_MS.LOGICAL.NODE` (hybrid-logical time and the writing node).
+    pub version: String,
+    /// False for a removal (`noodle rm`).
+    pub exists: bool,
+    pub size: u64,
+    /// The manifest's chunk id (hex); empty for a removal.
+    pub manifest: String,
+    pub tags: BTreeMap<String, String>,
+    pub creator: String,
+    /// The nodes that hold its chunks.
+    pub replicas: Vec<String>,
+}
+
+/// A list of objects (or of one object's versions).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct FabricList {
+    pub objects: Vec<FabricObject>,
+}
+
+/// `text` for a URL: unreserved characters as they are, `/` kept when `keep_slash`, every
+/// other byte percent-encoded.
+fn escape(text: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
+            b'/' if keep_slash => out.push('/'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// A query parameter's value, percent-encoded.
+pub(crate) fn query_escape(text: &str) -> String {
+    escape(text, false)
+}
+
+/// How long a put may take: the node answers once two nodes hold the object durably.
+const PUT_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl Client {
+    /// Makes the uploaded manifest the new version of `path`.
+    pub async fn fabric_put(
+        &self,
+        path: &str,
+        put: &FabricPut,
+    ) -> Result<FabricObject, ClientError> {
+        let resp = self
+            .http
+            .put(format!(
+                "{}/v1/fabric/objects{}",
+                self.base,
+                escape(path, true)
+            ))
+            .bearer_auth(&self.credential)
+            .timeout(PUT_TIMEOUT)
+            .json(put)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Self::decode(resp).await
+    }
+
+    /// The version `path` shows now (or `version`).
+    pub async fn fabric_object(
+        &self,
+        path: &str,
+        version: Option<&str>,
+    ) -> Result<FabricObject, ClientError> {
+        let mut url = format!("/v1/fabric/objects{}", escape(path, true));
+        if let Some(v) = version {
+            url.push_str(&format!("?version={}", query_escape(v)));
+        }
+        self.get_json(&url).await
+    }
+
+    /// One chunk (or the manifest) of a version of `path`.
+    pub async fn fabric_chunk(
+        &self,
+        path: &str,
+        version: &str,
+        id: &ChunkId,
+    ) -> Result<Vec<u8>, ClientError> {
+        let resp = self
+            .http
+            .get(format!(
+                "{}/v1/fabric/chunks/{id}?path={}&version={}",
+                self.base,
+                query_escape(path),
+                query_escape(version)
+            ))
+            .bearer_auth(&self.credential)
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if !resp.status().is_success() {
+            return Err(Self::error_of(resp).await);
+        }
+        Ok(resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .to_vec())
+    }
+
+    /// Removes `path` (a new version that is a removal; the old ones stay).
+    pub async fn fabric_remove(&self, path: &str) -> Result<FabricObject, ClientError> {
+        let url = format!("/v1/fabric/objects{}", escape(path, true));
+        self.send_json::<(), _>(reqwest::Method::DELETE, &url, None)
+            .await
+    }
+
+    /// The versions of `path`, newest first.
+    pub async fn fabric_versions(&self, path: &str) -> Result<FabricList, ClientError> {
+        self.get_json(&format!("/v1/fabric/versions{}", escape(path, true)))
+            .await
+    }
+
+    /// The objects under `prefix`, in path order, after `after`, at most `limit`.
+    pub async fn fabric_list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<FabricList, ClientError> {
+        let mut url = format!(
+            "/v1/fabric/list?prefix={}&limit={limit}",
+            query_escape(prefix)
+        );
+        if let Some(a) = after {
+            url.push_str(&format!("&after={}", query_escape(a)));
+        }
+        self.get_json(&url).await
+    }
+
+    /// The objects under `prefix` whose current version has every tag of `tags` (`k=v`, or `k`
+    /// for any value), at most `limit`.
+    pub async fn fabric_query(
+        &self,
+        tags: &[String],
+        prefix: &str,
+        limit: u32,
+    ) -> Result<FabricList, ClientError> {
+        let mut url = format!(
+            "/v1/fabric/query?prefix={}&limit={limit}",
+            query_escape(prefix)
+        );
+        for t in tags {
+            url.push_str(&format!("&tag={}", query_escape(t)));
+        }
+        self.get_json(&url).await
+    }
+}
+
+/// Why a download failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("the node sent a chunk that does not match its id ({0})")]
+    Corrupt(ChunkId),
+    #[error("the object's manifest is unreadable: {0}")]
+    Manifest(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Writes version `object` of its path to the file `dest`, which appears (atomically) only
+/// once complete (see [`download_into`]).
+pub async fn download(
+    client: &Client,
+    object: &FabricObject,
+    dest: &Path,
+    progress: impl Fn(u64, u64),
+) -> Result<(), DownloadError> {
+    let io = |source| DownloadError::Io {
+        path: dest.to_owned(),
+        source,
+    };
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    download_into(client, object, &mut tmp, dest, progress).await?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(dest).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+/// Writes version `object` of its path to `out` (named `name` in errors): the manifest, then
+/// each chunk, every one checked against its id, one chunk in memory at a time. Reports the
+/// bytes written so far to `progress`.
+pub async fn download_into(
+    client: &Client,
+    object: &FabricObject,
+    out: &mut impl Write,
+    name: &Path,
+    progress: impl Fn(u64, u64),
+) -> Result<(), DownloadError> {
+    let io = |source| DownloadError::Io {
+        path: name.to_owned(),
+        source,
+    };
+    let manifest_id: ChunkId = object
+        .manifest
+        .parse()
+        .map_err(|e: noodle_chunks::ParseChunkIdError| DownloadError::Manifest(e.to_string()))?;
+    let fetch = |id: ChunkId| async move {
+        let bytes = client
+            .fabric_chunk(&object.path, &object.version, &id)
+            .await?;
+        if ChunkId::of(&bytes) != id {
+            return Err(DownloadError::Corrupt(id));
+        }
+        Ok(bytes)
+    };
+    let manifest = Manifest::decode(&fetch(manifest_id).await?)
+        .map_err(|e| DownloadError::Manifest(e.to_string()))?;
+    let total = manifest.size();
+    let mut done = 0u64;
+    progress(done, total);
+    for (id, _) in manifest.chunks() {
+        let bytes = fetch(*id).await?;
+        out.write_all(&bytes).map_err(io)?;
+        done += bytes.len() as u64;
+        progress(done, total);
+    }
+    out.flush().map_err(io)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_values_are_escaped_for_urls() {
+        assert_eq!(escape("/a b/ü?#%", true), "/a%20b/%C3%BC%3F%23%25");
+        assert_eq!(query_escape("/m/x=y&z"), "%2Fm%2Fx%3Dy%26z");
+        assert_eq!(escape("plain-._~", false), "plain-._~");
+    }
+}

@@ -1,0 +1,713 @@
+//! The fabric's routes under `/v1/fabric`: uploading chunks for a path, making them a version
+//! (replicated before it is acknowledged), reading a version's chunks (from this node, or
+//! fetched from a replica and kept), listing, versions, removal and tag queries. Every handler
+//! checks `fabric:read` or `fabric:write` on the path or prefix first; writes are audited.
+
+use crate::machine::{self, Content, FabricCommand, FabricView, Version, VersionId};
+use crate::path::{ObjectPath, Prefix};
+use crate::replication::PutPlan;
+use crate::subsystem::{FabricNode, OBJECT_WRITTEN, READ, WRITE, replicate_to};
+use crate::{Hlc, chunks::StoreError};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use axum::{Extension, Json};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use noodle_api::ChunkIds;
+use noodle_api::fabric::{FabricList, FabricObject, FabricPut};
+use noodle_chunks::{ChunkError, ChunkId, Manifest};
+use noodle_control::{DbError, Proposal, Response as Applied};
+use noodle_host::api::{ApiResult, Refusal, Routes, bad_request, check, control_error, parse_body};
+use noodle_host::{Actor, Caller};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+type AppState = Arc<FabricNode>;
+
+/// Objects one list or query answers at most.
+const LIST_MAX: usize = 1000;
+/// How long a put waits for the details (free disk) of nodes that just joined.
+const NODE_DETAILS_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+pub(crate) fn routes(state: AppState) -> Routes {
+    let chunk_limit = noodle_chunks::MAX_MANIFEST_BYTES.max(noodle_chunks::MAX_CHUNK_BYTES);
+    Routes::new()
+        .route("/v1/fabric/chunks/missing", post(chunks_missing))
+        .route(
+            "/v1/fabric/chunks/{id}",
+            put(put_chunk)
+                .get(get_chunk)
+                .layer(axum::extract::DefaultBodyLimit::max(chunk_limit)),
+        )
+        .route(
+            "/v1/fabric/objects/{*path}",
+            get(get_object).put(put_object).delete(remove_object),
+        )
+        .route("/v1/fabric/versions/{*path}", get(versions))
+        .route("/v1/fabric/list", get(list))
+        .route("/v1/fabric/query", get(query))
+        .with_state(state)
+}
+
+fn object_path(text: &str) -> Result<ObjectPath, Refusal> {
+    ObjectPath::parse(text).map_err(|e| bad_request(format!("{text:?}: {e}")))
+}
+
+/// A route's wildcard path (without its leading `/`) as an object path.
+fn routed_path(rest: &str) -> Result<ObjectPath, Refusal> {
+    object_path(&format!("/{rest}"))
+}
+
+fn store_error(e: StoreError) -> Refusal {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    Refusal::new(status, e.to_string())
+}
+
+fn internal(e: impl std::fmt::Display) -> Refusal {
+    Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// `WALL.LOGICAL.NODE`.
+fn version_text(id: &VersionId) -> String {
+    format!("{}.{}.{}", id.hlc.wall_ms, id.hlc.logical, id.node)
+}
+
+fn parse_version(text: &str) -> Result<VersionId, Refusal> {
+    let bad = || bad_request(format!("{text:?} is not a version (see `noodle versions`)"));
+    let mut parts = text.splitn(3, '.');
+    let wall_ms = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    let logical = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    let node = parts.next().filter(|n| !n.is_empty()).ok_or_else(bad)?;
+    Ok(VersionId {
+        hlc: Hlc { wall_ms, logical },
+        node: node.to_string(),
+    })
+}
+
+fn object_info(path: &ObjectPath, v: &Version) -> FabricObject {
+    let (exists, size, manifest, replicas) = match &v.content {
+        Some(c) => (
+            true,
+            c.size,
+            ChunkId(c.manifest).to_hex(),
+            c.replicas.clone(),
+        ),
+        None => (false, 0, String::new(), Vec::new()),
+    };
+    FabricObject {
+        path: path.to_string(),
+        version: version_text(&v.id),
+        exists,
+        size,
+        manifest,
+        tags: v.tags.clone(),
+        creator: v.creator.clone(),
+        replicas,
+    }
+}
+
+impl FabricNode {
+    fn check(
+        &self,
+        caller: &Caller,
+        request: impl Into<noodle_caps::Request>,
+        action: &str,
+        target: &str,
+    ) -> Result<Actor, Refusal> {
+        check(&self.host.authz, caller, request, action, target)
+    }
+
+    /// A linearizable read of the fabric's records: what any node acknowledged is seen.
+    async fn read<T>(
+        &self,
+        f: impl FnOnce(&FabricView<'_>) -> Result<T, DbError>,
+    ) -> Result<T, Refusal> {
+        self.host
+            .control
+            .read(|v| f(&machine::view(v)))
+            .await
+            .map_err(control_error)
+    }
+
+    /// Proposes an authorised fabric command with its audit record.
+    async fn write(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: &str,
+        command: &FabricCommand,
+    ) -> Result<(), Refusal> {
+        let mut proposal = Proposal::machine(machine::NAME, machine::encode(command));
+        proposal.audit = Some(noodle_audit::Record::new(
+            noodle_host::now_ms(),
+            actor.name.clone(),
+            action,
+            target,
+            actor.right.clone(),
+            noodle_audit::Outcome::Allowed,
+        ));
+        match self
+            .host
+            .authz
+            .propose(actor, proposal)
+            .await
+            .map_err(control_error)?
+        {
+            Applied::Done => Ok(()),
+            Applied::Rejected(why) => Err(bad_request(why)),
+            other => Err(internal(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// The next version id of `path` on this node: later than the one the path shows.
+    fn next_version(&self, head: Option<&Version>) -> VersionId {
+        let mut clock = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = head {
+            clock.observe(h.id.hlc);
+        }
+        VersionId {
+            hlc: clock.tick(noodle_host::now_ms()),
+            node: self.host.node_id.clone(),
+        }
+    }
+
+    /// The version `path` shows, or `version` of it.
+    async fn version_of(
+        &self,
+        path: &ObjectPath,
+        version: Option<&str>,
+    ) -> Result<Version, Refusal> {
+        let found = match version {
+            None => self.read(|v| v.head(path)).await?,
+            Some(text) => {
+                let id = parse_version(text)?;
+                self.read(|v| v.versions(path, machine::limits::VERSIONS_LISTED_MAX))
+                    .await?
+                    .into_iter()
+                    .find(|v| v.id == id)
+            }
+        };
+        found.ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("there is no {path}")))
+    }
+
+    /// Blocking store work off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&crate::chunks::ChunkStore) -> Result<T, Refusal> + Send + 'static,
+    ) -> Result<T, Refusal> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(internal)?
+    }
+
+    /// Chunk `id` of the version whose manifest is `manifest`, held by `replicas`: from this
+    /// node's store if it has a good copy, else from the replicas in turn (then kept here).
+    async fn chunk(
+        &self,
+        manifest: ChunkId,
+        id: ChunkId,
+        replicas: &[String],
+    ) -> Result<Vec<u8>, Refusal> {
+        let local = self
+            .blocking(move |store| match store.get(&id) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(ChunkError::NotFound(_)) => Ok(None),
+                Err(e @ ChunkError::Corrupt { .. }) => {
+                    // A bad copy is never served: dropped, and fetched again below.
+                    tracing::warn!(error = %e, "removing a corrupt fabric chunk");
+                    metrics::counter!("noodle_fabric_corrupt_chunks_total").increment(1);
+                    store.remove(&id).map_err(internal)?;
+                    Ok(None)
+                }
+                Err(e) => Err(internal(e)),
+            })
+            .await?;
+        if let Some(bytes) = local {
+            return Ok(bytes);
+        }
+        let len = if id == manifest {
+            None
+        } else {
+            let m = self.manifest(manifest, replicas).await?;
+            m.chunks()
+                .iter()
+                .find(|(c, _)| *c == id)
+                .map(|(_, len)| *len)
+        };
+        let mut failures = Vec::new();
+        for node in replicas.iter().filter(|n| **n != self.host.node_id) {
+            let Some(addr) = self.host.cluster.peer_addr(node) else {
+                failures.push(format!("{node}: address unknown"));
+                continue;
+            };
+            let fetched = match len {
+                None => self
+                    .store
+                    .manifest(&self.host.link, addr, id)
+                    .await
+                    .map(|_| ()),
+                Some(len) => self
+                    .store
+                    .fetch_batch(&self.host.link, addr, vec![(id, len)])
+                    .await
+                    .map(|_| ()),
+            };
+            match fetched {
+                Ok(()) => return self.blocking(move |s| s.get(&id).map_err(internal)).await,
+                Err(e) => failures.push(format!("{node}: {e}")),
+            }
+        }
+        Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "no replica could send chunk {id}: {}",
+                if failures.is_empty() {
+                    "none is known".to_string()
+                } else {
+                    failures.join("; ")
+                }
+            ),
+        ))
+    }
+
+    async fn manifest(&self, id: ChunkId, replicas: &[String]) -> Result<Manifest, Refusal> {
+        let bytes = Box::pin(self.chunk(id, id, replicas)).await?;
+        Manifest::decode(&bytes).map_err(internal)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ForPath {
+    path: String,
+    version: Option<String>,
+}
+
+/// `POST /v1/fabric/chunks/missing?path=P`: which of these chunks this node lacks.
+async fn chunks_missing(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<ForPath>,
+    body: Bytes,
+) -> ApiResult {
+    let path = object_path(&q.path)?;
+    state.check(
+        &caller,
+        WRITE.on(path.as_str()),
+        "fabric.upload",
+        path.as_str(),
+    )?;
+    let req: ChunkIds = parse_body(&body, "chunk list")?;
+    let ids = state
+        .blocking(move |store| store.missing(&req.ids).map_err(store_error))
+        .await?;
+    Ok(Json(ChunkIds { ids }).into_response())
+}
+
+/// `PUT /v1/fabric/chunks/{id}?path=P`: one chunk (or manifest) of a file for `P`.
+async fn put_chunk(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<ForPath>,
+    body: Bytes,
+) -> ApiResult {
+    let path = object_path(&q.path)?;
+    state.check(
+        &caller,
+        WRITE.on(path.as_str()),
+        "fabric.upload",
+        path.as_str(),
+    )?;
+    state
+        .blocking(move |store| store.put(&id, &body).map_err(store_error))
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /v1/fabric/chunks/{id}?path=P[&version=V]`: a chunk of a version of `P`, and only of
+/// it: a reader of one path cannot read another path's chunks by their ids.
+async fn get_chunk(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<ForPath>,
+) -> ApiResult {
+    let path = object_path(&q.path)?;
+    state.check(&caller, READ.on(path.as_str()), "fabric.get", path.as_str())?;
+    let id: ChunkId = id.parse().map_err(|e| bad_request(format!("{e}")))?;
+    let version = state.version_of(&path, q.version.as_deref()).await?;
+    let Some(content) = version.content else {
+        return Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            format!("{path} was removed at that version"),
+        ));
+    };
+    let manifest_id = ChunkId(content.manifest);
+    if id != manifest_id {
+        let manifest = state.manifest(manifest_id, &content.replicas).await?;
+        if !manifest.chunks().iter().any(|(c, _)| *c == id) {
+            return Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                format!("chunk {id} is not part of {path}"),
+            ));
+        }
+    }
+    let bytes = state.chunk(manifest_id, id, &content.replicas).await?;
+    Ok(bytes.into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct VersionQuery {
+    version: Option<String>,
+}
+
+/// `GET /v1/fabric/objects/PATH[?version=V]`.
+async fn get_object(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(rest): Path<String>,
+    Query(q): Query<VersionQuery>,
+) -> ApiResult {
+    let path = routed_path(&rest)?;
+    state.check(&caller, READ.on(path.as_str()), "fabric.get", path.as_str())?;
+    let version = state.version_of(&path, q.version.as_deref()).await?;
+    Ok(Json(object_info(&path, &version)).into_response())
+}
+
+/// `PUT /v1/fabric/objects/PATH`: the uploaded file becomes the path's new version once
+/// [`crate::replication::ack_copies`] nodes hold it durably; the other copies complete in
+/// the background.
+async fn put_object(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(rest): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let path = routed_path(&rest)?;
+    let actor = state.check(
+        &caller,
+        WRITE.on(path.as_str()),
+        "fabric.put",
+        path.as_str(),
+    )?;
+    let req: FabricPut = parse_body(&body, "put request")?;
+    if req.tags.len() > machine::limits::TAGS_MAX {
+        return Err(bad_request(format!(
+            "at most {} tags",
+            machine::limits::TAGS_MAX
+        )));
+    }
+    for (k, v) in &req.tags {
+        machine::check_tag(k, v).map_err(bad_request)?;
+    }
+    let manifest_id: ChunkId = req
+        .manifest
+        .parse()
+        .map_err(|e| bad_request(format!("manifest: {e}")))?;
+    let manifest = state
+        .blocking(move |store| {
+            let bytes = store.get(&manifest_id).map_err(|e| match e {
+                ChunkError::NotFound(_) => bad_request(format!(
+                    "manifest {manifest_id} is not on this node: upload the file first"
+                )),
+                e => internal(e),
+            })?;
+            let manifest = Manifest::decode(&bytes)
+                .map_err(|e| bad_request(format!("{manifest_id} is not a manifest: {e}")))?;
+            let ids: Vec<String> = manifest.chunk_ids().iter().map(ChunkId::to_hex).collect();
+            if !store.missing(&ids).map_err(store_error)?.is_empty() {
+                return Err(bad_request(format!(
+                    "chunks of {manifest_id} are not on this node: upload the file first"
+                )));
+            }
+            Ok(manifest)
+        })
+        .await?;
+    // A node that just joined may not have told us its free disk yet: give its details a
+    // moment to arrive, so that a new version is not placed on fewer nodes than there are.
+    let deadline = std::time::Instant::now() + NODE_DETAILS_WAIT;
+    while !state.host.cluster.every_alive_node_described() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let plan = PutPlan::new(&manifest_id, &state.candidates(), state.cfg.replicas)
+        .ok_or_else(|| Refusal::new(StatusCode::INSUFFICIENT_STORAGE, "no node has room for it"))?;
+    let replicas = replicate(&state, &plan, manifest_id, path.as_str()).await?;
+    let head = state.read(|v| v.head(&path)).await?;
+    let version = Version {
+        id: state.next_version(head.as_ref()),
+        creator: actor.name.clone(),
+        tags: req.tags,
+        content: Some(Content {
+            manifest: manifest_id.0,
+            size: manifest.size(),
+            replicas: replicas.acknowledged.clone(),
+        }),
+    };
+    let command = FabricCommand::Write {
+        path: path.to_string(),
+        version: version.clone(),
+    };
+    state
+        .write(&actor, "fabric.put", path.as_str(), &command)
+        .await?;
+    replicas.finish_later(state.clone(), path.clone(), version.id.clone());
+    state.host.events.emit(
+        OBJECT_WRITTEN,
+        path.as_str(),
+        format!(
+            "{} bytes, version {}",
+            manifest.size(),
+            version_text(&version.id)
+        ),
+    );
+    Ok(Json(object_info(&path, &version)).into_response())
+}
+
+type Pending =
+    FuturesUnordered<futures_util::future::BoxFuture<'static, (String, Result<(), String>)>>;
+
+/// A write's copies: the nodes that hold it durably at acknowledgement, and the copies still
+/// being made.
+struct Replicas {
+    acknowledged: Vec<String>,
+    pending: Pending,
+}
+
+impl Replicas {
+    /// Records the copies that complete after the acknowledgement.
+    fn finish_later(self, state: AppState, path: ObjectPath, id: VersionId) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut replicas = self.acknowledged;
+        let mut pending = self.pending;
+        tokio::spawn(async move {
+            let before = replicas.len();
+            while let Some((node, result)) = pending.next().await {
+                match result {
+                    Ok(()) => replicas.push(node),
+                    Err(e) => {
+                        tracing::warn!(%node, %path, error = %e, "a copy failed; repair will make it")
+                    }
+                }
+            }
+            if replicas.len() == before {
+                return;
+            }
+            let command = FabricCommand::SetReplicas {
+                path: path.to_string(),
+                id,
+                replicas,
+            };
+            let proposal = Proposal::machine(machine::NAME, machine::encode(&command));
+            if let Err(e) = state.host.control.propose(proposal).await {
+                tracing::warn!(%path, error = %e, "recording a version's later copies");
+            }
+        });
+    }
+}
+
+/// Sends the version to the plan's targets and waits until enough hold it.
+async fn replicate(
+    state: &AppState,
+    plan: &PutPlan,
+    manifest: ChunkId,
+    path: &str,
+) -> Result<Replicas, Refusal> {
+    let me = state.host.node_id.clone();
+    let mut acknowledged = Vec::new();
+    let mut failures = Vec::new();
+    let pending: Pending = FuturesUnordered::new();
+    for target in &plan.targets {
+        if *target == me {
+            // The upload stored every chunk here durably already.
+            acknowledged.push(me.clone());
+            continue;
+        }
+        let Some(addr) = state.host.cluster.peer_addr(target) else {
+            failures.push(format!("{target}: address unknown"));
+            continue;
+        };
+        let link = state.host.link.clone();
+        let target = target.clone();
+        pending.push(Box::pin(async move {
+            let result = replicate_to(&link, addr, manifest).await;
+            (target, result)
+        }));
+    }
+    let mut pending = pending;
+    while acknowledged.len() < plan.ack_after {
+        match pending.next().await {
+            Some((node, Ok(()))) => acknowledged.push(node),
+            Some((node, Err(e))) => failures.push(format!("{node}: {e}")),
+            None => break,
+        }
+    }
+    if acknowledged.len() < plan.ack_after {
+        return Err(Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{path} is held by {} node(s), not the {} a write needs: {}",
+                acknowledged.len(),
+                plan.ack_after,
+                failures.join("; ")
+            ),
+        ));
+    }
+    Ok(Replicas {
+        acknowledged,
+        pending,
+    })
+}
+
+/// `DELETE /v1/fabric/objects/PATH`: a removal version; the old versions stay.
+async fn remove_object(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(rest): Path<String>,
+) -> ApiResult {
+    let path = routed_path(&rest)?;
+    let actor = state.check(&caller, WRITE.on(path.as_str()), "fabric.rm", path.as_str())?;
+    let Some(head) = state.read(|v| v.head(&path)).await? else {
+        return Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            format!("there is no {path}"),
+        ));
+    };
+    let version = Version {
+        id: state.next_version(Some(&head)),
+        creator: actor.name.clone(),
+        tags: BTreeMap::new(),
+        content: None,
+    };
+    let command = FabricCommand::Write {
+        path: path.to_string(),
+        version: version.clone(),
+    };
+    state
+        .write(&actor, "fabric.rm", path.as_str(), &command)
+        .await?;
+    Ok(Json(object_info(&path, &version)).into_response())
+}
+
+/// `GET /v1/fabric/versions/PATH`: newest first, removals included.
+async fn versions(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(rest): Path<String>,
+) -> ApiResult {
+    let path = routed_path(&rest)?;
+    state.check(
+        &caller,
+        READ.on(path.as_str()),
+        "fabric.versions",
+        path.as_str(),
+    )?;
+    let versions = state
+        .read(|v| v.versions(&path, machine::limits::VERSIONS_LISTED_MAX))
+        .await?;
+    let objects = versions.iter().map(|v| object_info(&path, v)).collect();
+    Ok(Json(FabricList { objects }).into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    #[serde(default = "root")]
+    prefix: String,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+fn root() -> String {
+    "/".into()
+}
+
+fn prefix_of(text: &str) -> Result<Prefix, Refusal> {
+    Prefix::parse(text).map_err(|e| bad_request(format!("prefix {text:?}: {e}")))
+}
+
+/// `GET /v1/fabric/list?prefix=P&after=A&limit=N`.
+async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult {
+    let prefix = prefix_of(&q.prefix)?;
+    state.check(
+        &caller,
+        READ.on(prefix.as_str()),
+        "fabric.list",
+        prefix.as_str(),
+    )?;
+    let after = q.after.as_deref().map(object_path).transpose()?;
+    let limit = q.limit.unwrap_or(LIST_MAX).clamp(1, LIST_MAX);
+    let found = state
+        .read(|v| v.list(&prefix, after.as_ref(), limit))
+        .await?;
+    let objects = found.iter().map(|(p, v)| object_info(p, v)).collect();
+    Ok(Json(FabricList { objects }).into_response())
+}
+
+/// `GET /v1/fabric/query?tag=K=V&tag=K&prefix=P&limit=N`: objects whose current version has
+/// every tag asked for.
+async fn query(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> ApiResult {
+    let mut prefix = root();
+    let mut tags: Vec<(String, Option<String>)> = Vec::new();
+    let mut limit = LIST_MAX;
+    for (k, v) in pairs {
+        match k.as_str() {
+            "prefix" => prefix = v,
+            "limit" => limit = v.parse().map_err(|_| bad_request("limit is a number"))?,
+            "tag" => tags.push(match v.split_once('=') {
+                Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                None => (v, None),
+            }),
+            other => return Err(bad_request(format!("unknown query parameter {other:?}"))),
+        }
+    }
+    let Some((first_key, first_value)) = tags.first().cloned() else {
+        return Err(bad_request("query by at least one --tag K=V or K"));
+    };
+    let prefix = prefix_of(&prefix)?;
+    state.check(
+        &caller,
+        READ.on(prefix.as_str()),
+        "fabric.query",
+        prefix.as_str(),
+    )?;
+    let limit = limit.clamp(1, LIST_MAX);
+    let found = state
+        .read(|v| {
+            // The first tag narrows by the index; the others are checked on each object.
+            let paths = v.tagged(&first_key, first_value.as_deref(), &prefix, usize::MAX)?;
+            let mut out = Vec::new();
+            for p in paths {
+                let Some(version) = v.head(&p)? else { continue };
+                let all = tags
+                    .iter()
+                    .all(|(k, want)| match (version.tags.get(k), want) {
+                        (Some(have), Some(want)) => have == want,
+                        (Some(_), None) => true,
+                        (None, _) => false,
+                    });
+                if all {
+                    out.push((p, version));
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+    let objects = found.iter().map(|(p, v)| object_info(p, v)).collect();
+    Ok(Json(FabricList { objects }).into_response())
+}

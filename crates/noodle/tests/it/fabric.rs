@@ -1,0 +1,284 @@
+//! The memory fabric from the command line, on real nodes: put, get from another node, list,
+//! versions, tags, removal, rights, a dead writer, a corrupt copy.
+
+use crate::control::{cap_create, with_token};
+use crate::support::{Node, cluster, eventually};
+use std::path::Path;
+use std::time::Duration;
+
+fn random_file(dir: &Path, name: &str, len: usize, seed: u64) -> std::path::PathBuf {
+    let mut x = seed | 1;
+    let bytes: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn ok(node: &Node, args: &[&str]) -> String {
+    let out = node.cli(args);
+    assert!(
+        out.status.success(),
+        "noodle {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn fails(node: &Node, args: &[&str]) -> String {
+    let out = node.cli(args);
+    assert!(!out.status.success(), "noodle {args:?} should have failed");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn object(node: &Node, path: &str) -> noodle_api::fabric::FabricObject {
+    let lines = ok(node, &["versions", path, "--json"]);
+    serde_json::from_str(lines.lines().next().expect("a version")).unwrap()
+}
+
+/// Put on one node, read on another with the same bytes; list, tags, versions and removal
+/// agree everywhere; the writer dies and the object is still read from the others.
+#[test]
+fn put_on_one_node_get_on_another_and_survive_the_writer() {
+    let mut nodes = cluster(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = random_file(tmp.path(), "weights.bin", 9 << 20, 7);
+    let out = ok(
+        &nodes[0],
+        &[
+            "put",
+            src.to_str().unwrap(),
+            "/models/resnet.bin",
+            "--tag",
+            "kind=weights",
+            "--tag",
+            "task=vision",
+            "--json",
+        ],
+    );
+    let put: noodle_api::fabric::FabricObject = serde_json::from_str(out.trim()).unwrap();
+    assert!(
+        put.replicas.len() >= 2,
+        "acknowledged on two copies: {put:?}"
+    );
+    assert_eq!(put.size, 9 << 20);
+
+    // Read-your-writes on another node, byte for byte.
+    let dest = tmp.path().join("back.bin");
+    ok(
+        &nodes[2],
+        &["get", "/models/resnet.bin", "-o", dest.to_str().unwrap()],
+    );
+    assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&src).unwrap());
+
+    // Into something that is not a regular file (a pipe here; `/dev/null` alike): written
+    // into, never replaced by a file.
+    let fifo = tmp.path().join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let reader = std::thread::spawn({
+        let fifo = fifo.clone();
+        move || std::fs::read(fifo).unwrap()
+    });
+    ok(
+        &nodes[1],
+        &["get", "/models/resnet.bin", "-o", fifo.to_str().unwrap()],
+    );
+    assert_eq!(reader.join().unwrap(), std::fs::read(&src).unwrap());
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+
+    // A second version; list, versions and the tag index follow the newest.
+    // (Writes go through the founder, a voter: a node's local admin writes to the cluster
+    // only on a voter.)
+    let small = random_file(tmp.path(), "v2.bin", 1000, 8);
+    ok(
+        &nodes[0],
+        &[
+            "put",
+            small.to_str().unwrap(),
+            "/models/resnet.bin",
+            "--tag",
+            "task=nlp",
+        ],
+    );
+    ok(
+        &nodes[0],
+        &[
+            "put",
+            small.to_str().unwrap(),
+            "/models/other.bin",
+            "--tag",
+            "task=vision",
+        ],
+    );
+    let ls = ok(&nodes[2], &["ls", "/models/"]);
+    assert!(
+        ls.contains("/models/resnet.bin") && ls.contains("/models/other.bin"),
+        "{ls}"
+    );
+    let versions = ok(&nodes[0], &["versions", "/models/resnet.bin"]);
+    assert_eq!(versions.lines().count(), 2, "{versions}");
+    let vision = ok(
+        &nodes[0],
+        &["query", "--tag", "task=vision", "--prefix", "/models/"],
+    );
+    assert!(
+        vision.contains("/models/other.bin") && !vision.contains("resnet"),
+        "{vision}"
+    );
+    // The older version is still there by its id.
+    let old = tmp.path().join("old.bin");
+    ok(
+        &nodes[1],
+        &[
+            "get",
+            "/models/resnet.bin",
+            "--version",
+            &put.version,
+            "-o",
+            old.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(std::fs::read(&old).unwrap(), std::fs::read(&src).unwrap());
+
+    // Removal: the path is gone, its versions stay.
+    ok(&nodes[0], &["rm", "/models/other.bin"]);
+    let err = fails(&nodes[2], &["get", "/models/other.bin", "-o", "-"]);
+    assert!(err.contains("there is no /models/other.bin"), "{err}");
+    assert!(!ok(&nodes[1], &["ls", "/models/"]).contains("other.bin"));
+    assert_eq!(
+        ok(&nodes[1], &["versions", "/models/other.bin"])
+            .lines()
+            .count(),
+        2
+    );
+
+    // The node the big version was written on dies (once the other two are voters, so that
+    // the control plane goes on): the others still have it.
+    eventually(Duration::from_secs(30), "three voters", || {
+        (nodes[1].status()?.control?.voters.len() == 3).then_some(())
+    });
+    nodes[0].kill9();
+    let again = tmp.path().join("again.bin");
+    let version = put.version.clone();
+    let (reader, again_s) = (&nodes[1], again.to_str().unwrap().to_string());
+    eventually(
+        Duration::from_secs(30),
+        "a read after the writer died",
+        || {
+            let args = [
+                "get",
+                "/models/resnet.bin",
+                "--version",
+                &version,
+                "-o",
+                &again_s,
+            ];
+            reader.cli(&args).status.success().then_some(())
+        },
+    );
+    assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&src).unwrap());
+}
+
+/// A byte flipped in a stored chunk: the read still returns the right bytes (from another
+/// copy), and the bad copy is replaced by a good one.
+#[test]
+fn a_corrupt_copy_is_never_served_and_is_replaced() {
+    let nodes = cluster(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let src = random_file(tmp.path(), "data.bin", 3 << 20, 9);
+    ok(&nodes[0], &["put", src.to_str().unwrap(), "/data/x"]);
+    let o = object(&nodes[1], "/data/x");
+    // A chunk file on node 1 (all three hold every chunk).
+    let store = nodes[1].dir.join("fabric/chunks");
+    let chunk = eventually(Duration::from_secs(10), "a stored chunk on node 1", || {
+        std::fs::read_dir(&store)
+            .ok()?
+            .flatten()
+            .filter(|d| d.path().is_dir())
+            .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name().and_then(|n| n.to_str()) != Some(o.manifest.as_str())
+                    && std::fs::metadata(p).is_ok_and(|m| m.len() > 1 << 20)
+            })
+    });
+    let good = std::fs::read(&chunk).unwrap();
+    let mut bad = good.clone();
+    bad[100] ^= 0xff;
+    std::fs::write(&chunk, &bad).unwrap();
+
+    let dest = tmp.path().join("back.bin");
+    ok(&nodes[1], &["get", "/data/x", "-o", dest.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&src).unwrap());
+    assert_eq!(
+        std::fs::read(&chunk).unwrap(),
+        good,
+        "the bad copy was replaced"
+    );
+}
+
+/// Rights are per prefix, whole segments; bad paths are one clear error and change nothing.
+#[test]
+fn rights_are_per_prefix_and_bad_paths_are_refused() {
+    let nodes = cluster(1);
+    let node = &nodes[0];
+    let tmp = tempfile::tempdir().unwrap();
+    let src = random_file(tmp.path(), "f", 1000, 3);
+    let f = src.to_str().unwrap();
+    ok(node, &["put", f, "/app/a"]);
+    ok(node, &["put", f, "/apple"]);
+    let reader = cap_create(node, &["--allow", "fabric:read:/app/"]);
+    let writer = cap_create(node, &["--allow", "fabric:write:/runs/42/"]);
+    let as_reader = |args: &[&str]| with_token(node, &reader.token, args);
+    let out = as_reader(&["get", "/app/a", "-o", "-"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for args in [
+        vec!["get", "/apple", "-o", "-"],
+        vec!["ls", "/"],
+        vec!["put", f, "/app/b"],
+    ] {
+        let out = as_reader(&args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("does not allow"),
+            "{args:?}"
+        );
+    }
+    let out = with_token(node, &writer.token, &["put", f, "/runs/42/out"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = with_token(node, &writer.token, &["put", f, "/runs/43/out"]);
+    assert!(!out.status.success());
+
+    for (path, why) in [
+        ("/a/../b", "`.` or `..`"),
+        ("relative", "starts with `/`"),
+        ("/a//b", "empty segments"),
+        ("/dir/", "does not end with `/`"),
+    ] {
+        let err = fails(node, &["put", f, path]);
+        assert!(err.contains(why), "{path}: {err}");
+    }
+    let listed = ok(node, &["ls", "/"]);
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    let audit = ok(node, &["audit", "--json"]);
+    assert!(audit.contains("fabric.put") && audit.contains("/runs/42/out"));
+}
