@@ -535,7 +535,7 @@ async fn replicate(
         let link = state.host.link.clone();
         let target = target.clone();
         pending.push(Box::pin(async move {
-            let result = replicate_to(&link, addr, manifest).await;
+            let result = replicate_to(&link, addr, manifest, None).await;
             (target, result)
         }));
     }

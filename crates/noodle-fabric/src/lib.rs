@@ -17,6 +17,7 @@ pub mod hlc;
 pub mod machine;
 pub mod path;
 pub mod placement;
+mod repair;
 pub mod replication;
 pub mod sim;
 mod subsystem;

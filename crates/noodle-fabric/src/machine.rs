@@ -331,6 +331,29 @@ impl FabricView<'_> {
         }
     }
 
+    /// Versions of every path in key order after `after` (a key this returned, or empty),
+    /// at most `limit`, with their keys: how repair walks the whole fabric a page at a time.
+    pub fn all_versions(
+        &self,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, ObjectPath, Version)>, DbError> {
+        let from = if after.is_empty() {
+            Vec::new()
+        } else {
+            [after, b"\0"].concat()
+        };
+        let mut out = Vec::new();
+        for (key, value) in self.view.scan(VERSION, &from, limit, false)? {
+            let path = key.split(|b| *b == 0).next().unwrap_or_default();
+            let Ok(path) = ObjectPath::parse(&String::from_utf8_lossy(path)) else {
+                continue;
+            };
+            out.push((key, path, read_version(&value)?));
+        }
+        Ok(out)
+    }
+
     /// A path's versions, newest first (removals included), at most `limit`.
     pub fn versions(&self, path: &ObjectPath, limit: usize) -> Result<Vec<Version>, DbError> {
         let under = [VERSION, path.as_str().as_bytes(), b"\0"].concat();

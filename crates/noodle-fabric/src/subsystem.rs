@@ -95,12 +95,14 @@ impl Subsystem for Fabric {
                         subsystem: crate::machine::NAME,
                         detail,
                     })?;
-            Ok(Arc::new(FabricNode {
+            let node = Arc::new(FabricNode {
                 host,
                 store,
                 cfg: self.cfg,
                 clock: Mutex::new(HlcClock::default()),
-            }) as Arc<dyn RunningSubsystem>)
+            });
+            tokio::spawn(crate::repair::repair_loop(node.clone()));
+            Ok(node as Arc<dyn RunningSubsystem>)
         })
     }
 }
@@ -117,6 +119,9 @@ pub(crate) struct FabricNode {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Replicate {
     pub(crate) manifest: [u8; 32],
+    /// The node to fetch from; `None`: the caller (a new version's writer). Repair names
+    /// another replica.
+    pub(crate) source: Option<String>,
 }
 
 impl FabricNode {
@@ -161,7 +166,13 @@ async fn serve_replicate(
                 format!("unreadable replicate request: {e}"),
             )
         })?;
-        let origin = host.cluster.peer_addr(&from.node_id).unwrap_or(from.addr);
+        let origin = match &req.source {
+            None => host.cluster.peer_addr(&from.node_id).unwrap_or(from.addr),
+            Some(node) => host.cluster.peer_addr(node).ok_or((
+                RemoteError::NOT_FOUND,
+                format!("the address of node {node} is not known here"),
+            ))?,
+        };
         let (_, fetched) = store
             .fetch(&host.link, origin, ChunkId(req.manifest))
             .await
@@ -182,6 +193,7 @@ pub(crate) async fn replicate_to(
     link: &noodle_link::Link,
     addr: SocketAddr,
     manifest: ChunkId,
+    source: Option<String>,
 ) -> Result<(), String> {
     let (mut send, mut recv) = link
         .open_stream(addr, METHOD_REPLICATE)
@@ -189,6 +201,7 @@ pub(crate) async fn replicate_to(
         .map_err(|e| e.to_string())?;
     let req = postcard::to_allocvec(&Replicate {
         manifest: manifest.0,
+        source,
     })
     .unwrap_or_default();
     send_message(&mut send, &req)

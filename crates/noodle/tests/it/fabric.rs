@@ -282,3 +282,54 @@ fn rights_are_per_prefix_and_bad_paths_are_refused() {
     let audit = ok(node, &["audit", "--json"]);
     assert!(audit.contains("fabric.put") && audit.contains("/runs/42/out"));
 }
+
+/// A node holding copies dies: the leader has what it held copied to the other nodes, until
+/// every version has R copies on live nodes again, and reads go on.
+#[test]
+fn copies_lost_with_a_node_are_made_again_elsewhere() {
+    let mut nodes = cluster(4);
+    eventually(Duration::from_secs(30), "three voters", || {
+        (nodes[0].status()?.control?.voters.len() == 3).then_some(())
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let paths = ["/r/a", "/r/b", "/r/c", "/r/d"];
+    let mut sources = Vec::new();
+    for (i, p) in paths.iter().enumerate() {
+        let f = random_file(tmp.path(), &format!("f{i}"), 300_000, 40 + i as u64);
+        ok(&nodes[0], &["put", f.to_str().unwrap(), p]);
+        sources.push(f);
+    }
+    let leader = nodes[0].status().unwrap().control.unwrap().leader.unwrap();
+    let ids: Vec<String> = nodes.iter().map(Node::node_id).collect();
+    // A node that is neither the leader nor the founder (which we read through) and holds
+    // copies (three of four nodes hold each version).
+    let victim = (1..4)
+        .find(|i| {
+            ids[*i] != leader
+                && paths
+                    .iter()
+                    .any(|p| object(&nodes[0], p).replicas.contains(&ids[*i]))
+        })
+        .expect("a node with copies that does not lead");
+    let victim_id = ids[victim].clone();
+    nodes[victim].kill9();
+    for (p, src) in paths.iter().zip(&sources) {
+        let o = eventually(Duration::from_secs(60), "three live copies again", || {
+            let o = object(&nodes[0], p);
+            (o.replicas.len() == 3 && !o.replicas.contains(&victim_id)).then_some(o)
+        });
+        // Each new holder has the version's manifest in its store.
+        for holder in &o.replicas {
+            let i = ids.iter().position(|id| id == holder).unwrap();
+            let stored = nodes[i]
+                .dir
+                .join("fabric/chunks")
+                .join(&o.manifest[..2])
+                .join(&o.manifest);
+            assert!(stored.exists(), "{holder} lacks {p}");
+        }
+        let back = tmp.path().join("back");
+        ok(&nodes[0], &["get", p, "-o", back.to_str().unwrap()]);
+        assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(src).unwrap());
+    }
+}
