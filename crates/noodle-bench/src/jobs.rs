@@ -30,9 +30,9 @@ const SUBMIT_CONCURRENCY: usize = 64;
 /// the node turns jobs over, not how many cores it has.
 const REMOTE_SLOTS: &str = "32";
 
-struct UpProcess {
+pub(crate) struct UpProcess {
     child: Child,
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
 }
 
 impl Drop for UpProcess {
@@ -42,7 +42,12 @@ impl Drop for UpProcess {
     }
 }
 
-fn up(exe: &Path, dir: &Path, name: &str, extra: &[&str]) -> Result<UpProcess, BenchError> {
+pub(crate) fn up(
+    exe: &Path,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+) -> Result<UpProcess, BenchError> {
     let log_path = dir.with_extension("log");
     let log = std::fs::File::create(&log_path)
         .map_err(|e| BenchError::io(format!("creating {}", log_path.display()), e))?;
@@ -72,7 +77,7 @@ fn up(exe: &Path, dir: &Path, name: &str, extra: &[&str]) -> Result<UpProcess, B
     })
 }
 
-async fn ready(dir: &Path, nodes: usize) -> Result<Client, BenchError> {
+pub(crate) async fn ready(dir: &Path, nodes: usize) -> Result<Client, BenchError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(client) = Client::from_data_dir(dir)

@@ -13,6 +13,7 @@
 
 mod control;
 mod error;
+mod fabric;
 mod jobs;
 
 pub use error::BenchError;
@@ -218,6 +219,30 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
         .join()
         .map_err(|_| BenchError::Panicked("jobs benchmark thread"))??;
 
+    // The memory fabric: two real nodes, every version durable on both.
+    let fabric_sizes = if quick {
+        fabric::Sizes {
+            small_latency: 30,
+            small_puts: 160,
+            small_gets: 800,
+            large_bytes: 64 << 20,
+            large_runs: 2,
+        }
+    } else {
+        fabric::Sizes {
+            small_latency: 200,
+            small_puts: 1000,
+            small_gets: 5000,
+            large_bytes: 256 << 20,
+            large_runs: 3,
+        }
+    };
+    let fabric_dir = scratch.path().to_path_buf();
+    let exe = opts.noodle_exe.clone();
+    let fabric = std::thread::spawn(move || fabric::run(&exe, &fabric_dir, fabric_sizes))
+        .join()
+        .map_err(|_| BenchError::Panicked("fabric benchmark thread"))??;
+
     // What the job sandbox adds to one job (`true`, spawned and reaped in this process, on a
     // thread of its own: it runs its own runtime).
     let spawns = if quick { 50 } else { 200 };
@@ -237,9 +262,10 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
         tracing::warn!(error = %e, "no job_spawn_sandboxed row");
     }
 
+    let link_bulk = row("link_bulk_throughput", "MB/s", bulk, Some(&tcp_bw));
     let mut rows = vec![
         row("link_rtt", "us", rtts, Some(&tcp_rtt)),
-        row("link_bulk_throughput", "MB/s", bulk, Some(&tcp_bw)),
+        link_bulk.clone(),
         row("link_pq_handshakes", "handshakes/s", handshakes, None),
         row(
             "control_commit_latency",
@@ -263,6 +289,26 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
         row("node_remove_everywhere", "ms", control.removal_ms, None),
         row("run_true_latency", "ms", jobs.run_true_ms, None),
         row("tiny_jobs_per_node", "jobs/s", jobs.jobs_per_s, None),
+        row("fabric_put_small_latency", "ms", fabric.put_small_ms, None),
+        row("fabric_small_puts", "puts/s", fabric.puts_per_s, None),
+        row(
+            "fabric_small_gets_cached",
+            "gets/s",
+            fabric.gets_per_s,
+            None,
+        ),
+        row(
+            "fabric_large_put",
+            "MB/s",
+            fabric.large_put_mbps,
+            Some(&link_bulk),
+        ),
+        row(
+            "fabric_large_get_local",
+            "GB/s",
+            fabric.large_get_gbps,
+            Some(&memcpy),
+        ),
     ];
     rows.extend(sandboxed.ok());
     rows.extend([plain, memcpy, tcp_bw, tcp_rtt, fsync]);

@@ -1,0 +1,179 @@
+//! `noodle bench` rows of the memory fabric, through the client library a program would use,
+//! against two real `noodle up` processes on loopback: every version is durable on both
+//! (fsynced, committed) before a put returns.
+//!
+//! - `fabric_put_small_latency`: one client, 1 KiB objects, upload and put, one at a time;
+//! - `fabric_small_puts`: 16 clients at once, 1 KiB objects;
+//! - `fabric_small_gets_cached`: 16 clients reading 1 KiB objects the node holds;
+//! - `fabric_large_put`: one large object, uploaded and copied to the second node;
+//! - `fabric_large_get_local`: that object read back from the node that holds it.
+
+use crate::BenchError;
+use crate::jobs::{ready, up};
+use futures_util::StreamExt;
+use noodle_api::fabric::{FabricPut, download_into};
+use noodle_api::{ChunkRoute, Client};
+use std::path::Path;
+use std::time::Instant;
+
+pub(crate) struct Sizes {
+    pub(crate) small_latency: usize,
+    pub(crate) small_puts: usize,
+    pub(crate) small_gets: usize,
+    pub(crate) large_bytes: usize,
+    pub(crate) large_runs: usize,
+}
+
+pub(crate) struct Samples {
+    pub(crate) put_small_ms: Vec<f64>,
+    pub(crate) puts_per_s: Vec<f64>,
+    pub(crate) gets_per_s: Vec<f64>,
+    pub(crate) large_put_mbps: Vec<f64>,
+    pub(crate) large_get_gbps: Vec<f64>,
+}
+
+/// Clients at once in the concurrent rows.
+const CLIENTS: usize = 16;
+/// Runs of the concurrent rows.
+const RUNS: usize = 3;
+
+pub(crate) fn run(exe: &Path, scratch: &Path, s: Sizes) -> Result<Samples, BenchError> {
+    crate::current_thread_runtime()?.block_on(bench(exe, scratch, s))
+}
+
+fn failed(what: &str, e: impl std::fmt::Display) -> BenchError {
+    BenchError::Failed(format!("{what}: {e}"))
+}
+
+/// Uploads `file` and makes it the new version of `path`.
+async fn put(client: &Client, file: &Path, path: &str) -> Result<(), BenchError> {
+    let to = ChunkRoute::Fabric {
+        path: path.to_string(),
+    };
+    let manifest = noodle_api::upload::upload_file(client, &to, file, |_| {})
+        .await
+        .map_err(|e| failed("upload", e))?;
+    let req = FabricPut {
+        manifest: manifest.id().to_hex(),
+        tags: Default::default(),
+    };
+    client
+        .fabric_put(path, &req)
+        .await
+        .map_err(|e| failed("put", e))?;
+    Ok(())
+}
+
+async fn get(client: &Client, path: &str) -> Result<u64, BenchError> {
+    let object = client
+        .fabric_object(path, None)
+        .await
+        .map_err(|e| failed("object", e))?;
+    let mut sink = std::io::sink();
+    download_into(client, &object, &mut sink, Path::new(path), |_, _| {})
+        .await
+        .map_err(|e| failed("get", e))?;
+    Ok(object.size)
+}
+
+fn small_file(dir: &Path, i: usize) -> Result<std::path::PathBuf, BenchError> {
+    let path = dir.join(format!("small-{i}"));
+    let mut bytes = vec![0u8; 1024];
+    bytes[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    std::fs::write(&path, bytes).map_err(|e| BenchError::io("writing a bench file", e))?;
+    Ok(path)
+}
+
+async fn bench(exe: &Path, scratch: &Path, s: Sizes) -> Result<Samples, BenchError> {
+    let a = up(exe, &scratch.join("fabric-a"), "fabric-a", &[])?;
+    let client = ready(&a.dir, 1).await?;
+    let token = client
+        .create_token(&noodle_api::TokenRequest {
+            ttl_secs: 600,
+            no_addresses: false,
+            uses: 1,
+        })
+        .await?
+        .token;
+    let b = up(
+        exe,
+        &scratch.join("fabric-b"),
+        "fabric-b",
+        &["--join", &token],
+    )?;
+    ready(&b.dir, 2).await?;
+    ready(&a.dir, 2).await?;
+    let files = scratch.join("fabric-files");
+    std::fs::create_dir_all(&files).map_err(|e| BenchError::io("bench files", e))?;
+    // Warm-up: links open, both nodes' details known, one version written on both.
+    put(&client, &small_file(&files, usize::MAX)?, "/bench/warm").await?;
+
+    let mut put_small_ms = Vec::with_capacity(s.small_latency);
+    for i in 0..s.small_latency {
+        let f = small_file(&files, i)?;
+        let t = Instant::now();
+        put(&client, &f, &format!("/bench/latency/{i}")).await?;
+        put_small_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+
+    let mut puts_per_s = Vec::with_capacity(RUNS);
+    let mut gets_per_s = Vec::with_capacity(RUNS);
+    for run in 0..RUNS {
+        let paths: Vec<(std::path::PathBuf, String)> = (0..s.small_puts)
+            .map(|i| {
+                let n = (run + 1) * 1_000_000 + i;
+                Ok((small_file(&files, n)?, format!("/bench/many/{n}")))
+            })
+            .collect::<Result<_, BenchError>>()?;
+        let t = Instant::now();
+        let mut done = futures_util::stream::iter(paths.iter())
+            .map(|(f, p)| put(&client, f, p))
+            .buffer_unordered(CLIENTS);
+        while let Some(r) = done.next().await {
+            r?;
+        }
+        puts_per_s.push(s.small_puts as f64 / t.elapsed().as_secs_f64());
+
+        let t = Instant::now();
+        let mut done = futures_util::stream::iter(0..s.small_gets)
+            .map(|i| get(&client, &paths[i % paths.len()].1))
+            .buffer_unordered(CLIENTS);
+        while let Some(r) = done.next().await {
+            r?;
+        }
+        gets_per_s.push(s.small_gets as f64 / t.elapsed().as_secs_f64());
+    }
+
+    let mut large_put_mbps = Vec::with_capacity(s.large_runs);
+    let mut large_get_gbps = Vec::with_capacity(s.large_runs);
+    for run in 0..s.large_runs {
+        let f = files.join(format!("large-{run}"));
+        let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ run as u64;
+        let bytes: Vec<u8> = (0..s.large_bytes)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(&f, &bytes).map_err(|e| BenchError::io("writing a bench file", e))?;
+        drop(bytes);
+        let path = format!("/bench/large/{run}");
+        let t = Instant::now();
+        put(&client, &f, &path).await?;
+        large_put_mbps.push(s.large_bytes as f64 / t.elapsed().as_secs_f64() / 1e6);
+        let t = Instant::now();
+        let n = get(&client, &path).await?;
+        large_get_gbps.push(n as f64 / t.elapsed().as_secs_f64() / 1e9);
+        let _ = std::fs::remove_file(&f);
+    }
+    drop((a, b));
+    Ok(Samples {
+        put_small_ms,
+        puts_per_s,
+        gets_per_s,
+        large_put_mbps,
+        large_get_gbps,
+    })
+}
