@@ -3,6 +3,7 @@
 //! local file one verified chunk at a time.
 
 use crate::{Client, ClientError};
+use futures_util::StreamExt;
 use noodle_chunks::{ChunkId, Manifest};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -62,6 +63,9 @@ fn escape(text: &str, keep_slash: bool) -> String {
 pub(crate) fn query_escape(text: &str) -> String {
     escape(text, false)
 }
+
+/// Chunks a download has in flight (each at most 4 MiB).
+const GET_AHEAD: usize = 4;
 
 /// How long a put may take: the node answers once two nodes hold the object durably.
 const PUT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -221,7 +225,7 @@ pub async fn download(
 }
 
 /// Writes version `object` of its path to `out` (named `name` in errors): the manifest, then
-/// each chunk, every one checked against its id, one chunk in memory at a time. Reports the
+/// each chunk, every one checked against its id, a few chunks in memory at a time. Reports the
 /// bytes written so far to `progress`.
 pub async fn download_into(
     client: &Client,
@@ -252,8 +256,11 @@ pub async fn download_into(
     let total = manifest.size();
     let mut done = 0u64;
     progress(done, total);
-    for (id, _) in manifest.chunks() {
-        let bytes = fetch(*id).await?;
+    // A few chunks in flight, written in order: at most GET_AHEAD chunks in memory.
+    let mut chunks = futures_util::stream::iter(manifest.chunks().iter().map(|(id, _)| fetch(*id)))
+        .buffered(GET_AHEAD);
+    while let Some(bytes) = chunks.next().await {
+        let bytes = bytes?;
         out.write_all(&bytes).map_err(io)?;
         done += bytes.len() as u64;
         progress(done, total);

@@ -6,7 +6,7 @@
 use crate::machine::{self, Content, FabricCommand, FabricView, Version, VersionId};
 use crate::path::{ObjectPath, Prefix};
 use crate::replication::PutPlan;
-use crate::subsystem::{FabricNode, OBJECT_WRITTEN, READ, WRITE, replicate_to};
+use crate::subsystem::{FabricNode, OBJECT_WRITTEN, READ, WRITE, WRITE_CONFLICT, replicate_to};
 use crate::{Hlc, chunks::StoreError};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -455,6 +455,7 @@ async fn put_object(
         .write(&actor, "fabric.put", path.as_str(), &command)
         .await?;
     replicas.finish_later(state.clone(), path.clone(), version.id.clone());
+    report_conflict(&state, &path, head.as_ref(), &version.id);
     state.host.events.emit(
         OBJECT_WRITTEN,
         path.as_str(),
@@ -465,6 +466,43 @@ async fn put_object(
         ),
     );
     Ok(Json(object_info(&path, &version)).into_response())
+}
+
+/// Reports versions of `path` written at the same time as `ours` (after the version it
+/// replaced, `before`): every one is kept, and the newest is what the path shows.
+fn report_conflict(
+    state: &FabricNode,
+    path: &ObjectPath,
+    before: Option<&Version>,
+    ours: &VersionId,
+) {
+    let versions = state
+        .host
+        .control
+        .read_local(|v| machine::view(v).versions(path, 16))
+        .unwrap_or_default();
+    let others: Vec<String> = versions
+        .iter()
+        .filter(|v| v.id != *ours && before.is_none_or(|b| v.id > b.id))
+        .map(|v| version_text(&v.id))
+        .collect();
+    if others.is_empty() {
+        return;
+    }
+    let shown = versions
+        .first()
+        .map(|v| version_text(&v.id))
+        .unwrap_or_default();
+    state.host.events.emit(
+        WRITE_CONFLICT,
+        path.as_str(),
+        format!(
+            "{} was written at the same time as {}: all are kept (noodle versions), {shown} is \
+             what it shows",
+            version_text(ours),
+            others.join(", ")
+        ),
+    );
 }
 
 type Pending =

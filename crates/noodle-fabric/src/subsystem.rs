@@ -31,6 +31,8 @@ pub(crate) const METHOD_REPLICATE: &str = "fabric.replicate";
 
 /// A new version's write was acknowledged (event kind).
 pub(crate) const OBJECT_WRITTEN: EventKind = EventKind::new("fabric_written");
+/// Versions of one path were written at once; all are kept, the newest is what it shows.
+pub(crate) const WRITE_CONFLICT: EventKind = EventKind::new("fabric_conflict");
 
 /// How a node takes part in the fabric.
 #[derive(Debug, Clone)]
@@ -75,7 +77,7 @@ impl Subsystem for Fabric {
     }
 
     fn event_kinds(&self) -> Vec<EventKind> {
-        vec![OBJECT_WRITTEN]
+        vec![OBJECT_WRITTEN, WRITE_CONFLICT]
     }
 
     fn start(

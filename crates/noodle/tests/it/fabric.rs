@@ -333,3 +333,46 @@ fn copies_lost_with_a_node_are_made_again_elsewhere() {
         assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(src).unwrap());
     }
 }
+
+/// Two nodes write one path at once: both versions are kept, every node shows the same one
+/// (the newer by hybrid-logical time), and the other is still readable.
+#[test]
+fn concurrent_writers_both_keep_their_version() {
+    let nodes = cluster(3);
+    eventually(Duration::from_secs(30), "three voters", || {
+        (nodes[0].status()?.control?.voters.len() == 3).then_some(())
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let a = random_file(tmp.path(), "a", 200_000, 1);
+    let b = random_file(tmp.path(), "b", 200_000, 2);
+    let (w0, w1) = std::thread::scope(|s| {
+        let w0 = s.spawn(|| ok(&nodes[0], &["put", a.to_str().unwrap(), "/c/x", "--json"]));
+        let w1 = s.spawn(|| ok(&nodes[1], &["put", b.to_str().unwrap(), "/c/x", "--json"]));
+        (w0.join().unwrap(), w1.join().unwrap())
+    });
+    let w0: noodle_api::fabric::FabricObject = serde_json::from_str(w0.trim()).unwrap();
+    let w1: noodle_api::fabric::FabricObject = serde_json::from_str(w1.trim()).unwrap();
+    assert_ne!(w0.version, w1.version);
+    let heads: Vec<String> = nodes.iter().map(|n| object(n, "/c/x").version).collect();
+    assert!(heads.iter().all(|h| *h == heads[0]), "{heads:?}");
+    let versions = ok(&nodes[2], &["versions", "/c/x"]);
+    assert!(
+        versions.contains(&w0.version) && versions.contains(&w1.version),
+        "{versions}"
+    );
+    for (w, src) in [(&w0, &a), (&w1, &b)] {
+        let back = tmp.path().join("back");
+        ok(
+            &nodes[2],
+            &[
+                "get",
+                "/c/x",
+                "--version",
+                &w.version,
+                "-o",
+                back.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(src).unwrap());
+    }
+}
