@@ -50,6 +50,8 @@ const CA_KEY_FILE: &str = "ca.key";
 const ROOT_KEY_FILE: &str = "root.key";
 const NODE_CERT_FILE: &str = "node.crt";
 const UPKEEP_PERIOD: Duration = Duration::from_secs(1);
+/// Pause after a failed renewal.
+const RENEW_RETRY: Duration = Duration::from_secs(10);
 /// Shortest certificate lifetime `noodle up --cert-ttl` takes: renewal must have time to
 /// happen however slow the machine.
 pub const CERT_TTL_MIN: Duration = Duration::from_secs(60);
@@ -300,6 +302,7 @@ impl Keys {
     /// Takes `cert` as this node's certificate if it names this node and lasts longer than
     /// the one it has: stored, then presented on new links.
     fn take_cert(&self, cert: Vec<u8>, link: &Link) -> Result<(), String> {
+        noodle_security::check_node_cert(&self.ca_cert, &cert, &self.node_public)?;
         let cert = CertificateDer::from(cert);
         if node_id_of_cert(&cert).as_deref() != Some(self.node_id.as_str()) {
             return Err("the renewed certificate names another node".into());
@@ -328,6 +331,9 @@ pub(crate) async fn upkeep_loop(
 ) {
     let mut tick = tokio::time::interval(UPKEEP_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // After a failed renewal, the next try waits a little (the certificate has half its life
+    // left, and a voter may be briefly unreachable), so a failure is not logged every second.
+    let mut renew_after = tokio::time::Instant::now();
     loop {
         tick.tick().await;
         let upkeep = Upkeep {
@@ -340,10 +346,13 @@ pub(crate) async fn upkeep_loop(
         if let Err(e) = upkeep.keys().await {
             tracing::debug!(error = %e, "key upkeep");
         }
-        if keys.renewal_due() {
+        if keys.renewal_due() && tokio::time::Instant::now() >= renew_after {
             match upkeep.renew().await {
                 Ok(()) => events.emit(CERT_RENEWED, &cluster.node_id, "a new node certificate"),
-                Err(e) => tracing::warn!(error = %e, "renewing this node's certificate"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "renewing this node's certificate");
+                    renew_after = tokio::time::Instant::now() + RENEW_RETRY;
+                }
             }
         }
     }

@@ -56,6 +56,25 @@ pub fn node_id_of_cert(cert_der: &[u8]) -> Option<String> {
     })
 }
 
+/// Checks that `cert_der` is a node certificate of the CA `ca_der`, valid now, for the key
+/// whose raw public key is `public_key_raw`: what a node checks before it takes a renewed
+/// certificate.
+pub fn check_node_cert(
+    ca_der: &[u8],
+    cert_der: &[u8],
+    public_key_raw: &[u8],
+) -> Result<(), String> {
+    verify_chain(
+        &CertificateDer::from(ca_der),
+        &CertificateDer::from(cert_der),
+    )?;
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| e.to_string())?;
+    if cert.public_key().subject_public_key.data.as_ref() != public_key_raw {
+        return Err("the certificate is for another key".into());
+    }
+    Ok(())
+}
+
 /// How far before its issue a certificate's validity starts, for clocks a little behind.
 const CERT_BACKDATE_SECS: i64 = 3600;
 
@@ -281,6 +300,11 @@ mod tests {
         assert!(!renewal_due(&cert, now + 43_000));
         assert!(renewal_due(&cert, now + 43_300));
         assert!(renewal_due(b"not a certificate", now));
+        check_node_cert(ca.cert_der(), &cert, &node.public_key_raw()).unwrap();
+        let other = NodeKey::generate().unwrap();
+        assert!(check_node_cert(ca.cert_der(), &cert, &other.public_key_raw()).is_err());
+        let foreign = ClusterCa::generate("c1").unwrap();
+        assert!(check_node_cert(foreign.cert_der(), &cert, &node.public_key_raw()).is_err());
         assert_eq!(node_id_of_cert(&cert).as_deref(), Some("host-abc"));
         assert_eq!(node_id_of_cert(b"not a certificate"), None);
         let ee = webpki::EndEntityCert::try_from(&cert).unwrap();

@@ -12,8 +12,8 @@ mod ca;
 mod token;
 
 pub use ca::{
-    CLUSTER_SERVER_NAME, ClusterCa, NODE_CERT_TTL, NodeKey, cert_validity, fingerprint,
-    node_id_for_host, node_id_of_cert, renewal_due,
+    CLUSTER_SERVER_NAME, ClusterCa, NODE_CERT_TTL, NodeKey, cert_validity, check_node_cert,
+    fingerprint, node_id_for_host, node_id_of_cert, renewal_due,
 };
 pub use token::{JoinToken, TOKEN_PREFIX, TokenError};
 
