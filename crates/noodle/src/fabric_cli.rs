@@ -144,19 +144,31 @@ pub(crate) async fn get(client: Client, args: GetArgs) -> Result<i32> {
     // A regular file appears whole, by rename; anything else (`-` for stdout, a device, a
     // pipe) is written into as it is, never replaced.
     let special = dest.exists() && !dest.is_file();
+    // A bar on stderr for large objects, when stderr is a terminal (indicatif hides it
+    // otherwise).
+    let bar = (object.size >= crate::ship_cli::PROGRESS_MIN_BYTES)
+        .then(|| crate::ship_cli::progress_bar(object.size, format!("reading {}", object.path)));
+    let progress = |done: u64, _total: u64| {
+        if let Some(bar) = &bar {
+            bar.set_position(done);
+        }
+    };
     if dest.as_os_str() == "-" {
         let mut stdout = std::io::stdout().lock();
-        download_into(&client, &object, &mut stdout, &dest, |_, _| {}).await?;
+        download_into(&client, &object, &mut stdout, &dest, progress).await?;
     } else if special {
         let mut out = std::fs::OpenOptions::new()
             .write(true)
             .open(&dest)
             .with_context(|| format!("opening {}", dest.display()))?;
-        download_into(&client, &object, &mut out, &dest, |_, _| {}).await?;
+        download_into(&client, &object, &mut out, &dest, progress).await?;
     } else {
-        download(&client, &object, &dest, |_, _| {})
+        download(&client, &object, &dest, progress)
             .await
             .with_context(|| format!("writing {}", dest.display()))?;
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
     Ok(0)
 }

@@ -11,7 +11,7 @@ use noodle_api::{ChunkRoute, Client};
 use noodle_chunks::Manifest;
 
 /// Files at least this large get a progress bar (when asked for).
-const PROGRESS_MIN_BYTES: u64 = 8 << 20;
+pub(crate) const PROGRESS_MIN_BYTES: u64 = 8 << 20;
 
 /// Ships the local file at `path` (called `name` on the bar) for `to` (see [`upload_file`]).
 /// Shows a progress bar on stderr for files of at least 8 MiB when `progress` is true (and
@@ -64,7 +64,7 @@ pub(crate) async fn upload(
     result
 }
 
-fn progress_bar(len: u64, message: String) -> ProgressBar {
+pub(crate) fn progress_bar(len: u64, message: String) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
     // A fixed template that always parses; fall back to the default style if it ever does not.
     if let Ok(style) = ProgressStyle::with_template(
