@@ -29,6 +29,8 @@ type AppState = Arc<FabricNode>;
 
 /// Objects one list or query answers at most.
 const LIST_MAX: usize = 1000;
+/// Paths with the first tag a query looks at, at most (the other tags are checked on each).
+const QUERY_SCAN_MAX: usize = 100_000;
 /// How long a put waits for the details (free disk) of nodes that just joined.
 const NODE_DETAILS_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -725,7 +727,7 @@ async fn query(
     let found = state
         .read(|v| {
             // The first tag narrows by the index; the others are checked on each object.
-            let paths = v.tagged(&first_key, first_value.as_deref(), &prefix, usize::MAX)?;
+            let paths = v.tagged(&first_key, first_value.as_deref(), &prefix, QUERY_SCAN_MAX)?;
             let mut out = Vec::new();
             for p in paths {
                 let Some(version) = v.head(&p)? else { continue };
