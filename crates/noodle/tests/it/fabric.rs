@@ -380,7 +380,7 @@ fn concurrent_writers_both_keep_their_version() {
 /// Durability at cluster scale, sized for CI: five nodes, three copies of each version, a few
 /// hundred objects from 1 KiB to 32 MiB; two nodes are killed with SIGKILL; every acknowledged
 /// object is still read back with the right bytes, and repair brings every version back to
-/// three copies on live nodes.
+/// three copies on live nodes; new machines that replace them read everything.
 #[test]
 fn two_nodes_die_and_every_acknowledged_object_survives_with_three_copies_again() {
     let mut nodes = cluster(5);
@@ -429,5 +429,24 @@ fn two_nodes_die_and_every_acknowledged_object_survives_with_three_copies_again(
             let o = object(&nodes[0], path);
             (o.replicas.len() == 3 && o.replicas.iter().all(|r| !dead.contains(&r))).then_some(())
         });
+    }
+    // Two new machines replace the dead ones; one of them reads everything (from the copies
+    // elsewhere), and the copies stay at three.
+    let token = nodes[0].token(&["--uses", "2"]);
+    let fresh: Vec<Node> = (0..2)
+        .map(|i| Node::start(&format!("fresh-{i}"), &["--join", &token]))
+        .collect();
+    for n in &fresh {
+        n.wait_ready(Duration::from_secs(30));
+    }
+    for (path, src) in written.iter().step_by(25) {
+        let back = tmp.path().join("fresh");
+        ok(&fresh[0], &["get", path, "-o", back.to_str().unwrap()]);
+        assert_eq!(
+            std::fs::read(&back).unwrap(),
+            std::fs::read(src).unwrap(),
+            "{path}"
+        );
+        assert_eq!(object(&fresh[1], path).replicas.len(), 3);
     }
 }
