@@ -11,7 +11,8 @@ use std::path::PathBuf;
 pub(crate) struct PutArgs {
     /// The local file.
     file: PathBuf,
-    /// Where it goes in the fabric (`/models/resnet.bin`).
+    /// Where it goes in the fabric (`/models/resnet.bin`; a prefix such as `/models/` keeps
+    /// the file's own name).
     path: String,
     /// A tag of the new version (repeatable): `key=value`, or `key`.
     #[arg(long = "tag", value_name = "K=V")]
@@ -103,10 +104,20 @@ pub(crate) async fn put(client: Client, args: PutArgs) -> Result<i32> {
     if !args.file.is_file() {
         bail!("{} is not a file", args.file.display());
     }
-    let to = ChunkRoute::Fabric {
-        path: args.path.clone(),
+    let path = if args.path.ends_with('/') {
+        let Some(name) = args.file.file_name().and_then(|n| n.to_str()) else {
+            bail!(
+                "{} has no name to keep under {}",
+                args.file.display(),
+                args.path
+            );
+        };
+        format!("{}{name}", args.path)
+    } else {
+        args.path.clone()
     };
-    let name = args.path.rsplit('/').next().unwrap_or_default().to_string();
+    let to = ChunkRoute::Fabric { path: path.clone() };
+    let name = path.rsplit('/').next().unwrap_or_default().to_string();
     let manifest = crate::ship_cli::upload(&client, &to, &args.file, &name, !args.json)
         .await
         .with_context(|| format!("uploading {}", args.file.display()))?;
@@ -114,7 +125,7 @@ pub(crate) async fn put(client: Client, args: PutArgs) -> Result<i32> {
         manifest: manifest.id().to_hex(),
         tags: parse_tags(&args.tags),
     };
-    let object = client.fabric_put(&args.path, &put).await?;
+    let object = client.fabric_put(&path, &put).await?;
     if args.json {
         print_object(&object, true)?;
     } else {

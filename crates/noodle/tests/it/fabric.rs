@@ -121,7 +121,10 @@ fn put_on_one_node_get_on_another_and_survive_the_writer() {
             "task=vision",
         ],
     );
+    // Into a prefix: the file keeps its own name.
+    ok(&nodes[0], &["put", small.to_str().unwrap(), "/models/"]);
     let ls = ok(&nodes[2], &["ls", "/models/"]);
+    assert!(ls.contains("/models/v2.bin"), "{ls}");
     assert!(
         ls.contains("/models/resnet.bin") && ls.contains("/models/other.bin"),
         "{ls}"
@@ -272,7 +275,7 @@ fn rights_are_per_prefix_and_bad_paths_are_refused() {
         ("/a/../b", "`.` or `..`"),
         ("relative", "starts with `/`"),
         ("/a//b", "empty segments"),
-        ("/dir/", "does not end with `/`"),
+        ("/a/./b", "`.` or `..`"),
     ] {
         let err = fails(node, &["put", f, path]);
         assert!(err.contains(why), "{path}: {err}");
