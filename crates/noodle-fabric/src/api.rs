@@ -21,7 +21,7 @@ use noodle_api::fabric::{FabricList, FabricObject, FabricPut};
 use noodle_chunks::{ChunkError, ChunkId, Manifest};
 use noodle_control::{DbError, Proposal, Response as Applied};
 use noodle_host::api::{ApiResult, Refusal, Routes, bad_request, check, control_error, parse_body};
-use noodle_host::{Actor, Caller};
+use noodle_host::{Actor, Caller, Permission};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -112,14 +112,21 @@ fn object_info(path: &ObjectPath, v: &Version) -> FabricObject {
 }
 
 impl FabricNode {
+    /// Checks that `caller` holds `permission` on `target`, the path or prefix acted on.
     fn check(
         &self,
         caller: &Caller,
-        request: impl Into<noodle_caps::Request>,
+        permission: Permission,
         action: &str,
         target: &str,
     ) -> Result<Actor, Refusal> {
-        check(&self.host.authz, caller, request, action, target)
+        check(
+            &self.host.authz,
+            caller,
+            permission.on(target),
+            action,
+            target,
+        )
     }
 
     /// A linearizable read of the fabric's records: what any node acknowledged is seen.
@@ -206,12 +213,13 @@ impl FabricNode {
             .map_err(internal)?
     }
 
-    /// Chunk `id` of the version whose manifest is `manifest`, held by `replicas`: from this
-    /// node's store if it has a good copy, else from the replicas in turn (then kept here).
+    /// Chunk `id` of a version held by `replicas` (`len`: its length in the version's
+    /// manifest; `None`: `id` is the manifest): from this node's store if it has a good copy,
+    /// else from the replicas in turn (then kept here).
     async fn chunk(
         &self,
-        manifest: ChunkId,
         id: ChunkId,
+        len: Option<u32>,
         replicas: &[String],
     ) -> Result<Vec<u8>, Refusal> {
         let local = self
@@ -231,15 +239,6 @@ impl FabricNode {
         if let Some(bytes) = local {
             return Ok(bytes);
         }
-        let len = if id == manifest {
-            None
-        } else {
-            let m = self.manifest(manifest, replicas).await?;
-            m.chunks()
-                .iter()
-                .find(|(c, _)| *c == id)
-                .map(|(_, len)| *len)
-        };
         let mut failures = Vec::new();
         for node in replicas.iter().filter(|n| **n != self.host.node_id) {
             let Some(addr) = self.host.cluster.peer_addr(node) else {
@@ -277,7 +276,7 @@ impl FabricNode {
     }
 
     async fn manifest(&self, id: ChunkId, replicas: &[String]) -> Result<Manifest, Refusal> {
-        let bytes = Box::pin(self.chunk(id, id, replicas)).await?;
+        let bytes = self.chunk(id, None, replicas).await?;
         Manifest::decode(&bytes).map_err(internal)
     }
 }
@@ -296,12 +295,7 @@ async fn chunks_missing(
     body: Bytes,
 ) -> ApiResult {
     let path = object_path(&q.path)?;
-    state.check(
-        &caller,
-        WRITE.on(path.as_str()),
-        "fabric.upload",
-        path.as_str(),
-    )?;
+    state.check(&caller, WRITE, "fabric.upload", path.as_str())?;
     let req: ChunkIds = parse_body(&body, "chunk list")?;
     let ids = state
         .blocking(move |store| store.missing(&req.ids).map_err(store_error))
@@ -318,12 +312,7 @@ async fn put_chunk(
     body: Bytes,
 ) -> ApiResult {
     let path = object_path(&q.path)?;
-    state.check(
-        &caller,
-        WRITE.on(path.as_str()),
-        "fabric.upload",
-        path.as_str(),
-    )?;
+    state.check(&caller, WRITE, "fabric.upload", path.as_str())?;
     state
         .blocking(move |store| store.put(&id, &body).map_err(store_error))
         .await?;
@@ -339,7 +328,7 @@ async fn get_chunk(
     Query(q): Query<ForPath>,
 ) -> ApiResult {
     let path = object_path(&q.path)?;
-    state.check(&caller, READ.on(path.as_str()), "fabric.get", path.as_str())?;
+    state.check(&caller, READ, "fabric.get", path.as_str())?;
     let id: ChunkId = id.parse().map_err(|e| bad_request(format!("{e}")))?;
     let version = state.version_of(&path, q.version.as_deref()).await?;
     let Some(content) = version.content else {
@@ -349,16 +338,19 @@ async fn get_chunk(
         ));
     };
     let manifest_id = ChunkId(content.manifest);
-    if id != manifest_id {
+    let len = if id == manifest_id {
+        None
+    } else {
         let manifest = state.manifest(manifest_id, &content.replicas).await?;
-        if !manifest.chunks().iter().any(|(c, _)| *c == id) {
+        let Some((_, len)) = manifest.chunks().iter().find(|(c, _)| *c == id) else {
             return Err(Refusal::new(
                 StatusCode::NOT_FOUND,
                 format!("chunk {id} is not part of {path}"),
             ));
-        }
-    }
-    let bytes = state.chunk(manifest_id, id, &content.replicas).await?;
+        };
+        Some(*len)
+    };
+    let bytes = state.chunk(id, len, &content.replicas).await?;
     Ok(bytes.into_response())
 }
 
@@ -375,7 +367,7 @@ async fn get_object(
     Query(q): Query<VersionQuery>,
 ) -> ApiResult {
     let path = routed_path(&rest)?;
-    state.check(&caller, READ.on(path.as_str()), "fabric.get", path.as_str())?;
+    state.check(&caller, READ, "fabric.get", path.as_str())?;
     let version = state.version_of(&path, q.version.as_deref()).await?;
     Ok(Json(object_info(&path, &version)).into_response())
 }
@@ -390,12 +382,7 @@ async fn put_object(
     body: Bytes,
 ) -> ApiResult {
     let path = routed_path(&rest)?;
-    let actor = state.check(
-        &caller,
-        WRITE.on(path.as_str()),
-        "fabric.put",
-        path.as_str(),
-    )?;
+    let actor = state.check(&caller, WRITE, "fabric.put", path.as_str())?;
     let req: FabricPut = parse_body(&body, "put request")?;
     if req.tags.len() > machine::limits::TAGS_MAX {
         return Err(bad_request(format!(
@@ -611,7 +598,7 @@ async fn remove_object(
     Path(rest): Path<String>,
 ) -> ApiResult {
     let path = routed_path(&rest)?;
-    let actor = state.check(&caller, WRITE.on(path.as_str()), "fabric.rm", path.as_str())?;
+    let actor = state.check(&caller, WRITE, "fabric.rm", path.as_str())?;
     let Some(head) = state.read(|v| v.head(&path)).await? else {
         return Err(Refusal::new(
             StatusCode::NOT_FOUND,
@@ -641,12 +628,7 @@ async fn versions(
     Path(rest): Path<String>,
 ) -> ApiResult {
     let path = routed_path(&rest)?;
-    state.check(
-        &caller,
-        READ.on(path.as_str()),
-        "fabric.versions",
-        path.as_str(),
-    )?;
+    state.check(&caller, READ, "fabric.versions", path.as_str())?;
     let versions = state
         .read(|v| v.versions(&path, machine::limits::VERSIONS_LISTED_MAX))
         .await?;
@@ -677,12 +659,7 @@ async fn list(
     Query(q): Query<ListQuery>,
 ) -> ApiResult {
     let prefix = prefix_of(&q.prefix)?;
-    state.check(
-        &caller,
-        READ.on(prefix.as_str()),
-        "fabric.list",
-        prefix.as_str(),
-    )?;
+    state.check(&caller, READ, "fabric.list", prefix.as_str())?;
     let after = q.after.as_deref().map(object_path).transpose()?;
     let limit = q.limit.unwrap_or(LIST_MAX).clamp(1, LIST_MAX);
     let found = state
@@ -717,12 +694,7 @@ async fn query(
         return Err(bad_request("query by at least one --tag K=V or K"));
     };
     let prefix = prefix_of(&prefix)?;
-    state.check(
-        &caller,
-        READ.on(prefix.as_str()),
-        "fabric.query",
-        prefix.as_str(),
-    )?;
+    state.check(&caller, READ, "fabric.query", prefix.as_str())?;
     let limit = limit.clamp(1, LIST_MAX);
     let found = state
         .read(|v| {
