@@ -9,7 +9,7 @@
 //! - `fabric_large_get_local`: that object read back from the node that holds it.
 
 use crate::BenchError;
-use crate::jobs::{ready, up};
+use crate::jobs::{join_token, ready, up};
 use futures_util::StreamExt;
 use noodle_api::fabric::{FabricPut, download_into};
 use noodle_api::{ChunkRoute, Client};
@@ -87,14 +87,7 @@ fn small_file(dir: &Path, i: usize) -> Result<std::path::PathBuf, BenchError> {
 async fn bench(exe: &Path, scratch: &Path, s: Sizes) -> Result<Samples, BenchError> {
     let a = up(exe, &scratch.join("fabric-a"), "fabric-a", &[])?;
     let client = ready(&a.dir, 1).await?;
-    let token = client
-        .create_token(&noodle_api::TokenRequest {
-            ttl_secs: 600,
-            no_addresses: false,
-            uses: 1,
-        })
-        .await?
-        .token;
+    let token = join_token(&client).await?;
     let b = up(
         exe,
         &scratch.join("fabric-b"),

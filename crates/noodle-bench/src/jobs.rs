@@ -96,6 +96,18 @@ pub(crate) async fn ready(dir: &Path, nodes: usize) -> Result<Client, BenchError
     }
 }
 
+/// A single-use join token from the node of `client`, for the bench's second node.
+pub(crate) async fn join_token(client: &Client) -> Result<String, BenchError> {
+    Ok(client
+        .create_token(&noodle_api::TokenRequest {
+            ttl_secs: 600,
+            no_addresses: false,
+            uses: 1,
+        })
+        .await?
+        .token)
+}
+
 fn tiny_job() -> JobSubmit {
     JobSubmit {
         command: vec!["true".into()],
@@ -117,14 +129,7 @@ async fn bench(exe: &Path, scratch: &Path, s: Sizes) -> Result<Samples, BenchErr
     let remote_dir = scratch.join("bench-remote");
     let submitter = up(exe, &submit_dir, "bench-submit", &["--slots", "0"])?;
     let client = ready(&submitter.dir, 1).await?;
-    let token = client
-        .create_token(&noodle_api::TokenRequest {
-            ttl_secs: 600,
-            no_addresses: false,
-            uses: 1,
-        })
-        .await?
-        .token;
+    let token = join_token(&client).await?;
     let remote = up(
         exe,
         &remote_dir,
