@@ -164,15 +164,16 @@ impl DataDir {
         })
     }
 
-    /// Removes `name` if it exists, durably.
-    pub fn remove_file(&self, name: &str) -> Result<(), DataDirError> {
+    /// Removes `name` if it exists, durably; whether it existed.
+    pub fn remove_file(&self, name: &str) -> Result<bool, DataDirError> {
         let target = self.path.join(name);
-        let remove = || -> std::io::Result<()> {
+        let remove = || -> std::io::Result<bool> {
             match std::fs::remove_file(&target) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
                 other => other?,
             }
-            File::open(&self.path)?.sync_all()
+            File::open(&self.path)?.sync_all()?;
+            Ok(true)
         };
         remove().map_err(|source| DataDirError::Write {
             path: target.clone(),

@@ -193,10 +193,9 @@ impl Keys {
             *held = Held::default();
             had
         };
-        let on_disk = self.dir.exists(CA_KEY_FILE) || self.dir.exists(ROOT_KEY_FILE);
-        self.dir.remove_file(CA_KEY_FILE)?;
-        self.dir.remove_file(ROOT_KEY_FILE)?;
-        Ok(had || on_disk)
+        let ca = self.dir.remove_file(CA_KEY_FILE)?;
+        let root = self.dir.remove_file(ROOT_KEY_FILE)?;
+        Ok(had || ca || root)
     }
 
     /// The founder's root key: made, kept in its file, and its public half recorded, before
