@@ -43,6 +43,57 @@ pub struct FabricList {
     pub objects: Vec<FabricObject>,
 }
 
+/// `PUT /v1/fabric/vectors/PATH`: attach an embedding to an object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FabricVector {
+    pub vector: Vec<f32>,
+}
+
+/// `POST /v1/fabric/near`: the objects under `prefix` whose embeddings are nearest to
+/// `vector` (cosine similarity), at most `k`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FabricNear {
+    pub vector: Vec<f32>,
+    pub k: u32,
+    pub prefix: String,
+}
+
+/// One answer of a nearest-vector query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FabricHit {
+    /// Cosine similarity to the query, in [-1, 1]; higher is nearer.
+    pub score: f32,
+    #[serde(flatten)]
+    pub object: FabricObject,
+}
+
+/// The answers of a nearest-vector query, best first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct FabricHits {
+    pub hits: Vec<FabricHit>,
+}
+
+/// `POST /v1/fabric/snapshots`: take a snapshot of a prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FabricSnapshotCreate {
+    pub prefix: String,
+}
+
+/// A snapshot: every path under `prefix` as it was when it was taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FabricSnapshot {
+    pub id: u64,
+    pub prefix: String,
+    pub creator: String,
+    pub created_at_ms: u64,
+}
+
+/// `GET /v1/fabric/snapshots?prefix=P`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct FabricSnapshots {
+    pub snapshots: Vec<FabricSnapshot>,
+}
+
 /// `text` for a URL: unreserved characters as they are, `/` kept when `keep_slash`, every
 /// other byte percent-encoded.
 fn escape(text: &str, keep_slash: bool) -> String {
@@ -182,6 +233,66 @@ impl Client {
             url.push_str(&format!("&tag={}", query_escape(t)));
         }
         self.get_json(&url).await
+    }
+}
+
+impl Client {
+    /// Attaches `vector` to the object `path`, replacing the one it had.
+    pub async fn fabric_set_vector(
+        &self,
+        path: &str,
+        vector: &FabricVector,
+    ) -> Result<FabricObject, ClientError> {
+        let url = format!("/v1/fabric/vectors{}", escape(path, true));
+        self.send_json(reqwest::Method::PUT, &url, Some(vector))
+            .await
+    }
+
+    /// Takes a snapshot of `prefix`.
+    pub async fn fabric_snapshot(&self, prefix: &str) -> Result<FabricSnapshot, ClientError> {
+        let body = FabricSnapshotCreate {
+            prefix: prefix.to_string(),
+        };
+        self.send_json(reqwest::Method::POST, "/v1/fabric/snapshots", Some(&body))
+            .await
+    }
+
+    /// The snapshots of prefixes under `prefix`.
+    pub async fn fabric_snapshots(&self, prefix: &str) -> Result<FabricSnapshots, ClientError> {
+        self.get_json(&format!(
+            "/v1/fabric/snapshots?prefix={}",
+            query_escape(prefix)
+        ))
+        .await
+    }
+
+    /// Forgets snapshot `id`.
+    pub async fn fabric_snapshot_remove(&self, id: u64) -> Result<FabricSnapshot, ClientError> {
+        self.send_json::<(), _>(
+            reqwest::Method::DELETE,
+            &format!("/v1/fabric/snapshots/{id}"),
+            None,
+        )
+        .await
+    }
+
+    /// The version `path` showed in snapshot `id`.
+    pub async fn fabric_object_in(
+        &self,
+        path: &str,
+        snapshot: u64,
+    ) -> Result<FabricObject, ClientError> {
+        self.get_json(&format!(
+            "/v1/fabric/objects{}?snapshot={snapshot}",
+            escape(path, true)
+        ))
+        .await
+    }
+
+    /// The objects nearest to a query vector.
+    pub async fn fabric_near(&self, near: &FabricNear) -> Result<FabricHits, ClientError> {
+        self.send_json(reqwest::Method::POST, "/v1/fabric/near", Some(near))
+            .await
     }
 }
 

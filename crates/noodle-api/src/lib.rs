@@ -401,6 +401,13 @@ pub struct JobSubmit {
     pub retries: u32,
     #[serde(default)]
     pub files: Vec<JobFile>,
+    /// Fabric prefixes whose objects the job finds under `$NOODLE_FABRIC` (`--read`).
+    #[serde(default)]
+    pub reads: Vec<String>,
+    /// The fabric prefix that what the job leaves in `$NOODLE_OUT` becomes versions under
+    /// when it ends (`--write`; at most one).
+    #[serde(default)]
+    pub writes: Vec<String>,
 }
 
 /// One job (`noodle jobs --json`, `GET /v1/jobs/{id}`).

@@ -117,6 +117,8 @@ fn tiny_job() -> JobSubmit {
         labels: [("bench".to_string(), "remote".to_string())].into(),
         retries: 0,
         files: Vec::new(),
+        reads: Vec::new(),
+        writes: Vec::new(),
     }
 }
 

@@ -15,6 +15,7 @@ mod control;
 mod error;
 mod fabric;
 mod jobs;
+mod mount;
 
 pub use error::BenchError;
 
@@ -243,6 +244,29 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
         .join()
         .map_err(|_| BenchError::Panicked("fabric benchmark thread"))??;
 
+    // `noodle mount`: a large version read through a real FUSE mount. Without FUSE here the
+    // row is left out, with a warning that says why.
+    let mount_sizes = if quick {
+        mount::Sizes {
+            bytes: 64 << 20,
+            runs: 2,
+        }
+    } else {
+        mount::Sizes {
+            bytes: 256 << 20,
+            runs: 3,
+        }
+    };
+    let mount_dir = scratch.path().to_path_buf();
+    let exe = opts.noodle_exe.clone();
+    let mount_read = std::thread::spawn(move || mount::run(&exe, &mount_dir, mount_sizes))
+        .join()
+        .map_err(|_| BenchError::Panicked("mount benchmark thread"))?
+        .map(|mbps| row("fabric_mount_read", "MB/s", mbps, None));
+    if let Err(e) = &mount_read {
+        tracing::warn!(error = %e, "no fabric_mount_read row");
+    }
+
     // What the job sandbox adds to one job (`true`, spawned and reaped in this process, on a
     // thread of its own: it runs its own runtime).
     let spawns = if quick { 50 } else { 200 };
@@ -310,6 +334,7 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
             Some(&memcpy),
         ),
     ];
+    rows.extend(mount_read.ok());
     rows.extend(sandboxed.ok());
     rows.extend([plain, memcpy, tcp_bw, tcp_rtt, fsync]);
     Ok(rows)

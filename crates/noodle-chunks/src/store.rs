@@ -100,6 +100,31 @@ impl Store {
         })
     }
 
+    /// Every stored chunk (or manifest) with the time it was last written. Reads the
+    /// fan-out directories.
+    pub fn stored(&self) -> Result<Vec<(ChunkId, std::time::SystemTime)>, ChunkError> {
+        let mut out = Vec::new();
+        for byte in 0..=u8::MAX {
+            let sub = self.dir.join(hex::encode([byte]));
+            let entries = match fs::read_dir(&sub) {
+                Ok(entries) => entries,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(ChunkError::Io { path: sub, source }),
+            };
+            for entry in entries {
+                let entry = entry.map_err(io_at(&sub))?;
+                if let Ok(id) = entry.file_name().to_string_lossy().parse::<ChunkId>() {
+                    let modified = entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .map_err(io_at(&entry.path()))?;
+                    out.push((id, modified));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The directory the store lives in.
     pub fn dir(&self) -> &Path {
         &self.dir

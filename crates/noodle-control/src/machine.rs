@@ -50,9 +50,15 @@ pub trait StateMachine: Send + Sync + 'static {
     /// What the leader needs to take `command` from `caller`, a member that is not a voter,
     /// judged on the leader's state (`view`): a person's right for what people ask for,
     /// nothing more for a node's own reports (then [`StateMachine::may_forward`] says whose
-    /// they are) or for what the node may do to its own work. The default: only from voters.
-    fn forwarding(&self, _view: &MachineView<'_>, _caller: &str, _command: &[u8]) -> crate::Needs {
-        crate::Needs::Voter
+    /// they are) or for what the node may do to its own work. Every need listed must be met.
+    /// The default: only from voters.
+    fn forwarding(
+        &self,
+        _view: &MachineView<'_>,
+        _caller: &str,
+        _command: &[u8],
+    ) -> Vec<crate::Needs> {
+        vec![crate::Needs::Voter]
     }
 
     /// Whether the node `caller` may forward `command` to the leader, judged on the leader's
@@ -170,6 +176,17 @@ impl<'a, 't> MachineTable<'a, 't> {
         let key = self.key(key);
         Ok(self.table.remove(key.as_slice()).map_err(db_err)?.is_some())
     }
+
+    /// As [`MachineView::scan`], on the keys as this entry has changed them so far.
+    pub fn scan(
+        &self,
+        under: &[u8],
+        from: &[u8],
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<Pairs, DbError> {
+        scan(&*self.table, &self.key(under), from, limit, newest_first)
+    }
 }
 
 /// A subsystem's keys, read-only, at one applied index (see [`crate::StateView::machine`]).
@@ -184,6 +201,12 @@ impl<'v> MachineView<'v> {
             txn,
             prefix: machine_prefix(name),
         }
+    }
+
+    /// Subsystem `name`'s keys, read-only, in the same snapshot: what another subsystem
+    /// publishes for others to check (the jobs' write grants for the fabric).
+    pub fn machine(&self, name: &str) -> MachineView<'v> {
+        MachineView::new(self.txn, name)
     }
 
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, DbError> {
@@ -205,32 +228,43 @@ impl<'v> MachineView<'v> {
     ) -> Result<Pairs, DbError> {
         let t = self.txn.open_table(crate::store::STATE).map_err(db_err)?;
         let base = [self.prefix.as_slice(), under].concat();
-        let start = [base.as_slice(), from].concat();
-        let end = prefix_end(&base);
-        let range = t.range(start.as_slice()..end.as_slice()).map_err(db_err)?;
-        let mut out = Vec::new();
-        let mut push = |item: Result<_, redb::StorageError>| -> Result<bool, DbError> {
-            if out.len() >= limit {
-                return Ok(false);
-            }
-            let (k, v): (redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>) =
-                item.map_err(db_err)?;
-            out.push((k.value()[base.len()..].to_vec(), v.value().to_vec()));
-            Ok(true)
-        };
-        if newest_first {
-            for item in range.rev() {
-                if !push(item)? {
-                    break;
-                }
-            }
-        } else {
-            for item in range {
-                if !push(item)? {
-                    break;
-                }
+        scan(&t, &base, from, limit, newest_first)
+    }
+}
+
+/// Up to `limit` pairs of `t` whose keys start with `base`, from `base ++ from` on, in key
+/// order (newest first when `newest_first`), keys without `base`.
+fn scan(
+    t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    base: &[u8],
+    from: &[u8],
+    limit: usize,
+    newest_first: bool,
+) -> Result<Pairs, DbError> {
+    let start = [base, from].concat();
+    let end = prefix_end(base);
+    let range = t.range(start.as_slice()..end.as_slice()).map_err(db_err)?;
+    let mut out = Vec::new();
+    let mut push = |item: Result<_, redb::StorageError>| -> Result<bool, DbError> {
+        if out.len() >= limit {
+            return Ok(false);
+        }
+        let (k, v): (redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>) = item.map_err(db_err)?;
+        out.push((k.value()[base.len()..].to_vec(), v.value().to_vec()));
+        Ok(true)
+    };
+    if newest_first {
+        for item in range.rev() {
+            if !push(item)? {
+                break;
             }
         }
-        Ok(out)
+    } else {
+        for item in range {
+            if !push(item)? {
+                break;
+            }
+        }
     }
+    Ok(out)
 }

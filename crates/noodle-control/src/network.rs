@@ -263,12 +263,16 @@ fn what_it_needs(
             Needs::right("policy", "write", None)
         }
         Command::RemoveNode { .. } => Needs::right("cluster", "remove", None),
-        Command::Machine { name, command } => match control.store().machines().get(name) {
-            Ok(machine) => control
-                .read_local(|v| Ok(machine.forwarding(&v.machine(name), caller, command)))
-                .unwrap_or(Needs::Voter),
-            Err(_) => Needs::Voter,
-        },
+        Command::Machine { name, command } => {
+            let needs = match control.store().machines().get(name) {
+                Ok(machine) => control
+                    .read_local(|v| Ok(machine.forwarding(&v.machine(name), caller, command)))
+                    .unwrap_or_else(|_| vec![Needs::Voter]),
+                Err(_) => vec![Needs::Voter],
+            };
+            out.extend(needs);
+            return;
+        }
         Command::Batch(proposals) => {
             for p in proposals {
                 what_it_needs(control, caller, &p.command, out);

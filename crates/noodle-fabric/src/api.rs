@@ -25,7 +25,7 @@ use noodle_host::{Actor, Caller, Permission};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-type AppState = Arc<FabricNode>;
+pub(crate) type AppState = Arc<FabricNode>;
 
 /// Objects one list or query answers at most.
 const LIST_MAX: usize = 1000;
@@ -51,6 +51,16 @@ pub(crate) fn routes(state: AppState) -> Routes {
         .route("/v1/fabric/versions/{*path}", get(versions))
         .route("/v1/fabric/list", get(list))
         .route("/v1/fabric/query", get(query))
+        .route("/v1/fabric/vectors/{*path}", put(crate::near::set_vector))
+        .route("/v1/fabric/near", post(crate::near::near))
+        .route(
+            "/v1/fabric/snapshots",
+            post(crate::snapshots::create).get(crate::snapshots::list),
+        )
+        .route(
+            "/v1/fabric/snapshots/{id}",
+            axum::routing::delete(crate::snapshots::remove),
+        )
         .with_state(state)
 }
 
@@ -59,7 +69,7 @@ fn object_path(text: &str) -> Result<ObjectPath, Refusal> {
 }
 
 /// A route's wildcard path (without its leading `/`) as an object path.
-fn routed_path(rest: &str) -> Result<ObjectPath, Refusal> {
+pub(crate) fn routed_path(rest: &str) -> Result<ObjectPath, Refusal> {
     object_path(&format!("/{rest}"))
 }
 
@@ -68,7 +78,7 @@ fn store_error(e: StoreError) -> Refusal {
     Refusal::new(status, e.to_string())
 }
 
-fn internal(e: impl std::fmt::Display) -> Refusal {
+pub(crate) fn internal(e: impl std::fmt::Display) -> Refusal {
     Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
@@ -89,7 +99,7 @@ fn parse_version(text: &str) -> Result<VersionId, Refusal> {
     })
 }
 
-fn object_info(path: &ObjectPath, v: &Version) -> FabricObject {
+pub(crate) fn object_info(path: &ObjectPath, v: &Version) -> FabricObject {
     let (exists, size, manifest, replicas) = match &v.content {
         Some(c) => (
             true,
@@ -113,7 +123,7 @@ fn object_info(path: &ObjectPath, v: &Version) -> FabricObject {
 
 impl FabricNode {
     /// Checks that `caller` holds `permission` on `target`, the path or prefix acted on.
-    fn check(
+    pub(crate) fn check(
         &self,
         caller: &Caller,
         permission: Permission,
@@ -129,8 +139,19 @@ impl FabricNode {
         )
     }
 
+    /// A read of this node's copy of the fabric's records, as far as it has applied them.
+    pub(crate) fn read_now<T>(
+        &self,
+        f: impl FnOnce(&FabricView<'_>) -> Result<T, DbError>,
+    ) -> Result<T, Refusal> {
+        self.host
+            .control
+            .read_local(|v| f(&machine::view(v)))
+            .map_err(control_error)
+    }
+
     /// A linearizable read of the fabric's records: what any node acknowledged is seen.
-    async fn read<T>(
+    pub(crate) async fn read<T>(
         &self,
         f: impl FnOnce(&FabricView<'_>) -> Result<T, DbError>,
     ) -> Result<T, Refusal> {
@@ -142,13 +163,13 @@ impl FabricNode {
     }
 
     /// Proposes an authorised fabric command with its audit record.
-    async fn write(
+    pub(crate) async fn write(
         &self,
         actor: &Actor,
         action: &str,
         target: &str,
         command: &FabricCommand,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Option<u64>, Refusal> {
         let mut proposal = Proposal::machine(machine::NAME, machine::encode(command));
         proposal.audit = Some(noodle_audit::Record::new(
             noodle_host::now_ms(),
@@ -165,7 +186,8 @@ impl FabricNode {
             .await
             .map_err(control_error)?
         {
-            Applied::Done => Ok(()),
+            Applied::Done => Ok(None),
+            Applied::Created { id } => Ok(Some(id)),
             Applied::Rejected(why) => Err(bad_request(why)),
             other => Err(internal(format!("unexpected answer {other:?}"))),
         }
@@ -357,9 +379,11 @@ async fn get_chunk(
 #[derive(serde::Deserialize)]
 struct VersionQuery {
     version: Option<String>,
+    /// The version the path showed in this snapshot.
+    snapshot: Option<u64>,
 }
 
-/// `GET /v1/fabric/objects/PATH[?version=V]`.
+/// `GET /v1/fabric/objects/PATH[?version=V|?snapshot=S]`.
 async fn get_object(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -368,7 +392,10 @@ async fn get_object(
 ) -> ApiResult {
     let path = routed_path(&rest)?;
     state.check(&caller, READ, "fabric.get", path.as_str())?;
-    let version = state.version_of(&path, q.version.as_deref()).await?;
+    let version = match q.snapshot {
+        Some(id) => crate::snapshots::version_in(&state, &path, id).await?,
+        None => state.version_of(&path, q.version.as_deref()).await?,
+    };
     Ok(Json(object_info(&path, &version)).into_response())
 }
 
@@ -397,64 +424,90 @@ async fn put_object(
         .manifest
         .parse()
         .map_err(|e| bad_request(format!("manifest: {e}")))?;
-    let manifest = state
-        .blocking(move |store| {
-            let bytes = store.get(&manifest_id).map_err(|e| match e {
-                ChunkError::NotFound(_) => bad_request(format!(
-                    "manifest {manifest_id} is not on this node: upload the file first"
-                )),
-                e => internal(e),
-            })?;
-            let manifest = Manifest::decode(&bytes)
-                .map_err(|e| bad_request(format!("{manifest_id} is not a manifest: {e}")))?;
-            let ids: Vec<String> = manifest.chunk_ids().iter().map(ChunkId::to_hex).collect();
-            if !store.missing(&ids).map_err(store_error)?.is_empty() {
-                return Err(bad_request(format!(
-                    "chunks of {manifest_id} are not on this node: upload the file first"
-                )));
-            }
-            Ok(manifest)
-        })
+    let version = state
+        .put_version(&actor, &path, manifest_id, req.tags)
         .await?;
-    // A node that just joined may not have told us its free disk yet: give its details a
-    // moment to arrive, so that a new version is not placed on fewer nodes than there are.
-    let deadline = std::time::Instant::now() + NODE_DETAILS_WAIT;
-    while !state.host.cluster.every_alive_node_described() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let plan = PutPlan::new(&manifest_id, &state.candidates(), state.cfg.replicas)
-        .ok_or_else(|| Refusal::new(StatusCode::INSUFFICIENT_STORAGE, "no node has room for it"))?;
-    let replicas = replicate(&state, &plan, manifest_id, path.as_str()).await?;
-    let head = state.read(|v| v.head(&path)).await?;
-    let version = Version {
-        id: state.next_version(head.as_ref()),
-        creator: actor.name.clone(),
-        tags: req.tags,
-        content: Some(Content {
-            manifest: manifest_id.0,
-            size: manifest.size(),
-            replicas: replicas.acknowledged.clone(),
-        }),
-    };
-    let command = FabricCommand::Write {
-        path: path.to_string(),
-        version: version.clone(),
-    };
-    state
-        .write(&actor, "fabric.put", path.as_str(), &command)
-        .await?;
-    replicas.finish_later(state.clone(), path.clone(), version.id.clone());
-    report_conflict(&state, &path, head.as_ref(), &version.id);
-    state.host.events.emit(
-        OBJECT_WRITTEN,
-        path.as_str(),
-        format!(
-            "{} bytes, version {}",
-            manifest.size(),
-            version_text(&version.id)
-        ),
-    );
     Ok(Json(object_info(&path, &version)).into_response())
+}
+
+impl FabricNode {
+    /// Makes the stored file `manifest_id` (manifest and every chunk on this node) the new
+    /// version of `path`, written by `actor` (whose right was checked): replicated to the
+    /// placed nodes, acknowledged once [`crate::replication::ack_copies`] of them hold it
+    /// durably and the version is committed; the other copies complete in the background.
+    pub(crate) async fn put_version(
+        self: &Arc<Self>,
+        actor: &Actor,
+        path: &ObjectPath,
+        manifest_id: ChunkId,
+        tags: BTreeMap<String, String>,
+    ) -> Result<Version, Refusal> {
+        let manifest = self
+            .blocking(move |store| {
+                let bytes = store.get(&manifest_id).map_err(|e| match e {
+                    ChunkError::NotFound(_) => bad_request(format!(
+                        "manifest {manifest_id} is not on this node: upload the file first"
+                    )),
+                    e => internal(e),
+                })?;
+                let manifest = Manifest::decode(&bytes)
+                    .map_err(|e| bad_request(format!("{manifest_id} is not a manifest: {e}")))?;
+                let ids: Vec<String> = manifest.chunk_ids().iter().map(ChunkId::to_hex).collect();
+                if !store.missing(&ids).map_err(store_error)?.is_empty() {
+                    return Err(bad_request(format!(
+                        "chunks of {manifest_id} are not on this node: upload the file first"
+                    )));
+                }
+                // Chunks stored long ago (the same bytes uploaded before) are in use again.
+                let mut used = manifest.chunk_ids();
+                used.push(manifest_id);
+                store.touch(&used).map_err(store_error)?;
+                Ok(manifest)
+            })
+            .await?;
+        // A node that just joined may not have told us its free disk yet: give its details a
+        // moment to arrive, so that a new version is not placed on fewer nodes than there are.
+        let deadline = std::time::Instant::now() + NODE_DETAILS_WAIT;
+        while !self.host.cluster.every_alive_node_described()
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let plan =
+            PutPlan::new(&manifest_id, &self.candidates(), self.cfg.replicas).ok_or_else(|| {
+                Refusal::new(StatusCode::INSUFFICIENT_STORAGE, "no node has room for it")
+            })?;
+        let replicas = replicate(self, &plan, manifest_id, path.as_str()).await?;
+        let head = self.read(|v| v.head(path)).await?;
+        let version = Version {
+            id: self.next_version(head.as_ref()),
+            creator: actor.name.clone(),
+            tags,
+            content: Some(Content {
+                manifest: manifest_id.0,
+                size: manifest.size(),
+                replicas: replicas.acknowledged.clone(),
+            }),
+        };
+        let command = FabricCommand::Write {
+            path: path.to_string(),
+            version: version.clone(),
+        };
+        self.write(actor, "fabric.put", path.as_str(), &command)
+            .await?;
+        replicas.finish_later(Arc::clone(self), path.clone(), version.id.clone());
+        report_conflict(self, path, head.as_ref(), &version.id);
+        self.host.events.emit(
+            OBJECT_WRITTEN,
+            path.as_str(),
+            format!(
+                "{} bytes, version {}",
+                manifest.size(),
+                version_text(&version.id)
+            ),
+        );
+        Ok(version)
+    }
 }
 
 /// Reports versions of `path` written at the same time as `ours` (after the version it
@@ -648,7 +701,7 @@ fn root() -> String {
     "/".into()
 }
 
-fn prefix_of(text: &str) -> Result<Prefix, Refusal> {
+pub(crate) fn prefix_of(text: &str) -> Result<Prefix, Refusal> {
     Prefix::parse(text).map_err(|e| bad_request(format!("prefix {text:?}: {e}")))
 }
 

@@ -197,6 +197,54 @@ impl ChunkStore {
         Ok(self.store.put(id, bytes)?)
     }
 
+    /// Stores the open file `file` (named `label` in errors), every chunk and its manifest,
+    /// durably; returns the manifest. Blocking.
+    pub fn put_open(&self, file: fs::File, label: &Path) -> Result<Manifest, StoreError> {
+        let len = file.metadata().map_err(io_at(label))?.len();
+        let mut chunker = noodle_chunks::Chunker::new(file, len, label)?;
+        while let Some(chunk) = chunker.next_chunk()? {
+            self.store.put(&chunk.id, &chunk.data)?;
+        }
+        let manifest = chunker.finish()?;
+        self.store.put(&manifest.id(), &manifest.encode())?;
+        Ok(manifest)
+    }
+
+    /// Marks these stored chunks as just used, so that collection leaves them for another
+    /// [`crate::FabricConfig::upload_grace`] (a new version refers to them now). Blocking.
+    pub fn touch(&self, ids: &[ChunkId]) -> Result<(), StoreError> {
+        let now = std::time::SystemTime::now();
+        for id in ids {
+            let path = self.store.chunk_path(id);
+            fs::File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(now))
+                .map_err(io_at(&path))?;
+        }
+        Ok(())
+    }
+
+    /// Removes chunk `id` if it was last written at least `idle` ago; whether it did.
+    /// Blocking.
+    pub fn remove_if_idle(&self, id: &ChunkId, idle: std::time::Duration) -> bool {
+        let path = self.store.chunk_path(id);
+        let idle_enough = fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= idle));
+        idle_enough && self.store.remove(id).is_ok_and(|removed| removed)
+    }
+
+    /// Bytes stored.
+    pub fn total_bytes(&self) -> u64 {
+        self.store.total_bytes()
+    }
+
+    /// Every stored chunk with the time it was written. Blocking.
+    pub fn stored(&self) -> Result<Vec<(ChunkId, std::time::SystemTime)>, StoreError> {
+        Ok(self.store.stored()?)
+    }
+
     pub fn has(&self, id: &ChunkId) -> bool {
         self.store.has(id)
     }
@@ -323,7 +371,8 @@ impl ChunkStore {
         let mut attempt = 1;
         loop {
             fetched_bytes += self.fetch_missing(link, origin, &manifest).await?;
-            match self.assemble(&manifest, &dest, file.executable).await {
+            let mode = if file.executable { 0o755 } else { 0o644 };
+            match self.assemble(&manifest, &dest, mode).await {
                 Ok(()) => break,
                 Err(StoreError::Chunk(ChunkError::Corrupt { id, .. }))
                     if attempt < ASSEMBLE_ATTEMPTS =>
@@ -484,12 +533,12 @@ impl ChunkStore {
         .await
     }
 
-    /// Writes the file atomically and sets its mode.
-    async fn assemble(
+    /// Writes the file atomically (from chunks all in the store) and sets its mode.
+    pub(crate) async fn assemble(
         &self,
         manifest: &Arc<Manifest>,
         dest: &Path,
-        executable: bool,
+        mode: u32,
     ) -> Result<(), StoreError> {
         let ship = self.clone();
         let manifest = manifest.clone();
@@ -499,7 +548,6 @@ impl ChunkStore {
                 fs::create_dir_all(parent).map_err(io_at(parent))?;
             }
             ship.store.assemble(&manifest, &path, |_, _| {})?;
-            let mode = if executable { 0o755 } else { 0o644 };
             set_mode(&path, mode)
         })
         .await

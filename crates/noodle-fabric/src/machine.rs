@@ -8,11 +8,24 @@
 //! | `v/` + path + `\0` + version id | a [`Version`] (postcard); every version, tombstones too |
 //! | `h/` + path | the [`VersionId`] the path shows now (the newest, tombstone or not) |
 //! | `t/` + tag key + `\0` + tag value + `\0` + path | empty: the path's current version has the tag |
+//! | `e/` + path | the path's embedding (postcard `Vec<f32>`), until the path is removed |
+//! | `d/` + namespace | the dimension of the namespace's embeddings (u32, big-endian) |
+//! | `c/` + change number (u64, big-endian) | a path whose embedding changed (the last [`limits::VECTOR_CHANGES_KEPT`]) |
+//! | `m/vectors` | the number of the last embedding change |
+//! | `n/` + path + `\0` + version id | the version's write number (u64, big-endian): when it was applied |
+//! | `m/writes` | the number of the last version written |
+//! | `s/` + snapshot id (u64, big-endian) | a [`Snapshot`] (postcard) |
+//! | `m/snapshots` | the last snapshot id |
+//!
+//! A snapshot of a prefix shows, for each path under it, the version the path showed when
+//! the snapshot was taken: the newest of the versions whose write number is at most the
+//! snapshot's. (Versions written before write numbers existed count as written at 0.)
 //!
 //! Versions are ordered by [`VersionId`] (hybrid-logical time, then the writing node), so two
 //! nodes writing one path at once both keep their version, and every node agrees on which one
 //! the path shows.
 
+use crate::grants;
 use crate::hlc::Hlc;
 use crate::path::{ObjectPath, Prefix};
 use noodle_control::{Applied, DbError, MachineTable, MachineView, Needs, Rejection, StateMachine};
@@ -25,6 +38,14 @@ pub const NAME: &str = "fabric";
 const VERSION: &[u8] = b"v/";
 const HEAD: &[u8] = b"h/";
 const TAG: &[u8] = b"t/";
+const EMBEDDING: &[u8] = b"e/";
+const DIMENSION: &[u8] = b"d/";
+const CHANGE: &[u8] = b"c/";
+const CHANGES: &[u8] = b"m/vectors";
+const WRITE_NUMBER: &[u8] = b"n/";
+const WRITES: &[u8] = b"m/writes";
+const SNAPSHOT: &[u8] = b"s/";
+const SNAPSHOTS: &[u8] = b"m/snapshots";
 
 /// Bounds on what a command may carry.
 pub mod limits {
@@ -36,6 +57,11 @@ pub mod limits {
     pub const CREATOR_BYTES_MAX: usize = 256;
     /// Versions one read returns at most.
     pub const VERSIONS_LISTED_MAX: usize = 1000;
+    /// Embedding changes remembered, for nodes to bring their index up to date; a node
+    /// further behind rebuilds it from the embeddings.
+    pub const VECTOR_CHANGES_KEPT: u64 = 4096;
+    /// Versions one `Forget` names at most.
+    pub const FORGET_MAX: usize = 1000;
 }
 
 /// Which version: its time, then the node that wrote it (ties between nodes).
@@ -73,7 +99,7 @@ pub struct Version {
 }
 
 /// A change to the fabric's metadata.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FabricCommand {
     /// A new version of `path` (content or tombstone), once its chunks are durable where
     /// `content.replicas` says.
@@ -84,6 +110,31 @@ pub enum FabricCommand {
         id: VersionId,
         replicas: Vec<String>,
     },
+    /// Attaches an embedding to the object `path` (which must exist), replacing its old one.
+    /// Every embedding of a namespace (a path's first segment) has one dimension.
+    SetVector { path: String, vector: Vec<f32> },
+    /// Takes a snapshot of `prefix`; answered with its id.
+    Snapshot {
+        prefix: String,
+        creator: String,
+        at_ms: u64,
+    },
+    /// Forgets a snapshot (its versions may then be collected).
+    RemoveSnapshot { id: u64 },
+    /// Forgets old versions of `path` (the retention policy, on the leader): never the one
+    /// the path shows, never one a snapshot shows; those are skipped.
+    Forget { path: String, ids: Vec<VersionId> },
+}
+
+/// A prefix as it was at one moment: every path under it shows the version it showed then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub id: u64,
+    pub prefix: String,
+    /// Versions written up to this write number are in it.
+    pub writes: u64,
+    pub creator: String,
+    pub at_ms: u64,
 }
 
 /// Encodes a command for [`noodle_control::Proposal::machine`].
@@ -185,6 +236,30 @@ fn check(command: &FabricCommand) -> Result<(), String> {
             check_node(&id.node)?;
             check_replicas(replicas)
         }
+        FabricCommand::SetVector { path, vector } => {
+            ObjectPath::parse(path).map_err(|e| e.to_string())?;
+            crate::vector::check(vector).map_err(|e| e.to_string())
+        }
+        FabricCommand::Snapshot {
+            prefix, creator, ..
+        } => {
+            Prefix::parse(prefix).map_err(|e| e.to_string())?;
+            if creator.len() > limits::CREATOR_BYTES_MAX {
+                return Err("a snapshot's creator is at most 256 bytes".into());
+            }
+            Ok(())
+        }
+        FabricCommand::RemoveSnapshot { .. } => Ok(()),
+        FabricCommand::Forget { path, ids } => {
+            ObjectPath::parse(path).map_err(|e| e.to_string())?;
+            if ids.len() > limits::FORGET_MAX {
+                return Err(format!(
+                    "at most {} versions forgotten at once",
+                    limits::FORGET_MAX
+                ));
+            }
+            Ok(())
+        }
     }
 }
 
@@ -210,14 +285,35 @@ impl StateMachine for FabricMachine {
     }
 
     /// From a node that is not a voter: a new version only with a person's token that may
-    /// write its path; where a version's copies are, from the node that wrote it, with no
+    /// write its path, or under a prefix a job placed on the node may write
+    /// ([`crate::grants`]); where a version's copies are, from the node that wrote it, with no
     /// token (its own bookkeeping).
-    fn forwarding(&self, _view: &MachineView<'_>, _caller: &str, command: &[u8]) -> Needs {
-        match decode(command) {
+    fn forwarding(&self, view: &MachineView<'_>, caller: &str, command: &[u8]) -> Vec<Needs> {
+        vec![match decode(command) {
+            // A job placed on the node, given `--write` by someone who had the right.
+            Ok(FabricCommand::Write { path, .. })
+                if grants::granted(&view.machine(grants::HOLDER), caller, &path) =>
+            {
+                Needs::Node
+            }
             Ok(FabricCommand::Write { path, .. }) => Needs::right("fabric", "write", Some(&path)),
+            Ok(FabricCommand::SetVector { path, .. })
+            | Ok(FabricCommand::Snapshot { prefix: path, .. }) => {
+                Needs::right("fabric", "write", Some(&path))
+            }
+            Ok(FabricCommand::RemoveSnapshot { id }) => {
+                let prefix = FabricView {
+                    view: view.machine(NAME),
+                }
+                .snapshot(id)
+                .ok()
+                .flatten()
+                .map_or_else(|| "/".to_string(), |s| s.prefix);
+                Needs::right("fabric", "write", Some(&prefix))
+            }
             Ok(FabricCommand::SetReplicas { .. }) => Needs::Node,
-            Err(_) => Needs::Voter,
-        }
+            Ok(FabricCommand::Forget { .. }) | Err(_) => Needs::Voter,
+        }]
     }
 
     /// A node writes versions, and records their copies, in its own name only.
@@ -230,6 +326,10 @@ impl StateMachine for FabricMachine {
         let writer = match decode(command)? {
             FabricCommand::Write { version, .. } => version.id.node,
             FabricCommand::SetReplicas { id, .. } => id.node,
+            FabricCommand::SetVector { .. }
+            | FabricCommand::Snapshot { .. }
+            | FabricCommand::RemoveSnapshot { .. }
+            | FabricCommand::Forget { .. } => return Ok(()),
         };
         if writer != caller {
             return Err(Rejection(format!(
@@ -255,6 +355,9 @@ impl StateMachine for FabricMachine {
                     return Ok(Applied::Done);
                 }
                 t.insert(&key, &postcard::to_allocvec(&version).map_err(db)?)?;
+                let n = read_u64(t.get(WRITES)?) + 1;
+                t.insert(WRITES, &n.to_be_bytes())?;
+                t.insert(&number_key(&path, &version.id), &n.to_be_bytes())?;
                 let head = match t.get(&head_key(&path))? {
                     Some(b) => Some(postcard::from_bytes::<VersionId>(&b).map_err(db)?),
                     None => None,
@@ -271,6 +374,9 @@ impl StateMachine for FabricMachine {
                     }
                     for (k, v) in &version.tags {
                         t.insert(&tag_key(k, v, &path), &[])?;
+                    }
+                    if version.content.is_none() && t.remove(&embedding_key(&path))? {
+                        vector_changed(t, &path)?;
                     }
                     t.insert(
                         &head_key(&path),
@@ -302,8 +408,207 @@ impl StateMachine for FabricMachine {
                 t.insert(&key, &postcard::to_allocvec(&version).map_err(db)?)?;
                 Ok(Applied::Done)
             }
+            FabricCommand::SetVector { path, vector } => {
+                let Ok(object) = ObjectPath::parse(&path) else {
+                    return Ok(Applied::Rejected(Rejection("bad path".into())));
+                };
+                if !exists(t, &object)? {
+                    return Ok(Applied::Rejected(Rejection(format!(
+                        "there is no {path} to attach a vector to: put the object first"
+                    ))));
+                }
+                let namespace = crate::vector::namespace(&path).unwrap_or_default();
+                let dim_key = [DIMENSION, namespace.as_bytes()].concat();
+                let dim = vector.len() as u32;
+                match t
+                    .get(&dim_key)?
+                    .and_then(|b| <[u8; 4]>::try_from(b.as_slice()).ok())
+                {
+                    Some(d) if u32::from_be_bytes(d) != dim => {
+                        return Ok(Applied::Rejected(Rejection(format!(
+                            "a vector of dimension {dim}: the vectors under /{namespace}/ have dimension {}",
+                            u32::from_be_bytes(d)
+                        ))));
+                    }
+                    Some(_) => {}
+                    None => t.insert(&dim_key, &dim.to_be_bytes())?,
+                }
+                t.insert(
+                    &embedding_key(&path),
+                    &postcard::to_allocvec(&vector).map_err(db)?,
+                )?;
+                vector_changed(t, &path)?;
+                Ok(Applied::Done)
+            }
+            FabricCommand::Snapshot {
+                prefix,
+                creator,
+                at_ms,
+            } => {
+                let id = read_u64(t.get(SNAPSHOTS)?) + 1;
+                let snapshot = Snapshot {
+                    id,
+                    prefix,
+                    writes: read_u64(t.get(WRITES)?),
+                    creator,
+                    at_ms,
+                };
+                t.insert(SNAPSHOTS, &id.to_be_bytes())?;
+                t.insert(
+                    &snapshot_key(id),
+                    &postcard::to_allocvec(&snapshot).map_err(db)?,
+                )?;
+                Ok(Applied::Created(id))
+            }
+            FabricCommand::RemoveSnapshot { id } => {
+                if !t.remove(&snapshot_key(id))? {
+                    return Ok(Applied::Rejected(Rejection(format!(
+                        "there is no snapshot {id}"
+                    ))));
+                }
+                Ok(Applied::Done)
+            }
+            FabricCommand::Forget { path, ids } => {
+                let Ok(object) = ObjectPath::parse(&path) else {
+                    return Ok(Applied::Rejected(Rejection("bad path".into())));
+                };
+                let head = t.get(&head_key(&path))?;
+                let mut held = Vec::new();
+                for snap in snapshots_in(&*t, usize::MAX)? {
+                    if object.as_str().starts_with(&snap.prefix)
+                        && let Some(v) = version_at_in(&*t, &object, &snap)?
+                    {
+                        held.push(v.id);
+                    }
+                }
+                for id in ids {
+                    let is_head = head.as_deref().is_some_and(|h| {
+                        postcard::from_bytes::<VersionId>(h).ok() == Some(id.clone())
+                    });
+                    if is_head || held.contains(&id) {
+                        continue;
+                    }
+                    t.remove(&version_key(&path, &id))?;
+                    t.remove(&number_key(&path, &id))?;
+                }
+                Ok(Applied::Done)
+            }
         }
     }
+}
+
+/// What both a view and the table being changed can read.
+trait Records {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, DbError>;
+    fn scan(
+        &self,
+        under: &[u8],
+        from: &[u8],
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<noodle_control::Pairs, DbError>;
+}
+
+impl Records for MachineView<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, DbError> {
+        MachineView::get(self, key)
+    }
+    fn scan(
+        &self,
+        under: &[u8],
+        from: &[u8],
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<noodle_control::Pairs, DbError> {
+        MachineView::scan(self, under, from, limit, newest_first)
+    }
+}
+
+impl Records for MachineTable<'_, '_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, DbError> {
+        MachineTable::get(self, key)
+    }
+    fn scan(
+        &self,
+        under: &[u8],
+        from: &[u8],
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<noodle_control::Pairs, DbError> {
+        MachineTable::scan(self, under, from, limit, newest_first)
+    }
+}
+
+fn snapshots_in(r: &dyn Records, limit: usize) -> Result<Vec<Snapshot>, DbError> {
+    r.scan(SNAPSHOT, b"", limit, false)?
+        .iter()
+        .map(|(_, v)| postcard::from_bytes(v).map_err(db))
+        .collect()
+}
+
+fn versions_in(r: &dyn Records, path: &ObjectPath, limit: usize) -> Result<Vec<Version>, DbError> {
+    let under = [VERSION, path.as_str().as_bytes(), b"\0"].concat();
+    let limit = limit.min(limits::VERSIONS_LISTED_MAX);
+    r.scan(&under, b"", limit, true)?
+        .iter()
+        .map(|(_, v)| read_version(v))
+        .collect()
+}
+
+fn version_at_in(
+    r: &dyn Records,
+    path: &ObjectPath,
+    snapshot: &Snapshot,
+) -> Result<Option<Version>, DbError> {
+    for version in versions_in(r, path, limits::VERSIONS_LISTED_MAX)? {
+        let written = read_u64(r.get(&number_key(path.as_str(), &version.id))?);
+        if written <= snapshot.writes {
+            return Ok(Some(version));
+        }
+    }
+    Ok(None)
+}
+
+fn number_key(path: &str, id: &VersionId) -> Vec<u8> {
+    [WRITE_NUMBER, path.as_bytes(), b"\0", &id.key()].concat()
+}
+
+fn snapshot_key(id: u64) -> Vec<u8> {
+    [SNAPSHOT, &id.to_be_bytes()[..]].concat()
+}
+
+/// Whether `path` shows an object (not a removal) in `t`.
+fn exists(t: &MachineTable<'_, '_>, path: &ObjectPath) -> Result<bool, DbError> {
+    let Some(id) = t.get(&head_key(path.as_str()))? else {
+        return Ok(false);
+    };
+    let id: VersionId = postcard::from_bytes(&id).map_err(db)?;
+    Ok(match t.get(&version_key(path.as_str(), &id))? {
+        Some(b) => read_version(&b)?.content.is_some(),
+        None => false,
+    })
+}
+
+fn embedding_key(path: &str) -> Vec<u8> {
+    [EMBEDDING, path.as_bytes()].concat()
+}
+
+fn read_u64(bytes: Option<Vec<u8>>) -> u64 {
+    bytes
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// Records that `path`'s embedding changed, forgetting the change
+/// [`limits::VECTOR_CHANGES_KEPT`] before it.
+fn vector_changed(t: &mut MachineTable<'_, '_>, path: &str) -> Result<(), DbError> {
+    let n = read_u64(t.get(CHANGES)?) + 1;
+    t.insert(CHANGES, &n.to_be_bytes())?;
+    t.insert(&[CHANGE, &n.to_be_bytes()].concat(), path.as_bytes())?;
+    if let Some(old) = n.checked_sub(limits::VECTOR_CHANGES_KEPT) {
+        t.remove(&[CHANGE, &old.to_be_bytes()].concat())?;
+    }
+    Ok(())
 }
 
 /// Reads the fabric's records at one applied index.
@@ -319,6 +624,82 @@ pub fn view<'v>(state: &'v noodle_control::StateView) -> FabricView<'v> {
 }
 
 impl FabricView<'_> {
+    /// Snapshot `id`, if it exists.
+    pub fn snapshot(&self, id: u64) -> Result<Option<Snapshot>, DbError> {
+        self.view
+            .get(&snapshot_key(id))?
+            .map(|b| postcard::from_bytes(&b).map_err(db))
+            .transpose()
+    }
+
+    /// The snapshots, oldest first, at most `limit`.
+    pub fn snapshots(&self, limit: usize) -> Result<Vec<Snapshot>, DbError> {
+        snapshots_in(&self.view, limit)
+    }
+
+    /// The version `path` showed when `snapshot` was taken (a removal included), if any.
+    pub fn version_at(
+        &self,
+        path: &ObjectPath,
+        snapshot: &Snapshot,
+    ) -> Result<Option<Version>, DbError> {
+        version_at_in(&self.view, path, snapshot)
+    }
+
+    /// The number of the last embedding change (0: none yet).
+    pub fn vector_changes(&self) -> Result<u64, DbError> {
+        Ok(read_u64(self.view.get(CHANGES)?))
+    }
+
+    /// The paths whose embeddings changed after change `after`, with the change numbers, at
+    /// most `limit`; `None` if changes after `after` were forgotten already (then rebuild).
+    pub fn vector_changes_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Option<Vec<(u64, String)>>, DbError> {
+        let page = self
+            .view
+            .scan(CHANGE, &(after + 1).to_be_bytes(), limit, false)?;
+        let changes: Vec<(u64, String)> = page
+            .into_iter()
+            .map(|(k, v)| (read_u64(Some(k)), String::from_utf8_lossy(&v).into_owned()))
+            .collect();
+        let last = self.vector_changes()?;
+        if last > after && changes.first().is_none_or(|(n, _)| *n != after + 1) {
+            return Ok(None);
+        }
+        Ok(Some(changes))
+    }
+
+    /// `path`'s embedding, if it has one.
+    pub fn vector(&self, path: &str) -> Result<Option<Vec<f32>>, DbError> {
+        self.view
+            .get(&embedding_key(path))?
+            .map(|b| postcard::from_bytes(&b).map_err(db))
+            .transpose()
+    }
+
+    /// Embeddings in path order after `after` (exclusive; empty: from the start), at most
+    /// `limit`.
+    pub fn vectors(&self, after: &str, limit: usize) -> Result<Vec<(String, Vec<f32>)>, DbError> {
+        let from = if after.is_empty() {
+            Vec::new()
+        } else {
+            [after.as_bytes(), b"\0"].concat()
+        };
+        self.view
+            .scan(EMBEDDING, &from, limit, false)?
+            .into_iter()
+            .map(|(k, v)| {
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    postcard::from_bytes(&v).map_err(db)?,
+                ))
+            })
+            .collect()
+    }
+
     /// The version `path` shows now, unless it was removed.
     pub fn head(&self, path: &ObjectPath) -> Result<Option<Version>, DbError> {
         let Some(id) = self.view.get(&head_key(path.as_str()))? else {
@@ -356,13 +737,7 @@ impl FabricView<'_> {
 
     /// A path's versions, newest first (removals included), at most `limit`.
     pub fn versions(&self, path: &ObjectPath, limit: usize) -> Result<Vec<Version>, DbError> {
-        let under = [VERSION, path.as_str().as_bytes(), b"\0"].concat();
-        let limit = limit.min(limits::VERSIONS_LISTED_MAX);
-        self.view
-            .scan(&under, b"", limit, true)?
-            .iter()
-            .map(|(_, v)| read_version(v))
-            .collect()
+        versions_in(&self.view, path, limit)
     }
 
     /// The objects under `prefix` (not removed), in path order, after `after` if given, at

@@ -17,6 +17,7 @@ use noodle_link::{
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Reading objects under a prefix (`fabric:read:/datasets/`).
 pub const READ: Permission = Permission::new("fabric", "read");
@@ -43,6 +44,15 @@ pub struct FabricConfig {
     pub store_cap_bytes: u64,
     /// The node label that names a failure domain; copies spread over its values.
     pub domain_label: String,
+    /// Retention: the newest versions of each path that are always kept.
+    pub keep_versions: usize,
+    /// Retention: versions younger than this are always kept.
+    pub keep_for: Duration,
+    /// How often this node collects chunks no version refers to.
+    pub gc_every: Duration,
+    /// A chunk no version refers to is collected only once it is this old (an upload may
+    /// still be on its way to becoming a version).
+    pub upload_grace: Duration,
 }
 
 impl Default for FabricConfig {
@@ -51,6 +61,10 @@ impl Default for FabricConfig {
             replicas: crate::replication::REPLICAS_DEFAULT,
             store_cap_bytes: 64 << 30,
             domain_label: "zone".into(),
+            keep_versions: 10,
+            keep_for: Duration::from_secs(7 * 24 * 3600),
+            gc_every: Duration::from_secs(600),
+            upload_grace: Duration::from_secs(3600),
         }
     }
 }
@@ -59,11 +73,20 @@ impl Default for FabricConfig {
 #[derive(Debug, Default)]
 pub struct Fabric {
     cfg: FabricConfig,
+    handle: crate::FabricHandle,
 }
 
 impl Fabric {
     pub fn new(cfg: FabricConfig) -> Fabric {
-        Fabric { cfg }
+        Fabric {
+            cfg,
+            handle: crate::FabricHandle::default(),
+        }
+    }
+
+    /// The fabric for the node's other subsystems, usable once it has started.
+    pub fn handle(&self) -> crate::FabricHandle {
+        self.handle.clone()
     }
 }
 
@@ -102,8 +125,14 @@ impl Subsystem for Fabric {
                 store,
                 cfg: self.cfg,
                 clock: Mutex::new(HlcClock::default()),
+                vectors: Mutex::default(),
+                stats: Mutex::default(),
             });
+            self.handle.set(node.clone());
             tokio::spawn(crate::repair::repair_loop(node.clone()));
+            tokio::spawn(crate::gc::versions_loop(node.clone()));
+            tokio::spawn(crate::gc::chunks_loop(node.clone()));
+            tokio::spawn(crate::stats::stats_loop(node.clone()));
             Ok(node as Arc<dyn RunningSubsystem>)
         })
     }
@@ -115,6 +144,10 @@ pub(crate) struct FabricNode {
     pub(crate) store: ChunkStore,
     pub(crate) cfg: FabricConfig,
     pub(crate) clock: Mutex<HlcClock>,
+    /// This node's index of the embeddings ([`crate::near`]).
+    pub(crate) vectors: Mutex<crate::near::VectorCache>,
+    /// The counts of the last pass of [`crate::stats`].
+    pub(crate) stats: Mutex<crate::stats::StorageStats>,
 }
 
 /// `fabric.replicate`: the manifest whose chunks the caller holds.
@@ -175,11 +208,19 @@ async fn serve_replicate(
                 format!("the address of node {node} is not known here"),
             ))?,
         };
-        let (_, fetched) = store
+        let (manifest, fetched) = store
             .fetch(&host.link, origin, ChunkId(req.manifest))
             .await
             .map_err(|e| (e.http_status(), e.to_string()))?;
         metrics::counter!("noodle_fabric_replicated_bytes_total").increment(fetched);
+        // Chunks it held already (unreferenced, maybe old) are in use again: not collected.
+        let mut used = manifest.chunk_ids();
+        used.push(ChunkId(req.manifest));
+        let touched = store.clone();
+        tokio::task::spawn_blocking(move || touched.touch(&used))
+            .await
+            .map_err(|e| (RemoteError::INTERNAL, e.to_string()))?
+            .map_err(|e| (e.http_status(), e.to_string()))?;
         Ok(())
     }
     .await;
@@ -252,5 +293,28 @@ impl RunningSubsystem for FabricNode {
 
     fn routes(self: Arc<Self>) -> noodle_host::api::Routes {
         crate::api::routes(self)
+    }
+
+    fn panel(&self, caller: &noodle_host::Caller) -> Option<noodle_host::Panel> {
+        // Only decides what the page shows (the page was allowed): not audited.
+        let denied = self
+            .host
+            .authz
+            .authorise(caller, &READ.on(&crate::path::Prefix::root().to_string()))
+            .is_err();
+        match self.panel_html(denied) {
+            Ok(html) => Some(noodle_host::Panel {
+                id: crate::machine::NAME,
+                html,
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "storage panel render failed");
+                None
+            }
+        }
+    }
+
+    fn panel_style(&self) -> &'static str {
+        crate::stats::STYLE
     }
 }

@@ -24,6 +24,7 @@ mod subsystem;
 pub use authz::{Actor, Authz, Caller, Permission, STREAM_RECHECK, verify_audit, while_allowed};
 pub use cluster::{Clock, ClusterView, SystemClock};
 pub use events::EventBus;
+pub use noodle_caps::Request;
 pub use subsystem::{
     Host, Panel, RunningSubsystem, StartError, Subsystem, SubsystemFuture, not_found,
 };

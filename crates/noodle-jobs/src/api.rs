@@ -81,7 +81,7 @@ impl JobsService {
     fn check(
         &self,
         caller: &Caller,
-        request: noodle_host::Permission,
+        request: impl Into<noodle_host::Request>,
         action: &str,
         target: &str,
     ) -> Result<Actor, Refusal> {
@@ -214,9 +214,19 @@ async fn submit(
                 bytes: f.bytes,
             })
             .collect(),
+        held: state.runtime.fabric.holdings(&req.reads),
+        reads: req.reads,
+        writes: req.writes,
     };
     spec.validate().map_err(bad_request)?;
     check_quotas(&state, &caller, &actor, &spec, &target)?;
+    // The job's node reads and writes these in its own name: the submitter must hold them.
+    for p in &spec.reads {
+        state.check(&caller, noodle_fabric::READ.on(p), "job.submit", p)?;
+    }
+    for p in &spec.writes {
+        state.check(&caller, noodle_fabric::WRITE.on(p), "job.submit", p)?;
+    }
     let manifests: Vec<String> = spec.files.iter().map(|f| f.manifest.clone()).collect();
     let missing = state
         .runtime

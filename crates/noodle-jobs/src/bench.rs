@@ -35,6 +35,7 @@ pub fn spawn_true_us(scratch: &Path, sandboxed: bool, runs: usize) -> Result<Vec
                 command: vec!["true".into()],
                 workdir: work.clone(),
                 env: Vec::new(),
+                env_in_workdir: Vec::new(),
                 path: None,
                 cpus: 1,
                 mem_bytes: 0,

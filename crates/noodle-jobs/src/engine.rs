@@ -713,9 +713,10 @@ impl Engine {
 }
 
 /// A job as the scheduler sees it. Its input data, for scoring, is its shipped files, all on
-/// the submitting node.
+/// the submitting node, and its `--read` inputs where the fabric holds them.
 pub fn sched_spec(id: u64, spec: &JobSpec) -> noodle_sched::JobSpec {
     let shipped: u64 = spec.files.iter().map(|f| f.bytes).sum();
+    let shipped = (shipped > 0).then(|| (spec.origin.clone(), shipped));
     noodle_sched::JobSpec {
         id,
         submitter: spec.submitter.clone(),
@@ -724,11 +725,10 @@ pub fn sched_spec(id: u64, spec: &JobSpec) -> noodle_sched::JobSpec {
         mem_bytes: spec.mem_bytes,
         gpus: spec.gpus,
         labels: spec.labels.clone(),
-        inputs: if shipped > 0 {
-            vec![(spec.origin.clone(), shipped)]
-        } else {
-            Vec::new()
-        },
+        inputs: shipped
+            .into_iter()
+            .chain(spec.held.iter().cloned())
+            .collect(),
     }
 }
 

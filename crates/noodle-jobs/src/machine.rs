@@ -8,9 +8,11 @@
 //! | `q/` + job id | empty: the job has not ended (queued, placed, running) |
 //! | `m/next_job` | the next job id |
 //! | `m/pruned_below` | ended jobs below this id have been forgotten |
+//! | `g/` + node + `\0` + job id | a placed job's `--write` prefixes: [`noodle_fabric::grants`] |
 
 use crate::state::{JobCommand, JobRecord, limits, transition};
 use noodle_control::{Applied, DbError, MachineTable, MachineView, Rejection, StateMachine};
+use noodle_fabric::grants;
 
 /// The state machine's name, the jobs subsystem's.
 pub const NAME: &str = "jobs";
@@ -68,16 +70,30 @@ impl StateMachine for JobsMachine {
         view: &MachineView<'_>,
         caller: &str,
         command: &[u8],
-    ) -> noodle_control::Needs {
+    ) -> Vec<noodle_control::Needs> {
         use noodle_control::Needs;
-        match postcard::from_bytes::<JobCommand>(command) {
+        vec![match postcard::from_bytes::<JobCommand>(command) {
             Ok(JobCommand::Cancel { id, .. }) if placed_on(view, id).as_deref() == Some(caller) => {
                 Needs::Node
             }
-            Ok(JobCommand::Submit { spec, .. }) => Needs::right("jobs", "run", None).within(&[
-                ("cpus", i64::from(spec.cpus)),
-                ("gpus", i64::from(spec.gpus)),
-            ]),
+            // The job's fabric prefixes too: its node reads and writes them in its name.
+            Ok(JobCommand::Submit { spec, .. }) => {
+                return std::iter::once(Needs::right("jobs", "run", None).within(&[
+                    ("cpus", i64::from(spec.cpus)),
+                    ("gpus", i64::from(spec.gpus)),
+                ]))
+                .chain(
+                    spec.reads
+                        .iter()
+                        .map(|p| Needs::right("fabric", "read", Some(p))),
+                )
+                .chain(
+                    spec.writes
+                        .iter()
+                        .map(|p| Needs::right("fabric", "write", Some(p))),
+                )
+                .collect();
+            }
             Ok(JobCommand::Cancel { .. }) => Needs::right("jobs", "run", None),
             Ok(
                 JobCommand::Started { .. }
@@ -86,7 +102,7 @@ impl StateMachine for JobsMachine {
                 | JobCommand::Lost { .. },
             ) => Needs::Node,
             Ok(JobCommand::Place { .. }) | Err(_) => Needs::Voter,
-        }
+        }]
     }
 
     /// A report about a job placed on a node (started, ended, could not start, lost by a node
@@ -141,10 +157,21 @@ impl StateMachine for JobsMachine {
             ))));
         };
         let mut job: JobRecord = postcard::from_bytes(&bytes).map_err(db)?;
+        let before = job.state.placement().map(|(node, _)| node.to_string());
         if let Err(why) = transition(&mut job, &command) {
             return Ok(Applied::Rejected(Rejection(why)));
         }
         t.insert(&job_key(JOB, id), &encode(&job)?)?;
+        // The node a job with `--write` is placed on may write there, as long as it is.
+        let after = job.state.placement().map(|(node, _)| node);
+        if !job.spec.writes.is_empty() && before.as_deref() != after {
+            if let Some(node) = &before {
+                t.remove(&grants::key(node, id))?;
+            }
+            if let Some(node) = after {
+                t.insert(&grants::key(node, id), &grants::encode(&job.spec.writes))?;
+            }
+        }
         if job.state.is_terminal() {
             t.remove(&job_key(ACTIVE, id))?;
             // A job the pruning cursor passed while it ran is forgotten as soon as it ends.

@@ -87,6 +87,9 @@ pub(crate) struct ProcessSpec {
     /// but for `PATH` (the node's), `HOME`, `TMPDIR` (`workdir/tmp`, created), and
     /// `LANG`/`LC_ALL` (`C.UTF-8`).
     pub(crate) env: Vec<(String, String)>,
+    /// Environment naming places in the working directory: (name, path relative to it), set
+    /// to where the job sees them.
+    pub(crate) env_in_workdir: Vec<(String, String)>,
     /// `PATH` for the job, which also finds its program; `None` for the node's.
     pub(crate) path: Option<OsString>,
     /// CPU slots: the job's CPU time is capped at this many CPUs (with a cgroup only).
@@ -242,6 +245,11 @@ impl JobProcess {
             .env("LANG", "C.UTF-8")
             .env("LC_ALL", "C.UTF-8")
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .envs(
+                spec.env_in_workdir
+                    .iter()
+                    .map(|(k, rel)| (k, home.join(rel))),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(out_tx))
             .stderr(Stdio::from(err_tx))

@@ -49,6 +49,10 @@ const KEPT_JOB_DIRS: usize = 1000;
 const PRUNE_EVERY: u64 = 64;
 /// How often a sandboxed job's working directory is measured against its bound.
 const DISK_CHECK: Duration = Duration::from_secs(1);
+/// Where a job finds its `--read` inputs (`$NOODLE_FABRIC`), in its working directory.
+const INPUTS: &str = crate::process::sandbox::READ_ONLY_DIR;
+/// Where a job leaves its `--write` output (`$NOODLE_OUT`), in its working directory.
+const OUTPUT: &str = "out";
 /// Chunk store size for shipped files.
 const SHIPPING_CAP_BYTES: u64 = 8 << 30;
 /// The exit code of a job that could not start for a reason of the node's (126, as a shell).
@@ -62,6 +66,8 @@ pub(crate) struct JobRuntime {
     pub(crate) cfg: JobsConfig,
     dir: PathBuf,
     pub(crate) shipping: Shipping,
+    /// The node's fabric: `--read` inputs and `--write` output.
+    pub(crate) fabric: noodle_fabric::FabricHandle,
     cgroup: Option<PathBuf>,
     /// How jobs are confined here: `Err` says why they cannot be (then none runs here);
     /// `Ok(None)` when the operator opted out.
@@ -84,7 +90,11 @@ pub enum JobsError {
 
 impl JobRuntime {
     /// Opens `<data_dir>/jobs` and the shipped-file store. Blocking: it scans the store.
-    pub(crate) fn open(data_dir: &Path, cfg: JobsConfig) -> Result<JobRuntime, JobsError> {
+    pub(crate) fn open(
+        data_dir: &Path,
+        cfg: JobsConfig,
+        fabric: noodle_fabric::FabricHandle,
+    ) -> Result<JobRuntime, JobsError> {
         let dir = data_dir.join("jobs");
         std::fs::create_dir_all(&dir).map_err(|source| JobsError::Dir {
             path: dir.clone(),
@@ -122,6 +132,7 @@ impl JobRuntime {
             cfg,
             dir,
             shipping,
+            fabric,
             cgroup,
             sandbox,
             logs: Mutex::default(),
@@ -485,6 +496,22 @@ async fn report(control: &Control, node: &str, command: JobCommand) -> Reported 
     }
 }
 
+/// Makes `dir` and every directory under it 0755 (links are not followed).
+fn open_dirs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755))?;
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One attempt of a job placed here, from fetching its files to its exit.
 struct Attempt {
     host: Host,
@@ -580,6 +607,10 @@ impl Attempt {
                 );
             }
         }
+        let input_bytes = match self.prepare_fabric(&work).await {
+            Ok(bytes) => bytes,
+            Err(e) => return self.start_failed(CANNOT_RUN, format!("node {me}: {e}")),
+        };
         if self.signal.borrow().is_some() {
             return self.start_failed(CANNOT_RUN, "stopped before it started".into());
         }
@@ -587,7 +618,8 @@ impl Attempt {
             Ok(c) => c,
             Err(e) => return self.start_failed(CANNOT_RUN, format!("node {me}: {e}")),
         };
-        let disk_max = sandbox.map(Sandbox::disk_max_bytes);
+        // The inputs are the node's, not the job's writing.
+        let disk_max = sandbox.map(|s| s.disk_max_bytes().saturating_add(input_bytes));
         let visible = self
             .gpus
             .iter()
@@ -604,6 +636,13 @@ impl Attempt {
                 // The job sees only the GPUs it was given (none if it asked for none).
                 ("CUDA_VISIBLE_DEVICES".into(), visible),
             ],
+            env_in_workdir: [
+                (!job.spec.reads.is_empty()).then(|| ("NOODLE_FABRIC".into(), INPUTS.into())),
+                (!job.spec.writes.is_empty()).then(|| ("NOODLE_OUT".into(), OUTPUT.into())),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
             path: sandbox.map(|s| s.job_path(&crate::process::node_path())),
             cpus: job.spec.cpus,
             mem_bytes: match job.spec.mem_bytes {
@@ -635,6 +674,8 @@ impl Attempt {
         tokio::pin!(wait);
         let mut disk_check = tokio::time::interval(DISK_CHECK);
         let mut over_disk = false;
+        // Whether the node stopped it (then its output is not the job's finished work).
+        let mut stopped = false;
         let exit_code = loop {
             tokio::select! {
                 code = &mut wait => break code,
@@ -645,6 +686,7 @@ impl Attempt {
                         .unwrap_or(true);
                     if !within {
                         over_disk = true;
+                        stopped = true;
                         log.notice(&format!(
                             "node {me}: the job's working directory grew past its bound of {max} bytes (or {DISK_WALK_ENTRIES} files): the job was stopped"
                         ));
@@ -653,6 +695,7 @@ impl Attempt {
                 }
                 changed = self.signal.changed() => {
                     let signal = if changed.is_err() { Some(Signal::Kill) } else { *self.signal.borrow() };
+                    stopped |= signal.is_some();
                     match signal {
                         None => {}
                         Some(Signal::Terminate) => killer.terminate(grace),
@@ -668,10 +711,78 @@ impl Attempt {
                 }
             }
         };
+        let exit_code = match self.write_output(&work, exit_code, stopped).await {
+            Ok(()) => exit_code,
+            Err(e) => {
+                log.notice(&format!("node {me}: {e}"));
+                if exit_code == 0 {
+                    CANNOT_RUN
+                } else {
+                    exit_code
+                }
+            }
+        };
         Input::Exited {
             id: job.id,
             epoch: self.epoch,
             exit_code,
         }
+    }
+
+    /// Creates the job's [`OUTPUT`] directory if it has a `--write` prefix, and copies the
+    /// objects under its `--read` prefixes into its [`INPUTS`] directory. Returns their bytes.
+    async fn prepare_fabric(&self, work: &Path) -> Result<u64, String> {
+        if !self.job.spec.writes.is_empty() {
+            tokio::fs::create_dir_all(work.join(OUTPUT))
+                .await
+                .map_err(|e| format!("cannot create the job's output directory: {e}"))?;
+        }
+        let max = match &self.rt.sandbox {
+            Ok(Some(s)) => s.disk_max_bytes(),
+            _ => u64::MAX,
+        };
+        let mut total = 0;
+        for prefix in &self.job.spec.reads {
+            let (_, bytes) = self
+                .rt
+                .fabric
+                .read_prefix(prefix, &work.join(INPUTS), max.saturating_sub(total))
+                .await
+                .map_err(|e| format!("could not read {prefix} from the fabric: {e}"))?;
+            total += bytes;
+        }
+        // Readable by the job's own user, writable only by the node (whatever its umask).
+        let inputs = work.join(INPUTS);
+        if !self.job.spec.reads.is_empty() {
+            tokio::task::spawn_blocking(move || open_dirs(&inputs))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("cannot open the inputs to the job: {e}"))?;
+        }
+        Ok(total)
+    }
+
+    /// Makes what the job left in its [`OUTPUT`] directory versions under its `--write`
+    /// prefix, tagged with the job and its exit code; not when the node stopped it.
+    async fn write_output(&self, work: &Path, exit_code: i32, stopped: bool) -> Result<(), String> {
+        let Some(prefix) = self.job.spec.writes.first() else {
+            return Ok(());
+        };
+        if stopped {
+            return Ok(());
+        }
+        let tags = [
+            ("job".to_string(), self.job.id.to_string()),
+            ("exit".to_string(), exit_code.to_string()),
+        ]
+        .into();
+        let written = self
+            .rt
+            .fabric
+            .write_dir(&work.join(OUTPUT), prefix, &self.job.spec.submitter, tags)
+            .await
+            .map_err(|e| format!("the job's output was not (all) written to {prefix}: {e}"))?;
+        tracing::info!(job = self.job.id, files = written.len(), %prefix, "job output written to the fabric");
+        Ok(())
     }
 }

@@ -783,6 +783,9 @@ impl Sim {
             retries: self.rng.range(0, 2) as u32,
             origin: self.nodes[origin].id.clone(),
             files: Vec::new(),
+            reads: Vec::new(),
+            writes: Vec::new(),
+            held: Vec::new(),
         };
         self.log(format!(
             "client submits job {id}: {} cpus, {} retries",

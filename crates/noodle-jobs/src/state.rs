@@ -32,6 +32,15 @@ pub struct JobSpec {
     pub origin: String,
     /// Files shipped into the job's working directory.
     pub files: Vec<JobFile>,
+    /// Fabric prefixes the job reads: their objects are in `$NOODLE_FABRIC` before it starts
+    /// (the submitter had `fabric:read` on each).
+    pub reads: Vec<String>,
+    /// The fabric prefix the job's output (`$NOODLE_OUT`) becomes versions under when it
+    /// ends (the submitter had `fabric:write` on it); at most one.
+    pub writes: Vec<String>,
+    /// Where the `--read` inputs were at submission: (node, bytes), for placing the job near
+    /// them; at most [`noodle_fabric::HOLDERS_MAX`].
+    pub held: Vec<(String, u64)>,
 }
 
 /// A file the executing node fetches from the origin's chunk store before it starts the job.
@@ -277,6 +286,8 @@ pub mod limits {
     pub const ARGS_MAX: usize = 1024;
     pub const COMMAND_BYTES_MAX: usize = 64 << 10;
     pub const FILES_MAX: usize = 64;
+    /// Fabric prefixes one job reads, at most.
+    pub const READS_MAX: usize = 16;
     pub const FILE_NAME_BYTES_MAX: usize = 1024;
     pub const LABELS_MAX: usize = 32;
     pub const NAME_BYTES_MAX: usize = 256;
@@ -318,6 +329,20 @@ impl JobSpec {
             if f.manifest.len() != 64 || !f.manifest.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(format!("file {:?}: bad manifest id", f.name));
             }
+        }
+        if self.reads.len() > READS_MAX {
+            return Err(format!("at most {READS_MAX} --read prefixes"));
+        }
+        if self.writes.len() > 1 {
+            return Err("at most one --write prefix: the job's $NOODLE_OUT becomes it".into());
+        }
+        if self.held.len() > noodle_fabric::HOLDERS_MAX
+            || self.held.iter().any(|(n, _)| n.len() > NAME_BYTES_MAX)
+        {
+            return Err("too many input holders, or a holder's name too long".into());
+        }
+        for p in self.reads.iter().chain(&self.writes) {
+            noodle_fabric::Prefix::parse(p).map_err(|e| format!("fabric prefix {p:?}: {e}"))?;
         }
         if self.submitter.len() > NAME_BYTES_MAX || self.origin.len() > NAME_BYTES_MAX {
             return Err("submitter or origin name too long".into());
@@ -403,6 +428,9 @@ mod tests {
                 retries: 1,
                 origin: "a".into(),
                 files: Vec::new(),
+                reads: Vec::new(),
+                writes: Vec::new(),
+                held: Vec::new(),
             },
             state: JobState::Queued,
             epoch: 0,

@@ -55,11 +55,22 @@ impl Default for JobsConfig {
 #[derive(Debug, Default)]
 pub struct Jobs {
     cfg: JobsConfig,
+    fabric: noodle_fabric::FabricHandle,
 }
 
 impl Jobs {
     pub fn new(cfg: JobsConfig) -> Jobs {
-        Jobs { cfg }
+        Jobs {
+            cfg,
+            fabric: noodle_fabric::FabricHandle::default(),
+        }
+    }
+
+    /// The node's fabric, which jobs read their `--read` inputs from and write their
+    /// `--write` output to (without it, such jobs fail to start with a clear error).
+    pub fn with_fabric(mut self, fabric: noodle_fabric::FabricHandle) -> Jobs {
+        self.fabric = fabric;
+        self
     }
 }
 
@@ -82,8 +93,8 @@ impl Subsystem for Jobs {
     ) -> SubsystemFuture<Result<Arc<dyn RunningSubsystem>, StartError>> {
         Box::pin(async move {
             let dir = host.data_dir.clone();
-            let cfg = self.cfg;
-            let runtime = tokio::task::spawn_blocking(move || JobRuntime::open(&dir, cfg))
+            let (cfg, fabric) = (self.cfg, self.fabric);
+            let runtime = tokio::task::spawn_blocking(move || JobRuntime::open(&dir, cfg, fabric))
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.map_err(|e| e.to_string()))

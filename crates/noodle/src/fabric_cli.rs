@@ -1,10 +1,15 @@
-//! The memory fabric's commands: `noodle put`, `get`, `ls`, `versions`, `rm`, `query`.
+//! The memory fabric's commands: `noodle put` (also `--vector`), `get`, `ls`, `versions`, `rm`,
+//! `query` (by tag or `--near-vector`).
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use noodle_api::fabric::{FabricList, FabricObject, FabricPut, download, download_into};
+use noodle_api::fabric::{
+    FabricList, FabricNear, FabricObject, FabricPut, FabricVector, download, download_into,
+};
 use noodle_api::{ChunkRoute, Client};
 use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -17,6 +22,11 @@ pub(crate) struct PutArgs {
     /// A tag of the new version (repeatable): `key=value`, or `key`.
     #[arg(long = "tag", value_name = "K=V")]
     tags: Vec<String>,
+    /// FILE is an embedding (little-endian float32 values, no header) to attach to the
+    /// existing object PATH, replacing the one it had; every object under one top-level
+    /// prefix has embeddings of one dimension.
+    #[arg(long, conflicts_with = "tags")]
+    vector: bool,
     /// Print the new version as JSON.
     #[arg(long)]
     json: bool,
@@ -30,8 +40,71 @@ pub(crate) struct GetArgs {
     #[arg(short = 'o', long = "output")]
     output: Option<PathBuf>,
     /// A version other than the newest (`noodle versions` lists them).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "snapshot")]
     version: Option<String>,
+    /// The version the path showed in this snapshot (`noodle snapshot ls`).
+    #[arg(long, value_name = "ID")]
+    snapshot: Option<u64>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub(crate) enum SnapshotCommand {
+    /// Take a snapshot of a prefix; prints its id. Its versions are kept until it is removed.
+    Create {
+        /// The prefix (ends with `/`).
+        prefix: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the snapshots of prefixes under PREFIX.
+    Ls {
+        #[arg(default_value = "/")]
+        prefix: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a snapshot (its versions may then be collected).
+    Rm { id: u64 },
+}
+
+/// `noodle snapshot ...`.
+pub(crate) async fn snapshot(client: Client, command: SnapshotCommand) -> Result<i32> {
+    let print = |s: &noodle_api::fabric::FabricSnapshot, json: bool| -> Result<()> {
+        if json {
+            outln!("{}", serde_json::to_string(s)?);
+        } else {
+            outln!(
+                "{:>6}  {:<40} {}  {}",
+                s.id,
+                s.prefix,
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(s.created_at_ms)
+                ),
+                s.creator
+            );
+        }
+        Ok(())
+    };
+    match command {
+        SnapshotCommand::Create { prefix, json } => {
+            let s = client.fabric_snapshot(&prefix).await?;
+            if json {
+                print(&s, true)?;
+            } else {
+                outln!("{}", s.id);
+            }
+        }
+        SnapshotCommand::Ls { prefix, json } => {
+            for s in client.fabric_snapshots(&prefix).await?.snapshots {
+                print(&s, json)?;
+            }
+        }
+        SnapshotCommand::Rm { id } => {
+            let s = client.fabric_snapshot_remove(id).await?;
+            outln!("removed snapshot {} of {}", s.id, s.prefix);
+        }
+    }
+    Ok(0)
 }
 
 #[derive(Args, Debug)]
@@ -53,8 +126,19 @@ pub(crate) struct PathArgs {
 #[derive(Args, Debug)]
 pub(crate) struct QueryArgs {
     /// A tag every result has (repeatable): `key=value`, or `key` for any value.
-    #[arg(long = "tag", value_name = "K=V", required = true)]
+    #[arg(
+        long = "tag",
+        value_name = "K=V",
+        required_unless_present = "near_vector"
+    )]
     tags: Vec<String>,
+    /// The objects whose embeddings (`noodle put --vector`) are nearest to the one in this
+    /// file (little-endian float32), best first, with their cosine similarity.
+    #[arg(long, value_name = "FILE", conflicts_with = "tags")]
+    near_vector: Option<PathBuf>,
+    /// With --near-vector: how many.
+    #[arg(long, default_value_t = 10)]
+    k: u32,
     /// Only objects under this prefix.
     #[arg(long, default_value = "/")]
     prefix: String,
@@ -99,10 +183,33 @@ fn print_list(list: &FabricList, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// A vector file: little-endian float32 values.
+fn read_vector(file: &Path) -> Result<Vec<f32>> {
+    let max = noodle_fabric::vector::DIM_MAX as u64 * 4;
+    let mut bytes = Vec::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(max + 1).read_to_end(&mut bytes))
+        .with_context(|| format!("reading {}", file.display()))?;
+    noodle_fabric::vector::decode_f32(&bytes).with_context(|| file.display().to_string())
+}
+
 /// `noodle put FILE PATH`.
 pub(crate) async fn put(client: Client, args: PutArgs) -> Result<i32> {
     if !args.file.is_file() {
         bail!("{} is not a file", args.file.display());
+    }
+    if args.vector {
+        let vector = read_vector(&args.file)?;
+        let dim = vector.len();
+        let object = client
+            .fabric_set_vector(&args.path, &FabricVector { vector })
+            .await?;
+        if args.json {
+            print_object(&object, true)?;
+        } else {
+            outln!("{}: a {dim}-dimensional vector attached", object.path);
+        }
+        return Ok(0);
     }
     let path = if args.path.ends_with('/') {
         let Some(name) = args.file.file_name().and_then(|n| n.to_str()) else {
@@ -142,9 +249,14 @@ pub(crate) async fn put(client: Client, args: PutArgs) -> Result<i32> {
 
 /// `noodle get PATH`.
 pub(crate) async fn get(client: Client, args: GetArgs) -> Result<i32> {
-    let object = client
-        .fabric_object(&args.path, args.version.as_deref())
-        .await?;
+    let object = match args.snapshot {
+        Some(id) => client.fabric_object_in(&args.path, id).await?,
+        None => {
+            client
+                .fabric_object(&args.path, args.version.as_deref())
+                .await?
+        }
+    };
     if !object.exists {
         bail!("{} was removed at version {}", object.path, object.version);
     }
@@ -218,6 +330,21 @@ pub(crate) async fn rm(client: Client, args: PathArgs) -> Result<i32> {
 
 /// `noodle query --tag K=V [--prefix P]`.
 pub(crate) async fn query(client: Client, args: QueryArgs) -> Result<i32> {
+    if let Some(file) = &args.near_vector {
+        let near = FabricNear {
+            vector: read_vector(file)?,
+            k: args.k,
+            prefix: args.prefix.clone(),
+        };
+        for hit in client.fabric_near(&near).await?.hits {
+            if args.json {
+                outln!("{}", serde_json::to_string(&hit)?);
+            } else {
+                outln!("{:.4}  {}", hit.score, hit.object.path);
+            }
+        }
+        return Ok(0);
+    }
     let list = client
         .fabric_query(&args.tags, &args.prefix, args.limit)
         .await?;

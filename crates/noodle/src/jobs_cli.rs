@@ -80,6 +80,14 @@ pub(crate) struct RunArgs {
     /// Ship this local file into the job's working directory as ./FILE_NAME; repeatable.
     #[arg(long = "file", value_name = "PATH")]
     files: Vec<PathBuf>,
+    /// Make the fabric's objects under PREFIX readable by the job at $NOODLE_FABRIC/PREFIX
+    /// (needs fabric:read on it); repeatable.
+    #[arg(long = "read", value_name = "PREFIX")]
+    reads: Vec<String>,
+    /// When the job ends, turn the files it left under $NOODLE_OUT into versions under PREFIX
+    /// (needs fabric:write on it), tagged job=ID.
+    #[arg(long = "write", value_name = "PREFIX")]
+    write: Option<String>,
     /// Run the job again on another node up to N times if its node dies.
     #[arg(long, value_name = "N", default_value_t = 0)]
     retries: u32,
@@ -187,6 +195,8 @@ pub(crate) async fn run(
         labels,
         retries: args.retries,
         files,
+        reads: args.reads,
+        writes: args.write.into_iter().collect(),
     };
     let info = client.submit_job(&submit).await?;
     if args.detach {

@@ -28,6 +28,7 @@ mod control_cli;
 mod fabric_cli;
 mod jobs_cli;
 mod login;
+mod mount_cli;
 mod ship_cli;
 
 use anyhow::{Context, Result, bail};
@@ -103,8 +104,13 @@ enum Command {
     Versions(fabric_cli::PathArgs),
     /// Remove an object (its old versions stay).
     Rm(fabric_cli::PathArgs),
-    /// Find objects by tag.
+    /// Find objects by tag, or by the nearness of their embeddings to a vector.
     Query(fabric_cli::QueryArgs),
+    /// Snapshots of a prefix: every path as it was when it was taken.
+    #[command(subcommand)]
+    Snapshot(fabric_cli::SnapshotCommand),
+    /// Show the fabric as a directory (FUSE) until Ctrl-C or `fusermount3 -u DIR`.
+    Mount(mount_cli::MountArgs),
     /// Cluster-wide configuration, kept by the control plane.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -161,6 +167,23 @@ struct UpArgs {
     /// Failure detector: how long a suspect has before it is declared dead.
     #[arg(long, default_value = "1500ms", value_parser = humantime::parse_duration)]
     suspect_timeout: Duration,
+    /// Fabric: copies of each version this node writes (fewer on a smaller cluster); a write
+    /// is acknowledged once min(2, this) hold it.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=16))]
+    fabric_replicas: u64,
+    /// Fabric retention: the newest versions of each path always kept.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    fabric_keep_versions: u64,
+    /// Fabric retention: versions younger than this are always kept (older ones beyond
+    /// --fabric-keep-versions are collected unless a snapshot holds them).
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    fabric_keep_for: Duration,
+    /// Fabric: how often this node collects chunks no version refers to.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    fabric_gc_every: Duration,
+    /// Fabric: an uploaded chunk that no version refers to is collected once this old.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    fabric_upload_grace: Duration,
     /// Control plane: a voter dead this long is replaced by a healthy learner.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     voter_replace_after: Duration,
@@ -472,6 +495,8 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Versions(a) => fabric_cli::versions(client()?, a).await,
         Command::Rm(a) => fabric_cli::rm(client()?, a).await,
         Command::Query(a) => fabric_cli::query(client()?, a).await,
+        Command::Snapshot(c) => fabric_cli::snapshot(client()?, c).await,
+        Command::Mount(a) => mount_cli::mount(client()?, a).await,
         Command::Config(c) => control_cli::config(client()?, c).await,
         Command::Cap(c) => control_cli::cap(client, c).await,
         Command::Policy(c) => control_cli::policy(client()?, c).await,
@@ -637,11 +662,20 @@ async fn up(data_dir: PathBuf, args: UpArgs) -> Result<i32> {
         .install_recorder()
         .ok();
     // The subsystems this node runs besides its own (membership, control plane, API).
+    if args.fabric_gc_every.is_zero() {
+        bail!("--fabric-gc-every must be more than 0");
+    }
+    let fabric = noodle_fabric::Fabric::new(noodle_fabric::FabricConfig {
+        replicas: usize::try_from(args.fabric_replicas).unwrap_or(3),
+        keep_versions: usize::try_from(args.fabric_keep_versions).unwrap_or(usize::MAX),
+        keep_for: args.fabric_keep_for,
+        gc_every: args.fabric_gc_every,
+        upload_grace: args.fabric_upload_grace,
+        ..noodle_fabric::FabricConfig::default()
+    });
     let subsystems: Vec<Box<dyn noodle_host::Subsystem>> = vec![
-        Box::new(noodle_jobs::Jobs::new(jobs)),
-        Box::new(noodle_fabric::Fabric::new(
-            noodle_fabric::FabricConfig::default(),
-        )),
+        Box::new(noodle_jobs::Jobs::new(jobs).with_fabric(fabric.handle())),
+        Box::new(fabric),
     ];
     let node = noodle_node::start(cfg, subsystems, metrics).await?;
     outln!("noodle node {} is up", node.node_id());

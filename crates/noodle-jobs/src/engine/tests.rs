@@ -39,6 +39,9 @@ fn spec(cpus: u32, gpus: u32) -> JobSpec {
         retries: 1,
         origin: "a".into(),
         files: Vec::new(),
+        reads: Vec::new(),
+        writes: Vec::new(),
+        held: Vec::new(),
     }
 }
 
@@ -602,6 +605,36 @@ fn sched_spec_carries_the_shipped_bytes_as_input_on_the_origin() {
     let j = sched_spec(9, &s);
     assert_eq!((j.id, j.cpus, j.gpus), (9, 2, 1));
     assert_eq!(j.inputs, vec![("a".to_string(), 15)]);
+}
+
+/// A job reading fabric data goes to a node that holds it rather than to an equal one that
+/// would fetch it.
+#[test]
+fn a_job_is_placed_where_its_fabric_input_is() {
+    for holder in ["b", "c"] {
+        let mut s = noodle_sched::Scheduler::default();
+        for id in ["a", "b", "c"] {
+            let node = noodle_sched::NodeSpec {
+                id: id.into(),
+                cpus: 4,
+                mem_bytes: 1 << 30,
+                gpus: 0,
+                labels: BTreeMap::new(),
+            };
+            s.add_node(node).expect("a node");
+        }
+        for (x, y) in [("a", "b"), ("a", "c"), ("b", "c")] {
+            s.set_rtt(x, y, 1_000);
+            s.set_rtt(y, x, 1_000);
+        }
+        let mut j = spec(1, 0);
+        j.reads = vec!["/data/".into()];
+        j.held = vec![(holder.to_string(), 8 << 30)];
+        s.submit(sched_spec(1, &j)).expect("submit");
+        let placed = s.place();
+        assert_eq!(placed.len(), 1);
+        assert_eq!(placed[0].node, holder);
+    }
 }
 
 #[test]

@@ -578,10 +578,20 @@ impl UidClaim {
     }
 }
 
-/// Gives `dir` and everything in it to `uid` (and the same gid); `dir` becomes 0700.
+/// The part of a job's working directory that stays the node's (read-only to the job): its
+/// fabric inputs (`noodle run --read`).
+pub(crate) const READ_ONLY_DIR: &str = "fabric";
+
+/// Gives `dir` and everything in it but [`READ_ONLY_DIR`] to `uid` (and the same gid); `dir`
+/// becomes 0700.
 fn give_tree(dir: &Path, uid: u32) -> io::Result<()> {
     let mut stack = vec![dir.to_path_buf()];
+    let inputs = dir.join(READ_ONLY_DIR);
     while let Some(path) = stack.pop() {
+        if path == inputs {
+            // Stays the node's: the job may read its inputs, not change them.
+            continue;
+        }
         std::os::unix::fs::lchown(&path, Some(uid), Some(uid))?;
         if path.is_dir() && !path.is_symlink() {
             for entry in std::fs::read_dir(&path)? {

@@ -24,7 +24,11 @@ impl Transport for Alone {
 async fn start(dir: &Path) -> Control {
     let me = Member::new("n0", 0, "127.0.0.1:1".into());
     let store = Store::open(&dir.join("control.redb")).expect("open");
-    let machines = Machines::new(vec![Arc::new(JobsMachine)]).expect("machines");
+    let machines = Machines::new(vec![
+        Arc::new(JobsMachine),
+        Arc::new(noodle_fabric::machine::FabricMachine),
+    ])
+    .expect("machines");
     let control = Control::start(
         me,
         ControlConfig::default(),
@@ -53,6 +57,9 @@ fn spec(retries: u32) -> JobSpec {
         retries,
         origin: "n0".into(),
         files: Vec::new(),
+        reads: Vec::new(),
+        writes: Vec::new(),
+        held: Vec::new(),
     }
 }
 
@@ -222,4 +229,110 @@ async fn ended_jobs_beyond_the_newest_are_forgotten_and_active_ones_kept() {
         .await
         .expect("submit");
     assert_eq!(again, Response::Created { id: total + 1 });
+}
+
+/// A job given `--write /out/` lets exactly the node it is placed on write versions under
+/// `/out/` without a person's token, and only while it is placed there: a member cannot grant
+/// itself a prefix, keep one after the job ends, or use another node's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placed_job_grants_its_node_its_write_prefix_and_nothing_else() {
+    use noodle_control::{Needs, StateMachine};
+    use noodle_fabric::machine::{Content, FabricCommand, FabricMachine, Version, VersionId};
+    assert_eq!(noodle_fabric::grants::HOLDER, machine::NAME);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = start(dir.path()).await;
+    let write = |node: &str, path: &str| {
+        noodle_fabric::machine::encode(&FabricCommand::Write {
+            path: path.into(),
+            version: Version {
+                id: VersionId {
+                    hlc: noodle_fabric::Hlc {
+                        wall_ms: 1,
+                        logical: 0,
+                    },
+                    node: node.into(),
+                },
+                creator: "alice".into(),
+                tags: Default::default(),
+                content: Some(Content {
+                    manifest: [1; 32],
+                    size: 1,
+                    replicas: vec![node.into()],
+                }),
+            },
+        })
+    };
+    // Whether node `node` may forward a write of `path` with no person's token.
+    let on_its_own = |a: &Control, node: &str, path: &str| {
+        let needs = a
+            .read_local(|v| {
+                Ok(FabricMachine.forwarding(&v.machine("fabric"), node, &write(node, path)))
+            })
+            .expect("read");
+        needs.iter().all(|n| *n == Needs::Node)
+    };
+    let mut with_writes = spec(0);
+    with_writes.writes = vec!["/out/".into()];
+    let Response::Created { id } = a
+        .propose(job(&JobCommand::Submit {
+            spec: with_writes,
+            at_ms: 1,
+        }))
+        .await
+        .expect("submit")
+    else {
+        panic!("a submission creates a job");
+    };
+    assert!(!on_its_own(&a, "n1", "/out/x"), "queued: no node has it");
+    a.propose(job(&JobCommand::Place {
+        id,
+        node: "n1".into(),
+    }))
+    .await
+    .expect("place");
+    assert!(on_its_own(&a, "n1", "/out/x"));
+    assert!(on_its_own(&a, "n1", "/out/deep/er"));
+    for (node, path) in [("n1", "/outside"), ("n1", "/outx/y"), ("n2", "/out/x")] {
+        assert!(!on_its_own(&a, node, path), "{node} {path}");
+    }
+    a.propose(job(&JobCommand::Started {
+        id,
+        epoch: 1,
+        at_ms: 2,
+    }))
+    .await
+    .expect("started");
+    assert!(on_its_own(&a, "n1", "/out/x"), "still while it runs");
+    a.propose(job(&JobCommand::Ended {
+        id,
+        epoch: 1,
+        exit_code: 0,
+        at_ms: 3,
+    }))
+    .await
+    .expect("ended");
+    assert!(!on_its_own(&a, "n1", "/out/x"), "gone once it ended");
+
+    // Submitting such a job from a non-voter needs the person's fabric rights too.
+    let mut reads_and_writes = spec(0);
+    reads_and_writes.reads = vec!["/data/".into()];
+    reads_and_writes.writes = vec!["/out/".into()];
+    let needs = a
+        .read_local(|v| {
+            Ok(JobsMachine.forwarding(
+                &v.machine(machine::NAME),
+                "n1",
+                &machine::encode(&JobCommand::Submit {
+                    spec: reads_and_writes,
+                    at_ms: 4,
+                }),
+            ))
+        })
+        .expect("read");
+    for (action, prefix) in [("read", "/data/"), ("write", "/out/")] {
+        assert!(
+            needs.contains(&Needs::right("fabric", action, Some(prefix))),
+            "{needs:?}"
+        );
+    }
 }

@@ -95,6 +95,7 @@ fn dashboard_in_chromium_lists_every_node_and_goes_live() {
     // A reload would clear this: it shows that what follows came over the stream.
     browser.evaluate(&page, "window.noodleNotReloaded = true");
     jobs_show_live(&mut browser, &page, &nodes[0]);
+    storage_shows_live(&mut browser, &page, &nodes[0]);
 
     let png = browser.screenshot(&page);
     assert!(
@@ -114,6 +115,35 @@ fn dashboard_in_chromium_lists_every_node_and_goes_live() {
         browser.script_errors
     );
     browser.close();
+}
+
+/// Puts an object on `node` and watches the storage panel count it without a reload.
+fn storage_shows_live(browser: &mut Browser, page: &Page, node: &Node) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("f");
+    std::fs::write(&file, vec![7u8; 3 << 20]).expect("write");
+    let out = node.cli(&["put", file.to_str().expect("utf-8"), "/dash/f"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expression = "(() => { const o = document.getElementById('f-objects'); \
+                      const b = document.getElementById('f-bytes'); \
+                      return o && b ? o.textContent + ' ' + b.textContent : ''; })()";
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < crate::support::patient(JOB_SHOWN_WITHIN) {
+        last = browser
+            .evaluate(page, expression)
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        if last == "1 3.0 MiB" {
+            return;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    panic!("the storage panel did not count the object: last seen {last:?}");
 }
 
 /// Submits jobs on `node` and watches the jobs panel follow them without a reload.

@@ -37,6 +37,13 @@ fn fails(node: &Node, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
+/// Waits until `node` sees `n` voters (a non-voter's local admin cannot write to the cluster).
+fn voters(node: &Node, n: usize) {
+    eventually(Duration::from_secs(60), "the voters", || {
+        (node.status()?.control?.voters.len() == n).then_some(())
+    });
+}
+
 fn object(node: &Node, path: &str) -> noodle_api::fabric::FabricObject {
     let lines = ok(node, &["versions", path, "--json"]);
     serde_json::from_str(lines.lines().next().expect("a version")).unwrap()
@@ -168,9 +175,7 @@ fn put_on_one_node_get_on_another_and_survive_the_writer() {
 
     // The node the big version was written on dies (once the other two are voters, so that
     // the control plane goes on): the others still have it.
-    eventually(Duration::from_secs(30), "three voters", || {
-        (nodes[1].status()?.control?.voters.len() == 3).then_some(())
-    });
+    voters(&nodes[1], 3);
     nodes[0].kill9();
     let again = tmp.path().join("again.bin");
     let version = put.version.clone();
@@ -291,9 +296,7 @@ fn rights_are_per_prefix_and_bad_paths_are_refused() {
 #[test]
 fn copies_lost_with_a_node_are_made_again_elsewhere() {
     let mut nodes = cluster(4);
-    eventually(Duration::from_secs(30), "three voters", || {
-        (nodes[0].status()?.control?.voters.len() == 3).then_some(())
-    });
+    voters(&nodes[0], 3);
     let tmp = tempfile::tempdir().unwrap();
     let paths = ["/r/a", "/r/b", "/r/c", "/r/d"];
     let mut sources = Vec::new();
@@ -342,9 +345,7 @@ fn copies_lost_with_a_node_are_made_again_elsewhere() {
 #[test]
 fn concurrent_writers_both_keep_their_version() {
     let nodes = cluster(3);
-    eventually(Duration::from_secs(30), "three voters", || {
-        (nodes[0].status()?.control?.voters.len() == 3).then_some(())
-    });
+    voters(&nodes[0], 3);
     let tmp = tempfile::tempdir().unwrap();
     let a = random_file(tmp.path(), "a", 200_000, 1);
     let b = random_file(tmp.path(), "b", 200_000, 2);
@@ -387,9 +388,7 @@ fn concurrent_writers_both_keep_their_version() {
 #[test]
 fn two_nodes_die_and_every_acknowledged_object_survives_with_three_copies_again() {
     let mut nodes = cluster(5);
-    eventually(Duration::from_secs(60), "five voters", || {
-        (nodes[0].status()?.control?.voters.len() == 5).then_some(())
-    });
+    voters(&nodes[0], 5);
     let tmp = tempfile::tempdir().unwrap();
     // Sizes: mostly small, some medium, one large.
     let mut sizes: Vec<usize> = (0..240).map(|i| 1024 + (i * 997) % (64 << 10)).collect();
@@ -452,4 +451,392 @@ fn two_nodes_die_and_every_acknowledged_object_survives_with_three_copies_again(
         );
         assert_eq!(object(&fresh[1], path).replicas.len(), 3);
     }
+}
+
+/// `noodle run --read /data/ --write /out/`: the job finds its input under `$NOODLE_FABRIC`,
+/// read-only, and nothing else of the fabric; what it leaves in `$NOODLE_OUT` becomes
+/// versions under `/out/` tagged with the job (a link it leaves there is not followed); a
+/// token without the right to a prefix cannot give a job that prefix.
+#[test]
+fn a_job_reads_its_input_and_its_output_becomes_versions() {
+    let nodes = cluster(3);
+    voters(&nodes[1], 3);
+    let tmp = tempfile::tempdir().unwrap();
+    let input = random_file(tmp.path(), "in.bin", 3 << 20, 11);
+    let small = tmp.path().join("small.txt");
+    std::fs::write(&small, "hello fabric\n").unwrap();
+    ok(
+        &nodes[0],
+        &["put", input.to_str().unwrap(), "/data/sub/in.bin"],
+    );
+    ok(
+        &nodes[0],
+        &["put", small.to_str().unwrap(), "/data/small.txt"],
+    );
+    ok(
+        &nodes[0],
+        &["put", small.to_str().unwrap(), "/secret/s.txt"],
+    );
+
+    let script = r#"set -e
+cd "$NOODLE_FABRIC"
+find . -type f | sort
+cat data/small.txt > "$NOODLE_OUT/copy.txt"
+mkdir -p "$NOODLE_OUT/d"
+wc -c < data/sub/in.bin | tr -d ' ' > "$NOODLE_OUT/d/size"
+cp data/sub/in.bin "$NOODLE_OUT/d/in.bin"
+ln -s /etc/hostname "$NOODLE_OUT/link"
+if chmod u+w data/small.txt 2>/dev/null && echo changed > data/small.txt; then echo WRITABLE; fi
+if rm -f data/sub/in.bin 2>/dev/null && test ! -e data/sub/in.bin; then echo WRITABLE; fi
+test ! -e secret
+"#;
+    let out = nodes[1].cli(&[
+        "run", "--read", "/data/", "--write", "/out/", "--json", "--", "sh", "-c", script,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Vec<&str> = stdout.lines().take(2).collect();
+    assert_eq!(
+        listed,
+        ["./data/small.txt", "./data/sub/in.bin"],
+        "{stdout}"
+    );
+    assert!(
+        !stdout.lines().any(|l| l == "WRITABLE"),
+        "the input was writable: {stdout}"
+    );
+    let job: noodle_api::JobInfo =
+        serde_json::from_str(stdout.lines().last().expect("the job")).unwrap();
+
+    // The output, read on another node.
+    assert_eq!(
+        ok(&nodes[2], &["get", "/out/copy.txt", "-o", "-"]),
+        "hello fabric\n"
+    );
+    assert_eq!(
+        ok(&nodes[2], &["get", "/out/d/size", "-o", "-"]).trim(),
+        (3 << 20).to_string()
+    );
+    let back = tmp.path().join("back.bin");
+    ok(
+        &nodes[2],
+        &["get", "/out/d/in.bin", "-o", back.to_str().unwrap()],
+    );
+    assert_eq!(
+        std::fs::read(&back).unwrap(),
+        std::fs::read(&input).unwrap()
+    );
+    let listed = ok(&nodes[2], &["ls", "/out/", "--json"]);
+    let paths: Vec<String> = listed
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<noodle_api::fabric::FabricObject>(l)
+                .unwrap()
+                .path
+        })
+        .collect();
+    assert_eq!(paths, ["/out/copy.txt", "/out/d/in.bin", "/out/d/size"]);
+    let written = object(&nodes[2], "/out/copy.txt");
+    assert_eq!(written.tags.get("job"), Some(&job.id.to_string()));
+    assert_eq!(written.tags.get("exit").map(String::as_str), Some("0"));
+    // The fabric's own copy of the input is unchanged.
+    assert_eq!(
+        ok(&nodes[2], &["get", "/data/small.txt", "-o", "-"]),
+        "hello fabric\n"
+    );
+
+    // Rights: the submitter's token must hold each prefix.
+    let runner = cap_create(
+        &nodes[0],
+        &[
+            "--allow",
+            "jobs:run",
+            "--allow",
+            "jobs:read",
+            "--allow",
+            "fabric:read:/data/",
+        ],
+    )
+    .token;
+    for (args, why) in [
+        (vec!["--read", "/secret/"], "/secret/"),
+        (vec!["--read", "/data/", "--write", "/out/"], "/out/"),
+    ] {
+        let mut all = vec!["run"];
+        all.extend(args);
+        all.extend(["--", "true"]);
+        let out = with_token(&nodes[0], &runner, &all);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{all:?} ran");
+        assert!(
+            err.contains("does not allow") && err.contains(why),
+            "{all:?}: {err}"
+        );
+    }
+    let out = with_token(
+        &nodes[0],
+        &runner,
+        &[
+            "run",
+            "--read",
+            "/data/",
+            "--",
+            "cat",
+            "fabric/data/small.txt",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello fabric\n");
+    let err = fails(
+        &nodes[0],
+        &["run", "--write", "/a/", "--write", "/b/", "--", "true"],
+    );
+    assert!(err.contains("--write"), "{err}");
+    let err = fails(&nodes[0], &["run", "--read", "/a/../b/", "--", "true"]);
+    assert!(err.contains("fabric prefix"), "{err}");
+}
+
+fn vector_file(dir: &Path, name: &str, v: &[f32]) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, noodle_fabric::vector::encode_f32(v)).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+/// Embeddings attached with `noodle put --vector` are found by `noodle query --near-vector`
+/// in the order of their cosine similarity, within the prefix asked for; a wrong dimension,
+/// a missing object and a prefix the token may not read are refused; a removed object is no
+/// longer found; a restarted node builds its index again from the records.
+#[test]
+fn objects_are_found_by_their_embeddings() {
+    let mut nodes = cluster(1);
+    let tmp = tempfile::tempdir().unwrap();
+    let doc = tmp.path().join("doc");
+    std::fs::write(&doc, "a document").unwrap();
+    let mut x = 12345u64;
+    let mut random = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % 2000) as f32 / 1000.0 - 1.0
+    };
+    let vectors: Vec<Vec<f32>> = (0..40)
+        .map(|_| (0..16).map(|_| random()).collect())
+        .collect();
+    for (i, v) in vectors.iter().enumerate() {
+        let path = format!("/docs/d{i:02}");
+        ok(&nodes[0], &["put", doc.to_str().unwrap(), &path]);
+        let f = vector_file(tmp.path(), "v", v);
+        ok(&nodes[0], &["put", &f, &path, "--vector"]);
+    }
+    ok(&nodes[0], &["put", doc.to_str().unwrap(), "/other/o"]);
+    let other = vector_file(tmp.path(), "other", &[1.0; 8]);
+    ok(&nodes[0], &["put", &other, "/other/o", "--vector"]);
+
+    let query: Vec<f32> = vectors[7].iter().map(|v| v + 0.01).collect();
+    let q = vector_file(tmp.path(), "q", &query);
+    let near = |node: &Node, prefix: &str| -> Vec<(String, f32)> {
+        ok(
+            node,
+            &[
+                "query",
+                "--near-vector",
+                &q,
+                "--k",
+                "5",
+                "--prefix",
+                prefix,
+                "--json",
+            ],
+        )
+        .lines()
+        .map(|l| {
+            let hit: noodle_api::fabric::FabricHit = serde_json::from_str(l).unwrap();
+            (hit.object.path, hit.score)
+        })
+        .collect()
+    };
+    let mut expected: Vec<(String, f32)> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (format!("/docs/d{i:02}"), cosine(v, &query)))
+        .collect();
+    expected.sort_by(|a, b| b.1.total_cmp(&a.1));
+    expected.truncate(5);
+    let found = near(&nodes[0], "/docs/");
+    let names = |v: &[(String, f32)]| v.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&found), names(&expected), "{found:?}");
+    assert!(found[0].0 == "/docs/d07" && found[0].1 > 0.99, "{found:?}");
+    // The whole fabric: only the namespace of the query's dimension answers.
+    assert_eq!(names(&near(&nodes[0], "/")), names(&expected));
+
+    let short = vector_file(tmp.path(), "short", &[1.0; 15]);
+    let err = fails(&nodes[0], &["put", &short, "/docs/d01", "--vector"]);
+    assert!(err.contains("dimension 15") && err.contains("16"), "{err}");
+    let err = fails(&nodes[0], &["put", &other, "/other/missing", "--vector"]);
+    assert!(err.contains("put the object first"), "{err}");
+    let zeros = vector_file(tmp.path(), "zeros", &[0.0; 8]);
+    let err = fails(&nodes[0], &["put", &zeros, "/other/o", "--vector"]);
+    assert!(err.contains("all zeros"), "{err}");
+    let reader = cap_create(&nodes[0], &["--allow", "fabric:read:/other/"]).token;
+    let out = with_token(
+        &nodes[0],
+        &reader,
+        &["query", "--near-vector", &q, "--prefix", "/docs/"],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not allow"));
+
+    ok(&nodes[0], &["rm", "/docs/d07"]);
+    let after = near(&nodes[0], "/docs/");
+    assert!(
+        !names(&after).contains(&"/docs/d07".to_string()),
+        "{after:?}"
+    );
+    nodes[0].kill9();
+    nodes[0].spawn(&[]);
+    nodes[0].wait_ready(Duration::from_secs(30));
+    assert_eq!(names(&near(&nodes[0], "/docs/")), names(&after));
+}
+
+/// The chunk files of a node's fabric store.
+fn stored_chunks(node: &Node) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let store = node.dir.join("fabric").join("chunks");
+    for sub in std::fs::read_dir(&store).unwrap() {
+        let sub = sub.unwrap().path();
+        if sub.is_dir() {
+            for f in std::fs::read_dir(&sub).unwrap() {
+                out.insert(f.unwrap().file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Retention keeps the newest versions and every version a snapshot shows; a snapshot reads
+/// the prefix as it was; the chunks of forgotten versions and of an upload that never became
+/// a version are collected, and nothing a kept version needs is.
+#[test]
+fn retention_keeps_what_snapshots_hold_and_collects_the_rest() {
+    let node = Node::start(
+        "gc",
+        &[
+            "--fabric-keep-versions",
+            "2",
+            "--fabric-keep-for",
+            "0s",
+            "--fabric-gc-every",
+            "1s",
+            "--fabric-upload-grace",
+            "2s",
+        ],
+    );
+    node.wait_ready(Duration::from_secs(30));
+    let tmp = tempfile::tempdir().unwrap();
+    let put = |i: u64| {
+        let f = random_file(tmp.path(), "v", 200_000 + i as usize, 100 + i);
+        ok(&node, &["put", f.to_str().unwrap(), "/d/a"]);
+        std::fs::read(&f).unwrap()
+    };
+    put(1);
+    let v1_chunks = stored_chunks(&node);
+    let v2 = put(2);
+    let snap = ok(&node, &["snapshot", "create", "/d/"]).trim().to_string();
+    let _v3 = put(3);
+    let v4 = put(4);
+    let v5 = put(5);
+    ok(
+        &node,
+        &["put", tmp.path().join("v").to_str().unwrap(), "/d/b"],
+    );
+    let listed = ok(&node, &["snapshot", "ls", "--json"]);
+    assert!(listed.contains("\"prefix\":\"/d/\""), "{listed}");
+    // An upload that never became a version: a chunk dropped into the store.
+    let stray = b"a chunk nobody refers to".to_vec();
+    let stray_id = noodle_chunks::ChunkId::of(&stray).to_hex();
+    let stray_path = node
+        .dir
+        .join("fabric/chunks")
+        .join(&stray_id[..2])
+        .join(&stray_id);
+    std::fs::create_dir_all(stray_path.parent().unwrap()).unwrap();
+    std::fs::write(&stray_path, &stray).unwrap();
+
+    let sizes = |node: &Node| -> Vec<u64> {
+        ok(node, &["versions", "/d/a", "--json"])
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<noodle_api::fabric::FabricObject>(l)
+                    .unwrap()
+                    .size
+            })
+            .collect()
+    };
+    // v5 and v4 (the newest two) and v2 (the snapshot's) stay; v1 and v3 go.
+    eventually(Duration::from_secs(60), "old versions forgotten", || {
+        (sizes(&node) == [200_005, 200_004, 200_002]).then_some(())
+    });
+    let get = |args: &[&str]| {
+        let out = node.cli(args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    assert_eq!(get(&["get", "/d/a", "-o", "-", "--snapshot", &snap]), v2);
+    assert_eq!(get(&["get", "/d/a", "-o", "-"]), v5);
+    let err = fails(&node, &["get", "/d/b", "-o", "-", "--snapshot", &snap]);
+    assert!(err.contains("not in snapshot"), "{err}");
+    // The chunks of v1 and the stray one are collected; v2's, v4's and v5's are not.
+    eventually(
+        Duration::from_secs(60),
+        "unreferenced chunks collected",
+        || (!stray_path.exists() && v1_chunks.is_disjoint(&stored_chunks(&node))).then_some(()),
+    );
+    let v4_back = get(&[
+        "get",
+        "/d/a",
+        "-o",
+        "-",
+        "--version",
+        &object_version(&node, 1),
+    ]);
+    assert_eq!(v4_back, v4);
+    assert_eq!(get(&["get", "/d/a", "-o", "-", "--snapshot", &snap]), v2);
+
+    // Without the snapshot, v2 goes too.
+    ok(&node, &["snapshot", "rm", &snap]);
+    eventually(
+        Duration::from_secs(60),
+        "the snapshot's version forgotten",
+        || (sizes(&node) == [200_005, 200_004]).then_some(()),
+    );
+}
+
+/// The id of the `n`th newest version of `/d/a`.
+fn object_version(node: &Node, n: usize) -> String {
+    let line = ok(node, &["versions", "/d/a", "--json"])
+        .lines()
+        .nth(n)
+        .expect("a version")
+        .to_string();
+    serde_json::from_str::<noodle_api::fabric::FabricObject>(&line)
+        .unwrap()
+        .version
 }

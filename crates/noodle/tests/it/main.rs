@@ -10,6 +10,7 @@ mod dashboard;
 mod fabric;
 mod jobs;
 mod members;
+mod mount;
 mod netns;
 mod routes;
 mod sandbox;

@@ -364,6 +364,9 @@ fn a_non_voter_forwards_a_write_only_with_a_token_that_grants_it() {
             retries: 0,
             origin: learner_id.clone(),
             files: Vec::new(),
+            reads: Vec::new(),
+            writes: Vec::new(),
+            held: Vec::new(),
         },
         at_ms: 1,
     };
