@@ -235,6 +235,14 @@ impl ChunkStore {
         idle_enough && self.store.remove(id).is_ok_and(|removed| removed)
     }
 
+    /// The same store, served to members with `method` (another subsystem's chunks stream).
+    pub fn with_method(&self, method: &'static str) -> ChunkStore {
+        ChunkStore {
+            store: self.store.clone(),
+            method,
+        }
+    }
+
     /// Bytes stored.
     pub fn total_bytes(&self) -> u64 {
         self.store.total_bytes()

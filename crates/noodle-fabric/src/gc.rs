@@ -3,7 +3,8 @@
 //! [`FabricConfig::keep_for`] are forgotten, never the one a path shows and never one a
 //! snapshot shows (the state machine checks both again when it applies the forgetting). On
 //! every node: chunks that no version refers to any more, and chunks of uploads that never
-//! became a version, are removed once older than [`FabricConfig::upload_grace`].
+//! became a version, are removed once older than [`FabricConfig::upload_grace`], except what
+//! another subsystem pinned (the shipped files of jobs that have not ended).
 //!
 //! [`FabricConfig::keep_versions`]: crate::FabricConfig::keep_versions
 //! [`FabricConfig::keep_for`]: crate::FabricConfig::keep_for
@@ -108,6 +109,19 @@ pub(crate) fn collect_chunks(node: &FabricNode) -> Result<usize, String> {
     // Listed first: a chunk stored after this is younger than the grace anyway.
     let stored = node.store.stored().map_err(|e| e.to_string())?;
     let mut live: HashSet<ChunkId> = HashSet::new();
+    // What other subsystems still need (the files of jobs that have not ended).
+    let pinned: Vec<ChunkId> = {
+        let pins = node.pins.lock().unwrap_or_else(|e| e.into_inner());
+        pins.iter().flat_map(|p| p()).collect()
+    };
+    for id in pinned {
+        if live.insert(id)
+            && let Ok(bytes) = node.store.get(&id)
+            && let Ok(manifest) = Manifest::decode(&bytes)
+        {
+            live.extend(manifest.chunk_ids());
+        }
+    }
     let mut cursor = Vec::new();
     loop {
         let page = node

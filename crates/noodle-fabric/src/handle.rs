@@ -52,10 +52,17 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HandleError + '_ {
     }
 }
 
+/// Chunks another subsystem still needs: manifest ids whose manifests and chunks collection
+/// must keep (the files of jobs that have not ended).
+pub type Pins = Box<dyn Fn() -> Vec<ChunkId> + Send + Sync>;
+
 /// The started fabric of this node, for other subsystems; empty until the fabric starts.
 /// Cheap to clone.
 #[derive(Clone, Default)]
-pub struct FabricHandle(Arc<OnceLock<Arc<FabricNode>>>);
+pub struct FabricHandle(Arc<OnceLock<Arc<FabricNode>>>, pub(crate) PinList);
+
+/// The pins registered so far.
+pub(crate) type PinList = Arc<std::sync::Mutex<Vec<Pins>>>;
 
 impl std::fmt::Debug for FabricHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,6 +79,17 @@ impl FabricHandle {
 
     fn node(&self) -> Result<&Arc<FabricNode>, HandleError> {
         self.0.get().ok_or(HandleError::NotRunning)
+    }
+
+    /// The node's one chunk store, served to members with `method`; `None` until the fabric
+    /// has started.
+    pub fn store(&self, method: &'static str) -> Option<crate::chunks::ChunkStore> {
+        self.0.get().map(|node| node.store.with_method(method))
+    }
+
+    /// Registers what another subsystem needs kept in the store (see [`Pins`]).
+    pub fn pin(&self, pins: Pins) {
+        self.1.lock().unwrap_or_else(|e| e.into_inner()).push(pins);
     }
 
     /// Copies the version every object under `prefix` shows now into `dir`, at

@@ -32,7 +32,7 @@ mod stats;
 mod subsystem;
 pub mod vector;
 
-pub use handle::{FabricHandle, HOLDERS_MAX, HandleError};
+pub use handle::{FabricHandle, HOLDERS_MAX, HandleError, Pins};
 pub use hlc::{Hlc, HlcClock};
 pub use path::{ObjectPath, PathError, Prefix};
 pub use placement::{Candidate, place};

@@ -127,6 +127,7 @@ impl Subsystem for Fabric {
                 clock: Mutex::new(HlcClock::default()),
                 vectors: Mutex::default(),
                 stats: Mutex::default(),
+                pins: self.handle.1.clone(),
             });
             self.handle.set(node.clone());
             tokio::spawn(crate::repair::repair_loop(node.clone()));
@@ -148,6 +149,8 @@ pub(crate) struct FabricNode {
     pub(crate) vectors: Mutex<crate::near::VectorCache>,
     /// The counts of the last pass of [`crate::stats`].
     pub(crate) stats: Mutex<crate::stats::StorageStats>,
+    /// What other subsystems need kept in the store ([`crate::FabricHandle::pin`]).
+    pub(crate) pins: crate::handle::PinList,
 }
 
 /// `fabric.replicate`: the manifest whose chunks the caller holds.

@@ -100,12 +100,16 @@ impl JobRuntime {
             path: dir.clone(),
             source,
         })?;
-        let shipping = Shipping::open(
-            data_dir,
-            SHIPPING_CAP_BYTES,
-            noodle_fabric::chunks::METHOD_GET,
-        )
-        .map_err(|e| JobsError::Shipping(e.to_string()))?;
+        // The node's one chunk store is the fabric's; a node without the fabric keeps its own.
+        let shipping = match fabric.store(noodle_fabric::chunks::METHOD_GET) {
+            Some(store) => store,
+            None => Shipping::open(
+                data_dir,
+                SHIPPING_CAP_BYTES,
+                noodle_fabric::chunks::METHOD_GET,
+            )
+            .map_err(|e| JobsError::Shipping(e.to_string()))?,
+        };
         let cgroup = crate::process::cgroup_v2_root();
         match &cgroup {
             Some(c) => tracing::info!(cgroup = %c.display(), "job limits: cgroup v2"),

@@ -94,6 +94,17 @@ impl Subsystem for Jobs {
         Box::pin(async move {
             let dir = host.data_dir.clone();
             let (cfg, fabric) = (self.cfg, self.fabric);
+            // The shipped files of jobs that have not ended stay in the store.
+            let control = host.control.clone();
+            fabric.pin(Box::new(move || {
+                control
+                    .read_local(|v| crate::machine::view(v).active_jobs())
+                    .unwrap_or_default()
+                    .iter()
+                    .flat_map(|j| j.spec.files.iter())
+                    .filter_map(|f| f.manifest.parse().ok())
+                    .collect()
+            }));
             let runtime = tokio::task::spawn_blocking(move || JobRuntime::open(&dir, cfg, fabric))
                 .await
                 .map_err(|e| e.to_string())

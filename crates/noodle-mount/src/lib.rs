@@ -55,7 +55,10 @@ impl Default for MountOptions {
 /// what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    #[error("{} does not exist: make the directory first (mkdir -p {})", .0.display(), .0.display())]
+    #[error(
+        "{} does not exist: make the directory first (mkdir -p {})",
+        .0.display(), .0.display()
+    )]
     Missing(PathBuf),
     #[error("{} is not a directory", .0.display())]
     NotDirectory(PathBuf),
@@ -170,9 +173,9 @@ pub fn mount(
             std::io::ErrorKind::NotFound => {
                 format!("{e} (is fusermount3 installed? Debian's package is fuse3)")
             }
-            std::io::ErrorKind::PermissionDenied => format!(
-                "{e} (this user may not mount: run as root, or install fuse3 for fusermount3)"
-            ),
+            std::io::ErrorKind::PermissionDenied => {
+                format!("{e} (run as root, or give this user /dev/fuse and fusermount3: fuse3)")
+            }
             _ => e.to_string(),
         };
         MountError::Mount {

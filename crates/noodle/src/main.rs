@@ -673,10 +673,9 @@ async fn up(data_dir: PathBuf, args: UpArgs) -> Result<i32> {
         upload_grace: args.fabric_upload_grace,
         ..noodle_fabric::FabricConfig::default()
     });
-    let subsystems: Vec<Box<dyn noodle_host::Subsystem>> = vec![
-        Box::new(noodle_jobs::Jobs::new(jobs).with_fabric(fabric.handle())),
-        Box::new(fabric),
-    ];
+    // The fabric starts first: jobs keep their shipped files in its chunk store.
+    let jobs = noodle_jobs::Jobs::new(jobs).with_fabric(fabric.handle());
+    let subsystems: Vec<Box<dyn noodle_host::Subsystem>> = vec![Box::new(fabric), Box::new(jobs)];
     let node = noodle_node::start(cfg, subsystems, metrics).await?;
     outln!("noodle node {} is up", node.node_id());
     outln!("  cluster    {}", node.cluster_id());

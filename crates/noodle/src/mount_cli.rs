@@ -16,7 +16,12 @@ pub(crate) struct MountArgs {
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
     /// Most bytes of fetched versions kept for later reads.
-    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = crate::jobs_cli::parse_size)]
+    #[arg(
+        long,
+        value_name = "SIZE",
+        default_value = "4G",
+        value_parser = crate::jobs_cli::parse_size
+    )]
     cache_size: u64,
 }
 
