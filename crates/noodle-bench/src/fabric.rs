@@ -1,12 +1,17 @@
 //! `noodle bench` rows of the memory fabric, through the client library a program would use,
-//! against two real `noodle up` processes on loopback: every version is durable on both
-//! (fsynced, committed) before a put returns.
+//! against real `noodle up` processes on loopback, two copies of each version
+//! (`--fabric-replicas 2`): every version is durable on both (fsynced, committed) before a put
+//! returns.
 //!
 //! - `fabric_put_small_latency`: one client, 1 KiB objects, upload and put, one at a time;
 //! - `fabric_small_puts`: 16 clients at once, 1 KiB objects;
 //! - `fabric_small_gets_cached`: 16 clients reading 1 KiB objects the node holds;
-//! - `fabric_large_put`: one large object, uploaded and copied to the second node;
-//! - `fabric_large_get_local`: that object read back from the node that holds it.
+//! - `fabric_large_put_local`: one large object on a one-node cluster (upload, fsync, commit);
+//! - `fabric_large_put`: one large object, uploaded and copied to another node (a third node
+//!   has joined by then, so that one node holds no copy);
+//! - `fabric_large_get_local`: that object read back from a node that holds it;
+//! - `fabric_large_get_remote`: read through the node that holds no copy (fetched from the
+//!   others, every chunk verified).
 
 use crate::BenchError;
 use crate::jobs::{join_token, ready, up};
@@ -28,9 +33,14 @@ pub(crate) struct Samples {
     pub(crate) put_small_ms: Vec<f64>,
     pub(crate) puts_per_s: Vec<f64>,
     pub(crate) gets_per_s: Vec<f64>,
+    pub(crate) large_put_local_mbps: Vec<f64>,
     pub(crate) large_put_mbps: Vec<f64>,
     pub(crate) large_get_gbps: Vec<f64>,
+    pub(crate) large_get_remote_mbps: Vec<f64>,
 }
+
+/// Copies of each version in these rows.
+const REPLICAS: &str = "2";
 
 /// Clients at once in the concurrent rows.
 const CLIENTS: usize = 16;
@@ -64,6 +74,27 @@ async fn put(client: &Client, file: &Path, path: &str) -> Result<(), BenchError>
     Ok(())
 }
 
+/// A large file of random bytes.
+fn large_file(
+    dir: &Path,
+    name: &str,
+    len: usize,
+    seed: u64,
+) -> Result<std::path::PathBuf, BenchError> {
+    let f = dir.join(name);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
+    let bytes: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&f, &bytes).map_err(|e| BenchError::io("writing a bench file", e))?;
+    Ok(f)
+}
+
 async fn get(client: &Client, path: &str) -> Result<u64, BenchError> {
     let object = client
         .fabric_object(path, None)
@@ -85,19 +116,36 @@ fn small_file(dir: &Path, i: usize) -> Result<std::path::PathBuf, BenchError> {
 }
 
 async fn bench(exe: &Path, scratch: &Path, s: Sizes) -> Result<Samples, BenchError> {
-    let a = up(exe, &scratch.join("fabric-a"), "fabric-a", &[])?;
+    let files = scratch.join("fabric-files");
+    std::fs::create_dir_all(&files).map_err(|e| BenchError::io("bench files", e))?;
+    let mut large_put_local_mbps = Vec::with_capacity(s.large_runs);
+    {
+        let solo = up(exe, &scratch.join("fabric-solo"), "fabric-solo", &[])?;
+        let client = ready(&solo.dir, 1).await?;
+        for run in 0..s.large_runs {
+            let f = large_file(&files, "large-solo", s.large_bytes, 1000 + run as u64)?;
+            let t = Instant::now();
+            put(&client, &f, &format!("/bench/solo/{run}")).await?;
+            large_put_local_mbps.push(s.large_bytes as f64 / t.elapsed().as_secs_f64() / 1e6);
+            let _ = std::fs::remove_file(&f);
+        }
+    }
+    let a = up(
+        exe,
+        &scratch.join("fabric-a"),
+        "fabric-a",
+        &["--fabric-replicas", REPLICAS],
+    )?;
     let client = ready(&a.dir, 1).await?;
     let token = join_token(&client).await?;
     let b = up(
         exe,
         &scratch.join("fabric-b"),
         "fabric-b",
-        &["--join", &token],
+        &["--join", &token, "--fabric-replicas", REPLICAS],
     )?;
     ready(&b.dir, 2).await?;
     ready(&a.dir, 2).await?;
-    let files = scratch.join("fabric-files");
-    std::fs::create_dir_all(&files).map_err(|e| BenchError::io("bench files", e))?;
     // Warm-up: links open, both nodes' details known, one version written on both.
     put(&client, &small_file(&files, usize::MAX)?, "/bench/warm").await?;
 
@@ -137,36 +185,58 @@ async fn bench(exe: &Path, scratch: &Path, s: Sizes) -> Result<Samples, BenchErr
         gets_per_s.push(s.small_gets as f64 / t.elapsed().as_secs_f64());
     }
 
+    // A third node: with two copies of each version, one node holds none of it.
+    let c = up(
+        exe,
+        &scratch.join("fabric-c"),
+        "fabric-c",
+        &["--join", &token, "--fabric-replicas", REPLICAS],
+    )?;
+    let client_c = ready(&c.dir, 3).await?;
+    let client_b = ready(&b.dir, 3).await?;
+    ready(&a.dir, 3).await?;
+    let mut clients = Vec::new();
+    for cl in [&client, &client_b, &client_c] {
+        let id = cl.status().await.map_err(|e| failed("status", e))?.self_id;
+        clients.push((id, cl));
+    }
     let mut large_put_mbps = Vec::with_capacity(s.large_runs);
     let mut large_get_gbps = Vec::with_capacity(s.large_runs);
+    let mut large_get_remote_mbps = Vec::with_capacity(s.large_runs);
     for run in 0..s.large_runs {
-        let f = files.join(format!("large-{run}"));
-        let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ run as u64;
-        let bytes: Vec<u8> = (0..s.large_bytes)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        std::fs::write(&f, &bytes).map_err(|e| BenchError::io("writing a bench file", e))?;
-        drop(bytes);
+        let f = large_file(&files, "large", s.large_bytes, run as u64)?;
         let path = format!("/bench/large/{run}");
         let t = Instant::now();
         put(&client, &f, &path).await?;
         large_put_mbps.push(s.large_bytes as f64 / t.elapsed().as_secs_f64() / 1e6);
-        let t = Instant::now();
-        let n = get(&client, &path).await?;
-        large_get_gbps.push(n as f64 / t.elapsed().as_secs_f64() / 1e9);
         let _ = std::fs::remove_file(&f);
+        let object = client
+            .fabric_object(&path, None)
+            .await
+            .map_err(|e| failed("object", e))?;
+        let holder = clients.iter().find(|(id, _)| object.replicas.contains(id));
+        let other = clients.iter().find(|(id, _)| !object.replicas.contains(id));
+        let (Some((_, holder)), Some((_, other))) = (holder, other) else {
+            return Err(failed(
+                "placement",
+                format!("copies on {:?}", object.replicas),
+            ));
+        };
+        let t = Instant::now();
+        let n = get(holder, &path).await?;
+        large_get_gbps.push(n as f64 / t.elapsed().as_secs_f64() / 1e9);
+        let t = Instant::now();
+        let n = get(other, &path).await?;
+        large_get_remote_mbps.push(n as f64 / t.elapsed().as_secs_f64() / 1e6);
     }
-    drop((a, b));
+    drop((a, b, c));
     Ok(Samples {
         put_small_ms,
         puts_per_s,
         gets_per_s,
+        large_put_local_mbps,
         large_put_mbps,
         large_get_gbps,
+        large_get_remote_mbps,
     })
 }

@@ -333,6 +333,18 @@ pub async fn run(opts: &BenchOptions) -> Result<Vec<Row>, BenchError> {
             fabric.large_get_gbps,
             Some(&memcpy),
         ),
+        row(
+            "fabric_large_get_remote",
+            "MB/s",
+            fabric.large_get_remote_mbps,
+            Some(&link_bulk),
+        ),
+        row(
+            "fabric_large_put_local",
+            "MB/s",
+            fabric.large_put_local_mbps,
+            None,
+        ),
     ];
     rows.extend(mount_read.ok());
     rows.extend(sandboxed.ok());

@@ -35,6 +35,8 @@ fn quick_bench_prints_link_and_limit_rows() {
         ("fabric_small_gets_cached", "gets/s", false),
         ("fabric_large_put", "MB/s", true),
         ("fabric_large_get_local", "GB/s", true),
+        ("fabric_large_get_remote", "MB/s", true),
+        ("fabric_large_put_local", "MB/s", false),
         ("fabric_mount_read", "MB/s", false),
         ("job_spawn_sandboxed", "us", true),
         ("job_spawn_plain", "us", false),
