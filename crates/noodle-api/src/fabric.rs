@@ -115,6 +115,10 @@ pub(crate) fn query_escape(text: &str) -> String {
     escape(text, false)
 }
 
+/// Bytes an object may have to be put or read in one request ([`Client::fabric_put_small`],
+/// [`Client::fabric_get_small`]); larger ones go by chunks.
+pub const INLINE_MAX: usize = 1 << 20;
+
 /// Chunks a download has in flight (each at most 4 MiB).
 const GET_AHEAD: usize = 4;
 
@@ -142,6 +146,64 @@ impl Client {
             .await
             .map_err(|e| self.unreachable(e))?;
         Self::decode(resp).await
+    }
+
+    /// Puts a small object (at most [`INLINE_MAX`] bytes) in one request.
+    pub async fn fabric_put_small(
+        &self,
+        path: &str,
+        bytes: Vec<u8>,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<FabricObject, ClientError> {
+        let mut url = format!("{}/v1/fabric/data{}", self.base, escape(path, true));
+        for (i, (k, v)) in tags.iter().enumerate() {
+            let tag = if v.is_empty() {
+                k.clone()
+            } else {
+                format!("{k}={v}")
+            };
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(&format!("tag={}", query_escape(&tag)));
+        }
+        let resp = self
+            .http
+            .put(url)
+            .bearer_auth(&self.credential)
+            .timeout(PUT_TIMEOUT)
+            .body(bytes)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Self::decode(resp).await
+    }
+
+    /// A small object's bytes (at most [`INLINE_MAX`]) in one request, every chunk checked by
+    /// the node.
+    pub async fn fabric_get_small(
+        &self,
+        path: &str,
+        version: Option<&str>,
+    ) -> Result<Vec<u8>, ClientError> {
+        let mut url = format!("{}/v1/fabric/data{}", self.base, escape(path, true));
+        if let Some(v) = version {
+            url.push_str(&format!("?version={}", query_escape(v)));
+        }
+        let resp = self
+            .http
+            .get(url)
+            .bearer_auth(&self.credential)
+            .timeout(Duration::from_secs(120))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if !resp.status().is_success() {
+            return Err(Self::error_of(resp).await);
+        }
+        Ok(resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .to_vec())
     }
 
     /// The version `path` shows now (or `version`).

@@ -3,9 +3,11 @@
 //! (`--fabric-replicas 2`): every version is durable on both (fsynced, committed) before a put
 //! returns.
 //!
-//! - `fabric_put_small_latency`: one client, 1 KiB objects, upload and put, one at a time;
+//! - `fabric_put_small_latency`: one client, 1 KiB objects, one at a time (one request each:
+//!   `fabric_put_small`);
 //! - `fabric_small_puts`: 16 clients at once, 1 KiB objects;
-//! - `fabric_small_gets_cached`: 16 clients reading 1 KiB objects the node holds;
+//! - `fabric_small_gets_cached`: 16 clients reading 1 KiB objects the node holds
+//!   (`fabric_get_small`: one request each);
 //! - `fabric_large_put_local`: one large object on a one-node cluster (upload, fsync, commit);
 //! - `fabric_large_put`: one large object, uploaded and copied to another node (a third node
 //!   has joined by then, so that one node holds no copy);
@@ -18,6 +20,7 @@ use crate::jobs::{join_token, ready, up};
 use futures_util::StreamExt;
 use noodle_api::fabric::{FabricPut, download_into};
 use noodle_api::{ChunkRoute, Client};
+use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
@@ -51,12 +54,12 @@ pub(crate) fn run(exe: &Path, scratch: &Path, s: Sizes) -> Result<Samples, Bench
     crate::current_thread_runtime()?.block_on(bench(exe, scratch, s))
 }
 
-fn failed(what: &str, e: impl std::fmt::Display) -> BenchError {
+pub(crate) fn failed(what: &str, e: impl std::fmt::Display) -> BenchError {
     BenchError::Failed(format!("{what}: {e}"))
 }
 
 /// Uploads `file` and makes it the new version of `path`.
-async fn put(client: &Client, file: &Path, path: &str) -> Result<(), BenchError> {
+pub(crate) async fn put(client: &Client, file: &Path, path: &str) -> Result<(), BenchError> {
     let to = ChunkRoute::Fabric {
         path: path.to_string(),
     };
@@ -74,25 +77,25 @@ async fn put(client: &Client, file: &Path, path: &str) -> Result<(), BenchError>
     Ok(())
 }
 
-/// A large file of random bytes.
-fn large_file(
-    dir: &Path,
-    name: &str,
-    len: usize,
-    seed: u64,
-) -> Result<std::path::PathBuf, BenchError> {
-    let f = dir.join(name);
+/// Writes `len` pseudo-random bytes to `path`, 1 MiB at a time.
+pub(crate) fn large_file(path: &Path, len: usize, seed: u64) -> Result<(), BenchError> {
+    let io = |e| BenchError::io("writing a bench file", e);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
     let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
-    let bytes: Vec<u8> = (0..len)
-        .map(|_| {
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        for b in block.iter_mut() {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    std::fs::write(&f, &bytes).map_err(|e| BenchError::io("writing a bench file", e))?;
-    Ok(f)
+            *b = x as u8;
+        }
+        let n = left.min(block.len());
+        f.write_all(&block[..n]).map_err(io)?;
+        left -= n;
+    }
+    f.flush().map_err(io)
 }
 
 async fn get(client: &Client, path: &str) -> Result<u64, BenchError> {
@@ -107,12 +110,23 @@ async fn get(client: &Client, path: &str) -> Result<u64, BenchError> {
     Ok(object.size)
 }
 
-fn small_file(dir: &Path, i: usize) -> Result<std::path::PathBuf, BenchError> {
-    let path = dir.join(format!("small-{i}"));
+/// A 1 KiB object, made its own by `i`, put in one request.
+async fn put_small(client: &Client, i: usize, path: &str) -> Result<(), BenchError> {
     let mut bytes = vec![0u8; 1024];
     bytes[..8].copy_from_slice(&(i as u64).to_le_bytes());
-    std::fs::write(&path, bytes).map_err(|e| BenchError::io("writing a bench file", e))?;
-    Ok(path)
+    client
+        .fabric_put_small(path, bytes, &Default::default())
+        .await
+        .map_err(|e| failed("put", e))?;
+    Ok(())
+}
+
+async fn get_small(client: &Client, path: &str) -> Result<(), BenchError> {
+    client
+        .fabric_get_small(path, None)
+        .await
+        .map_err(|e| failed("get", e))?;
+    Ok(())
 }
 
 async fn bench(exe: &Path, scratch: &Path, s: Sizes) -> Result<Samples, BenchError> {
@@ -123,7 +137,8 @@ async fn bench(exe: &Path, scratch: &Path, s: Sizes) -> Result<Samples, BenchErr
         let solo = up(exe, &scratch.join("fabric-solo"), "fabric-solo", &[])?;
         let client = ready(&solo.dir, 1).await?;
         for run in 0..s.large_runs {
-            let f = large_file(&files, "large-solo", s.large_bytes, 1000 + run as u64)?;
+            let f = files.join("large-solo");
+            large_file(&f, s.large_bytes, 1000 + run as u64)?;
             let t = Instant::now();
             put(&client, &f, &format!("/bench/solo/{run}")).await?;
             large_put_local_mbps.push(s.large_bytes as f64 / t.elapsed().as_secs_f64() / 1e6);
@@ -147,28 +162,27 @@ async fn bench(exe: &Path, scratch: &Path, s: Sizes) -> Result<Samples, BenchErr
     ready(&b.dir, 2).await?;
     ready(&a.dir, 2).await?;
     // Warm-up: links open, both nodes' details known, one version written on both.
-    put(&client, &small_file(&files, usize::MAX)?, "/bench/warm").await?;
+    put_small(&client, usize::MAX, "/bench/warm").await?;
 
     let mut put_small_ms = Vec::with_capacity(s.small_latency);
     for i in 0..s.small_latency {
-        let f = small_file(&files, i)?;
         let t = Instant::now();
-        put(&client, &f, &format!("/bench/latency/{i}")).await?;
+        put_small(&client, i, &format!("/bench/latency/{i}")).await?;
         put_small_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
 
     let mut puts_per_s = Vec::with_capacity(RUNS);
     let mut gets_per_s = Vec::with_capacity(RUNS);
     for run in 0..RUNS {
-        let paths: Vec<(std::path::PathBuf, String)> = (0..s.small_puts)
+        let paths: Vec<(usize, String)> = (0..s.small_puts)
             .map(|i| {
                 let n = (run + 1) * 1_000_000 + i;
-                Ok((small_file(&files, n)?, format!("/bench/many/{n}")))
+                (n, format!("/bench/many/{n}"))
             })
-            .collect::<Result<_, BenchError>>()?;
+            .collect();
         let t = Instant::now();
         let mut done = futures_util::stream::iter(paths.iter())
-            .map(|(f, p)| put(&client, f, p))
+            .map(|(n, p)| put_small(&client, *n, p))
             .buffer_unordered(CLIENTS);
         while let Some(r) = done.next().await {
             r?;
@@ -177,7 +191,7 @@ async fn bench(exe: &Path, scratch: &Path, s: Sizes) -> Result<Samples, BenchErr
 
         let t = Instant::now();
         let mut done = futures_util::stream::iter(0..s.small_gets)
-            .map(|i| get(&client, &paths[i % paths.len()].1))
+            .map(|i| get_small(&client, &paths[i % paths.len()].1))
             .buffer_unordered(CLIENTS);
         while let Some(r) = done.next().await {
             r?;
@@ -186,6 +200,7 @@ async fn bench(exe: &Path, scratch: &Path, s: Sizes) -> Result<Samples, BenchErr
     }
 
     // A third node: with two copies of each version, one node holds none of it.
+    let token = join_token(&client).await?;
     let c = up(
         exe,
         &scratch.join("fabric-c"),
@@ -204,7 +219,8 @@ async fn bench(exe: &Path, scratch: &Path, s: Sizes) -> Result<Samples, BenchErr
     let mut large_get_gbps = Vec::with_capacity(s.large_runs);
     let mut large_get_remote_mbps = Vec::with_capacity(s.large_runs);
     for run in 0..s.large_runs {
-        let f = large_file(&files, "large", s.large_bytes, run as u64)?;
+        let f = files.join("large");
+        large_file(&f, s.large_bytes, run as u64)?;
         let path = format!("/bench/large/{run}");
         let t = Instant::now();
         put(&client, &f, &path).await?;

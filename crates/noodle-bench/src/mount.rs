@@ -10,10 +10,9 @@
 //! the whole bench.
 
 use crate::BenchError;
+use crate::fabric::{large_file, put};
 use crate::jobs::{ready, up};
-use noodle_api::fabric::FabricPut;
-use noodle_api::{ChunkRoute, Client};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,10 +28,6 @@ const MOUNT_WAIT: Duration = Duration::from_secs(30);
 pub(crate) fn run(exe: &Path, scratch: &Path, s: Sizes) -> Result<Vec<f64>, BenchError> {
     fuse_usable()?;
     crate::current_thread_runtime()?.block_on(bench(exe, scratch, s))
-}
-
-fn failed(what: &str, e: impl std::fmt::Display) -> BenchError {
-    BenchError::Failed(format!("{what}: {e}"))
 }
 
 /// Whether this machine can mount with FUSE at all.
@@ -128,45 +123,6 @@ fn mount(exe: &Path, data_dir: &Path, scratch: &Path) -> Result<MountProcess, Be
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(m)
-}
-
-/// Writes `len` pseudo-random bytes to `path`, 1 MiB at a time.
-fn large_file(path: &Path, len: usize, seed: u64) -> Result<(), BenchError> {
-    let io = |e| BenchError::io("writing a bench file", e);
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
-    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ seed;
-    let mut block = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        for b in block.iter_mut() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
-        }
-        let n = left.min(block.len());
-        f.write_all(&block[..n]).map_err(io)?;
-        left -= n;
-    }
-    f.flush().map_err(io)
-}
-
-async fn put(client: &Client, file: &Path, path: &str) -> Result<(), BenchError> {
-    let to = ChunkRoute::Fabric {
-        path: path.to_string(),
-    };
-    let manifest = noodle_api::upload::upload_file(client, &to, file, |_| {})
-        .await
-        .map_err(|e| failed("upload", e))?;
-    let req = FabricPut {
-        manifest: manifest.id().to_hex(),
-        tags: Default::default(),
-    };
-    client
-        .fabric_put(path, &req)
-        .await
-        .map_err(|e| failed("put", e))?;
-    Ok(())
 }
 
 /// Reads `path` from start to end in 1 MiB reads; returns the bytes read.

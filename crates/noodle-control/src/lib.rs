@@ -26,8 +26,8 @@ pub use control::{
     WireError,
 };
 pub use machine::{
-    Applied, MACHINE_NAME_BYTES_MAX, MachineTable, MachineView, Machines, Pairs, Rejection,
-    StateMachine,
+    Applied, MACHINE_NAME_BYTES_MAX, MachineTable, MachineView, Machines, Pairs, Records,
+    Rejection, StateMachine,
 };
 pub use network::{Transport, TransportError, TransportFuture};
 pub use state::{AUDIT_PRUNE_ENTRIES_MAX, StateView};

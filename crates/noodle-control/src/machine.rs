@@ -232,6 +232,50 @@ impl<'v> MachineView<'v> {
     }
 }
 
+/// What both a subsystem's view and the table an entry is changing can read: one reading
+/// function serves `apply` and the queries.
+pub trait Records {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, DbError>;
+    /// See [`MachineView::scan`].
+    fn scan(
+        &self,
+        under: &[u8],
+        from: &[u8],
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<Pairs, DbError>;
+}
+
+impl Records for MachineView<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, DbError> {
+        MachineView::get(self, key)
+    }
+    fn scan(
+        &self,
+        under: &[u8],
+        from: &[u8],
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<Pairs, DbError> {
+        MachineView::scan(self, under, from, limit, newest_first)
+    }
+}
+
+impl Records for MachineTable<'_, '_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, DbError> {
+        MachineTable::get(self, key)
+    }
+    fn scan(
+        &self,
+        under: &[u8],
+        from: &[u8],
+        limit: usize,
+        newest_first: bool,
+    ) -> Result<Pairs, DbError> {
+        MachineTable::scan(self, under, from, limit, newest_first)
+    }
+}
+
 /// Up to `limit` pairs of `t` whose keys start with `base`, from `base ++ from` on, in key
 /// order (newest first when `newest_first`), keys without `base`.
 fn scan(

@@ -27,6 +27,8 @@ use std::sync::Arc;
 
 pub(crate) type AppState = Arc<FabricNode>;
 
+/// Bytes a small object may have to be put or read in one request (`/v1/fabric/data`).
+pub(crate) const INLINE_MAX: usize = noodle_api::fabric::INLINE_MAX;
 /// Objects one list or query answers at most.
 const LIST_MAX: usize = 1000;
 /// Paths with the first tag a query looks at, at most (the other tags are checked on each).
@@ -47,6 +49,12 @@ pub(crate) fn routes(state: AppState) -> Routes {
         .route(
             "/v1/fabric/objects/{*path}",
             get(get_object).put(put_object).delete(remove_object),
+        )
+        .route(
+            "/v1/fabric/data/{*path}",
+            get(get_data)
+                .put(put_data)
+                .layer(axum::extract::DefaultBodyLimit::max(INLINE_MAX)),
         )
         .route("/v1/fabric/versions/{*path}", get(versions))
         .route("/v1/fabric/list", get(list))
@@ -137,6 +145,21 @@ impl FabricNode {
             action,
             target,
         )
+    }
+
+    /// `node`'s address; a node that just joined may not have heard of it yet, so an unknown
+    /// one is waited for a moment ([`NODE_DETAILS_WAIT`]).
+    pub(crate) async fn peer_addr_soon(&self, node: &str) -> Option<std::net::SocketAddr> {
+        let deadline = std::time::Instant::now() + NODE_DETAILS_WAIT;
+        loop {
+            if let Some(addr) = self.host.cluster.peer_addr(node) {
+                return Some(addr);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     /// A read of this node's copy of the fabric's records, as far as it has applied them.
@@ -263,7 +286,7 @@ impl FabricNode {
         }
         let mut failures = Vec::new();
         for node in replicas.iter().filter(|n| **n != self.host.node_id) {
-            let Some(addr) = self.host.cluster.peer_addr(node) else {
+            let Some(addr) = self.peer_addr_soon(node).await else {
                 failures.push(format!("{node}: address unknown"));
                 continue;
             };
@@ -399,6 +422,98 @@ async fn get_object(
     Ok(Json(object_info(&path, &version)).into_response())
 }
 
+/// Checks tags given with a write.
+fn checked_tags(tags: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, Refusal> {
+    if tags.len() > machine::limits::TAGS_MAX {
+        return Err(bad_request(format!(
+            "at most {} tags",
+            machine::limits::TAGS_MAX
+        )));
+    }
+    for (k, v) in &tags {
+        machine::check_tag(k, v).map_err(bad_request)?;
+    }
+    Ok(tags)
+}
+
+/// `PUT /v1/fabric/data/PATH?tag=K=V`: a small object (at most [`INLINE_MAX`] bytes) in one
+/// request: stored, replicated and committed as a put of an uploaded file is.
+async fn put_data(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(rest): Path<String>,
+    Query(pairs): Query<Vec<(String, String)>>,
+    body: Bytes,
+) -> ApiResult {
+    let path = routed_path(&rest)?;
+    let actor = state.check(&caller, WRITE, "fabric.put", path.as_str())?;
+    let tags = checked_tags(
+        pairs
+            .iter()
+            .filter(|(k, _)| k == "tag")
+            .map(|(_, t)| match t.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (t.clone(), String::new()),
+            })
+            .collect(),
+    )?;
+    let label = std::path::PathBuf::from(path.as_str());
+    let manifest = state
+        .blocking(move |store| {
+            let len = body.len() as u64;
+            store
+                .put_reader(&body[..], len, &label)
+                .map_err(store_error)
+        })
+        .await?;
+    let version = state
+        .put_version(&actor, &path, manifest.id(), tags)
+        .await?;
+    Ok(Json(object_info(&path, &version)).into_response())
+}
+
+/// `GET /v1/fabric/data/PATH[?version=V]`: a small object's bytes in one request; the
+/// version read is in the `x-noodle-version` header. A larger one is refused (read it by its
+/// chunks).
+async fn get_data(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(rest): Path<String>,
+    Query(q): Query<VersionQuery>,
+) -> ApiResult {
+    let path = routed_path(&rest)?;
+    state.check(&caller, READ, "fabric.get", path.as_str())?;
+    let version = state.version_of(&path, q.version.as_deref()).await?;
+    let Some(content) = &version.content else {
+        return Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            format!("{path} was removed at that version"),
+        ));
+    };
+    if content.size > INLINE_MAX as u64 {
+        return Err(Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{path} is {} bytes, more than {INLINE_MAX}: read it by its chunks",
+                content.size
+            ),
+        ));
+    }
+    let manifest = state
+        .manifest(ChunkId(content.manifest), &content.replicas)
+        .await?;
+    let mut bytes = Vec::with_capacity(content.size as usize);
+    for (id, len) in manifest.chunks() {
+        let chunk = state.chunk(*id, Some(*len), &content.replicas).await?;
+        bytes.extend_from_slice(&chunk);
+    }
+    let mut response = bytes.into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&version_text(&version.id)) {
+        response.headers_mut().insert("x-noodle-version", v);
+    }
+    Ok(response)
+}
+
 /// `PUT /v1/fabric/objects/PATH`: the uploaded file becomes the path's new version once
 /// [`crate::replication::ack_copies`] nodes hold it durably; the other copies complete in
 /// the background.
@@ -411,22 +526,12 @@ async fn put_object(
     let path = routed_path(&rest)?;
     let actor = state.check(&caller, WRITE, "fabric.put", path.as_str())?;
     let req: FabricPut = parse_body(&body, "put request")?;
-    if req.tags.len() > machine::limits::TAGS_MAX {
-        return Err(bad_request(format!(
-            "at most {} tags",
-            machine::limits::TAGS_MAX
-        )));
-    }
-    for (k, v) in &req.tags {
-        machine::check_tag(k, v).map_err(bad_request)?;
-    }
+    let tags = checked_tags(req.tags)?;
     let manifest_id: ChunkId = req
         .manifest
         .parse()
         .map_err(|e| bad_request(format!("manifest: {e}")))?;
-    let version = state
-        .put_version(&actor, &path, manifest_id, req.tags)
-        .await?;
+    let version = state.put_version(&actor, &path, manifest_id, tags).await?;
     Ok(Json(object_info(&path, &version)).into_response())
 }
 

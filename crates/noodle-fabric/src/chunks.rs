@@ -201,7 +201,18 @@ impl ChunkStore {
     /// durably; returns the manifest. Blocking.
     pub fn put_open(&self, file: fs::File, label: &Path) -> Result<Manifest, StoreError> {
         let len = file.metadata().map_err(io_at(label))?.len();
-        let mut chunker = noodle_chunks::Chunker::new(file, len, label)?;
+        self.put_reader(file, len, label)
+    }
+
+    /// Stores `len` bytes from `reader` (named `label` in errors), every chunk and its
+    /// manifest, durably; returns the manifest. Blocking.
+    pub fn put_reader(
+        &self,
+        reader: impl std::io::Read,
+        len: u64,
+        label: &Path,
+    ) -> Result<Manifest, StoreError> {
+        let mut chunker = noodle_chunks::Chunker::new(reader, len, label)?;
         while let Some(chunk) = chunker.next_chunk()? {
             self.store.put(&chunk.id, &chunk.data)?;
         }

@@ -287,7 +287,7 @@ impl FabricNode {
                     None => continue,
                 },
                 Some(node) => {
-                    let Some(addr) = self.host.cluster.peer_addr(node) else {
+                    let Some(addr) = self.peer_addr_soon(node).await else {
                         failures.push(format!("{node}: address unknown"));
                         continue;
                     };

@@ -497,56 +497,18 @@ impl StateMachine for FabricMachine {
     }
 }
 
-/// What both a view and the table being changed can read.
-trait Records {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, DbError>;
-    fn scan(
-        &self,
-        under: &[u8],
-        from: &[u8],
-        limit: usize,
-        newest_first: bool,
-    ) -> Result<noodle_control::Pairs, DbError>;
-}
-
-impl Records for MachineView<'_> {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, DbError> {
-        MachineView::get(self, key)
-    }
-    fn scan(
-        &self,
-        under: &[u8],
-        from: &[u8],
-        limit: usize,
-        newest_first: bool,
-    ) -> Result<noodle_control::Pairs, DbError> {
-        MachineView::scan(self, under, from, limit, newest_first)
-    }
-}
-
-impl Records for MachineTable<'_, '_> {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, DbError> {
-        MachineTable::get(self, key)
-    }
-    fn scan(
-        &self,
-        under: &[u8],
-        from: &[u8],
-        limit: usize,
-        newest_first: bool,
-    ) -> Result<noodle_control::Pairs, DbError> {
-        MachineTable::scan(self, under, from, limit, newest_first)
-    }
-}
-
-fn snapshots_in(r: &dyn Records, limit: usize) -> Result<Vec<Snapshot>, DbError> {
+fn snapshots_in(r: &dyn noodle_control::Records, limit: usize) -> Result<Vec<Snapshot>, DbError> {
     r.scan(SNAPSHOT, b"", limit, false)?
         .iter()
         .map(|(_, v)| postcard::from_bytes(v).map_err(db))
         .collect()
 }
 
-fn versions_in(r: &dyn Records, path: &ObjectPath, limit: usize) -> Result<Vec<Version>, DbError> {
+fn versions_in(
+    r: &dyn noodle_control::Records,
+    path: &ObjectPath,
+    limit: usize,
+) -> Result<Vec<Version>, DbError> {
     let under = [VERSION, path.as_str().as_bytes(), b"\0"].concat();
     let limit = limit.min(limits::VERSIONS_LISTED_MAX);
     r.scan(&under, b"", limit, true)?
@@ -556,7 +518,7 @@ fn versions_in(r: &dyn Records, path: &ObjectPath, limit: usize) -> Result<Vec<V
 }
 
 fn version_at_in(
-    r: &dyn Records,
+    r: &dyn noodle_control::Records,
     path: &ObjectPath,
     snapshot: &Snapshot,
 ) -> Result<Option<Version>, DbError> {

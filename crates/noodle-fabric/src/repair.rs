@@ -6,10 +6,8 @@
 use crate::machine::{self, FabricCommand};
 use crate::replication::plan_repair;
 use crate::subsystem::{FabricNode, replicate_to};
-use noodle_api::NodeState;
 use noodle_chunks::ChunkId;
 use noodle_control::Proposal;
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,15 +47,7 @@ async fn round(node: &FabricNode, cursor: &[u8]) -> Result<Option<Vec<u8>>, Stri
         return Ok(None);
     };
     let next = last.clone();
-    // A node suspected, not yet dead, may come back: its copies still count.
-    let live: BTreeSet<String> = node
-        .host
-        .cluster
-        .nodes()
-        .into_iter()
-        .filter(|(_, s)| matches!(s, NodeState::Alive | NodeState::Suspect))
-        .map(|(info, _)| info.id)
-        .collect();
+    let live = node.live_nodes();
     let candidates = node.candidates();
     let r = node.cfg.replicas.min(candidates.len().max(1));
     let mut copies_left = COPIES_PER_ROUND;

@@ -7,7 +7,7 @@
 use crate::subsystem::FabricNode;
 use askama::Template;
 use noodle_api::NodeState;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,14 +63,7 @@ pub(crate) async fn stats_loop(node: Arc<FabricNode>) {
 
 /// One pass over the records. Blocking.
 fn count(node: &FabricNode) -> Result<StorageStats, String> {
-    let live: BTreeSet<String> = node
-        .host
-        .cluster
-        .nodes()
-        .into_iter()
-        .filter(|(_, s)| matches!(s, NodeState::Alive | NodeState::Suspect))
-        .map(|(info, _)| info.id)
-        .collect();
+    let live = node.live_nodes();
     let r = node.cfg.replicas.min(live.len().max(1));
     let mut stats = StorageStats {
         counted: true,

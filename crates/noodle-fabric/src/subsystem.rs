@@ -163,6 +163,17 @@ pub(crate) struct Replicate {
 }
 
 impl FabricNode {
+    /// The nodes whose copies count: alive, or suspected (a suspect may come back).
+    pub(crate) fn live_nodes(&self) -> std::collections::BTreeSet<String> {
+        self.host
+            .cluster
+            .nodes()
+            .into_iter()
+            .filter(|(_, s)| matches!(s, NodeState::Alive | NodeState::Suspect))
+            .map(|(info, _)| info.id)
+            .collect()
+    }
+
     /// The nodes that may take copies now: alive, with free disk, and their failure domain.
     pub(crate) fn candidates(&self) -> Vec<Candidate> {
         self.host

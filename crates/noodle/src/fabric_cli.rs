@@ -223,16 +223,27 @@ pub(crate) async fn put(client: Client, args: PutArgs) -> Result<i32> {
     } else {
         args.path.clone()
     };
-    let to = ChunkRoute::Fabric { path: path.clone() };
-    let name = path.rsplit('/').next().unwrap_or_default().to_string();
-    let manifest = crate::ship_cli::upload(&client, &to, &args.file, &name, !args.json)
-        .await
-        .with_context(|| format!("uploading {}", args.file.display()))?;
-    let put = FabricPut {
-        manifest: manifest.id().to_hex(),
-        tags: parse_tags(&args.tags),
+    let len = std::fs::metadata(&args.file)
+        .with_context(|| args.file.display().to_string())?
+        .len();
+    let object = if len <= noodle_api::fabric::INLINE_MAX as u64 {
+        // A small file goes in one request.
+        let bytes = std::fs::read(&args.file).with_context(|| args.file.display().to_string())?;
+        client
+            .fabric_put_small(&path, bytes, &parse_tags(&args.tags))
+            .await?
+    } else {
+        let to = ChunkRoute::Fabric { path: path.clone() };
+        let name = path.rsplit('/').next().unwrap_or_default().to_string();
+        let manifest = crate::ship_cli::upload(&client, &to, &args.file, &name, !args.json)
+            .await
+            .with_context(|| format!("uploading {}", args.file.display()))?;
+        let put = FabricPut {
+            manifest: manifest.id().to_hex(),
+            tags: parse_tags(&args.tags),
+        };
+        client.fabric_put(&path, &put).await?
     };
-    let object = client.fabric_put(&path, &put).await?;
     if args.json {
         print_object(&object, true)?;
     } else {

@@ -21,7 +21,7 @@ fn random_file(dir: &Path, name: &str, len: usize, seed: u64) -> std::path::Path
     path
 }
 
-fn ok(node: &Node, args: &[&str]) -> String {
+pub(crate) fn ok(node: &Node, args: &[&str]) -> String {
     let out = node.cli(args);
     assert!(
         out.status.success(),
@@ -246,6 +246,18 @@ fn rights_are_per_prefix_and_bad_paths_are_refused() {
     let f = src.to_str().unwrap();
     ok(node, &["put", f, "/app/a"]);
     ok(node, &["put", f, "/apple"]);
+    // A small file goes in one request, tags and all.
+    ok(node, &["put", f, "/app/t", "--tag", "k=v", "--tag", "flag"]);
+    let found = ok(node, &["query", "--tag", "k=v", "--tag", "flag"]);
+    assert!(
+        found.starts_with("/app/t ") && found.lines().count() == 1,
+        "{found}"
+    );
+    assert_eq!(
+        node.cli(&["get", "/app/t", "-o", "-"]).stdout,
+        std::fs::read(&src).unwrap()
+    );
+    ok(node, &["rm", "/app/t"]);
     let reader = cap_create(node, &["--allow", "fabric:read:/app/"]);
     let writer = cap_create(node, &["--allow", "fabric:write:/runs/42/"]);
     let as_reader = |args: &[&str]| with_token(node, &reader.token, args);
@@ -441,6 +453,30 @@ fn two_nodes_die_and_every_acknowledged_object_survives_with_three_copies_again(
     for n in &fresh {
         n.wait_ready(Duration::from_secs(30));
     }
+    // Reads from a node that has not yet heard of the copies' nodes wait for them; here the
+    // new nodes are given the time to learn them, so that the reads below test the copies.
+    let live: Vec<&Node> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !victims.contains(i))
+        .map(|(_, n)| n)
+        .chain(fresh.iter())
+        .collect();
+    eventually(
+        Duration::from_secs(60),
+        "the new nodes know the others",
+        || {
+            live.iter()
+                .all(|n| {
+                    fresh[0].status().is_some_and(|s| {
+                        s.nodes
+                            .iter()
+                            .any(|x| x.id == n.node_id() && x.state == noodle_api::NodeState::Alive)
+                    })
+                })
+                .then_some(())
+        },
+    );
     for (path, src) in written.iter().step_by(25) {
         let back = tmp.path().join("fresh");
         ok(&fresh[0], &["get", path, "-o", back.to_str().unwrap()]);

@@ -6,6 +6,7 @@
 //! `scripts/install-test-deps.sh`): without them these tests fail and say so.
 
 use crate::control::{cap_create, with_token};
+use crate::fabric::ok;
 use crate::support::{Node, cluster, eventually, noodle_bin, patient};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,16 +22,6 @@ fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
-}
-
-fn ok(node: &Node, args: &[&str]) -> String {
-    let out = node.cli(args);
-    assert!(
-        out.status.success(),
-        "noodle {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
 }
 
 /// Runs `script` with `sh -c`; returns its stdout, failing the test on a non-zero exit.
