@@ -41,7 +41,9 @@ pub enum HandleError {
     },
     #[error("{0}")]
     TooMuch(String),
-    #[error("{path}: not a regular file inside the output directory (links are not followed)")]
+    #[error(
+        "{path}: not a regular file or directory inside the output directory (links are not followed)"
+    )]
     NotRegular { path: PathBuf },
 }
 
@@ -178,9 +180,18 @@ impl FabricHandle {
         let node = self.node()?;
         let prefix = Prefix::parse(prefix).map_err(|e| HandleError::Fabric(e.to_string()))?;
         let root = dir.to_owned();
-        let files = tokio::task::spawn_blocking(move || output_files(&root))
-            .await
-            .map_err(|e| HandleError::Fabric(e.to_string()))??;
+        let (files, real_root) = tokio::task::spawn_blocking(move || {
+            if std::fs::symlink_metadata(&root)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+            {
+                // The job removed its output directory: no output.
+                return Ok((Vec::new(), root));
+            }
+            let real_root = real_dir(&root)?;
+            Ok::<_, HandleError>((output_files(&real_root)?, real_root))
+        })
+        .await
+        .map_err(|e| HandleError::Fabric(e.to_string()))??;
         let actor = Actor {
             name: creator.to_string(),
             right: format!("fabric:write:{prefix}"),
@@ -192,7 +203,7 @@ impl FabricHandle {
             let text = format!("{prefix}{}", rel.to_string_lossy());
             let path = ObjectPath::parse(&text)
                 .map_err(|e| HandleError::Fabric(format!("output file {}: {e}", rel.display())))?;
-            let (store, file, root) = (node.store.clone(), dir.join(&rel), dir.to_owned());
+            let (store, file, root) = (node.store.clone(), real_root.join(&rel), real_root.clone());
             let manifest = tokio::task::spawn_blocking(move || -> Result<Manifest, HandleError> {
                 let opened = open_beneath(&root, &file)?;
                 store
@@ -208,6 +219,21 @@ impl FabricHandle {
         }
         Ok(written)
     }
+}
+
+/// Where the directory `dir` really is, refusing one that is a link (whoever owns the
+/// directory above could have put one there: the node must not read where it leads).
+fn real_dir(dir: &Path) -> Result<PathBuf, HandleError> {
+    let meta = std::fs::symlink_metadata(dir).map_err(io(dir))?;
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    let real_parent = std::fs::canonicalize(parent).map_err(io(parent))?;
+    let real = std::fs::canonicalize(dir).map_err(io(dir))?;
+    if !meta.file_type().is_dir() || real.parent() != Some(real_parent.as_path()) {
+        return Err(HandleError::NotRegular {
+            path: dir.to_owned(),
+        });
+    }
+    Ok(real)
 }
 
 /// The regular files under `root` (relative paths, sorted), not following links; at most

@@ -127,6 +127,8 @@ pub(crate) struct JobProcess {
     log: Arc<OutputLog>,
     /// Set once `wait` finished.
     exit_code: Option<i32>,
+    /// Whether `wait` closes the log (else its caller does, after notices of its own).
+    close_log: bool,
 }
 
 /// Stops a job while another task waits for it: [`JobProcess::killer`].
@@ -311,6 +313,7 @@ impl JobProcess {
             },
             sigchld,
             pumps,
+            close_log: true,
             log,
             exit_code: None,
         })
@@ -325,9 +328,16 @@ impl JobProcess {
         self.pid
     }
 
+    /// Leaves the log open when the job ends: the caller adds what happens after (a job's
+    /// output written to the fabric) and closes it.
+    pub(crate) fn leave_log_open(&mut self) {
+        self.close_log = false;
+    }
+
     /// Waits for the job to end: its exit code, or 128 + the signal number when a signal killed
     /// it (like a shell). Whatever the job left running is killed, all output is in the log and
-    /// the log is closed before this returns. Later calls return the same code.
+    /// the log is closed before this returns (unless [`Self::leave_log_open`]). Later calls
+    /// return the same code.
     pub(crate) async fn wait(&mut self) -> i32 {
         if let Some(code) = self.exit_code {
             return code;
@@ -345,7 +355,9 @@ impl JobProcess {
             }
         };
         drain(std::mem::take(&mut self.pumps), &self.log).await;
-        self.log.close();
+        if self.close_log {
+            self.log.close();
+        }
         if let Some(cgroup) = &group.cgroup {
             cgroup.remove().await;
         }

@@ -672,6 +672,9 @@ impl Attempt {
         if self.tx.send(started).await.is_err() {
             process.kill();
         }
+        if !job.spec.writes.is_empty() {
+            process.leave_log_open();
+        }
         let killer = process.killer();
         let grace = self.rt.cfg.kill_grace;
         let wait = process.wait();

@@ -397,15 +397,23 @@ fn concurrent_writers_both_keep_their_version() {
 /// hundred objects from 1 KiB to 32 MiB; two nodes are killed with SIGKILL; every acknowledged
 /// object is still read back with the right bytes, and repair brings every version back to
 /// three copies on live nodes; new machines that replace them read everything.
+/// `NOODLE_DURABILITY_FULL=1` runs it at the size (1,000 objects from 1 KiB to
+/// 200 MiB: about 2 GB, 6 GB of copies), for a machine with the disk for it.
 #[test]
 fn two_nodes_die_and_every_acknowledged_object_survives_with_three_copies_again() {
     let mut nodes = cluster(5);
     voters(&nodes[0], 5);
     let tmp = tempfile::tempdir().unwrap();
-    // Sizes: mostly small, some medium, one large.
-    let mut sizes: Vec<usize> = (0..240).map(|i| 1024 + (i * 997) % (64 << 10)).collect();
-    sizes.extend((0..8).map(|i| (1 << 20) + i * (700 << 10)));
-    sizes.push(32 << 20);
+    let full = std::env::var_os("NOODLE_DURABILITY_FULL").is_some_and(|v| v == "1");
+    // Sizes: mostly small, some medium, a few large.
+    let (small, medium) = if full { (960, 30) } else { (240, 8) };
+    let mut sizes: Vec<usize> = (0..small).map(|i| 1024 + (i * 997) % (64 << 10)).collect();
+    sizes.extend((0..medium).map(|i| (1 << 20) + i * (700 << 10)));
+    if full {
+        sizes.extend((0..10).map(|i| (200 << 20) - i * (15 << 20)));
+    } else {
+        sizes.push(32 << 20);
+    }
     let mut written = Vec::new();
     for (i, len) in sizes.iter().enumerate() {
         let f = random_file(tmp.path(), &format!("o{i}"), *len, 1000 + i as u64);
@@ -631,6 +639,28 @@ test ! -e secret
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello fabric\n");
+    // A job that swaps its output directory for a link to the node's files gets nothing out.
+    let out = nodes[1].cli(&[
+        "run",
+        "--write",
+        "/out2/",
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        "rmdir \"$NOODLE_OUT\" && ln -s /etc \"$NOODLE_OUT\"",
+    ]);
+    assert_eq!(out.status.code(), Some(126));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let job: noodle_api::JobInfo = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let logs = nodes[1].cli(&["logs", &job.id.to_string()]);
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&logs.stdout),
+        String::from_utf8_lossy(&logs.stderr)
+    );
+    assert!(logs.contains("links are not followed"), "{logs}");
+    assert_eq!(ok(&nodes[2], &["ls", "/out2/"]), "");
     let err = fails(
         &nodes[0],
         &["run", "--write", "/a/", "--write", "/b/", "--", "true"],
