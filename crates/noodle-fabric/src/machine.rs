@@ -62,6 +62,8 @@ pub mod limits {
     pub const VECTOR_CHANGES_KEPT: u64 = 4096;
     /// Versions one `Forget` names at most.
     pub const FORGET_MAX: usize = 1000;
+    /// Snapshots kept at once, at most.
+    pub const SNAPSHOTS_MAX: usize = 10_000;
 }
 
 /// Which version: its time, then the node that wrote it (ties between nodes).
@@ -445,6 +447,12 @@ impl StateMachine for FabricMachine {
                 creator,
                 at_ms,
             } => {
+                if snapshots_in(&*t, limits::SNAPSHOTS_MAX)?.len() >= limits::SNAPSHOTS_MAX {
+                    return Ok(Applied::Rejected(Rejection(format!(
+                        "{} snapshots exist, the most there may be: remove some first",
+                        limits::SNAPSHOTS_MAX
+                    ))));
+                }
                 let id = read_u64(t.get(SNAPSHOTS)?) + 1;
                 let snapshot = Snapshot {
                     id,
@@ -474,7 +482,7 @@ impl StateMachine for FabricMachine {
                 };
                 let head = t.get(&head_key(&path))?;
                 let mut held = Vec::new();
-                for snap in snapshots_in(&*t, usize::MAX)? {
+                for snap in snapshots_in(&*t, limits::SNAPSHOTS_MAX)? {
                     if object.as_str().starts_with(&snap.prefix)
                         && let Some(v) = version_at_in(&*t, &object, &snap)?
                     {
