@@ -97,6 +97,15 @@ pub struct FabricSnapshots {
 /// `text` for a URL: unreserved characters as they are, `/` kept when `keep_slash`, every
 /// other byte percent-encoded.
 fn escape(text: &str, keep_slash: bool) -> String {
+    // A `.` or `..` segment would be resolved away by URL parsing before the node could refuse
+    // it (`/a/../b` would write `/b`): such a path goes with its slashes escaped, as one
+    // segment that the node decodes and refuses.
+    if keep_slash
+        && text.split('/').any(|s| s == "." || s == "..")
+        && let Some(rest) = text.strip_prefix('/')
+    {
+        return format!("/{}", escape(rest, false));
+    }
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         match b {

@@ -223,6 +223,7 @@ pub(crate) async fn put(client: Client, args: PutArgs) -> Result<i32> {
     } else {
         args.path.clone()
     };
+    noodle_fabric::ObjectPath::parse(&path).with_context(|| format!("{path:?}"))?;
     let len = std::fs::metadata(&args.file)
         .with_context(|| args.file.display().to_string())?
         .len();
