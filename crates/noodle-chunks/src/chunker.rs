@@ -106,7 +106,14 @@ impl<R: Read> Chunker<R> {
         // Read at most one byte past the expected end: enough to see that the source runs long,
         // without reading an endless source forever.
         let reader = reader.take(expected_bytes + 1);
-        let cdc = StreamCDC::new(reader, MIN_CHUNK_BYTES, AVG_CHUNK_BYTES, MAX_CHUNK_BYTES);
+        // fastcdc zeroes a buffer of the maximum chunk size for each source: for a source
+        // shorter than that, a buffer as large as the source (and the byte past it) is enough,
+        // and the cuts are the same (a chunk is cut at the maximum only when more remains).
+        let max = usize::try_from(expected_bytes + 2)
+            .unwrap_or(MAX_CHUNK_BYTES)
+            .next_multiple_of(2)
+            .clamp(v2020::MAXIMUM_MIN, MAX_CHUNK_BYTES);
+        let cdc = StreamCDC::new(reader, MIN_CHUNK_BYTES, AVG_CHUNK_BYTES, max);
         Ok(Chunker {
             cdc,
             path,

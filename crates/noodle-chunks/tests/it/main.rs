@@ -61,6 +61,42 @@ fn store(dir: &Path) -> Result<Store, ChunkError> {
     Store::open(dir.join("store"), u64::MAX)
 }
 
+/// A source shorter than the largest chunk is chunked with a buffer its own size (cheaper),
+/// and cut exactly where fastcdc cuts the whole input with the full maximum.
+#[test]
+fn short_sources_are_cut_as_with_the_full_buffer() -> TestResult {
+    use noodle_chunks::AVG_CHUNK_BYTES;
+    let data = bytes(7, 9 * MB);
+    for len in [
+        0,
+        1,
+        1000,
+        300 << 10,
+        3 * MB / 2,
+        3 * MB,
+        4 * MB - 1,
+        4 * MB,
+        4 * MB + 1,
+        9 * MB,
+    ] {
+        let ours: Vec<usize> = manifest_of(&data[..len])?
+            .chunks()
+            .iter()
+            .map(|(_, l)| *l as usize)
+            .collect();
+        let full: Vec<usize> = fastcdc::v2020::FastCDC::new(
+            &data[..len],
+            MIN_CHUNK_BYTES,
+            AVG_CHUNK_BYTES,
+            MAX_CHUNK_BYTES,
+        )
+        .map(|c| c.length)
+        .collect();
+        assert_eq!(ours, full, "{len} bytes");
+    }
+    Ok(())
+}
+
 #[test]
 fn chunking_is_deterministic_and_bounded() -> TestResult {
     let tmp = tempfile::tempdir()?;
