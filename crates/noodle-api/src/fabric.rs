@@ -289,17 +289,25 @@ impl Client {
     }
 
     /// The objects under `prefix` whose current version has every tag of `tags` (`k=v`, or `k`
-    /// for any value), at most `limit`.
+    /// for any value) and was written in `since..until` (ms since 1970, when given), at most
+    /// `limit`.
     pub async fn fabric_query(
         &self,
         tags: &[String],
         prefix: &str,
+        (since, until): (Option<u64>, Option<u64>),
         limit: u32,
     ) -> Result<FabricList, ClientError> {
         let mut url = format!(
             "/v1/fabric/query?prefix={}&limit={limit}",
             query_escape(prefix)
         );
+        if let Some(ms) = since {
+            url.push_str(&format!("&since={ms}"));
+        }
+        if let Some(ms) = until {
+            url.push_str(&format!("&until={ms}"));
+        }
         for t in tags {
             url.push_str(&format!("&tag={}", query_escape(t)));
         }

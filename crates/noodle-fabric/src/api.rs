@@ -837,10 +837,17 @@ async fn query(
     let mut prefix = root();
     let mut tags: Vec<(String, Option<String>)> = Vec::new();
     let mut limit = LIST_MAX;
+    let (mut since, mut until) = (0u64, u64::MAX);
+    let millis = |v: &str| {
+        v.parse::<u64>()
+            .map_err(|_| bad_request("since and until are milliseconds since 1970"))
+    };
     for (k, v) in pairs {
         match k.as_str() {
             "prefix" => prefix = v,
             "limit" => limit = v.parse().map_err(|_| bad_request("limit is a number"))?,
+            "since" => since = millis(&v)?,
+            "until" => until = millis(&v)?,
             "tag" => tags.push(match v.split_once('=') {
                 Some((k, v)) => (k.to_string(), Some(v.to_string())),
                 None => (v, None),
@@ -848,19 +855,32 @@ async fn query(
             other => return Err(bad_request(format!("unknown query parameter {other:?}"))),
         }
     }
-    let Some((first_key, first_value)) = tags.first().cloned() else {
-        return Err(bad_request("query by at least one --tag K=V or K"));
-    };
+    if tags.is_empty() && since == 0 && until == u64::MAX {
+        return Err(bad_request(
+            "query by at least one --tag K=V or K, or by time (--since, --until)",
+        ));
+    }
     let prefix = prefix_of(&prefix)?;
     state.check(&caller, READ, "fabric.query", prefix.as_str())?;
     let limit = limit.clamp(1, LIST_MAX);
     let found = state
         .read(|v| {
-            // The first tag narrows by the index; the others are checked on each object.
-            let paths = v.tagged(&first_key, first_value.as_deref(), &prefix, QUERY_SCAN_MAX)?;
+            // The first tag narrows by the index; the others, and the time the current
+            // version was written, are checked on each object.
+            let paths = match tags.first() {
+                Some((key, value)) => v.tagged(key, value.as_deref(), &prefix, QUERY_SCAN_MAX)?,
+                None => v
+                    .list(&prefix, None, QUERY_SCAN_MAX)?
+                    .into_iter()
+                    .map(|(p, _)| p)
+                    .collect(),
+            };
             let mut out = Vec::new();
             for p in paths {
                 let Some(version) = v.head(&p)? else { continue };
+                if !(since..until).contains(&version.id.hlc.wall_ms) {
+                    continue;
+                }
                 let all = tags
                     .iter()
                     .all(|(k, want)| match (version.tags.get(k), want) {

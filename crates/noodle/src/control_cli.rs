@@ -132,8 +132,8 @@ pub(crate) async fn policy(client: Client, c: PolicyCommand) -> Result<i32> {
     Ok(0)
 }
 
-/// `--since`: a duration back from now, or an RFC 3339 time.
-fn parse_since(s: &str) -> Result<u64> {
+/// `--since` (and `--until`): a duration back from now, or an RFC 3339 time.
+pub(crate) fn parse_since(s: &str) -> Result<u64> {
     let at = match humantime::parse_duration(s) {
         Ok(d) => SystemTime::now()
             .checked_sub(d)

@@ -129,9 +129,16 @@ pub(crate) struct QueryArgs {
     #[arg(
         long = "tag",
         value_name = "K=V",
-        required_unless_present = "near_vector"
+        required_unless_present_any = ["near_vector", "since", "until"]
     )]
     tags: Vec<String>,
+    /// Only objects whose current version was written since then: a duration back from now
+    /// (10m) or a time (2026-11-23T10:00:00Z).
+    #[arg(long, value_name = "WHEN")]
+    since: Option<String>,
+    /// Only objects whose current version was written before then (same forms as --since).
+    #[arg(long, value_name = "WHEN")]
+    until: Option<String>,
     /// The objects whose embeddings (`noodle put --vector`) are nearest to the one in this
     /// file (little-endian float32), best first, with their cosine similarity.
     #[arg(long, value_name = "FILE", conflicts_with = "tags")]
@@ -357,8 +364,18 @@ pub(crate) async fn query(client: Client, args: QueryArgs) -> Result<i32> {
         }
         return Ok(0);
     }
+    let since = args
+        .since
+        .as_deref()
+        .map(crate::control_cli::parse_since)
+        .transpose()?;
+    let until = args
+        .until
+        .as_deref()
+        .map(crate::control_cli::parse_since)
+        .transpose()?;
     let list = client
-        .fabric_query(&args.tags, &args.prefix, args.limit)
+        .fabric_query(&args.tags, &args.prefix, (since, until), args.limit)
         .await?;
     print_list(&list, args.json)?;
     Ok(0)

@@ -253,6 +253,18 @@ fn rights_are_per_prefix_and_bad_paths_are_refused() {
         found.starts_with("/app/t ") && found.lines().count() == 1,
         "{found}"
     );
+    // By time: what was written in the last hour, and nothing written before an hour ago.
+    let recent = ok(node, &["query", "--since", "1h", "--prefix", "/app/"]);
+    assert_eq!(recent.lines().count(), 2, "{recent}");
+    let found = ok(
+        node,
+        &["query", "--tag", "k", "--since", "2000-01-01T00:00:00Z"],
+    );
+    assert!(found.starts_with("/app/t "), "{found}");
+    assert_eq!(
+        ok(node, &["query", "--until", "1h", "--prefix", "/app/"]),
+        ""
+    );
     assert_eq!(
         node.cli(&["get", "/app/t", "-o", "-"]).stdout,
         std::fs::read(&src).unwrap()
