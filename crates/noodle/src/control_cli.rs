@@ -132,14 +132,20 @@ pub(crate) async fn policy(client: Client, c: PolicyCommand) -> Result<i32> {
     Ok(0)
 }
 
-/// `--since` (and `--until`): a duration back from now, or an RFC 3339 time.
-pub(crate) fn parse_since(s: &str) -> Result<u64> {
+/// `--since`: a duration back from now, or an RFC 3339 time.
+fn parse_since(s: &str) -> Result<u64> {
+    parse_when("--since", s)
+}
+
+/// The time option `flag` (`--since`, `--until`): a duration back from now, or an RFC 3339
+/// time; milliseconds since 1970.
+pub(crate) fn parse_when(flag: &str, s: &str) -> Result<u64> {
     let at = match humantime::parse_duration(s) {
         Ok(d) => SystemTime::now()
             .checked_sub(d)
-            .context("--since goes back before 1970")?,
+            .with_context(|| format!("{flag} goes back before 1970"))?,
         Err(_) => humantime::parse_rfc3339_weak(s).with_context(|| {
-            format!("--since {s:?} is neither a duration (10m) nor a time (2026-11-23T10:00:00Z)")
+            format!("{flag} {s:?} is neither a duration (10m) nor a time (2026-11-23T10:00:00Z)")
         })?,
     };
     Ok(at

@@ -364,16 +364,13 @@ pub(crate) async fn query(client: Client, args: QueryArgs) -> Result<i32> {
         }
         return Ok(0);
     }
-    let since = args
-        .since
-        .as_deref()
-        .map(crate::control_cli::parse_since)
-        .transpose()?;
-    let until = args
-        .until
-        .as_deref()
-        .map(crate::control_cli::parse_since)
-        .transpose()?;
+    let when = |flag, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(|v| crate::control_cli::parse_when(flag, v))
+            .transpose()
+    };
+    let (since, until) = (when("--since", &args.since)?, when("--until", &args.until)?);
     let list = client
         .fabric_query(&args.tags, &args.prefix, (since, until), args.limit)
         .await?;

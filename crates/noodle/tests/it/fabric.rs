@@ -265,6 +265,8 @@ fn rights_are_per_prefix_and_bad_paths_are_refused() {
         ok(node, &["query", "--until", "1h", "--prefix", "/app/"]),
         ""
     );
+    let err = fails(node, &["query", "--until", "soon"]);
+    assert!(err.contains("--until \"soon\" is neither"), "{err}");
     assert_eq!(
         node.cli(&["get", "/app/t", "-o", "-"]).stdout,
         std::fs::read(&src).unwrap()
