@@ -197,22 +197,7 @@ impl Client {
         if let Some(v) = version {
             url.push_str(&format!("?version={}", query_escape(v)));
         }
-        let resp = self
-            .http
-            .get(url)
-            .bearer_auth(&self.credential)
-            .timeout(Duration::from_secs(120))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        if !resp.status().is_success() {
-            return Err(Self::error_of(resp).await);
-        }
-        Ok(resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?
-            .to_vec())
+        self.get_bytes(url).await
     }
 
     /// The version `path` shows now (or `version`).
@@ -235,14 +220,20 @@ impl Client {
         version: &str,
         id: &ChunkId,
     ) -> Result<Vec<u8>, ClientError> {
+        self.get_bytes(format!(
+            "{}/v1/fabric/chunks/{id}?path={}&version={}",
+            self.base,
+            query_escape(path),
+            query_escape(version)
+        ))
+        .await
+    }
+
+    /// The body of a GET of `url`, as bytes.
+    async fn get_bytes(&self, url: String) -> Result<Vec<u8>, ClientError> {
         let resp = self
             .http
-            .get(format!(
-                "{}/v1/fabric/chunks/{id}?path={}&version={}",
-                self.base,
-                query_escape(path),
-                query_escape(version)
-            ))
+            .get(url)
             .bearer_auth(&self.credential)
             .timeout(Duration::from_secs(120))
             .send()

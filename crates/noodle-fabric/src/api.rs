@@ -150,16 +150,7 @@ impl FabricNode {
     /// `node`'s address; a node that just joined may not have heard of it yet, so an unknown
     /// one is waited for a moment ([`NODE_DETAILS_WAIT`]).
     pub(crate) async fn peer_addr_soon(&self, node: &str) -> Option<std::net::SocketAddr> {
-        let deadline = std::time::Instant::now() + NODE_DETAILS_WAIT;
-        loop {
-            if let Some(addr) = self.host.cluster.peer_addr(node) {
-                return Some(addr);
-            }
-            if std::time::Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        soon(|| self.host.cluster.peer_addr(node)).await
     }
 
     /// A read of this node's copy of the fabric's records, as far as it has applied them.
@@ -326,6 +317,31 @@ impl FabricNode {
     }
 }
 
+/// What `f` finds, asked again every 100 ms for at most [`NODE_DETAILS_WAIT`]: the details
+/// of a node that just joined (or that this node just joined) arrive by gossip.
+async fn soon<T>(f: impl Fn() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + NODE_DETAILS_WAIT;
+    loop {
+        if let Some(found) = f() {
+            return Some(found);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A version's content; a removal is not found.
+fn content_of<'v>(path: &ObjectPath, version: &'v Version) -> Result<&'v Content, Refusal> {
+    version.content.as_ref().ok_or_else(|| {
+        Refusal::new(
+            StatusCode::NOT_FOUND,
+            format!("{path} was removed at that version"),
+        )
+    })
+}
+
 #[derive(serde::Deserialize)]
 struct ForPath {
     path: String,
@@ -376,12 +392,7 @@ async fn get_chunk(
     state.check(&caller, READ, "fabric.get", path.as_str())?;
     let id: ChunkId = id.parse().map_err(|e| bad_request(format!("{e}")))?;
     let version = state.version_of(&path, q.version.as_deref()).await?;
-    let Some(content) = version.content else {
-        return Err(Refusal::new(
-            StatusCode::NOT_FOUND,
-            format!("{path} was removed at that version"),
-        ));
-    };
+    let content = content_of(&path, &version)?;
     let manifest_id = ChunkId(content.manifest);
     let len = if id == manifest_id {
         None
@@ -484,12 +495,7 @@ async fn get_data(
     let path = routed_path(&rest)?;
     state.check(&caller, READ, "fabric.get", path.as_str())?;
     let version = state.version_of(&path, q.version.as_deref()).await?;
-    let Some(content) = &version.content else {
-        return Err(Refusal::new(
-            StatusCode::NOT_FOUND,
-            format!("{path} was removed at that version"),
-        ));
-    };
+    let content = content_of(&path, &version)?;
     if content.size > INLINE_MAX as u64 {
         return Err(Refusal::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -572,12 +578,7 @@ impl FabricNode {
             .await?;
         // A node that just joined may not have told us its free disk yet: give its details a
         // moment to arrive, so that a new version is not placed on fewer nodes than there are.
-        let deadline = std::time::Instant::now() + NODE_DETAILS_WAIT;
-        while !self.host.cluster.every_alive_node_described()
-            && std::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        soon(|| self.host.cluster.every_alive_node_described().then_some(())).await;
         let plan =
             PutPlan::new(&manifest_id, &self.candidates(), self.cfg.replicas).ok_or_else(|| {
                 Refusal::new(StatusCode::INSUFFICIENT_STORAGE, "no node has room for it")
