@@ -33,8 +33,11 @@ pub struct FabricObject {
     pub manifest: String,
     pub tags: BTreeMap<String, String>,
     pub creator: String,
-    /// The nodes that hold its chunks.
+    /// The nodes that hold its chunks; none when it is kept in the records.
     pub replicas: Vec<String>,
+    /// A small object kept in the cluster's replicated records: every node holds it.
+    #[serde(default)]
+    pub in_records: bool,
 }
 
 /// A list of objects (or of one object's versions).

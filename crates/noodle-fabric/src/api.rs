@@ -126,6 +126,7 @@ pub(crate) fn object_info(path: &ObjectPath, v: &Version) -> FabricObject {
         tags: v.tags.clone(),
         creator: v.creator.clone(),
         replicas,
+        in_records: v.content.as_ref().is_some_and(|c| c.bytes.is_some()),
     }
 }
 
@@ -393,16 +394,30 @@ async fn get_chunk(
     let id: ChunkId = id.parse().map_err(|e| bad_request(format!("{e}")))?;
     let version = state.version_of(&path, q.version.as_deref()).await?;
     let content = content_of(&path, &version)?;
+    let not_part = || {
+        Refusal::new(
+            StatusCode::NOT_FOUND,
+            format!("chunk {id} is not part of {path}"),
+        )
+    };
+    if let Some(bytes) = &content.bytes {
+        // Kept in the records: its manifest and its one chunk come from there.
+        let manifest = machine::manifest_of(bytes);
+        return if id == manifest.id() {
+            Ok(manifest.encode().into_response())
+        } else if manifest.chunk_ids().contains(&id) {
+            Ok(bytes.clone().into_response())
+        } else {
+            Err(not_part())
+        };
+    }
     let manifest_id = ChunkId(content.manifest);
     let len = if id == manifest_id {
         None
     } else {
         let manifest = state.manifest(manifest_id, &content.replicas).await?;
         let Some((_, len)) = manifest.chunks().iter().find(|(c, _)| *c == id) else {
-            return Err(Refusal::new(
-                StatusCode::NOT_FOUND,
-                format!("chunk {id} is not part of {path}"),
-            ));
+            return Err(not_part());
         };
         Some(*len)
     };
@@ -468,6 +483,10 @@ async fn put_data(
             })
             .collect(),
     )?;
+    if state.keeps(body.len() as u64)? {
+        let version = state.put_kept(&actor, &path, body.to_vec(), tags).await?;
+        return Ok(Json(object_info(&path, &version)).into_response());
+    }
     let label = std::path::PathBuf::from(path.as_str());
     let manifest = state
         .blocking(move |store| {
@@ -505,14 +524,20 @@ async fn get_data(
             ),
         ));
     }
-    let manifest = state
-        .manifest(ChunkId(content.manifest), &content.replicas)
-        .await?;
-    let mut bytes = Vec::with_capacity(content.size as usize);
-    for (id, len) in manifest.chunks() {
-        let chunk = state.chunk(*id, Some(*len), &content.replicas).await?;
-        bytes.extend_from_slice(&chunk);
-    }
+    let bytes = match &content.bytes {
+        Some(kept) => kept.clone(),
+        None => {
+            let manifest = state
+                .manifest(ChunkId(content.manifest), &content.replicas)
+                .await?;
+            let mut bytes = Vec::with_capacity(content.size as usize);
+            for (id, len) in manifest.chunks() {
+                let chunk = state.chunk(*id, Some(*len), &content.replicas).await?;
+                bytes.extend_from_slice(&chunk);
+            }
+            bytes
+        }
+    };
     let mut response = bytes.into_response();
     if let Ok(v) = axum::http::HeaderValue::from_str(&version_text(&version.id)) {
         response.headers_mut().insert("x-noodle-version", v);
@@ -584,16 +609,62 @@ impl FabricNode {
                 Refusal::new(StatusCode::INSUFFICIENT_STORAGE, "no node has room for it")
             })?;
         let replicas = replicate(self, &plan, manifest_id, path.as_str()).await?;
+        let content = Content {
+            manifest: manifest_id.0,
+            size: manifest.size(),
+            replicas: replicas.acknowledged.clone(),
+            bytes: None,
+        };
+        let version = self.commit(actor, path, content, tags).await?;
+        replicas.finish_later(Arc::clone(self), path.clone(), version.id.clone());
+        Ok(version)
+    }
+
+    /// Makes `bytes` (at most [`machine::limits::KEPT_BYTES_MAX`]) the new version of `path`,
+    /// kept in the records: durable once the write is committed, with no chunk files and no
+    /// copies to make.
+    pub(crate) async fn put_kept(
+        &self,
+        actor: &Actor,
+        path: &ObjectPath,
+        bytes: Vec<u8>,
+        tags: BTreeMap<String, String>,
+    ) -> Result<Version, Refusal> {
+        let content = Content {
+            manifest: machine::manifest_of(&bytes).id().0,
+            size: bytes.len() as u64,
+            replicas: Vec::new(),
+            bytes: Some(bytes),
+        };
+        self.commit(actor, path, content, tags).await
+    }
+
+    /// Whether `len` bytes go into the records rather than into chunks: a small object while
+    /// the records keep less than this node's budget ([`crate::FabricConfig::records_bytes`]).
+    pub(crate) fn keeps(&self, len: u64) -> Result<bool, Refusal> {
+        if len > machine::limits::KEPT_BYTES_MAX as u64 {
+            return Ok(false);
+        }
+        let kept = self.read_now(|v| v.kept_bytes())?;
+        let budget = self.cfg.records_bytes.min(machine::limits::KEPT_TOTAL_MAX);
+        Ok(kept.saturating_add(len) <= budget)
+    }
+
+    /// Writes `content` as the new version of `path`, after the one it shows now.
+    async fn commit(
+        &self,
+        actor: &Actor,
+        path: &ObjectPath,
+        content: Content,
+        tags: BTreeMap<String, String>,
+    ) -> Result<Version, Refusal> {
         let head = self.read(|v| v.head(path)).await?;
+        let size = content.size;
         let version = Version {
             id: self.next_version(head.as_ref()),
             creator: actor.name.clone(),
             tags,
-            content: Some(Content {
-                manifest: manifest_id.0,
-                size: manifest.size(),
-                replicas: replicas.acknowledged.clone(),
-            }),
+            content: Some(content),
         };
         let command = FabricCommand::Write {
             path: path.to_string(),
@@ -601,16 +672,11 @@ impl FabricNode {
         };
         self.write(actor, "fabric.put", path.as_str(), &command)
             .await?;
-        replicas.finish_later(Arc::clone(self), path.clone(), version.id.clone());
         report_conflict(self, path, head.as_ref(), &version.id);
         self.host.events.emit(
             OBJECT_WRITTEN,
             path.as_str(),
-            format!(
-                "{} bytes, version {}",
-                manifest.size(),
-                version_text(&version.id)
-            ),
+            format!("{size} bytes, version {}", version_text(&version.id)),
         );
         Ok(version)
     }

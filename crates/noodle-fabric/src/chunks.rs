@@ -573,6 +573,20 @@ impl ChunkStore {
     }
 }
 
+/// Writes `bytes` (an object kept in the records) as the new file `dest` with `mode`.
+pub(crate) async fn write_new(bytes: Vec<u8>, dest: &Path, mode: u32) -> Result<(), StoreError> {
+    let path = dest.to_owned();
+    blocking(dest, move || {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(io_at(parent))?;
+        }
+        let mut file = fs::File::create_new(&path).map_err(io_at(&path))?;
+        std::io::Write::write_all(&mut file, &bytes).map_err(io_at(&path))?;
+        set_mode(&path, mode)
+    })
+    .await
+}
+
 #[cfg(unix)]
 fn set_mode(path: &Path, mode: u32) -> Result<(), StoreError> {
     use std::os::unix::fs::PermissionsExt;

@@ -128,7 +128,8 @@ pub(crate) fn collect_chunks(node: &FabricNode) -> Result<usize, String> {
             .read_now(|v| v.all_versions(&cursor, PAGE))
             .map_err(|r| r.message)?;
         for (_, _, version) in &page {
-            let Some(content) = &version.content else {
+            // Removals, and objects kept in the records, have no chunks.
+            let Some(content) = version.content.as_ref().filter(|c| c.bytes.is_none()) else {
                 continue;
             };
             let id = ChunkId(content.manifest);

@@ -203,22 +203,42 @@ impl FabricHandle {
             let text = format!("{prefix}{}", rel.to_string_lossy());
             let path = ObjectPath::parse(&text)
                 .map_err(|e| HandleError::Fabric(format!("output file {}: {e}", rel.display())))?;
-            let (store, file, root) = (node.store.clone(), real_root.join(&rel), real_root.clone());
-            let manifest = tokio::task::spawn_blocking(move || -> Result<Manifest, HandleError> {
-                let opened = open_beneath(&root, &file)?;
-                store
+            let (here, file, root) = (node.clone(), real_root.join(&rel), real_root.clone());
+            let output = tokio::task::spawn_blocking(move || -> Result<Output, HandleError> {
+                let mut opened = open_beneath(&root, &file)?;
+                let len = opened.metadata().map_err(io(&file))?.len();
+                let fabric = |e: String| HandleError::Fabric(e);
+                if here.keeps(len).map_err(|r| fabric(r.message))? {
+                    let mut bytes = Vec::new();
+                    std::io::Read::read_to_end(
+                        &mut std::io::Read::take(&mut opened, len),
+                        &mut bytes,
+                    )
+                    .map_err(io(&file))?;
+                    return Ok(Output::Kept(bytes));
+                }
+                here.store
                     .put_open(opened, &file)
-                    .map_err(|e| HandleError::Fabric(e.to_string()))
+                    .map(Output::Stored)
+                    .map_err(|e| fabric(e.to_string()))
             })
             .await
             .map_err(|e| HandleError::Fabric(e.to_string()))??;
-            node.put_version(&actor, &path, manifest.id(), tags.clone())
-                .await
-                .map_err(|r| HandleError::Fabric(format!("{path}: {}", r.message)))?;
+            match output {
+                Output::Kept(bytes) => node.put_kept(&actor, &path, bytes, tags.clone()).await,
+                Output::Stored(m) => node.put_version(&actor, &path, m.id(), tags.clone()).await,
+            }
+            .map_err(|r| HandleError::Fabric(format!("{path}: {}", r.message)))?;
             written.push(path.to_string());
         }
         Ok(written)
     }
+}
+
+/// A job's output file: small enough to be kept in the records, or stored in chunks.
+enum Output {
+    Kept(Vec<u8>),
+    Stored(Manifest),
 }
 
 /// Where the directory `dir` really is, refusing one that is a link (whoever owns the
@@ -299,6 +319,11 @@ impl FabricNode {
         dest: &Path,
         mode: u32,
     ) -> Result<(), String> {
+        if let Some(bytes) = &content.bytes {
+            return crate::chunks::write_new(bytes.clone(), dest, mode)
+                .await
+                .map_err(|e| e.to_string());
+        }
         let id = ChunkId(content.manifest);
         let mut failures = Vec::new();
         let others = content

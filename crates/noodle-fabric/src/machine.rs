@@ -16,10 +16,17 @@
 //! | `m/writes` | the number of the last version written |
 //! | `s/` + snapshot id (u64, big-endian) | a [`Snapshot`] (postcard) |
 //! | `m/snapshots` | the last snapshot id |
+//! | `m/kept` | the bytes of the small objects kept in the records (u64, big-endian) |
 //!
 //! A snapshot of a prefix shows, for each path under it, the version the path showed when
 //! the snapshot was taken: the newest of the versions whose write number is at most the
 //! snapshot's. (Versions written before write numbers existed count as written at 0.)
+//!
+//! A small object (at most [`limits::KEPT_BYTES_MAX`] bytes) may be kept in the records
+//! themselves ([`Content::bytes`]): it is then as durable as the entry that wrote it (on a
+//! majority of the voters once committed), every node holds it, and its write costs no chunk
+//! files and no copy. `m/kept` counts these bytes; a writer keeps the total near
+//! [`limits::KEPT_TOTAL_MAX`] by storing larger amounts in chunks instead.
 //!
 //! Versions are ordered by [`VersionId`] (hybrid-logical time, then the writing node), so two
 //! nodes writing one path at once both keep their version, and every node agrees on which one
@@ -46,6 +53,7 @@ const WRITE_NUMBER: &[u8] = b"n/";
 const WRITES: &[u8] = b"m/writes";
 const SNAPSHOT: &[u8] = b"s/";
 const SNAPSHOTS: &[u8] = b"m/snapshots";
+const KEPT: &[u8] = b"m/kept";
 
 /// Bounds on what a command may carry.
 pub mod limits {
@@ -64,6 +72,15 @@ pub mod limits {
     pub const FORGET_MAX: usize = 1000;
     /// Snapshots kept at once, at most.
     pub const SNAPSHOTS_MAX: usize = 10_000;
+    /// The largest object kept in the records rather than in chunks.
+    pub const KEPT_BYTES_MAX: usize = 16 << 10;
+    /// Bytes of objects kept in the records that writers aim to stay under (they check it
+    /// before writing, so concurrent writes can pass it by a few objects): every node holds
+    /// them all, and a new node receives them with the records.
+    pub const KEPT_TOTAL_MAX: u64 = 64 << 20;
+    /// How far concurrent writes may take the total past [`KEPT_TOTAL_MAX`]; a write beyond
+    /// is refused.
+    pub const KEPT_OVER_MAX: u64 = 16 << 20;
 }
 
 /// Which version: its time, then the node that wrote it (ties between nodes).
@@ -85,8 +102,23 @@ pub struct Content {
     /// The chunk id of the object's manifest (`noodle_chunks::Manifest`).
     pub manifest: [u8; 32],
     pub size: u64,
-    /// Nodes that hold every chunk of it.
+    /// Nodes that hold every chunk of it; none when the bytes are kept in the records.
     pub replicas: Vec<String>,
+    /// A small object's bytes, kept in the records (see the module documentation); its
+    /// manifest is then [`manifest_of`] them and no node stores its chunks.
+    pub bytes: Option<Vec<u8>>,
+}
+
+/// The manifest a store gives `bytes` of one chunk at most (no chunk when empty).
+pub fn manifest_of(bytes: &[u8]) -> noodle_chunks::Manifest {
+    let chunks = if bytes.is_empty() {
+        Vec::new()
+    } else {
+        vec![(noodle_chunks::ChunkId::of(bytes), bytes.len() as u32)]
+    };
+    // One chunk of at most KEPT_BYTES_MAX: within every bound `Manifest::new` checks.
+    noodle_chunks::Manifest::new(bytes.len() as u64, chunks)
+        .unwrap_or_else(|e| unreachable!("a manifest of one small chunk: {e}"))
 }
 
 /// One version of one path. Immutable once written, except for where its chunks are.
@@ -225,8 +257,29 @@ fn check(command: &FabricCommand) -> Result<(), String> {
             }
             if let Some(content) = &version.content {
                 check_replicas(&content.replicas)?;
-                if content.replicas.is_empty() {
-                    return Err("a version with content is held by at least one node".into());
+                match &content.bytes {
+                    None if content.replicas.is_empty() => {
+                        return Err("a version with content is held by at least one node".into());
+                    }
+                    None => {}
+                    Some(bytes) => {
+                        if bytes.len() > limits::KEPT_BYTES_MAX {
+                            return Err(format!(
+                                "an object kept in the records is at most {} bytes",
+                                limits::KEPT_BYTES_MAX
+                            ));
+                        }
+                        if bytes.len() as u64 != content.size
+                            || manifest_of(bytes).id().0 != content.manifest
+                            || !content.replicas.is_empty()
+                        {
+                            return Err(
+                                "an object kept in the records has the size and manifest of \
+                                 its bytes, and no replicas"
+                                    .into(),
+                            );
+                        }
+                    }
                 }
             } else if !version.tags.is_empty() {
                 return Err("a removal carries no tags".into());
@@ -356,6 +409,18 @@ impl StateMachine for FabricMachine {
                     // Written already (a proposal sent again): versions are immutable.
                     return Ok(Applied::Done);
                 }
+                let kept = kept_len(&version);
+                if kept > 0 {
+                    let total = read_u64(t.get(KEPT)?).saturating_add(kept);
+                    if total > limits::KEPT_TOTAL_MAX + limits::KEPT_OVER_MAX {
+                        return Ok(Applied::Rejected(Rejection(format!(
+                            "the records keep {} bytes of small objects already: store it in \
+                             chunks",
+                            total - kept
+                        ))));
+                    }
+                    t.insert(KEPT, &total.to_be_bytes())?;
+                }
                 t.insert(&key, &postcard::to_allocvec(&version).map_err(db)?)?;
                 let n = read_u64(t.get(WRITES)?) + 1;
                 t.insert(WRITES, &n.to_be_bytes())?;
@@ -401,6 +466,11 @@ impl StateMachine for FabricMachine {
                         "that version of {path} is a removal: it has no chunks"
                     ))));
                 };
+                if content.bytes.is_some() {
+                    return Ok(Applied::Rejected(Rejection(format!(
+                        "that version of {path} is kept in the records: it has no chunks"
+                    ))));
+                }
                 if replicas.is_empty() {
                     return Ok(Applied::Rejected(Rejection(
                         "a version with content is held by at least one node".into(),
@@ -496,6 +566,13 @@ impl StateMachine for FabricMachine {
                     if is_head || held.contains(&id) {
                         continue;
                     }
+                    if let Some(bytes) = t.get(&version_key(&path, &id))? {
+                        let kept = kept_len(&read_version(&bytes)?);
+                        if kept > 0 {
+                            let total = read_u64(t.get(KEPT)?).saturating_sub(kept);
+                            t.insert(KEPT, &total.to_be_bytes())?;
+                        }
+                    }
                     t.remove(&version_key(&path, &id))?;
                     t.remove(&number_key(&path, &id))?;
                 }
@@ -537,6 +614,15 @@ fn version_at_in(
         }
     }
     Ok(None)
+}
+
+/// The bytes `version` keeps in the records.
+fn kept_len(version: &Version) -> u64 {
+    version
+        .content
+        .as_ref()
+        .and_then(|c| c.bytes.as_ref())
+        .map_or(0, |b| b.len() as u64)
 }
 
 fn number_key(path: &str, id: &VersionId) -> Vec<u8> {
@@ -614,6 +700,11 @@ impl FabricView<'_> {
         snapshot: &Snapshot,
     ) -> Result<Option<Version>, DbError> {
         version_at_in(&self.view, path, snapshot)
+    }
+
+    /// The bytes of the small objects kept in the records ([`Content::bytes`]).
+    pub fn kept_bytes(&self) -> Result<u64, DbError> {
+        Ok(read_u64(self.view.get(KEPT)?))
     }
 
     /// The number of the last embedding change (0: none yet).

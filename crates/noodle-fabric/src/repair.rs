@@ -52,7 +52,8 @@ async fn round(node: &FabricNode, cursor: &[u8]) -> Result<Option<Vec<u8>>, Stri
     let r = node.cfg.replicas.min(candidates.len().max(1));
     let mut copies_left = COPIES_PER_ROUND;
     for (_, path, version) in page {
-        let Some(content) = &version.content else {
+        // Removals, and objects kept in the records (on every node), need no copies.
+        let Some(content) = version.content.as_ref().filter(|c| c.bytes.is_none()) else {
             continue;
         };
         let good: Vec<String> = content

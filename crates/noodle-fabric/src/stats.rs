@@ -28,6 +28,9 @@ pub(crate) struct StorageStats {
     pub(crate) bytes: u64,
     /// Versions kept, removals included.
     pub(crate) versions: u64,
+    /// Versions kept in the records (every node holds them), and their bytes.
+    pub(crate) kept: u64,
+    pub(crate) kept_bytes: u64,
     /// Versions with content held by fewer live nodes than the copies they should have.
     pub(crate) under_replicated: u64,
     /// Per node id: versions and bytes it holds copies of.
@@ -88,7 +91,12 @@ fn count(node: &FabricNode) -> Result<StorageStats, String> {
             }
             stats.versions += 1;
             let size = version.content.as_ref().map(|c| c.size);
-            if let Some(content) = &version.content {
+            if let Some(content) = &version.content
+                && content.bytes.is_some()
+            {
+                stats.kept += 1;
+                stats.kept_bytes += content.size;
+            } else if let Some(content) = &version.content {
                 let alive = content
                     .replicas
                     .iter()
@@ -133,6 +141,7 @@ pub(crate) struct NodeUsage {
 struct FabricPanelView<'a> {
     stats: &'a StorageStats,
     bytes: String,
+    kept_bytes: String,
     nodes: &'a [NodeUsage],
     denied: bool,
 }
@@ -146,6 +155,7 @@ pub(crate) fn render(
     FabricPanelView {
         stats,
         bytes: noodle_api::format::format_bytes(stats.bytes),
+        kept_bytes: noodle_api::format::format_bytes(stats.kept_bytes),
         nodes,
         denied,
     }
@@ -192,6 +202,8 @@ mod tests {
             objects: 3,
             bytes: 3 << 20,
             versions: 5,
+            kept: 2,
+            kept_bytes: 2048,
             under_replicated: 1,
             held: BTreeMap::new(),
             counted: true,
@@ -210,6 +222,7 @@ mod tests {
             "id=\"f-objects\">3<",
             "id=\"f-versions\">5<",
             "id=\"f-under\">1<",
+            "id=\"f-kept\">2, 2.0 KiB<",
             "&#60;b&#62;x&#60;/b&#62;",
         ] {
             assert!(html.contains(part), "{part} in {html}");

@@ -53,6 +53,10 @@ pub struct FabricConfig {
     /// A chunk no version refers to is collected only once it is this old (an upload may
     /// still be on its way to becoming a version).
     pub upload_grace: Duration,
+    /// Bytes of small objects (at most [`crate::machine::limits::KEPT_BYTES_MAX`] each) this
+    /// node keeps in the replicated records rather than in chunks, while the records hold
+    /// less (never more than [`crate::machine::limits::KEPT_TOTAL_MAX`]); 0: none.
+    pub records_bytes: u64,
 }
 
 impl Default for FabricConfig {
@@ -65,6 +69,7 @@ impl Default for FabricConfig {
             keep_for: Duration::from_secs(7 * 24 * 3600),
             gc_every: Duration::from_secs(600),
             upload_grace: Duration::from_secs(3600),
+            records_bytes: crate::machine::limits::KEPT_TOTAL_MAX,
         }
     }
 }

@@ -59,7 +59,25 @@ fn version(id: VersionId, size: u64, tags: &[(&str, &str)]) -> Version {
             manifest: [size as u8; 32],
             size,
             replicas: vec!["n0".into(), "n1".into()],
+            bytes: None,
         }),
+    }
+}
+
+/// A version of `bytes` kept in the records, changed by `f`.
+fn kept(id: VersionId, bytes: Vec<u8>, f: impl FnOnce(&mut Content)) -> Version {
+    let mut content = Content {
+        manifest: machine::manifest_of(&bytes).id().0,
+        size: bytes.len() as u64,
+        replicas: Vec::new(),
+        bytes: Some(bytes),
+    };
+    f(&mut content);
+    Version {
+        id,
+        creator: "admin@n0".into(),
+        tags: BTreeMap::new(),
+        content: Some(content),
     }
 }
 
@@ -219,6 +237,18 @@ async fn bad_commands_are_refused_and_change_nothing() {
     no_replicas.content.as_mut().unwrap().replicas.clear();
     let mut tagged_tombstone = version(id(1, "n0"), 1, &[("a", "b")]);
     tagged_tombstone.content = None;
+    // Objects kept in the records: their manifest and size are those of their bytes, they
+    // have no replicas, and they are small.
+    let lying_manifest = kept(id(1, "n0"), b"abc".to_vec(), |c| c.manifest = [9; 32]);
+    let lying_size = kept(id(1, "n0"), b"abc".to_vec(), |c| c.size = 2);
+    let with_replicas = kept(id(1, "n0"), b"abc".to_vec(), |c| {
+        c.replicas = vec!["n0".into()]
+    });
+    let too_big = kept(
+        id(1, "n0"),
+        vec![1; machine::limits::KEPT_BYTES_MAX + 1],
+        |_| {},
+    );
     let cases: Vec<(&str, Version, &str)> = vec![
         ("/a/../b", version(id(1, "n0"), 1, &[]), "`.` or `..`"),
         ("relative", version(id(1, "n0"), 1, &[]), "starts with `/`"),
@@ -233,6 +263,10 @@ async fn bad_commands_are_refused_and_change_nothing() {
         ("/a", version(id(1, ""), 1, &[]), "node id"),
         ("/a", no_replicas, "at least one node"),
         ("/a", tagged_tombstone, "no tags"),
+        ("/a", lying_manifest, "manifest of its bytes"),
+        ("/a", lying_size, "manifest of its bytes"),
+        ("/a", with_replicas, "no replicas"),
+        ("/a", too_big, "at most 16384 bytes"),
     ];
     for (path, v, why) in cases {
         match c.propose(write(path, v)).await {
@@ -290,4 +324,58 @@ async fn listing_pages_through_many_paths_and_skips_removed_ones() {
         .map(|i| format!("/d/{i:03}"))
         .collect();
     assert_eq!(seen, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_kept_in_the_records_are_counted_until_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start(dir.path()).await;
+    let kept_bytes = || async { c.read(|v| machine::view(v).kept_bytes()).await.unwrap() };
+    c.propose(write("/k", kept(id(1, "n0"), vec![1; 1000], |_| {})))
+        .await
+        .unwrap();
+    // Sent again (a proposal retried): counted once.
+    c.propose(write("/k", kept(id(1, "n0"), vec![1; 1000], |_| {})))
+        .await
+        .unwrap();
+    c.propose(write("/k", kept(id(2, "n0"), vec![2; 500], |_| {})))
+        .await
+        .unwrap();
+    // A version in chunks is not counted.
+    c.propose(write("/k", version(id(3, "n0"), 7000, &[])))
+        .await
+        .unwrap();
+    assert_eq!(kept_bytes().await, 1500);
+    let head = c.read(|v| machine::view(v).head(&p("/k"))).await.unwrap();
+    assert_eq!(head.unwrap().id, id(3, "n0"));
+    let forget = FabricCommand::Forget {
+        path: "/k".into(),
+        ids: vec![id(1, "n0")],
+    };
+    c.propose(Proposal::machine(machine::NAME, machine::encode(&forget)))
+        .await
+        .unwrap();
+    assert_eq!(kept_bytes().await, 500);
+    let versions = c
+        .read(|v| machine::view(v).versions(&p("/k"), 10))
+        .await
+        .unwrap();
+    let kept_one = versions.iter().find(|v| v.id == id(2, "n0")).unwrap();
+    assert_eq!(
+        kept_one.content.as_ref().unwrap().bytes.as_deref(),
+        Some(&[2u8; 500][..])
+    );
+    // Its copies are not "made again" elsewhere: it has none.
+    let set = FabricCommand::SetReplicas {
+        path: "/k".into(),
+        id: id(2, "n0"),
+        replicas: vec!["n1".into()],
+    };
+    let answer = c
+        .propose(Proposal::machine(machine::NAME, machine::encode(&set)))
+        .await;
+    assert!(
+        matches!(&answer, Ok(Response::Rejected(why)) if why.contains("kept in the records")),
+        "{answer:?}"
+    );
 }

@@ -189,6 +189,7 @@ mod tests {
             tags: Default::default(),
             creator: "c".into(),
             replicas: vec![],
+            in_records: false,
         }
     }
 

@@ -183,6 +183,15 @@ fn print_object(o: &FabricObject, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Where a version's bytes are, for a person.
+fn held_by(o: &FabricObject) -> String {
+    if o.in_records {
+        "in the records (every node)".to_string()
+    } else {
+        format!("on {}", o.replicas.join(", "))
+    }
+}
+
 fn print_list(list: &FabricList, json: bool) -> Result<()> {
     for o in &list.objects {
         print_object(o, json)?;
@@ -256,11 +265,11 @@ pub(crate) async fn put(client: Client, args: PutArgs) -> Result<i32> {
         print_object(&object, true)?;
     } else {
         outln!(
-            "{} ({}) version {} on {}",
+            "{} ({}) version {} {}",
             object.path,
             noodle_api::format::format_bytes(object.size),
             object.version,
-            object.replicas.join(", ")
+            held_by(&object)
         );
     }
     Ok(0)

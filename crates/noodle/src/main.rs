@@ -184,6 +184,11 @@ struct UpArgs {
     /// Fabric: an uploaded chunk that no version refers to is collected once this old.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     fabric_upload_grace: Duration,
+    /// Fabric: bytes of small objects (16 KiB at most each) kept in the replicated records,
+    /// on every node, rather than in chunks on a few: such a put is durable once its record
+    /// commits (at most 64 MiB; 0 keeps every object in chunks).
+    #[arg(long, default_value_t = 64 << 20, value_name = "BYTES")]
+    fabric_records_bytes: u64,
     /// Control plane: a voter dead this long is replaced by a healthy learner.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     voter_replace_after: Duration,
@@ -671,6 +676,7 @@ async fn up(data_dir: PathBuf, args: UpArgs) -> Result<i32> {
         keep_for: args.fabric_keep_for,
         gc_every: args.fabric_gc_every,
         upload_grace: args.fabric_upload_grace,
+        records_bytes: args.fabric_records_bytes,
         ..noodle_fabric::FabricConfig::default()
     });
     // The fabric starts first: jobs keep their shipped files in its chunk store.

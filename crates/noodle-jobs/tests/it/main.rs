@@ -258,6 +258,7 @@ async fn a_placed_job_grants_its_node_its_write_prefix_and_nothing_else() {
                     manifest: [1; 32],
                     size: 1,
                     replicas: vec![node.into()],
+                    bytes: None,
                 }),
             },
         })

@@ -196,6 +196,17 @@ fn put_on_one_node_get_on_another_and_survive_the_writer() {
         },
     );
     assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&src).unwrap());
+    // The small version it shows now is kept in the records: every node has it.
+    let now = object(&nodes[1], "/models/resnet.bin");
+    assert!(now.in_records && now.replicas.is_empty(), "{now:?}");
+    ok(
+        &nodes[2],
+        &["get", "/models/resnet.bin", "-o", again.to_str().unwrap()],
+    );
+    assert_eq!(
+        std::fs::read(&again).unwrap(),
+        std::fs::read(&small).unwrap()
+    );
 }
 
 /// A byte flipped in a stored chunk: the read still returns the right bytes (from another
@@ -460,10 +471,18 @@ fn two_nodes_die_and_every_acknowledged_object_survives_with_three_copies_again(
             "{path}"
         );
     }
+    // Objects of 16 KiB or less are kept in the records, on every node; the others have
+    // chunks on three.
+    let in_records = written
+        .iter()
+        .filter(|(path, _)| object(&nodes[0], path).in_records)
+        .count();
+    assert!(in_records > 0 && in_records < written.len(), "{in_records}");
     for (path, _) in &written {
         eventually(Duration::from_secs(120), "three live copies again", || {
             let o = object(&nodes[0], path);
-            (o.replicas.len() == 3 && o.replicas.iter().all(|r| !dead.contains(&r))).then_some(())
+            (o.in_records || o.replicas.len() == 3 && o.replicas.iter().all(|r| !dead.contains(&r)))
+                .then_some(())
         });
     }
     // Two new machines replace the dead ones; one of them reads everything (from the copies
@@ -507,7 +526,8 @@ fn two_nodes_die_and_every_acknowledged_object_survives_with_three_copies_again(
             std::fs::read(src).unwrap(),
             "{path}"
         );
-        assert_eq!(object(&fresh[1], path).replicas.len(), 3);
+        let o = object(&fresh[1], path);
+        assert!(o.in_records || o.replicas.len() == 3, "{o:?}");
     }
 }
 
@@ -919,4 +939,54 @@ fn object_version(node: &Node, n: usize) -> String {
     serde_json::from_str::<noodle_api::fabric::FabricObject>(&line)
         .unwrap()
         .version
+}
+
+/// A small object is kept in the cluster's records (every node holds it, no chunk file is
+/// written for it) and is read like any other, by its chunks or in one request; past the
+/// node's budget (`--fabric-records-bytes`) small objects go into chunks again.
+#[test]
+fn small_objects_are_kept_in_the_records_up_to_the_budget() {
+    let node = Node::start("records", &["--fabric-records-bytes", "2500"]);
+    node.wait_ready(Duration::from_secs(30));
+    let tmp = tempfile::tempdir().unwrap();
+    let before = stored_chunks(&node);
+    let mut written = Vec::new();
+    for i in 0..3 {
+        let text = format!("object {i} ").repeat(100);
+        let file = tmp.path().join(format!("s{i}"));
+        std::fs::write(&file, &text).unwrap();
+        let path = format!("/small/{i}");
+        let said = ok(&node, &["put", file.to_str().unwrap(), &path]);
+        written.push((path, text, said));
+    }
+    // 1,000 bytes each: two fit in 2,500 bytes, the third goes into chunks.
+    let objects: Vec<_> = written.iter().map(|(p, ..)| object(&node, p)).collect();
+    for (o, (.., said)) in objects.iter().zip(&written).take(2) {
+        assert!(o.in_records && o.replicas.is_empty(), "{o:?}");
+        assert!(said.contains("in the records"), "{said}");
+    }
+    assert!(!objects[2].in_records, "{:?}", objects[2]);
+    assert_eq!(objects[2].replicas, vec![node.node_id()]);
+    let added: Vec<_> = stored_chunks(&node).difference(&before).cloned().collect();
+    // The third object's one chunk and its manifest; nothing for the first two.
+    assert_eq!(added.len(), 2, "{added:?}");
+
+    let addr = crate::routes::api_addr(&node);
+    let credential = std::fs::read_to_string(node.dir.join("admin.credential")).unwrap();
+    let auth = format!("Authorization: Bearer {}\r\n", credential.trim());
+    for (path, text, _) in &written {
+        let back = tmp.path().join("back");
+        ok(&node, &["get", path, "-o", back.to_str().unwrap()]);
+        assert_eq!(std::fs::read_to_string(&back).unwrap(), *text, "{path}");
+        let body = crate::routes::body_of(&addr, &format!("/v1/fabric/data{path}"), &auth);
+        assert_eq!(body, *text, "{path}");
+    }
+    // Only the object's own chunks are served for it.
+    let other = &objects[2].manifest;
+    let body = crate::routes::body_of(
+        &addr,
+        &format!("/v1/fabric/chunks/{other}?path=/small/0"),
+        &auth,
+    );
+    assert!(body.contains("is not part of /small/0"), "{body}");
 }

@@ -25,7 +25,7 @@ fn status_of(addr: &str, method: &str, path: &str, auth: &str) -> u16 {
         .unwrap_or(0)
 }
 
-fn body_of(addr: &str, path: &str, auth: &str) -> String {
+pub(crate) fn body_of(addr: &str, path: &str, auth: &str) -> String {
     let mut tcp = TcpStream::connect(addr).expect("connect to the API");
     tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
@@ -38,7 +38,7 @@ fn body_of(addr: &str, path: &str, auth: &str) -> String {
         .unwrap_or_default()
 }
 
-fn api_addr(node: &Node) -> String {
+pub(crate) fn api_addr(node: &Node) -> String {
     let info: noodle_api::ApiInfo =
         serde_json::from_slice(&std::fs::read(node.dir.join("api.json")).expect("api.json"))
             .expect("api.json parses");
