@@ -86,6 +86,22 @@ pub struct Store {
     machines: Machines,
     /// Where each remembered proposal id was applied (see [`state::Answers`]).
     answers: Arc<Mutex<state::Answers>>,
+    /// How far the state machine has applied, and who waits for it.
+    applied: Arc<Mutex<Applied>>,
+    /// The committed index written last (see `save_committed`).
+    committed_saved: Arc<Mutex<u64>>,
+}
+
+/// The committed index is written when it has moved this many entries.
+const COMMITTED_SAVE_EVERY: u64 = 64;
+
+/// The last entry applied, and the readers waiting for a later one, woken in the order of
+/// (index, arrival): the same order in every run of a simulation.
+#[derive(Default)]
+struct Applied {
+    index: u64,
+    arrivals: u64,
+    waiting: std::collections::BTreeMap<(u64, u64), tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Debug for Store {
@@ -127,6 +143,8 @@ impl Store {
             snapshot_seq: Arc::default(),
             machines: Machines::default(),
             answers: Arc::default(),
+            applied: Arc::default(),
+            committed_saved: Arc::default(),
         }
     }
 
@@ -134,6 +152,45 @@ impl Store {
     pub(crate) fn with_machines(mut self, machines: Machines) -> Store {
         self.machines = machines;
         self
+    }
+
+    /// The index of the last entry applied here (0 before the first).
+    pub(crate) fn applied_index(&self) -> u64 {
+        self.lock_applied().index
+    }
+
+    /// Resolves once entry `index` is applied here (at once if it is); dropped unresolved if
+    /// the store is dropped first.
+    pub(crate) fn applied_wake(&self, index: u64) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut applied = self.lock_applied();
+        if applied.index >= index {
+            let _ = tx.send(());
+        } else {
+            // Readers that gave up leave their senders behind: dropped here, by the wake-up
+            // that passes them.
+            applied.arrivals += 1;
+            let key = (index, applied.arrivals);
+            applied.waiting.insert(key, tx);
+        }
+        rx
+    }
+
+    /// Records that entries up to `index` are applied and wakes who waited for them.
+    fn applied_to(&self, index: u64) {
+        let mut applied = self.lock_applied();
+        applied.index = applied.index.max(index);
+        let first_later = (applied.index + 1, 0);
+        let later = applied.waiting.split_off(&first_later);
+        let ready = std::mem::replace(&mut applied.waiting, later);
+        drop(applied);
+        for (_, tx) in ready {
+            let _ = tx.send(());
+        }
+    }
+
+    fn lock_applied(&self) -> std::sync::MutexGuard<'_, Applied> {
+        self.applied.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_answers(&self) -> std::sync::MutexGuard<'_, state::Answers> {
@@ -224,7 +281,7 @@ impl Store {
         txn.commit().map_err(db_err)
     }
 
-    fn last_log_id(&self) -> Result<Option<LogId<RaftId>>, DbError> {
+    pub(crate) fn last_log_id(&self) -> Result<Option<LogId<RaftId>>, DbError> {
         let txn = self.db()?.begin_read().map_err(db_err)?;
         let t = txn.open_table(LOG).map_err(db_err)?;
         match t.last().map_err(db_err)? {
@@ -357,8 +414,21 @@ impl RaftLogStorage<TypeConfig> for Store {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<RaftId>>) -> SResult<()> {
-        // Not synced: it may go back in a crash. Linearizable reads therefore never rely on it
+        // Not synced, and written only every COMMITTED_SAVE_EVERY entries (a write of its
+        // own per batch costs as much as applying it): it may go back in a crash, and only
+        // saves re-applying after a restart. Linearizable reads therefore never rely on it
         // alone (see `Control::read_index_here`).
+        let index = committed.map_or(0, |l| l.index);
+        {
+            let mut saved = self
+                .committed_saved
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if index < *saved + COMMITTED_SAVE_EVERY && index >= *saved {
+                return Ok(());
+            }
+            *saved = index;
+        }
         self.put_meta(RAFT_META, "committed", &committed, Durability::None)
             .map_err(|e| StorageIOError::write(&e).into())
     }
@@ -445,11 +515,13 @@ impl RaftStateMachine<TypeConfig> for Store {
         StoredMembership<RaftId, crate::Member>,
     )> {
         let read = || -> Result<_, DbError> {
-            let applied = self.meta(SM_META, "applied")?.flatten();
+            let applied: Option<LogId<RaftId>> = self.meta(SM_META, "applied")?.flatten();
             let membership = self.meta(SM_META, "membership")?.unwrap_or_default();
             Ok((applied, membership))
         };
-        read().map_err(|e| StorageIOError::read_state_machine(&e).into())
+        let state = read().map_err(|e| StorageIOError::read_state_machine(&e))?;
+        self.applied_to(state.0.map_or(0, |l| l.index));
+        Ok(state)
     }
 
     async fn apply<I>(&mut self, entries: I) -> SResult<Vec<crate::Response>>
@@ -495,6 +567,9 @@ impl RaftStateMachine<TypeConfig> for Store {
             txn.commit().map_err(db_err)?;
             // Only what committed joins the index of answers.
             applying.commit();
+            if let Some(last) = last {
+                self.applied_to(last.index);
+            }
             Ok(responses)
         };
         let result = write();
@@ -539,7 +614,9 @@ impl RaftStateMachine<TypeConfig> for Store {
             }
             txn.commit().map_err(db_err)
         };
-        write().map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e).into())
+        write().map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        self.applied_to(meta.last_log_id.map_or(0, |l| l.index));
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> SResult<Option<Snapshot<TypeConfig>>> {

@@ -204,7 +204,11 @@ pub enum Command {
     Batch(Vec<Proposal>),
     /// A subsystem's command, applied by its [`crate::StateMachine`] (jobs, later the
     /// fabric's metadata). This variant replaced `Job` at the same place in format 2.
-    Machine { name: String, command: Vec<u8> },
+    Machine {
+        name: String,
+        #[serde(with = "serde_bytes")]
+        command: Vec<u8>,
+    },
     /// Removes a node from the cluster for good (`noodle node remove`): every member refuses
     /// its links, and it leaves the Raft membership.
     RemoveNode { node_id: String },

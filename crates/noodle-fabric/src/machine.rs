@@ -106,6 +106,7 @@ pub struct Content {
     pub replicas: Vec<String>,
     /// A small object's bytes, kept in the records (see the module documentation); its
     /// manifest is then [`manifest_of`] them and no node stores its chunks.
+    #[serde(with = "serde_bytes")]
     pub bytes: Option<Vec<u8>>,
 }
 
