@@ -43,6 +43,10 @@ pub struct Client {
     pub(crate) base: String,
     pub(crate) credential: String,
     pub(crate) http: reqwest::Client,
+    /// The node's fabric chunk store, for a client beside the node acting as its admin (which
+    /// may read the node's files anyway): chunks are read from there, each checked, rather
+    /// than through the API.
+    pub(crate) local_store: Option<std::path::PathBuf>,
 }
 
 impl Client {
@@ -57,7 +61,10 @@ impl Client {
             })?
             .trim()
             .to_string();
-        Ok(Client::new(&info.url, &credential))
+        Ok(Client {
+            local_store: Some(crate::fabric::store_dir(data_dir)),
+            ..Client::new(&info.url, &credential)
+        })
     }
 
     /// A client for the node of `data_dir` that acts with a capability `token` if one is given,
@@ -82,6 +89,7 @@ impl Client {
             base: base.trim_end_matches('/').to_string(),
             credential: credential.to_string(),
             http,
+            local_store: None,
         }
     }
 

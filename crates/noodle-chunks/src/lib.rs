@@ -52,4 +52,4 @@ pub use manifest::{
     MANIFEST_VERSION, MAX_FILE_BYTES, MAX_MANIFEST_BYTES, MAX_MANIFEST_CHUNKS, Manifest,
     ManifestError,
 };
-pub use store::{MAX_OBJECT_BYTES, Store};
+pub use store::{MAX_OBJECT_BYTES, Store, object_path};

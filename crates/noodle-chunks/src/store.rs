@@ -65,6 +65,11 @@ pub struct Store {
     used_bytes: AtomicU64,
 }
 
+/// Where a store in `dir` keeps object `id`.
+pub fn object_path(dir: &Path, id: &ChunkId) -> PathBuf {
+    dir.join(hex::encode([id.0[0]])).join(id.to_hex())
+}
+
 impl Store {
     /// Opens (creating if needed) the store in `dir`, holding at most `cap_bytes` of chunks.
     ///
@@ -142,7 +147,7 @@ impl Store {
 
     /// Where chunk `id` lives (whether or not it is there).
     pub fn chunk_path(&self, id: &ChunkId) -> PathBuf {
-        self.dir.join(hex::encode([id.0[0]])).join(id.to_hex())
+        object_path(&self.dir, id)
     }
 
     /// Whether chunk `id` is stored (not verified; [`get`](Self::get) verifies).

@@ -56,8 +56,6 @@ const ASSEMBLE_ATTEMPTS: u32 = 2;
 /// Longest job file name, and longest component of it (Linux's `PATH_MAX`, `NAME_MAX`).
 const NAME_BYTES_MAX: usize = 4096;
 const NAME_COMPONENT_BYTES_MAX: usize = 255;
-/// Where the store lives under the data directory.
-const STORE_DIR: &str = "chunks";
 
 /// Why a shipping call failed.
 #[derive(Debug, thiserror::Error)]
@@ -125,14 +123,14 @@ pub struct ChunkStore {
 }
 
 impl ChunkStore {
-    /// Opens the store at `<data_dir>/chunks`, holding at most `cap_bytes`. Blocking: it scans
-    /// the store once.
+    /// Opens the store in `dir`, holding at most `cap_bytes`. Blocking: it scans the store
+    /// once.
     pub fn open(
-        data_dir: &Path,
+        dir: &Path,
         cap_bytes: u64,
         method: &'static str,
     ) -> Result<ChunkStore, StoreError> {
-        let store = Store::open(data_dir.join(STORE_DIR), cap_bytes)?;
+        let store = Store::open(dir.to_owned(), cap_bytes)?;
         Ok(ChunkStore {
             store: Arc::new(store),
             method,

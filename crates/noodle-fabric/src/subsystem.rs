@@ -113,8 +113,8 @@ impl Subsystem for Fabric {
         host: Host,
     ) -> SubsystemFuture<Result<Arc<dyn RunningSubsystem>, StartError>> {
         Box::pin(async move {
-            // Its own directory: the jobs' store is `chunks` in the node's directory.
-            let dir = host.data_dir.join(crate::machine::NAME);
+            // Where a client beside the node finds the chunk files too.
+            let dir = noodle_api::fabric::store_dir(&host.data_dir);
             let cap = self.cfg.store_cap_bytes;
             let store =
                 tokio::task::spawn_blocking(move || ChunkStore::open(&dir, cap, METHOD_CHUNKS))
