@@ -252,13 +252,13 @@ impl FabricNode {
 
     /// Chunk `id` of a version held by `replicas` (`len`: its length in the version's
     /// manifest; `None`: `id` is the manifest): from this node's store if it has a good copy,
-    /// else from the replicas in turn (then kept here).
+    /// else from the replicas in turn (and then kept here, in the background).
     async fn chunk(
         &self,
         id: ChunkId,
         len: Option<u32>,
         replicas: &[String],
-    ) -> Result<Vec<u8>, Refusal> {
+    ) -> Result<Bytes, Refusal> {
         let local = self
             .blocking(move |store| match store.get(&id) {
                 Ok(bytes) => Ok(Some(bytes)),
@@ -274,7 +274,7 @@ impl FabricNode {
             })
             .await?;
         if let Some(bytes) = local {
-            return Ok(bytes);
+            return Ok(Bytes::from(bytes));
         }
         let mut failures = Vec::new();
         for node in replicas.iter().filter(|n| **n != self.host.node_id) {
@@ -282,20 +282,12 @@ impl FabricNode {
                 failures.push(format!("{node}: address unknown"));
                 continue;
             };
-            let fetched = match len {
-                None => self
-                    .store
-                    .manifest(&self.host.link, addr, id)
-                    .await
-                    .map(|_| ()),
-                Some(len) => self
-                    .store
-                    .fetch_batch(&self.host.link, addr, vec![(id, len)])
-                    .await
-                    .map(|_| ()),
-            };
-            match fetched {
-                Ok(()) => return self.blocking(move |s| s.get(&id).map_err(internal)).await,
+            match self
+                .store
+                .read_through(&self.host.link, addr, id, len)
+                .await
+            {
+                Ok(bytes) => return Ok(bytes),
                 Err(e) => failures.push(format!("{node}: {e}")),
             }
         }
@@ -604,10 +596,13 @@ impl FabricNode {
         // A node that just joined may not have told us its free disk yet: give its details a
         // moment to arrive, so that a new version is not placed on fewer nodes than there are.
         soon(|| self.host.cluster.every_alive_node_described().then_some(())).await;
-        let plan =
-            PutPlan::new(&manifest_id, &self.candidates(), self.cfg.replicas).ok_or_else(|| {
-                Refusal::new(StatusCode::INSUFFICIENT_STORAGE, "no node has room for it")
-            })?;
+        let plan = PutPlan::new(
+            &manifest_id,
+            &self.candidates(),
+            self.cfg.replicas,
+            Some(&self.host.node_id),
+        )
+        .ok_or_else(|| Refusal::new(StatusCode::INSUFFICIENT_STORAGE, "no node has room for it"))?;
         let replicas = replicate(self, &plan, manifest_id, path.as_str()).await?;
         let content = Content {
             manifest: manifest_id.0,

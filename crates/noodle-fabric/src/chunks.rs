@@ -47,6 +47,9 @@ pub const GET_ANSWER_BYTES_MAX: usize = 12 << 20;
 /// `chunks.get` requests one materialisation keeps in flight: enough to fill a link while one
 /// answer is being verified and written, with at most 48 MiB of answers in memory.
 const FETCH_IN_FLIGHT: usize = 4;
+/// Chunks read through this node being kept in the background at once; beyond that a chunk
+/// read through is not kept.
+const CACHE_WRITES_IN_FLIGHT: usize = 8;
 /// Tries of one `chunks.get` request whose connection failed or timed out.
 const FETCH_ATTEMPTS: u32 = 3;
 /// First pause between those tries; doubled each time.
@@ -120,6 +123,8 @@ pub struct ChunkStore {
     store: Arc<Store>,
     /// The raw-stream method the node's members answer with this store's chunks.
     method: &'static str,
+    /// Copies of chunks read through this node being written in the background.
+    cache_writes: Arc<tokio::sync::Semaphore>,
 }
 
 impl ChunkStore {
@@ -134,6 +139,7 @@ impl ChunkStore {
         Ok(ChunkStore {
             store: Arc::new(store),
             method,
+            cache_writes: Arc::new(tokio::sync::Semaphore::new(CACHE_WRITES_IN_FLIGHT)),
         })
     }
 
@@ -249,6 +255,7 @@ impl ChunkStore {
         ChunkStore {
             store: self.store.clone(),
             method,
+            cache_writes: self.cache_writes.clone(),
         }
     }
 
@@ -512,6 +519,45 @@ impl ChunkStore {
             .buffer_unordered(FETCH_IN_FLIGHT)
             .try_fold(0u64, |total, n| async move { Ok(total + n) })
             .await
+    }
+
+    /// Chunk `id` (of `len` bytes; `None`: a manifest) from `origin`, checked, for a read: it
+    /// is returned before a copy is kept here, which is written (durably, as any) in the
+    /// background, unless [`CACHE_WRITES_IN_FLIGHT`] copies are being written already.
+    pub async fn read_through(
+        &self,
+        link: &Link,
+        origin: SocketAddr,
+        id: ChunkId,
+        len: Option<u32>,
+    ) -> Result<bytes::Bytes, StoreError> {
+        let mut answer = request_chunks(link, origin, &[id], self.method).await?;
+        let data = bytes::Bytes::from(answer.pop().unwrap_or_default());
+        let label = PathBuf::from(format!("chunk {id} from {origin}"));
+        let checked = data.clone();
+        let actual = blocking(&label, move || Ok(ChunkId::of(&checked))).await?;
+        if actual != id {
+            tracing::warn!(chunk = %id, %origin, "origin sent a chunk that does not match its id; refused");
+            return Err(ChunkError::HashMismatch { id, actual }.into());
+        }
+        if let Some(len) = len.filter(|l| u64::from(*l) != data.len() as u64) {
+            return Err(ChunkError::LengthMismatch {
+                id,
+                actual_bytes: data.len() as u64,
+                manifest_bytes: u64::from(len),
+            }
+            .into());
+        }
+        if let Ok(permit) = self.cache_writes.clone().try_acquire_owned() {
+            let (ship, copy) = (self.clone(), data.clone());
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                if let Err(e) = ship.put_verified(&id, &copy) {
+                    tracing::debug!(chunk = %id, error = %e, "keeping a chunk read through");
+                }
+            });
+        }
+        Ok(data)
     }
 
     /// Fetches, verifies and stores one batch. Returns its bytes.

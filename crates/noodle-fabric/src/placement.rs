@@ -36,10 +36,31 @@ fn score(chunk: &ChunkId, c: &Candidate) -> f64 {
 
 /// The nodes (at most `r`) that hold `chunk`, best first.
 pub fn place(chunk: &ChunkId, candidates: &[Candidate], r: usize) -> Vec<String> {
+    place_from(chunk, candidates, r, None)
+}
+
+/// As [`place`], with `writer` first if it can take copies: it holds the bytes already, so a
+/// write sends one copy fewer across the network (the first copy on the writer, as HDFS does).
+pub fn place_from(
+    chunk: &ChunkId,
+    candidates: &[Candidate],
+    r: usize,
+    writer: Option<&str>,
+) -> Vec<String> {
     let mut ranked: Vec<(f64, &Candidate)> = candidates
         .iter()
         .filter(|c| c.free_bytes > 0)
-        .map(|c| (score(chunk, c), c))
+        .map(|c| {
+            let first = writer == Some(c.node.as_str());
+            (
+                if first {
+                    f64::INFINITY
+                } else {
+                    score(chunk, c)
+                },
+                c,
+            )
+        })
         .collect();
     // Ties (practically never) by node id, so the order is total.
     ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.node.cmp(&b.1.node)));

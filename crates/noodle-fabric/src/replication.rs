@@ -8,7 +8,7 @@
 //! fail. Repair keeps every good copy where it is and adds copies on the best-placed live
 //! nodes that lack one, each copied from a node that has a good one.
 
-use crate::placement::{Candidate, place};
+use crate::placement::{Candidate, place, place_from};
 use noodle_chunks::ChunkId;
 use std::collections::BTreeSet;
 
@@ -33,9 +33,15 @@ pub struct PutPlan {
 
 impl PutPlan {
     /// The plan for the version whose manifest is `manifest`, with `r` copies, over the nodes
-    /// that can take it now. `None` when no node can.
-    pub fn new(manifest: &ChunkId, candidates: &[Candidate], r: usize) -> Option<PutPlan> {
-        let targets = place(manifest, candidates, r.max(1));
+    /// that can take it now, the `writer` (which holds it already) first if it can. `None`
+    /// when no node can.
+    pub fn new(
+        manifest: &ChunkId,
+        candidates: &[Candidate],
+        r: usize,
+        writer: Option<&str>,
+    ) -> Option<PutPlan> {
+        let targets = place_from(manifest, candidates, r.max(1), writer);
         if targets.is_empty() {
             return None;
         }
@@ -119,7 +125,7 @@ mod tests {
     #[test]
     fn a_write_goes_to_r_nodes_and_waits_for_two() {
         let m = ChunkId::of(b"manifest");
-        let plan = PutPlan::new(&m, &nodes(5), 3).unwrap();
+        let plan = PutPlan::new(&m, &nodes(5), 3, None).unwrap();
         assert_eq!(plan.targets.len(), 3);
         assert_eq!(plan.ack_after, 2);
         let mut durable = BTreeSet::new();
@@ -130,9 +136,21 @@ mod tests {
         durable.insert(plan.targets[0].clone());
         assert!(plan.acknowledged(&durable));
         // One node: one copy is all there can be.
-        let one = PutPlan::new(&m, &nodes(1), 3).unwrap();
+        let one = PutPlan::new(&m, &nodes(1), 3, None).unwrap();
         assert_eq!((one.targets.len(), one.ack_after), (1, 1));
-        assert_eq!(PutPlan::new(&m, &[], 3), None);
+        assert_eq!(PutPlan::new(&m, &[], 3, None), None);
+        // The writer holds it already: it is a target, the others placed as before.
+        for writer in ["n0", "n3", "n4"] {
+            let from = PutPlan::new(&m, &nodes(5), 3, Some(writer)).unwrap();
+            assert_eq!(from.targets[0], writer);
+            let others: Vec<&String> = plan.targets.iter().filter(|t| *t != writer).collect();
+            assert_eq!(from.targets[1..].iter().collect::<Vec<_>>(), others[..2]);
+        }
+        // A writer with no room is passed over.
+        let mut full = nodes(5);
+        full[0].free_bytes = 0;
+        let from = PutPlan::new(&m, &full, 3, Some("n0")).unwrap();
+        assert!(!from.targets.contains(&"n0".to_string()), "{from:?}");
         assert_eq!(ack_copies(0), 1);
     }
 

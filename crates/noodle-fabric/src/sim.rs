@@ -257,7 +257,7 @@ impl Sim {
         match event {
             Event::Write(version) => {
                 let Some(mut plan) =
-                    PutPlan::new(&manifest(version), &self.live(), self.opts.replicas)
+                    PutPlan::new(&manifest(version), &self.live(), self.opts.replicas, None)
                 else {
                     return Ok(());
                 };

@@ -990,3 +990,31 @@ fn small_objects_are_kept_in_the_records_up_to_the_budget() {
     );
     assert!(body.contains("is not part of /small/0"), "{body}");
 }
+
+/// A write's first copy stays on the node it was written through (it holds the bytes
+/// already); a node that reads a version it holds no copy of keeps what it read (a cache, not
+/// a copy the records count).
+#[test]
+fn the_writer_keeps_the_first_copy_and_a_reader_keeps_what_it_read() {
+    let nodes = crate::support::cluster_with(3, &["--fabric-replicas", "1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let ids: Vec<String> = nodes.iter().map(Node::node_id).collect();
+    let mut written = Vec::new();
+    for i in 0..3 {
+        let f = random_file(tmp.path(), &format!("w{i}"), 600_000, 90 + i);
+        let path = format!("/w/{i}");
+        ok(&nodes[0], &["put", f.to_str().unwrap(), &path]);
+        let o = object(&nodes[0], &path);
+        assert_eq!(o.replicas, vec![ids[0].clone()], "{path}");
+        written.push((o, f));
+    }
+    let (o, src) = &written[1];
+    assert!(!stored_chunks(&nodes[1]).contains(&o.manifest));
+    let back = tmp.path().join("back");
+    ok(&nodes[1], &["get", &o.path, "-o", back.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(src).unwrap());
+    eventually(Duration::from_secs(30), "the reader keeps a copy", || {
+        stored_chunks(&nodes[1]).contains(&o.manifest).then_some(())
+    });
+    assert_eq!(object(&nodes[2], &o.path).replicas, vec![ids[0].clone()]);
+}
