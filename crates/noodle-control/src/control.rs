@@ -686,8 +686,10 @@ impl Control {
     /// one noodle-sim seed); the store wakes its waiters in the order they came.
     async fn applied_at_least(&self, index: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
+        let store = &self.inner.store;
+        let mut wake = store.applied_wake(index);
         loop {
-            if self.inner.store.applied_index() >= index {
+            if store.applied_index() >= index {
                 return true;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -695,8 +697,19 @@ impl Control {
                 return false;
             }
             // Looked at again now and then, whatever happens to the member meanwhile.
-            let wake = self.inner.store.applied_wake(index);
-            let _ = tokio::time::timeout(left.min(APPLIED_LOOK_AGAIN), wake).await;
+            let look = left.min(APPLIED_LOOK_AGAIN);
+            match wake.as_mut() {
+                Some(rx) => {
+                    if let Ok(Err(_)) = tokio::time::timeout(look, rx).await {
+                        // The store went away: wait anew (or look again later).
+                        wake = store.applied_wake(index);
+                    }
+                }
+                None => {
+                    tokio::time::sleep(look).await;
+                    wake = store.applied_wake(index);
+                }
+            }
         }
     }
 

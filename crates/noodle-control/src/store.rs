@@ -92,6 +92,8 @@ pub struct Store {
     committed_saved: Arc<Mutex<u64>>,
 }
 
+/// Readers waiting for an entry to be applied, at most.
+const APPLIED_WAITERS_MAX: usize = 65_536;
 /// The committed index is written when it has moved this many entries.
 const COMMITTED_SAVE_EVERY: u64 = 64;
 
@@ -160,20 +162,24 @@ impl Store {
     }
 
     /// Resolves once entry `index` is applied here (at once if it is); dropped unresolved if
-    /// the store is dropped first.
-    pub(crate) fn applied_wake(&self, index: u64) -> tokio::sync::oneshot::Receiver<()> {
+    /// the store is dropped first. `None` while [`APPLIED_WAITERS_MAX`] readers wait already
+    /// (the caller looks again later).
+    pub(crate) fn applied_wake(&self, index: u64) -> Option<tokio::sync::oneshot::Receiver<()>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut applied = self.lock_applied();
         if applied.index >= index {
             let _ = tx.send(());
         } else {
-            // Readers that gave up leave their senders behind: dropped here, by the wake-up
-            // that passes them.
+            // A reader that gave up leaves its sender behind: dropped by the wake-up that
+            // passes it.
+            if applied.waiting.len() >= APPLIED_WAITERS_MAX {
+                return None;
+            }
             applied.arrivals += 1;
             let key = (index, applied.arrivals);
             applied.waiting.insert(key, tx);
         }
-        rx
+        Some(rx)
     }
 
     /// Records that entries up to `index` are applied and wakes who waited for them.
