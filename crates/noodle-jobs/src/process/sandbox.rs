@@ -50,6 +50,9 @@ pub(crate) const JOB_UIDS: std::ops::Range<u32> = 0x7000_0000..0x7001_0000;
 /// How many uids one job tries before it gives up (only a machine running tens of thousands of
 /// jobs at once sees that).
 const CLAIM_TRIES: u32 = 512;
+/// Holds [`CLAIMS_DIR`] and [`JOB_WORK`]; passable by every job (created under the node's
+/// umask 077 it would not be, and no job could reach its own directory).
+const RUN_DIR: &str = "/run/noodle";
 /// Where the claims of job uids live, machine-wide (root only).
 const CLAIMS_DIR: &str = "/run/noodle/job-uids";
 /// Where a job of a root node sees its working directory (its `HOME`), in its own mount
@@ -190,13 +193,7 @@ impl Sandbox {
             .and_then(|r| r.create())
             .map_err(|e| SandboxError::Landlock(e.to_string()))?;
         let identity = if rustix::process::geteuid().is_root() {
-            for (dir, mode) in [(CLAIMS_DIR, 0o700), (JOB_WORK, 0o755)] {
-                std::fs::create_dir_all(dir)
-                    .and_then(|()| {
-                        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-                    })
-                    .map_err(|e| SandboxError::Prepare(format!("{dir}: {e}")))?;
-            }
+            prepare_run_dir(Path::new(RUN_DIR))?;
             let data_dir = std::fs::canonicalize(data_dir)
                 .ok()
                 .and_then(|d| CString::new(d.into_os_string().into_vec()).ok())
@@ -600,6 +597,22 @@ fn give_tree(dir: &Path, uid: u32) -> io::Result<()> {
         }
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Makes `run` ([`RUN_DIR`]) passable by every job, its `job-uids` ([`CLAIMS_DIR`]) the
+/// node's alone and its `work` ([`JOB_WORK`]) a mount point jobs may pass, whatever made them
+/// before and under whatever umask.
+pub(crate) fn prepare_run_dir(run: &Path) -> Result<(), SandboxError> {
+    for (dir, mode) in [
+        (run.to_path_buf(), 0o755),
+        (run.join("job-uids"), 0o700),
+        (run.join("work"), 0o755),
+    ] {
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)))
+            .map_err(|e| SandboxError::Prepare(format!("{}: {e}", dir.display())))?;
+    }
+    Ok(())
 }
 
 /// Checks once that this process may create a user namespace (some distributions forbid it to

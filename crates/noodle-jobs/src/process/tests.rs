@@ -691,3 +691,19 @@ async fn operator_paths_are_exposed_as_configured() {
     assert!(!out.contains("not for jobs"), "{out}");
     assert!(!out.contains("WROTE"), "{out}");
 }
+
+/// On a fresh machine the node (umask 077) may be the first to make the run directory: it must
+/// still be passable by jobs, or none reaches its own working directory.
+#[test]
+fn the_run_directory_is_passable_by_jobs_whoever_made_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let run = tmp.path().join("run");
+    fs::create_dir(&run).expect("run dir");
+    fs::set_permissions(&run, fs::Permissions::from_mode(0o700)).expect("chmod");
+    sandbox::prepare_run_dir(&run).expect("prepared");
+    let mode = |p: &Path| fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&run), 0o755);
+    assert_eq!(mode(&run.join("job-uids")), 0o700);
+    assert_eq!(mode(&run.join("work")), 0o755);
+}
