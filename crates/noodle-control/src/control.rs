@@ -732,11 +732,16 @@ impl Control {
             };
             if let Some(leader) = leader {
                 let left = deadline.saturating_duration_since(Instant::now());
-                if let Ok(answer) = self
+                let call = self
                     .inner
                     .transport
-                    .call(&leader, READ_INDEX, Vec::new(), left)
-                    .await
+                    .call(&leader, READ_INDEX, Vec::new(), left);
+                // A leader that died is never answered: ask the next one as soon as it leads.
+                let answer = tokio::select! {
+                    answer = call => answer.ok(),
+                    () = self.leader_other_than(raft_id(&leader.node_id)) => None,
+                };
+                if let Some(answer) = answer
                     && let Ok(Ok(index)) = postcard::from_bytes::<Result<u64, WireError>>(&answer)
                 {
                     let left = deadline.saturating_duration_since(Instant::now());
