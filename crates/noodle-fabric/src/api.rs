@@ -230,10 +230,18 @@ impl FabricNode {
             None => self.read(|v| v.head(path)).await?,
             Some(text) => {
                 let id = parse_version(text)?;
-                self.read(|v| v.versions(path, machine::limits::VERSIONS_LISTED_MAX))
-                    .await?
-                    .into_iter()
-                    .find(|v| v.id == id)
+                // A version never changes once written: one this node has applied is read
+                // here, without asking the leader (a download asks for one per chunk).
+                let here = self
+                    .host
+                    .control
+                    .read_local(|v| machine::view(v).version(path, &id))
+                    .ok()
+                    .flatten();
+                match here {
+                    Some(version) => Some(version),
+                    None => self.read(|v| v.version(path, &id)).await?,
+                }
             }
         };
         found.ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, format!("there is no {path}")))

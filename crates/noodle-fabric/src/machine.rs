@@ -768,10 +768,7 @@ impl FabricView<'_> {
             return Ok(None);
         };
         let id: VersionId = postcard::from_bytes(&id).map_err(db)?;
-        match self.view.get(&version_key(path.as_str(), &id))? {
-            Some(b) => Ok(Some(read_version(&b)?).filter(|v| v.content.is_some())),
-            None => Ok(None),
-        }
+        Ok(self.version(path, &id)?.filter(|v| v.content.is_some()))
     }
 
     /// Versions of every path in key order after `after` (a key this returned, or empty),
@@ -795,6 +792,15 @@ impl FabricView<'_> {
             out.push((key, path, read_version(&value)?));
         }
         Ok(out)
+    }
+
+    /// Version `id` of `path` (a removal included), unless it was never written or was
+    /// forgotten.
+    pub fn version(&self, path: &ObjectPath, id: &VersionId) -> Result<Option<Version>, DbError> {
+        match self.view.get(&version_key(path.as_str(), id))? {
+            Some(b) => Ok(Some(read_version(&b)?)),
+            None => Ok(None),
+        }
     }
 
     /// A path's versions, newest first (removals included), at most `limit`.
