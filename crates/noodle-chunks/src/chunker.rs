@@ -25,14 +25,8 @@ pub const AVG_CHUNK_BYTES: usize = 1 << 20;
 /// accepts.
 pub const MAX_CHUNK_BYTES: usize = 4 << 20;
 
-/// One chunk: its id and its bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Chunk {
-    /// blake3 of `data`.
-    pub id: ChunkId,
-    /// The bytes, 1..=[`MAX_CHUNK_BYTES`] long.
-    pub data: Vec<u8>,
-}
+/// One chunk: its bytes (1..=[`MAX_CHUNK_BYTES`] long) and their id.
+pub type Chunk = crate::Checked<Vec<u8>>;
 
 /// Size and modification time of a file, compared at the start and end of reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,14 +165,11 @@ impl<R: Read> Chunker<R> {
                         self.expected_bytes
                     )));
                 }
-                let id = ChunkId::of(&chunk.data);
+                let chunk = Chunk::hashed(chunk.data);
                 // Chunks are at most MAX_CHUNK_BYTES (4 MiB), which fits in u32.
-                let len = u32::try_from(chunk.data.len()).expect("chunk length fits in u32");
-                self.chunks.push((id, len));
-                Ok(Some(Chunk {
-                    id,
-                    data: chunk.data,
-                }))
+                let len = u32::try_from(chunk.data().len()).expect("chunk length fits in u32");
+                self.chunks.push((chunk.id(), len));
+                Ok(Some(chunk))
             }
             Some(Err(err)) => {
                 let source = match err {

@@ -33,6 +33,45 @@ impl fmt::Debug for ChunkId {
     }
 }
 
+/// Bytes known to hash to their id: made only by hashing them, so that a store given one
+/// need not hash them again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked<B = Vec<u8>> {
+    id: ChunkId,
+    data: B,
+}
+
+impl<B: AsRef<[u8]>> Checked<B> {
+    /// `data`, if it hashes to `id`.
+    pub fn new(id: ChunkId, data: B) -> Result<Checked<B>, crate::ChunkError> {
+        let actual = ChunkId::of(data.as_ref());
+        if actual != id {
+            return Err(crate::ChunkError::HashMismatch { id, actual });
+        }
+        Ok(Checked { id, data })
+    }
+
+    /// `data`, named by its hash.
+    pub fn hashed(data: B) -> Checked<B> {
+        Checked {
+            id: ChunkId::of(data.as_ref()),
+            data,
+        }
+    }
+
+    pub fn id(&self) -> ChunkId {
+        self.id
+    }
+
+    pub fn data(&self) -> &[u8] {
+        self.data.as_ref()
+    }
+
+    pub fn into_data(self) -> B {
+        self.data
+    }
+}
+
 /// A string that is not 64 hex digits.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not a chunk id (expected 64 hex digits): {input:?}")]

@@ -47,7 +47,7 @@ mod store;
 
 pub use chunker::{AVG_CHUNK_BYTES, Chunk, Chunker, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES};
 pub use error::ChunkError;
-pub use id::{ChunkId, ParseChunkIdError};
+pub use id::{Checked, ChunkId, ParseChunkIdError};
 pub use manifest::{
     MANIFEST_VERSION, MAX_FILE_BYTES, MAX_MANIFEST_BYTES, MAX_MANIFEST_CHUNKS, Manifest,
     ManifestError,

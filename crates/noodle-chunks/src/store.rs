@@ -11,7 +11,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{ChunkError, ChunkId, Chunker, MAX_CHUNK_BYTES, MAX_MANIFEST_BYTES, Manifest};
+use crate::{Checked, ChunkError, ChunkId, Chunker, MAX_CHUNK_BYTES, MAX_MANIFEST_BYTES, Manifest};
 
 const TMP_PREFIX: &str = ".tmp-";
 
@@ -63,6 +63,18 @@ pub struct Store {
     dir: PathBuf,
     cap_bytes: u64,
     used_bytes: AtomicU64,
+}
+
+/// Refuses bytes longer than any object may be.
+fn too_large(id: &ChunkId, data: &[u8]) -> Result<(), ChunkError> {
+    if data.len() > MAX_OBJECT_BYTES {
+        return Err(ChunkError::ChunkTooLarge {
+            id: *id,
+            len_bytes: data.len(),
+            max_bytes: MAX_OBJECT_BYTES,
+        });
+    }
+    Ok(())
 }
 
 /// Where a store in `dir` keeps object `id`.
@@ -171,17 +183,14 @@ impl Store {
     /// Refused, with nothing stored, if `data` does not hash to `id`, is longer than
     /// [`MAX_OBJECT_BYTES`], or would take the store over its cap.
     pub fn put(&self, id: &ChunkId, data: &[u8]) -> Result<bool, ChunkError> {
-        if data.len() > MAX_OBJECT_BYTES {
-            return Err(ChunkError::ChunkTooLarge {
-                id: *id,
-                len_bytes: data.len(),
-                max_bytes: MAX_OBJECT_BYTES,
-            });
-        }
-        let actual = ChunkId::of(data);
-        if actual != *id {
-            return Err(ChunkError::HashMismatch { id: *id, actual });
-        }
+        too_large(id, data)?;
+        self.put_checked(&Checked::new(*id, data)?)
+    }
+
+    /// [`put`](Self::put) of bytes already checked against their id (not hashed again).
+    pub fn put_checked<B: AsRef<[u8]>>(&self, chunk: &Checked<B>) -> Result<bool, ChunkError> {
+        let (id, data) = (&chunk.id(), chunk.data());
+        too_large(id, data)?;
         if self.has(id) {
             return Ok(false);
         }
@@ -287,8 +296,8 @@ impl Store {
         let mut written = Vec::new();
         let result = (|| {
             while let Some(chunk) = chunker.next_chunk()? {
-                if self.put(&chunk.id, &chunk.data)? {
-                    written.push(chunk.id);
+                if self.put_checked(&chunk)? {
+                    written.push(chunk.id());
                 }
                 on_progress(chunker.done_bytes(), total);
             }

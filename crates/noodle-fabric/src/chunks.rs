@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use futures_util::{StreamExt, TryStreamExt, stream};
 use noodle_api::JobFile;
 use noodle_chunks::{
-    ChunkError, ChunkId, MAX_CHUNK_BYTES, MAX_OBJECT_BYTES, Manifest, ManifestError, Store,
+    Checked, ChunkError, ChunkId, MAX_CHUNK_BYTES, MAX_OBJECT_BYTES, Manifest, ManifestError, Store,
 };
 use noodle_link::{Link, RecvStream, RemoteError, SendStream, recv_message, send_message};
 
@@ -178,17 +178,15 @@ impl ChunkStore {
                 bytes.len()
             )));
         }
-        if ChunkId::of(bytes) != id {
-            return Err(StoreError::BadRequest(format!(
-                "chunk does not match its id {id}"
-            )));
-        }
-        self.put_verified(&id, bytes)?;
+        let checked = Checked::new(id, bytes)
+            .map_err(|_| StoreError::BadRequest(format!("chunk does not match its id {id}")))?;
+        self.put_verified(&checked)?;
         Ok(())
     }
 
-    /// Stores bytes already known to hash to `id`. Returns whether they were written.
-    fn put_verified(&self, id: &ChunkId, bytes: &[u8]) -> Result<bool, StoreError> {
+    /// Stores bytes checked against their id. Returns whether they were written.
+    fn put_verified<B: AsRef<[u8]>>(&self, chunk: &Checked<B>) -> Result<bool, StoreError> {
+        let (id, bytes) = (chunk.id(), chunk.data());
         if bytes.len() > MAX_CHUNK_BYTES {
             // Only a manifest may be this long: refuse anything else rather than keep it.
             Manifest::decode(bytes).map_err(|e| {
@@ -198,7 +196,7 @@ impl ChunkStore {
                 ))
             })?;
         }
-        Ok(self.store.put(id, bytes)?)
+        Ok(self.store.put_checked(chunk)?)
     }
 
     /// Stores the open file `file` (named `label` in errors), every chunk and its manifest,
@@ -218,7 +216,7 @@ impl ChunkStore {
     ) -> Result<Manifest, StoreError> {
         let mut chunker = noodle_chunks::Chunker::new(reader, len, label)?;
         while let Some(chunk) = chunker.next_chunk()? {
-            self.store.put(&chunk.id, &chunk.data)?;
+            self.store.put_checked(&chunk)?;
         }
         let manifest = chunker.finish()?;
         self.store.put(&manifest.id(), &manifest.encode())?;
@@ -475,13 +473,9 @@ impl ChunkStore {
                 let mut answer = request_chunks(link, origin, &[id], self.method).await?;
                 let ship = self.clone();
                 let bytes = blocking(&label, move || {
-                    let bytes = answer.pop().unwrap_or_default();
-                    let actual = ChunkId::of(&bytes);
-                    if actual != id {
-                        return Err(ChunkError::HashMismatch { id, actual }.into());
-                    }
-                    ship.put_verified(&id, &bytes)?;
-                    Ok(bytes)
+                    let checked = Checked::new(id, answer.pop().unwrap_or_default())?;
+                    ship.put_verified(&checked)?;
+                    Ok(checked.into_data())
                 })
                 .await?;
                 let len = bytes.len() as u64;
@@ -534,12 +528,12 @@ impl ChunkStore {
         let mut answer = request_chunks(link, origin, &[id], self.method).await?;
         let data = bytes::Bytes::from(answer.pop().unwrap_or_default());
         let label = PathBuf::from(format!("chunk {id} from {origin}"));
-        let checked = data.clone();
-        let actual = blocking(&label, move || Ok(ChunkId::of(&checked))).await?;
-        if actual != id {
-            tracing::warn!(chunk = %id, %origin, "origin sent a chunk that does not match its id; refused");
-            return Err(ChunkError::HashMismatch { id, actual }.into());
-        }
+        let checked = blocking(&label, move || Ok(Checked::new(id, data)))
+            .await?
+            .inspect_err(|_| {
+                tracing::warn!(chunk = %id, %origin, "origin sent a chunk that does not match its id; refused");
+            })?;
+        let data = checked.data();
         if let Some(len) = len.filter(|l| u64::from(*l) != data.len() as u64) {
             return Err(ChunkError::LengthMismatch {
                 id,
@@ -549,15 +543,15 @@ impl ChunkStore {
             .into());
         }
         if let Ok(permit) = self.cache_writes.clone().try_acquire_owned() {
-            let (ship, copy) = (self.clone(), data.clone());
+            let (ship, copy) = (self.clone(), checked.clone());
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                if let Err(e) = ship.put_verified(&id, &copy) {
+                if let Err(e) = ship.put_verified(&copy) {
                     tracing::debug!(chunk = %id, error = %e, "keeping a chunk read through");
                 }
             });
         }
-        Ok(data)
+        Ok(checked.into_data())
     }
 
     /// Fetches, verifies and stores one batch. Returns its bytes.
@@ -574,12 +568,10 @@ impl ChunkStore {
         blocking(&label, move || {
             let mut total = 0u64;
             for (&(id, len), data) in batch.iter().zip(&entries) {
-                let actual = ChunkId::of(data);
-                if actual != id {
+                let checked = Checked::new(id, data).inspect_err(|_| {
                     // Logged here because the error itself cannot say where the chunk came from.
                     tracing::warn!(chunk = %id, %origin, "origin sent a chunk that does not match its id; refused");
-                    return Err(ChunkError::HashMismatch { id, actual }.into());
-                }
+                })?;
                 if data.len() as u64 != u64::from(len) {
                     return Err(ChunkError::LengthMismatch {
                         id,
@@ -588,7 +580,7 @@ impl ChunkStore {
                     }
                     .into());
                 }
-                ship.put_verified(&id, data)?;
+                ship.put_verified(&checked)?;
                 total += data.len() as u64;
             }
             Ok(total)

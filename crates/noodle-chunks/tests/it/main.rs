@@ -6,7 +6,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use noodle_chunks::{
-    ChunkError, ChunkId, Chunker, MANIFEST_VERSION, MAX_CHUNK_BYTES, MAX_MANIFEST_BYTES,
+    Checked, ChunkError, ChunkId, Chunker, MANIFEST_VERSION, MAX_CHUNK_BYTES, MAX_MANIFEST_BYTES,
     MAX_OBJECT_BYTES, MIN_CHUNK_BYTES, Manifest, ManifestError, Store,
 };
 use proptest::prelude::*;
@@ -193,8 +193,18 @@ fn forged_or_oversized_chunks_are_refused_and_not_stored() -> TestResult {
         }
         other => panic!("forged chunk accepted: {other:?}"),
     }
+    // Checked bytes are made only by hashing them: a forged pair never becomes one.
+    assert!(matches!(
+        Checked::new(claimed, &b"other bytes"[..]),
+        Err(ChunkError::HashMismatch { .. })
+    ));
     let big = vec![0u8; MAX_OBJECT_BYTES + 1];
     let err = store.put(&ChunkId::of(&big), &big);
+    assert!(
+        matches!(err, Err(ChunkError::ChunkTooLarge { .. })),
+        "{err:?}"
+    );
+    let err = store.put_checked(&Checked::hashed(&big[..]));
     assert!(
         matches!(err, Err(ChunkError::ChunkTooLarge { .. })),
         "{err:?}"
@@ -396,7 +406,7 @@ fn a_stream_that_differs_from_its_expected_length_is_reported() -> TestResult {
         let mut yielded = 0u64;
         let outcome = loop {
             match chunker.next_chunk() {
-                Ok(Some(chunk)) => yielded += chunk.data.len() as u64,
+                Ok(Some(chunk)) => yielded += chunk.data().len() as u64,
                 Ok(None) => break chunker.finish(),
                 Err(err) => {
                     assert!(
