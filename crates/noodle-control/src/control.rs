@@ -87,6 +87,33 @@ async fn batcher(raft: Raft<TypeConfig>, mut queue: mpsc::Receiver<(Proposal, Re
     }
 }
 
+/// The log index a read must wait for, as the leader found it, or why there is none.
+type ReadReply = oneshot::Sender<Result<u64, WireError>>;
+
+/// Read batching: openraft confirms leadership for every read with a round of heartbeats to
+/// the voters, so reads that arrive while one round is out share the next. That round starts
+/// after each of them arrived, so it is as good as a round of its own for every one.
+async fn read_checker(raft: Raft<TypeConfig>, mut queue: mpsc::Receiver<ReadReply>) {
+    while let Some(first) = queue.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(next) = queue.try_recv() {
+            waiting.push(next);
+        }
+        let answer = match raft.get_read_log_id().await {
+            Ok((read_log_id, _)) => Ok(read_log_id.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(WireError::NotLeader {
+                    leader: forward_target(&f),
+                })
+            }
+            Err(e) => Err(WireError::Failed(e.to_string())),
+        };
+        for reply in waiting {
+            let _ = reply.send(answer.clone());
+        }
+    }
+}
+
 /// Tunables. Defaults suit a LAN.
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
@@ -261,6 +288,8 @@ struct Inner {
 struct Running {
     raft: Raft<TypeConfig>,
     batches: mpsc::Sender<(Proposal, Reply)>,
+    /// Reads waiting for the leader to confirm it leads ([`read_checker`]).
+    reads: mpsc::Sender<ReadReply>,
     /// The last log index when this incarnation started: entries acknowledged before a crash
     /// are at most here (see [`Control::read_index_here`]).
     log_at_start: u64,
@@ -292,9 +321,12 @@ impl Running {
         .map_err(|e| ControlError::Raft(e.to_string()))?;
         let (batches, queue) = mpsc::channel(QUEUE_MAX);
         tokio::spawn(batcher(raft.clone(), queue));
+        let (reads, queue) = mpsc::channel(QUEUE_MAX);
+        tokio::spawn(read_checker(raft.clone(), queue));
         Ok(Running {
             raft,
             batches,
+            reads,
             log_at_start,
         })
     }
@@ -647,26 +679,17 @@ impl Control {
     /// The index a linearizable read must see, if this node is the leader. Once this returns,
     /// this node has applied it. (openraft's `ensure_linearizable`, with the wait below.)
     pub(crate) async fn read_index_here(&self) -> Result<u64, WireError> {
-        let raft = self.raft();
-        let (read_log_id, _) = match raft.get_read_log_id().await {
-            Ok(ids) => ids,
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                return Err(WireError::NotLeader {
-                    leader: forward_target(&f),
-                });
-            }
-            Err(e) => return Err(WireError::Failed(e.to_string())),
-        };
+        let (reply, answer) = oneshot::channel();
+        let gone = || WireError::Failed("the control plane is shut down".into());
+        self.running().reads.send(reply).await.map_err(|_| gone())?;
+        let read_index = answer.await.map_err(|_| gone())??;
         // openraft 0.9 restarts a crashed leader as leader of the same term without an
         // election and reads at max(committed, first entry of its term); the committed index
         // is not synced, so after a crash it can be behind what was acknowledged (noodle-sim
         // found stale reads). Whatever was acknowledged before the restart is in the log the
         // member started with: read after it too. (Not after the whole log now: that would
         // make every read wait for the writes in flight.)
-        let index = read_log_id
-            .map(|l| l.index)
-            .unwrap_or(0)
-            .max(self.running().log_at_start);
+        let index = read_index.max(self.running().log_at_start);
         if !self
             .applied_at_least(index, self.inner.cfg.request_timeout)
             .await
